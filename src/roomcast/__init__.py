@@ -1,0 +1,40 @@
+"""roomcast: the real-time layer for Python backends.
+
+The public API is re-exported here; everything else is reachable through its module.
+"""
+
+from __future__ import annotations
+
+from roomcast.disconnect import Disconnect
+from roomcast.errors import (
+    ConnectionRefused,
+    PayloadTooBig,
+    ProtocolError,
+    RemoteProtocolError,
+    RoomcastError,
+)
+from roomcast.hub.connection import Connection
+from roomcast.hub.hub import Hub
+from roomcast.broker.memory import MemoryBroker
+from roomcast.server.app import App
+from roomcast.server.config import Settings
+from roomcast.types import Publication, StreamPosition
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Connection",
+    "ConnectionRefused",
+    "Disconnect",
+    "Hub",
+    "MemoryBroker",
+    "PayloadTooBig",
+    "ProtocolError",
+    "Publication",
+    "RemoteProtocolError",
+    "RoomcastError",
+    "Settings",
+    "StreamPosition",
+    "__version__",
+]

@@ -1,0 +1,5 @@
+"""``python -m roomcast`` is the ``roomcast`` command."""
+
+from roomcast.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Why a connection was closed, as values, with the code ranges every transport maps.
+
+Imports only the stdlib. A ``Disconnect`` travels from where the decision is made (the hub,
+a transport, a limit) to the transport, which puts it on its own wire: a WebSocket close code
+on the plain WebSocket, a disconnect reason on Socket.IO, a final ``event: error`` on SSE.
+
+========  ===========================  =========================================
+code      meaning                      client should
+========  ===========================  =========================================
+1000      normal closure               not reconnect unless it wants to
+3000-3499 transient server condition   reconnect with backoff, recover by offset
+3500-3999 terminal condition           not reconnect with the same credentials
+4000-4999 application-defined          as the application documents
+========  ===========================  =========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Disconnect",
+    "NORMAL",
+    "SHUTDOWN",
+    "SLOW",
+    "PING_TIMEOUT",
+    "TRANSPORT_CLOSE",
+    "SERVER_DISCONNECT",
+    "BAD_REQUEST",
+    "TOO_BIG",
+    "POLICY",
+    "CONNECT_TIMEOUT",
+    "ALL",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """A reason to close one connection.
+
+    Attributes:
+        code: numeric code from the table in this module's docstring.
+        reason: short text safe to send to the client.
+        reconnect: whether the client is expected to come back.
+    """
+
+    code: int
+    reason: str
+    reconnect: bool
+
+
+NORMAL = Disconnect(1000, "normal closure", reconnect=False)
+SHUTDOWN = Disconnect(3001, "server shutting down", reconnect=True)
+SLOW = Disconnect(3008, "slow consumer", reconnect=True)
+PING_TIMEOUT = Disconnect(3010, "ping timeout", reconnect=True)
+TRANSPORT_CLOSE = Disconnect(3011, "transport close", reconnect=True)
+SERVER_DISCONNECT = Disconnect(3012, "server namespace disconnect", reconnect=False)
+BAD_REQUEST = Disconnect(3501, "bad request", reconnect=False)
+TOO_BIG = Disconnect(3502, "message too big", reconnect=False)
+POLICY = Disconnect(3503, "policy violation", reconnect=False)
+CONNECT_TIMEOUT = Disconnect(3504, "connect timeout", reconnect=True)
+
+ALL: tuple[Disconnect, ...] = (
+    NORMAL,
+    SHUTDOWN,
+    SLOW,
+    PING_TIMEOUT,
+    TRANSPORT_CLOSE,
+    SERVER_DISCONNECT,
+    BAD_REQUEST,
+    TOO_BIG,
+    POLICY,
+    CONNECT_TIMEOUT,
+)

@@ -1,0 +1,102 @@
+"""``Connection``: one client on one transport, as the hub sees it; and the ``Encoder`` contract.
+
+Imports only L0. Transports subclass ``Connection`` and implement ``write``, ``emit`` and
+``close``; the hub never learns which wire a connection speaks.
+
+The fan-out contract (DESIGN §8): for each publication the hub calls ``encoder.encode(pub)``
+once per distinct encoder among a room's members, then ``connection.write(encoded)`` for every
+member, synchronously. ``write`` must not allocate per call where it can help it, must not
+await, and must not change room membership; it returns ``False`` when the connection's
+outbound buffer is over its limit, and the hub then disconnects it as a slow consumer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from roomcast.disconnect import Disconnect
+from roomcast.types import ConnectionId, Publication, RoomName
+
+if TYPE_CHECKING:
+    from roomcast.hub.hub import Hub
+
+__all__ = ["Connection", "Encoder"]
+
+
+class Encoder(Protocol):
+    """Turns a publication into what a family of connections writes (a frame, a packet list).
+
+    One instance is shared by every connection that writes the same bytes, so the hub encodes
+    once per instance per publication. Instances are hashable by identity.
+    """
+
+    def encode(self, publication: Publication) -> Any:
+        """Encode ``publication`` for every connection that uses this encoder."""
+
+
+class Connection:
+    """Base class for a client connection.
+
+    Attributes:
+        id: unique within the process.
+        namespace: the Socket.IO namespace (``"/"`` for other transports).
+        auth: the credentials or handshake payload the client presented.
+        rooms: rooms this connection is a member of.
+        data: free space for the application (user id, session state ...).
+        encoder: how publications are encoded for this connection.
+        hub: the hub this connection belongs to.
+    """
+
+    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed")
+
+    def __init__(
+        self,
+        id: ConnectionId,
+        *,
+        hub: Hub,
+        encoder: Encoder,
+        namespace: str = "/",
+        auth: Any = None,
+    ) -> None:
+        self.id = id
+        self.hub = hub
+        self.encoder = encoder
+        self.namespace = namespace
+        self.auth = auth
+        self.rooms: set[RoomName] = set()
+        self.data: dict[str, Any] = {}
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.namespace}>"
+
+    # -- the application's API -------------------------------------------------------
+    def join(self, room: RoomName) -> None:
+        """Become a member of ``room`` and receive its publications from now on."""
+        self.hub.join(self, room)
+
+    def leave(self, room: RoomName) -> None:
+        """Stop receiving ``room``'s publications."""
+        self.hub.leave(self, room)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send ``event`` to this connection only (e.g. the initial state after a join)."""
+        raise NotImplementedError
+
+    async def call(self, event: str, *args: Any, timeout: float = 10.0) -> Any:
+        """Send ``event`` and wait for the client's acknowledgement.
+
+        Raises:
+            TimeoutError: no acknowledgement within ``timeout`` seconds.
+            roomcast.errors.ConnectionClosed: the connection closed first.
+        """
+        raise NotImplementedError
+
+    def disconnect(self, reason: Disconnect) -> None:
+        """Close this connection with ``reason``; membership is cleared by the transport."""
+        raise NotImplementedError
+
+    # -- the hub's API ----------------------------------------------------------------
+    def write(self, encoded: Any) -> bool:
+        """Write an encoded publication; ``False`` when over the outbound buffer limit."""
+        raise NotImplementedError

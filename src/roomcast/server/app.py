@@ -1,0 +1,103 @@
+"""``App``: wires a hub, the Engine.IO/Socket.IO transports and the plain routes together.
+
+Imports everything below it. ``App`` is the router both front doors serve: the native door
+(``server.native``) calls ``http``/``websocket`` directly, the ASGI door (``server.asgi``)
+adapts ASGI messages to the same two calls. So both doors pass the same tests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from roomcast.disconnect import Disconnect
+from roomcast.hub.hub import Hub
+from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, WebSocketAccept, json_error
+from roomcast.transports.engineio import EngineIOServer, Session
+from roomcast.transports.socketio import SocketIOServer
+
+from roomcast.server.config import Settings
+
+__all__ = ["App", "EchoApp"]
+
+logger = logging.getLogger("roomcast.server")
+
+
+class EchoApp:
+    """A bare Engine.IO application that echoes every message (the Engine.IO suite needs it)."""
+
+    def on_open(self, session: Session) -> None:
+        pass
+
+    def on_message(self, session: Session, data: str | bytes) -> None:
+        session.send(data if isinstance(data, bytes) else "4" + data)
+
+    def on_upgrade(self, session: Session) -> None:
+        pass
+
+    def on_close(self, session: Session, reason: Disconnect) -> None:
+        pass
+
+
+class App:
+    """The routes of one roomcast server.
+
+    Args:
+        hub: the hub to serve; a new one by default.
+        settings: server settings.
+    """
+
+    def __init__(self, hub: Hub | None = None, settings: Settings | None = None) -> None:
+        self.hub = hub if hub is not None else Hub()
+        self.settings = settings = settings if settings is not None else Settings()
+        cors = CorsPolicy(settings.cors_origins)
+        self.socketio = SocketIOServer(self.hub, connect_timeout=settings.connect_timeout)
+        self.engine = self._engine(self.socketio, cors)
+        self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
+        self._ready = False
+
+    def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
+        s = self.settings
+        return EngineIOServer(
+            app,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
+            max_payload=s.max_payload,
+            max_buffer_bytes=s.max_buffer_bytes,
+            cors=cors,
+        )
+
+    async def startup(self) -> None:
+        await self.hub.start()
+        self._ready = True
+
+    async def shutdown(self, reason: Disconnect | None = None) -> None:
+        from roomcast import disconnect
+
+        self._ready = False
+        for engine in (self.engine, self.echo):
+            if engine is not None:
+                engine.close_all(reason or disconnect.SHUTDOWN)
+        await self.hub.aclose()
+
+    def _route(self, path: str) -> EngineIOServer | None:
+        if path in ("/socket.io/", "/socket.io"):
+            return self.engine
+        if self.echo is not None and path in ("/engine.io/", "/engine.io"):
+            return self.echo
+        return None
+
+    async def http(self, request: HttpRequest) -> HttpResponse:
+        engine = self._route(request.path)
+        if engine is not None:
+            return await engine.handle_http(request)
+        if request.path == "/healthz":
+            return HttpResponse(200, b"ok")
+        if request.path == "/readyz":
+            return HttpResponse(200, b"ready") if self._ready else HttpResponse(503, b"not ready")
+        return json_error(404, 404, "Not found")
+
+    def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:
+        engine = self._route(request.path)
+        if engine is not None:
+            return engine.handle_websocket(request)
+        return json_error(404, 404, "Not found")

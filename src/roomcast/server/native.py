@@ -1,0 +1,309 @@
+"""The native front door: an ``asyncio.Protocol`` over httptools, and our own WebSocket framing.
+
+Imports L0–L4, httptools. Why its own server instead of ASGI: fan-out writes one pre-built
+frame per recipient straight into ``transport.write`` (DESIGN §8), with no per-message
+``await``, task or ASGI message dict. ``get_write_buffer_size()`` after each write is the
+bounded outbound buffer: past ``max_buffer_bytes`` the connection is a slow consumer.
+
+HTTP/1.1 keep-alive requests on one connection are answered in order. Each request becomes an
+``HttpRequest`` for the router; a WebSocket upgrade is handed to the router's
+``websocket()`` and, if accepted, the connection switches to frame parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import httptools
+
+from roomcast.errors import RemoteProtocolError
+from roomcast.protocol import websocket as wsproto
+from roomcast.transports.base import (
+    HttpRequest,
+    HttpResponse,
+    WebSocketAccept,
+    WebSocketHandler,
+    json_error,
+)
+
+__all__ = ["Router", "HttpProtocol", "NativeWebSocket", "serve"]
+
+logger = logging.getLogger("roomcast.native")
+
+_STATUS = {
+    101: "Switching Protocols",
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    426: "Upgrade Required",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Router(Protocol):
+    """What the native door serves (``server.app.App``)."""
+
+    async def http(self, request: HttpRequest) -> HttpResponse: ...
+
+    def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse: ...
+
+
+def _render(response: HttpResponse, keep_alive: bool) -> bytes:
+    head = [f"HTTP/1.1 {response.status} {_STATUS.get(response.status, 'Unknown')}"]
+    if response.status != 204:
+        head.append(f"Content-Type: {response.content_type}")
+        head.append(f"Content-Length: {len(response.body)}")
+    for name, value in response.headers:
+        head.append(f"{name}: {value}")
+    if not keep_alive:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+
+
+class NativeWebSocket:
+    """A server-side WebSocket on an asyncio transport (a ``WebSocketChannel``)."""
+
+    native_frames = True
+    __slots__ = ("transport", "parser", "handler", "closing", "high_water", "_close_timer", "_lost")
+
+    def __init__(self, transport: asyncio.Transport, *, max_message_bytes: int, high_water: int) -> None:
+        self.transport = transport
+        self.parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=True)
+        self.handler: WebSocketHandler | None = None
+        self.closing = False
+        self.high_water = high_water
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+
+    def send(self, data: str | bytes) -> bool:
+        if isinstance(data, str):
+            return self.send_frames(wsproto.text_frame(data))
+        return self.send_frames(wsproto.binary_frame(data))
+
+    def send_frames(self, frames: bytes) -> bool:
+        if self.closing:
+            return True
+        transport = self.transport
+        transport.write(frames)
+        return transport.get_write_buffer_size() <= self.high_water
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.transport.is_closing():
+            return
+        self.transport.write(wsproto.close_frame(code, reason))
+        # Wait briefly for the peer's close frame, then drop the TCP connection anyway.
+        self._close_timer = asyncio.get_running_loop().call_later(2.0, self.transport.close)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except RemoteProtocolError as exc:
+            logger.debug("websocket protocol error: %s", exc)
+            code = wsproto.close_code_for(exc)
+            self.close(code, exc.reason[:100])
+            self.transport.close()
+            return
+        handler = self.handler
+        for event in events:
+            if isinstance(event, wsproto.Message):
+                if handler is not None and not self.closing:
+                    payload = event.data
+                    handler.on_message(payload.decode() if event.opcode == wsproto.OP_TEXT else payload)
+            elif isinstance(event, wsproto.Ping):
+                if not self.closing:
+                    self.transport.write(wsproto.serialize_frame(wsproto.OP_PONG, event.data))
+            elif isinstance(event, wsproto.Close):
+                if not self.closing:
+                    self.closing = True
+                    echo = 1000 if event.code == 1005 else event.code
+                    self.transport.write(wsproto.close_frame(echo))
+                self.transport.close()
+                return
+
+    def connection_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.closing = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self.handler is not None:
+            self.handler.on_close(1006)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One TCP connection: HTTP/1.1 requests, possibly upgraded to a WebSocket."""
+
+    def __init__(self, router: Router, *, max_body_bytes: int, max_buffer_bytes: int) -> None:
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+        self.max_buffer_bytes = max_buffer_bytes
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.ws: NativeWebSocket | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._pending: deque[tuple[HttpRequest, bool]] = deque()
+        self._upgrade: HttpRequest | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._too_big = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.feed(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._start_websocket(data[offset:])
+        except httptools.HttpParserError as exc:
+            logger.debug("bad HTTP request: %s", exc)
+            self._reply_and_close(json_error(400, 3, "Bad request"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ws is not None:
+            self.ws.connection_lost()
+        if self._task is not None:
+            self._task.cancel()
+        self._pending.clear()
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+        self._too_big = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.max_body_bytes:
+            self._too_big = True
+        elif not self._too_big:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._build()
+        if self.parser.should_upgrade():
+            self._upgrade = request
+            return
+        if self._too_big:
+            self._reply_and_close(json_error(413, 3, "Payload too large"))
+            return
+        self._pending.append((request, self.parser.should_keep_alive()))
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._serve_pending())
+
+    # -- requests ---------------------------------------------------------------------
+    def _build(self) -> HttpRequest:
+        url = httptools.parse_url(self._url)
+        query_all = parse_qs(url.query.decode("latin-1"), keep_blank_values=True) if url.query else {}
+        headers: dict[str, str] = {}
+        for name, value in self._headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return HttpRequest(
+            method=self.parser.get_method().decode(),
+            path=url.path.decode("latin-1"),
+            query={k: v[0] for k, v in query_all.items()},
+            headers=headers,
+            body=b"".join(self._body),
+            client=(peer[0], peer[1]) if peer else ("", 0),
+            query_all=query_all,
+        )
+
+    async def _serve_pending(self) -> None:
+        try:
+            while self._pending:
+                request, keep_alive = self._pending.popleft()
+                try:
+                    response = await self.router.http(request)
+                except Exception:
+                    logger.exception("request %s %s failed", request.method, request.path)
+                    response = json_error(500, 500, "Internal server error")
+                if self.transport is None or self.transport.is_closing():
+                    return
+                self.transport.write(_render(response, keep_alive))
+                if not keep_alive:
+                    self.transport.close()
+                    return
+        finally:
+            self._task = None
+
+    def _reply_and_close(self, response: HttpResponse) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_render(response, keep_alive=False))
+            self.transport.close()
+
+    def _start_websocket(self, rest: bytes) -> None:
+        request, self._upgrade = self._upgrade, None
+        transport = self.transport
+        if request is None or transport is None:
+            self._reply_and_close(json_error(400, 3, "Bad request"))
+            return
+        if request.headers.get("upgrade", "").lower() != "websocket":
+            self._reply_and_close(json_error(400, 3, "Unsupported upgrade"))
+            return
+        try:
+            accept_key = wsproto.check_client_handshake(request.method, request.headers)
+        except RemoteProtocolError as exc:
+            logger.debug("bad websocket handshake: %s", exc)
+            self._reply_and_close(json_error(400, 3, "Bad request"))
+            return
+        decision = self.router.websocket(request)
+        if isinstance(decision, HttpResponse):
+            self._reply_and_close(decision)
+            return
+        transport.write(wsproto.handshake_response(accept_key, subprotocol=decision.subprotocol))
+        ws = self.ws = NativeWebSocket(
+            transport, max_message_bytes=self.max_body_bytes, high_water=self.max_buffer_bytes
+        )
+        ws.handler = decision.start(ws)
+        if rest:
+            ws.feed(rest)
+
+
+async def serve(
+    router: Router,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int = 1_000_000,
+    max_buffer_bytes: int = 4_000_000,
+    **kwargs: Any,
+) -> asyncio.Server:
+    """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port)."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: HttpProtocol(router, max_body_bytes=max_body_bytes, max_buffer_bytes=max_buffer_bytes),
+        host,
+        port,
+        **kwargs,
+    )

@@ -1,0 +1,151 @@
+"""What both front doors hand to a transport, and what a transport hands back.
+
+Imports only L0. A transport never imports ASGI, httptools or asyncio's protocol classes:
+the native door and the ASGI door both build an ``HttpRequest``, and both offer an open
+WebSocket as a ``WebSocketChannel``. So every transport runs unchanged behind either door.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from roomcast import _json
+
+__all__ = [
+    "HttpRequest",
+    "HttpResponse",
+    "WebSocketChannel",
+    "WebSocketHandler",
+    "WebSocketAccept",
+    "CorsPolicy",
+    "json_error",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One HTTP request, already parsed.
+
+    Attributes:
+        method: upper case.
+        path: the URL path, without the query.
+        query: every query parameter; the first value of a repeated one is ``query[name]``,
+            all of them are in ``query_all``.
+        headers: lower-cased names; repeated headers joined with ", ".
+        body: the whole body (front doors enforce the size limit before building this).
+        client: the peer's address, ``(host, port)``.
+    """
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes = b""
+    client: tuple[str, int] = ("", 0)
+    query_all: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str = "text/plain; charset=UTF-8"
+
+
+def json_error(status: int, code: int, message: str, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+    """An error answer in the shape the official Engine.IO server uses: ``{code, message}``."""
+    return HttpResponse(
+        status,
+        _json.dumps({"code": code, "message": message}),
+        headers or [],
+        "application/json",
+    )
+
+
+class WebSocketChannel(Protocol):
+    """An open WebSocket as a front door offers it to a transport.
+
+    ``native_frames`` is ``True`` when ``send_frames`` accepts ready RFC 6455 frame bytes
+    (the native door); the ASGI door can only send whole messages.
+    """
+
+    native_frames: bool
+
+    def send(self, data: str | bytes) -> bool:
+        """Send one message (text if ``str``); ``False`` when over the outbound limit."""
+
+    def send_frames(self, frames: bytes) -> bool:
+        """Write pre-built frames (native door only); ``False`` when over the limit."""
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the handler's ``on_close`` follows."""
+
+
+class WebSocketHandler(Protocol):
+    """What a transport does with an open WebSocket."""
+
+    def on_message(self, data: str | bytes) -> None:
+        """A whole message arrived (text as ``str``)."""
+
+    def on_close(self, code: int) -> None:
+        """The WebSocket is gone (closing handshake done, or the connection lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketAccept:
+    """A transport's yes to a WebSocket handshake: the door completes it, then calls ``start``."""
+
+    start: Callable[[WebSocketChannel], WebSocketHandler]
+    subprotocol: str | None = None
+
+
+class CorsPolicy:
+    """Which browser origins may talk to the server.
+
+    Args:
+        origins: allowed origins (``"https://app.example"``), or ``["*"]`` for any. Empty
+            means same-origin only: the ``Origin`` must name the host the request was sent to.
+            Requests without an ``Origin`` header (non-browser clients) are always allowed.
+    """
+
+    def __init__(self, origins: list[str] | tuple[str, ...] = ()) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(o.rstrip("/") for o in origins if o != "*")
+
+    def allowed(self, request: HttpRequest) -> bool:
+        origin = request.headers.get("origin")
+        if origin is None or self.any:
+            return True
+        if origin in self.origins:
+            return True
+        if not self.origins:
+            host = request.headers.get("host", "")
+            return urlsplit(origin).netloc == host and host != ""
+        return False
+
+    def headers(self, request: HttpRequest) -> list[tuple[str, str]]:
+        """Response headers for an allowed request (none without an ``Origin``)."""
+        origin = request.headers.get("origin")
+        if origin is None:
+            return []
+        return [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Origin"),
+        ]
+
+    def preflight(self, request: HttpRequest) -> HttpResponse:
+        """Answer an ``OPTIONS`` preflight."""
+        if not self.allowed(request):
+            return json_error(403, 4, "Origin not allowed")
+        headers = self.headers(request)
+        headers.append(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"))
+        requested = request.headers.get("access-control-request-headers")
+        if requested:
+            headers.append(("Access-Control-Allow-Headers", requested))
+        headers.append(("Access-Control-Max-Age", "600"))
+        return HttpResponse(204, b"", headers)
