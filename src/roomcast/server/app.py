@@ -90,6 +90,8 @@ class App:
         engine = self._route(request.path)
         if engine is not None:
             return await engine.handle_http(request)
+        if request.body_too_large:
+            return json_error(413, 3, "Payload too large")
         if request.path == "/healthz":
             return HttpResponse(200, b"ok")
         if request.path == "/readyz":

@@ -100,9 +100,14 @@ class NativeWebSocket:
         if self.closing:
             return
         self.closing = True
-        if self.transport.is_closing():
+        transport = self.transport
+        if transport.is_closing():
             return
-        self.transport.write(wsproto.close_frame(code, reason))
+        if transport.get_write_buffer_size() > self.high_water:
+            # A slow consumer: a close frame would queue behind what it never read.
+            transport.abort()
+            return
+        transport.write(wsproto.close_frame(code, reason))
         # Wait briefly for the peer's close frame, then drop the TCP connection anyway.
         self._close_timer = asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
@@ -212,10 +217,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.parser.should_upgrade():
             self._upgrade = request
             return
-        if self._too_big:
-            self._reply_and_close(json_error(413, 3, "Payload too large"))
-            return
-        self._pending.append((request, self.parser.should_keep_alive()))
+        keep_alive = self.parser.should_keep_alive() and not self._too_big
+        self._pending.append((request, keep_alive))
         if self._task is None:
             self._task = asyncio.ensure_future(self._serve_pending())
 
@@ -237,6 +240,7 @@ class HttpProtocol(asyncio.Protocol):
             body=b"".join(self._body),
             client=(peer[0], peer[1]) if peer else ("", 0),
             query_all=query_all,
+            body_too_large=self._too_big,
         )
 
     async def _serve_pending(self) -> None:
@@ -297,6 +301,7 @@ async def serve(
     *,
     max_body_bytes: int = 1_000_000,
     max_buffer_bytes: int = 4_000_000,
+    backlog: int = 2048,
     **kwargs: Any,
 ) -> asyncio.Server:
     """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port)."""
@@ -305,5 +310,6 @@ async def serve(
         lambda: HttpProtocol(router, max_body_bytes=max_body_bytes, max_buffer_bytes=max_buffer_bytes),
         host,
         port,
+        backlog=backlog,
         **kwargs,
     )

@@ -37,6 +37,8 @@ class HttpRequest:
         headers: lower-cased names; repeated headers joined with ", ".
         body: the whole body (front doors enforce the size limit before building this).
         client: the peer's address, ``(host, port)``.
+        body_too_large: the body passed the door's size limit and was dropped; the route
+            answers 413 (and Engine.IO also closes the session, as the official server does).
     """
 
     method: str
@@ -46,6 +48,7 @@ class HttpRequest:
     body: bytes = b""
     client: tuple[str, int] = ("", 0)
     query_all: Mapping[str, list[str]] = field(default_factory=dict)
+    body_too_large: bool = False
 
 
 @dataclass(slots=True)

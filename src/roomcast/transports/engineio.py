@@ -51,6 +51,14 @@ logger = logging.getLogger("roomcast.engineio")
 Outbound = str | bytes
 """One Engine.IO packet ready to go: text in WebSocket form (``"42[...]"``) or binary bytes."""
 
+_WS_CLOSE_CODES = {
+    disconnect.BAD_REQUEST: 1002,
+    disconnect.TOO_BIG: 1009,
+    disconnect.POLICY: 1008,
+    disconnect.SHUTDOWN: 1001,
+}
+"""The WebSocket close code (RFC 6455 §7.4.1) for a session's close reason; 1000 otherwise."""
+
 _PING = "2"
 _NOOP = "6"
 _CLOSE = "1"
@@ -236,7 +244,7 @@ class EngineIOServer:
             self.bad_requests += 1
             session.close(disconnect.BAD_REQUEST)
             return json_error(400, 3, "Bad request", cors)
-        if len(request.body) > self.max_payload:
+        if request.body_too_large or len(request.body) > self.max_payload:
             self.bad_requests += 1
             session.close(disconnect.TOO_BIG)
             return json_error(413, 3, "Payload too large", cors)
@@ -390,9 +398,10 @@ class EngineIOServer:
                 # The client's own CLOSE releases its poll with NOOP; a server close with CLOSE.
                 session.queue = [_NOOP] if event.reason is disconnect.NORMAL else []
                 poll.set_result(None)
+            code = _WS_CLOSE_CODES.get(event.reason, 1000)
             for ws in (session.ws, session.probe):
                 if ws is not None:
-                    ws.close(1000 if event.reason.code < 3500 else 1008, "")
+                    ws.close(code, event.reason.reason)
             self.app.on_close(session, event.reason)
 
     def _on_ws_message(self, session: Session, data: str | bytes) -> None:

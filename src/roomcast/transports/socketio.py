@@ -151,6 +151,13 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
     if handler is not None and sock.accepted:
         _spawn_or_run(hub, handler, (sock, reason.reason), None, None)
 
+def _reject(session: Session, why: str) -> None:
+    """Close a session that broke the Socket.IO protocol; log at debug and count it."""
+    logger.debug("sid %s: %s", session.sid, why)
+    session.server.bad_requests += 1
+    session.close(disconnect.BAD_REQUEST)
+
+
 class _SioState:
     __slots__ = ("decoder", "sockets", "connect_timer")
 
@@ -233,8 +240,7 @@ class SocketIOServer:
         try:
             packet = state.decoder.feed(data)
         except RemoteProtocolError as exc:
-            logger.debug("sid %s: bad Socket.IO packet: %s", session.sid, exc)
-            session.close(disconnect.BAD_REQUEST)
+            _reject(session, f"bad Socket.IO packet: {exc.reason}")
             return
         if packet is None:
             return
@@ -242,12 +248,11 @@ class SocketIOServer:
         kind = packet.type
         if kind is SioType.CONNECT:
             if sock is not None:
-                session.close(disconnect.BAD_REQUEST)
+                _reject(session, f"second CONNECT to {packet.namespace}")
             else:
                 self._connect(session, state, packet)
         elif sock is None:
-            logger.debug("sid %s: packet for unconnected namespace %s", session.sid, packet.namespace)
-            session.close(disconnect.BAD_REQUEST)
+            _reject(session, f"packet for unconnected namespace {packet.namespace}")
         elif kind is SioType.EVENT:
             self._event(sock, packet)
         elif kind is SioType.ACK:
@@ -257,8 +262,8 @@ class SocketIOServer:
         elif kind is SioType.DISCONNECT:
             del state.sockets[packet.namespace]
             _ended(sock, disconnect.Disconnect(1000, "client namespace disconnect", reconnect=False))
-        else:  # CONNECT_ERROR from a client
-            session.close(disconnect.BAD_REQUEST)
+        else:
+            _reject(session, "CONNECT_ERROR from a client")
 
     # -- packets ------------------------------------------------------------------------
     def _connect(self, session: Session, state: _SioState, packet: SioPacket) -> None:

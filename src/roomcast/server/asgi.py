@@ -1,0 +1,311 @@
+"""The ASGI front door: ``RoomcastApp``, a plain ASGI 3 callable serving an ``App``.
+
+Imports L0–L4 and ``server.app``. It owns the translation between ASGI messages and the
+router's two calls: each ``http`` scope becomes an ``HttpRequest`` for ``App.http`` and each
+``websocket`` scope an ``HttpRequest`` for ``App.websocket``; an accepted WebSocket is offered
+to the transport as an ``AsgiWebSocket`` channel. It also owns the lifespan: the ``lifespan``
+scope when the host forwards it, else a lazy start on the first request (Starlette and
+FastAPI ``mount()`` do not forward lifespan to sub-apps), and ``lifespan(host)`` for
+``FastAPI(lifespan=rt.lifespan)`` so that shutdown runs too. Transports never see ASGI.
+
+Mount it: ``api.mount("/rt", RoomcastApp(app))``; paths are taken relative to the mount point.
+
+Why it is slower than the native door, and allowed to be: every outbound message is an ASGI
+dict and an ``await`` through the server's WebSocket layer, so fan-out cannot write one
+pre-built frame per recipient (``native_frames`` is ``False``) and each connection needs a
+writer task draining its queue. This door exists to add rooms to an existing ASGI app in a
+few lines; deployments that need fan-out throughput run the native door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from roomcast.hub.hub import Hub
+from roomcast.server.app import App
+from roomcast.server.config import Settings
+from roomcast.transports.base import HttpRequest, HttpResponse, WebSocketHandler, json_error
+
+__all__ = ["RoomcastApp", "AsgiWebSocket", "Scope", "Message", "Receive", "Send"]
+
+logger = logging.getLogger("roomcast.asgi")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WS_1008_POLICY_VIOLATION = 1008
+WS_1009_MESSAGE_TOO_BIG = 1009
+WS_1011_INTERNAL_ERROR = 1011
+
+
+def _request(scope: Scope, method: str, body: bytes = b"") -> HttpRequest:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    raw: bytes = scope.get("query_string", b"")
+    query_all = parse_qs(raw.decode("latin-1"), keep_blank_values=True) if raw else {}
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    client = scope.get("client")
+    return HttpRequest(
+        method=method,
+        path=path,
+        query={k: v[0] for k, v in query_all.items()},
+        headers=headers,
+        body=body,
+        client=(str(client[0]), int(client[1])) if client else ("", 0),
+        query_all=query_all,
+    )
+
+
+def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
+    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers]
+    if response.status != 204:
+        headers.append((b"content-type", response.content_type.encode("latin-1")))
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    return headers
+
+
+class AsgiWebSocket:
+    """An accepted ASGI WebSocket as a ``WebSocketChannel``: a bounded queue and one writer.
+
+    ``send`` only queues; the writer task drains the queue into ASGI ``websocket.send``
+    messages. Past ``high_water`` queued bytes ``send`` returns ``False`` (a slow consumer),
+    and a ``close`` then drops what is queued instead of flushing it.
+    """
+
+    native_frames = False
+
+    def __init__(self, send: Send, *, high_water: int) -> None:
+        self._asgi_send = send
+        self.high_water = high_water
+        self.queue: deque[str | bytes] = deque()
+        self.buffered = 0
+        self.closing = False
+        self._close: tuple[int, str] | None = None
+        self._wake = asyncio.Event()
+        self.writer = asyncio.ensure_future(self._write())
+
+    def send(self, data: str | bytes) -> bool:
+        if self.closing:
+            return True
+        self.queue.append(data)
+        self.buffered += len(data)
+        self._wake.set()
+        return self.buffered <= self.high_water
+
+    def send_frames(self, frames: bytes) -> bool:
+        raise NotImplementedError("the ASGI door sends whole messages (native_frames is False)")
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.buffered > self.high_water:
+            self.queue.clear()  # a slow consumer: the close would wait behind what it never read
+            self.buffered = 0
+        self._close = (code, reason)
+        self._wake.set()
+
+    async def _write(self) -> None:
+        send, queue = self._asgi_send, self.queue
+        try:
+            while True:
+                while queue:
+                    data = queue.popleft()
+                    self.buffered -= len(data)
+                    key = "text" if isinstance(data, str) else "bytes"
+                    await send({"type": "websocket.send", key: data})
+                if self._close is not None:
+                    code, reason = self._close
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+        except OSError as exc:  # the peer is gone: the receive loop gets websocket.disconnect
+            logger.debug("websocket writer stopped: %r", exc)
+
+    async def stop(self) -> None:
+        """End the writer now (the connection is gone)."""
+        self.closing = True
+        self.writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.writer
+
+
+class RoomcastApp:
+    """A plain ASGI 3 application serving a roomcast ``App``.
+
+    Args:
+        app: the router to serve; by default ``App(hub, settings)``.
+        hub: the hub of a new ``App`` (only without ``app``).
+        settings: the settings of a new ``App`` (only without ``app``).
+    """
+
+    def __init__(self, app: App | None = None, *, hub: Hub | None = None, settings: Settings | None = None) -> None:
+        if app is not None and (hub is not None or settings is not None):
+            raise TypeError("pass either an App or hub/settings to build one, not both")
+        self.app = app if app is not None else App(hub, settings)
+        self.hub = self.app.hub
+        self.settings = self.app.settings
+        self._started: asyncio.Task[None] | None = None
+        self._ready = False
+        self._stopped = False
+
+    # -- lifespan -----------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Start the app once; later and concurrent calls wait for that one start."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self.app.startup())
+        await asyncio.shield(self._started)
+        self._ready = True
+
+    async def shutdown(self) -> None:
+        """Shut the app down once, if it was started."""
+        if self._started is not None and not self._stopped:
+            self._stopped = True
+            await self.app.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _host: object = None) -> AsyncIterator[None]:
+        """``FastAPI(lifespan=rt.lifespan)``: start with the host app, shut down with it."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            kind = (await receive())["type"]
+            step = self.startup if kind == "lifespan.startup" else self.shutdown
+            try:
+                await step()
+            except Exception as exc:
+                logger.exception("%s failed", kind)
+                await send({"type": f"{kind}.failed", "message": repr(exc)})
+                return
+            await send({"type": f"{kind}.complete"})
+            if kind == "lifespan.shutdown":
+                return
+
+    # -- ASGI ---------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if not self._ready:
+            await self.startup()  # the host did not forward lifespan (a mount): start lazily
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.settings.max_payload
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more and size <= limit:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk: bytes = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = message.get("more_body", False)
+        too_big = size > limit
+        # Stop reading past the limit; the capped body still shows the router it is too big,
+        # so the Engine.IO server closes the session as well as answering 413.
+        request = _request(scope, scope["method"], b"".join(chunks)[: limit + 1])
+        if request.method == "GET" and not too_big:
+            response = await self._watched(request, receive)  # a long poll may wait
+            if response is None:
+                return
+        else:
+            response = await self._handle(request)
+        if too_big and response.status != 413:
+            response = json_error(413, 3, "Payload too large")
+        await send({"type": "http.response.start", "status": response.status, "headers": _headers(response)})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _handle(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return await self.app.http(request)
+        except Exception:
+            logger.exception("request %s %s failed", request.method, request.path)
+            return json_error(500, 500, "Internal server error")
+
+    async def _watched(self, request: HttpRequest, receive: Receive) -> HttpResponse | None:
+        """Run the handler while watching for ``http.disconnect``; ``None`` if the client left."""
+        handler = asyncio.ensure_future(self._handle(request))
+        watcher = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (handler, watcher):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        return handler.result() if not handler.cancelled() else None
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        decision = self.app.websocket(_request(scope, "GET"))
+        if isinstance(decision, HttpResponse):
+            if "websocket.http.response" in scope.get("extensions", {}):
+                start = {"type": "websocket.http.response.start", "status": decision.status}
+                await send({**start, "headers": _headers(decision)})
+                await send({"type": "websocket.http.response.body", "body": decision.body})
+            else:
+                await send({"type": "websocket.close", "code": WS_1008_POLICY_VIOLATION})
+            return
+        await send({"type": "websocket.accept", "subprotocol": decision.subprotocol})
+        channel = AsgiWebSocket(send, high_water=self.settings.max_buffer_bytes)
+        try:
+            await self._receive_loop(channel, decision.start(channel), receive)
+        finally:
+            await channel.stop()
+
+    async def _receive_loop(self, channel: AsgiWebSocket, handler: WebSocketHandler, receive: Receive) -> None:
+        limit = self.settings.max_payload
+        closed = False
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                if not closed:
+                    handler.on_close(int(message.get("code", 1005)))
+                return
+            if kind != "websocket.receive" or closed:
+                continue
+            text = message.get("text")
+            data: str | bytes | None = text if text is not None else message.get("bytes")
+            if data is None:
+                continue
+            if len(data) > limit or (isinstance(data, str) and len(data) * 4 > limit and len(data.encode()) > limit):
+                channel.close(WS_1009_MESSAGE_TOO_BIG, "message too big")
+                closed = True
+                handler.on_close(WS_1009_MESSAGE_TOO_BIG)
+                continue
+            try:
+                handler.on_message(data)
+            except Exception:
+                logger.exception("websocket handler failed")
+                channel.close(WS_1011_INTERNAL_ERROR, "")
+                closed = True
+                handler.on_close(WS_1011_INTERNAL_ERROR)
