@@ -26,6 +26,7 @@ test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json
 
 test: test-deps
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 types: $(STAMP)

@@ -4,51 +4,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from servers import RunningServer, running  # noqa: E402
+
 from roomcast.hub.hub import Hub  # noqa: E402
 from roomcast.server.app import App  # noqa: E402
 from roomcast.server.config import Settings  # noqa: E402
 from roomcast.server.conformance import register_demo_events  # noqa: E402
-from roomcast.server.native import serve  # noqa: E402
-
-
-@dataclass
-class RunningServer:
-    app: App
-    host: str
-    port: int
-
-    @property
-    def hub(self) -> Hub:
-        return self.app.hub
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-@asynccontextmanager
-async def running(app: App) -> AsyncIterator[RunningServer]:
-    """Serve ``app`` on the native door at 127.0.0.1:0 for the duration of the block."""
-    s = app.settings
-    await app.startup()
-    server = await serve(app, "127.0.0.1", 0, max_body_bytes=s.max_payload, max_buffer_bytes=s.max_buffer_bytes)
-    host, port = server.sockets[0].getsockname()[:2]
-    try:
-        yield RunningServer(app, host, port)
-    finally:
-        server.close()
-        await app.shutdown()
-
-
-ServerFactory = Callable[..., "asynccontextmanager[RunningServer]"]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import RunningServer, running
+from servers import RunningServer, running
 from rawclient import RawWebSocket, call, open_websocket, socketio_connect
 
 from roomcast.protocol import websocket as wsproto

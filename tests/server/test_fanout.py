@@ -7,7 +7,7 @@ import resource
 from collections.abc import Callable
 from typing import Any
 
-from conftest import running
+from servers import running
 from rawclient import RawWebSocket, call, socketio_connect
 
 from roomcast.hub.connection import Connection

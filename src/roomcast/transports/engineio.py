@@ -202,8 +202,7 @@ class EngineIOServer:
         if sid is None:
             if request.method != "GET":
                 return self._refuse(request, 2, "Bad handshake method", cors)
-            session = self._open(request, Transport.POLLING)
-            return self._flush(session, cors)
+            return self._flush(self._open(request, Transport.POLLING), cors)
         session = self.sessions.get(sid)
         if session is None:
             return self._refuse(request, 1, "Session ID unknown", cors)
