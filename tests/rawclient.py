@@ -30,6 +30,9 @@ class RawWebSocket(asyncio.Protocol):
         self._handshake = asyncio.get_running_loop().create_future()
         self._buffer = b""
         self.status: int | None = None
+        self.auto_pong = False  # answer Engine.IO pings as they arrive, like a live client
+        self.pings = 0
+        self.pinged = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -48,6 +51,11 @@ class RawWebSocket(asyncio.Protocol):
         for event in self.parser.feed(data):
             if isinstance(event, wsproto.Message):
                 payload = event.data
+                if self.auto_pong and payload == b"2" and event.opcode == wsproto.OP_TEXT:
+                    self.pings += 1
+                    self.pinged.set()
+                    self.send("3")
+                    continue
                 self.messages.put_nowait(payload.decode() if event.opcode == wsproto.OP_TEXT else payload)
             elif isinstance(event, wsproto.Close):
                 self.close_code = event.code
