@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fnmatch
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ SnapshotProvider = Callable[[RoomName], Any]
 """``(room) -> state`` — sync or ``async``; the room's current state for a new subscriber."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_SNAPSHOT_ATTEMPTS = 3
 
 
 class Hub:
@@ -225,22 +228,42 @@ class Hub:
                         for p in result.publications
                     ],
                 }
-        state = await self._snapshot(room)
-        position = await self.broker.position(room)
+        # A publication landing while an async provider is suspended may be missing from
+        # its state; take the snapshot again until the position held still around it.
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            before = await self.broker.position(room)
+            state = await self._snapshot(room)
+            position = await self.broker.position(room)
+            if position == before:
+                self.join(conn, room)
+                return {
+                    "room": room,
+                    "epoch": position.epoch,
+                    "offset": position.offset,
+                    "recovered": False,
+                    "snapshot": state,
+                }
+        # Still moving: hand over the snapshot with what was published since it started,
+        # so the subscriber may see an update twice but never misses one.
+        result = await self.broker.history(room, since=before)
         self.join(conn, room)
         return {
             "room": room,
-            "epoch": position.epoch,
-            "offset": position.offset,
+            "epoch": result.position.epoch,
+            "offset": result.position.offset,
             "recovered": False,
             "snapshot": state,
+            "publications": [
+                {"event": p.event, "data": list(p.data), "offset": p.position.offset}
+                for p in result.publications
+            ],
         }
 
     async def _snapshot(self, room: RoomName) -> Any:
         for pattern, provider in self._snapshots:
             if fnmatch.fnmatchcase(room, pattern):
                 state = provider(room)
-                if asyncio.iscoroutine(state):
+                if inspect.isawaitable(state):
                     state = await state
                 return state
         return None

@@ -1,0 +1,212 @@
+"""MemoryBroker: offsets, epochs, bounded history (size and age) and synchronous delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from roomcast.broker.base import HistoryResult
+from roomcast.broker.memory import MemoryBroker
+from roomcast.types import Publication, StreamPosition
+
+
+class RecordingEvents:
+    """Stands in for the hub: records every publication the broker delivers."""
+
+    def __init__(self) -> None:
+        self.received: list[Publication] = []
+        self.tasks: list[asyncio.Task[object] | None] = []
+
+    def on_publication(self, publication: Publication) -> None:
+        self.received.append(publication)
+        self.tasks.append(asyncio.current_task())
+
+
+async def publish_n(broker: MemoryBroker, room: str, n: int, *, ts: float | None = None) -> list[Publication]:
+    return [
+        await broker.publish(room, "ev", (i,), ts=time.time() if ts is None else ts)
+        for i in range(1, n + 1)
+    ]
+
+
+def offsets(result: HistoryResult) -> list[int]:
+    return [p.position.offset for p in result.publications]
+
+
+async def test_offsets_count_1_2_3_per_room_independently() -> None:
+    b = MemoryBroker()
+    a1 = await b.publish("a", "ev", (), ts=1.0)
+    a2 = await b.publish("a", "ev", (), ts=1.0)
+    x1 = await b.publish("b", "ev", (), ts=1.0)
+    a3 = await b.publish("a", "ev", (), ts=1.0)
+    x2 = await b.publish("b", "ev", (), ts=1.0)
+    assert [p.position.offset for p in (a1, a2, a3)] == [1, 2, 3]
+    assert [p.position.offset for p in (x1, x2)] == [1, 2]
+    assert await b.position("a") == StreamPosition(b.epoch, 3)
+    assert await b.position("b") == StreamPosition(b.epoch, 2)
+    assert await b.position("never") == StreamPosition(b.epoch, 0)
+
+
+async def test_publication_carries_what_was_published() -> None:
+    b = MemoryBroker()
+    pub = await b.publish("room", "chat", ("hi", {"n": 1}), ts=123.5)
+    assert pub == Publication("room", "chat", ("hi", {"n": 1}), StreamPosition(b.epoch, 1), 123.5)
+
+
+async def test_one_epoch_per_broker_and_a_new_one_after_a_restart() -> None:
+    b = MemoryBroker()
+    pa = await b.publish("a", "ev", (), ts=1.0)
+    pb = await b.publish("b", "ev", (), ts=1.0)
+    assert pa.position.epoch == pb.position.epoch == b.epoch
+    assert b.epoch  # non-empty
+
+    restarted = MemoryBroker()
+    assert restarted.epoch != b.epoch
+    # a client holding the old position cannot be continued by the restarted broker
+    result = await restarted.history("a", since=pa.position)
+    assert result == HistoryResult((), StreamPosition(restarted.epoch, 0), complete=False)
+
+
+async def test_history_returns_exactly_the_publications_after_an_offset() -> None:
+    b = MemoryBroker()
+    pubs = await publish_n(b, "r", 5)
+    await publish_n(b, "other", 3)
+    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    assert result.complete
+    assert result.publications == tuple(pubs[2:])
+    assert result.position == StreamPosition(b.epoch, 5)
+
+    everything = await b.history("r", since=StreamPosition(b.epoch, 0))
+    assert everything.complete and everything.publications == tuple(pubs)
+
+
+async def test_history_at_the_current_offset_is_complete_and_empty() -> None:
+    b = MemoryBroker()
+    await publish_n(b, "r", 3)
+    assert await b.history("r", since=StreamPosition(b.epoch, 3)) == HistoryResult(
+        (), StreamPosition(b.epoch, 3), complete=True
+    )
+    # an unknown room at offset 0 is a fresh, complete stream
+    assert await b.history("new", since=StreamPosition(b.epoch, 0)) == HistoryResult(
+        (), StreamPosition(b.epoch, 0), complete=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("epoch", "offset"),
+    [
+        ("other-epoch", 1),  # another epoch (e.g. before a restart)
+        ("other-epoch", 3),
+        (None, 4),  # ahead of the room
+        (None, 100),
+        (None, -1),  # nonsense
+    ],
+)
+async def test_history_that_cannot_be_continued_is_incomplete(epoch: str | None, offset: int) -> None:
+    b = MemoryBroker()
+    await publish_n(b, "r", 3)
+    result = await b.history("r", since=StreamPosition(epoch or b.epoch, offset))
+    assert result == HistoryResult((), StreamPosition(b.epoch, 3), complete=False)
+
+
+async def test_offset_ahead_of_an_unknown_room_is_incomplete() -> None:
+    b = MemoryBroker()
+    result = await b.history("new", since=StreamPosition(b.epoch, 1))
+    assert not result.complete
+
+
+async def test_size_trimming_keeps_the_newest_and_reports_the_gap() -> None:
+    b = MemoryBroker(history_size=3)
+    pubs = await publish_n(b, "r", 5)  # history holds offsets 3, 4, 5
+    for since in (0, 1):
+        result = await b.history("r", since=StreamPosition(b.epoch, since))
+        assert not result.complete, since
+        assert result.publications == ()
+        assert result.position == StreamPosition(b.epoch, 5)
+    # offset 2 needs 3, 4, 5: exactly what is kept
+    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    assert result.complete and result.publications == tuple(pubs[2:])
+    result = await b.history("r", since=StreamPosition(b.epoch, 4))
+    assert result.complete and offsets(result) == [5]
+
+
+async def test_age_trimming_drops_old_publications() -> None:
+    b = MemoryBroker(history_ttl=0.5)
+    now = time.time()
+    old = await publish_n(b, "r", 2, ts=now - 3600)  # offsets 1, 2: long expired
+    fresh = await publish_n(b, "r", 2, ts=now + 3600)  # offsets 3, 4: well within the ttl
+    assert [p.position.offset for p in old + fresh] == [1, 2, 3, 4]
+
+    result = await b.history("r", since=StreamPosition(b.epoch, 0))
+    assert not result.complete and result.publications == ()
+    result = await b.history("r", since=StreamPosition(b.epoch, 1))
+    assert not result.complete
+    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    assert result.complete and result.publications == tuple(fresh)
+
+
+async def test_age_trimming_everything_expired() -> None:
+    b = MemoryBroker(history_ttl=1.0)
+    await publish_n(b, "r", 3, ts=time.time() - 3600)
+    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    assert result == HistoryResult((), StreamPosition(b.epoch, 3), complete=False)
+    # nothing was missed: still complete
+    result = await b.history("r", since=StreamPosition(b.epoch, 3))
+    assert result.complete
+
+
+async def test_history_size_zero_keeps_nothing() -> None:
+    b = MemoryBroker(history_size=0)
+    pubs = await publish_n(b, "r", 3)
+    assert [p.position.offset for p in pubs] == [1, 2, 3]  # offsets still count
+    for since in (0, 1, 2):
+        result = await b.history("r", since=StreamPosition(b.epoch, since))
+        assert result == HistoryResult((), StreamPosition(b.epoch, 3), complete=False)
+    assert (await b.history("r", since=StreamPosition(b.epoch, 3))).complete
+
+
+@pytest.mark.parametrize("kwargs", [{"history_size": -1}, {"history_ttl": -0.1}])
+def test_negative_limits_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        MemoryBroker(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_broker_delivers_synchronously_the_same_publication_it_returns() -> None:
+    b = MemoryBroker()
+    events = RecordingEvents()
+    await b.start(events)
+    coro = b.publish("r", "ev", (1,), ts=time.time())
+    assert events.received == []  # nothing before the publish runs
+    pub = await coro
+    assert len(events.received) == 1
+    assert events.received[0] is pub
+    # delivered inside the publisher's own task, not scheduled for later
+    assert events.tasks == [asyncio.current_task()]
+    # the history entry is the delivered object too (atomic history + publish)
+    result = await b.history("r", since=StreamPosition(b.epoch, 0))
+    assert result.publications[0] is pub
+
+
+async def test_delivery_order_matches_offsets() -> None:
+    b = MemoryBroker()
+    events = RecordingEvents()
+    await b.start(events)
+    await publish_n(b, "a", 3)
+    await publish_n(b, "b", 2)
+    assert [(p.room, p.position.offset) for p in events.received] == [
+        ("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)
+    ]
+
+
+async def test_publish_before_start_and_after_aclose_delivers_nothing_but_keeps_history() -> None:
+    b = MemoryBroker()
+    events = RecordingEvents()
+    await b.publish("r", "ev", (), ts=time.time())
+    await b.start(events)
+    await b.publish("r", "ev", (), ts=time.time())
+    await b.aclose()
+    await b.publish("r", "ev", (), ts=time.time())
+    assert [p.position.offset for p in events.received] == [2]
+    assert offsets(await b.history("r", since=StreamPosition(b.epoch, 0))) == [1, 2, 3]
