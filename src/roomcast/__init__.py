@@ -17,6 +17,7 @@ from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.broker.memory import MemoryBroker
 from roomcast.server.app import App
+from roomcast.server.asgi import RoomcastApp
 from roomcast.server.config import Settings
 from roomcast.types import Publication, StreamPosition
 
@@ -33,6 +34,7 @@ __all__ = [
     "ProtocolError",
     "Publication",
     "RemoteProtocolError",
+    "RoomcastApp",
     "RoomcastError",
     "Settings",
     "StreamPosition",

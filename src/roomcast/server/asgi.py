@@ -1,20 +1,18 @@
 """The ASGI front door: ``RoomcastApp``, a plain ASGI 3 callable serving an ``App``.
 
-Imports L0–L4 and ``server.app``. It owns the translation between ASGI messages and the
-router's two calls: each ``http`` scope becomes an ``HttpRequest`` for ``App.http`` and each
-``websocket`` scope an ``HttpRequest`` for ``App.websocket``; an accepted WebSocket is offered
-to the transport as an ``AsgiWebSocket`` channel. It also owns the lifespan: the ``lifespan``
-scope when the host forwards it, else a lazy start on the first request (Starlette and
-FastAPI ``mount()`` do not forward lifespan to sub-apps), and ``lifespan(host)`` for
-``FastAPI(lifespan=rt.lifespan)`` so that shutdown runs too. Transports never see ASGI.
+Imports L0–L4 and ``server.app``. It owns the translation of ASGI messages into the router's
+two calls (``App.http`` and ``App.websocket`` get an ``HttpRequest``; an accepted WebSocket is
+offered to the transport as an ``AsgiWebSocket`` channel), so transports never see ASGI. It
+also owns the lifespan: the ``lifespan`` scope when the host forwards it, else a lazy start on
+the first request (Starlette/FastAPI ``mount()`` does not forward lifespan), plus
+``lifespan(host)`` for ``FastAPI(lifespan=rt.lifespan)``. Mounted with
+``api.mount("/rt", rt)``, it routes on the path relative to the mount point.
 
-Mount it: ``api.mount("/rt", RoomcastApp(app))``; paths are taken relative to the mount point.
-
-Why it is slower than the native door, and allowed to be: every outbound message is an ASGI
-dict and an ``await`` through the server's WebSocket layer, so fan-out cannot write one
-pre-built frame per recipient (``native_frames`` is ``False``) and each connection needs a
-writer task draining its queue. This door exists to add rooms to an existing ASGI app in a
-few lines; deployments that need fan-out throughput run the native door.
+Why it is slower than the native door, and allowed to be: each outbound message is an ASGI dict
+and an ``await`` through the host server's WebSocket layer, so fan-out cannot write one
+pre-built frame per recipient (``native_frames`` is ``False``), and every connection needs a
+writer task draining its queue. This door is for adding rooms to an existing ASGI app in a few
+lines; deployments that need fan-out throughput run the native door.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,8 +34,8 @@ __all__ = ["RoomcastApp", "AsgiWebSocket", "Scope", "Message", "Receive", "Send"
 
 logger = logging.getLogger("roomcast.asgi")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]  # the shapes Starlette's ``types`` uses, so mypy accepts a mount
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -46,7 +44,7 @@ WS_1009_MESSAGE_TOO_BIG = 1009
 WS_1011_INTERNAL_ERROR = 1011
 
 
-def _request(scope: Scope, method: str, body: bytes = b"") -> HttpRequest:
+def _request(scope: Scope, method: str, body: bytes = b"", body_too_large: bool = False) -> HttpRequest:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
@@ -59,15 +57,9 @@ def _request(scope: Scope, method: str, body: bytes = b"") -> HttpRequest:
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     client = scope.get("client")
-    return HttpRequest(
-        method=method,
-        path=path,
-        query={k: v[0] for k, v in query_all.items()},
-        headers=headers,
-        body=body,
-        client=(str(client[0]), int(client[1])) if client else ("", 0),
-        query_all=query_all,
-    )
+    query = {k: v[0] for k, v in query_all.items()}
+    peer = (str(client[0]), int(client[1])) if client else ("", 0)
+    return HttpRequest(method, path, query, headers, body, peer, query_all, body_too_large)
 
 
 def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
@@ -135,24 +127,11 @@ class AsgiWebSocket:
                 self._wake.clear()
                 await self._wake.wait()
         except OSError as exc:  # the peer is gone: the receive loop gets websocket.disconnect
+            self.closing = True
             logger.debug("websocket writer stopped: %r", exc)
 
-    async def stop(self) -> None:
-        """End the writer now (the connection is gone)."""
-        self.closing = True
-        self.writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.writer
-
-
 class RoomcastApp:
-    """A plain ASGI 3 application serving a roomcast ``App``.
-
-    Args:
-        app: the router to serve; by default ``App(hub, settings)``.
-        hub: the hub of a new ``App`` (only without ``app``).
-        settings: the settings of a new ``App`` (only without ``app``).
-    """
+    """A plain ASGI 3 application serving ``app``, or a new ``App(hub, settings)`` without one."""
 
     def __init__(self, app: App | None = None, *, hub: Hub | None = None, settings: Settings | None = None) -> None:
         if app is not None and (hub is not None or settings is not None):
@@ -160,21 +139,20 @@ class RoomcastApp:
         self.app = app if app is not None else App(hub, settings)
         self.hub = self.app.hub
         self.settings = self.app.settings
-        self._started: asyncio.Task[None] | None = None
-        self._ready = False
-        self._stopped = False
+        self._starting = asyncio.Lock()
+        self._ready = self._stopped = False
 
     # -- lifespan -----------------------------------------------------------------------
     async def startup(self) -> None:
-        """Start the app once; later and concurrent calls wait for that one start."""
-        if self._started is None:
-            self._started = asyncio.ensure_future(self.app.startup())
-        await asyncio.shield(self._started)
-        self._ready = True
+        """Start the app once; concurrent calls wait for that start (a failed one is retried)."""
+        async with self._starting:
+            if not self._ready:
+                await self.app.startup()
+                self._ready = True
 
     async def shutdown(self) -> None:
         """Shut the app down once, if it was started."""
-        if self._started is not None and not self._stopped:
+        if self._ready and not self._stopped:
             self._stopped = True
             await self.app.shutdown()
 
@@ -188,6 +166,7 @@ class RoomcastApp:
             await self.shutdown()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol, when the host forwards it."""
         while True:
             kind = (await receive())["type"]
             step = self.startup if kind == "lifespan.startup" else self.shutdown
@@ -217,27 +196,22 @@ class RoomcastApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.settings.max_payload
         chunks: list[bytes] = []
-        size, more = 0, True
+        size, more = 0, True  # stop reading as soon as the body is past the limit
         while more and size <= limit:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunk: bytes = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-        too_big = size > limit
-        # Stop reading past the limit; the capped body still shows the router it is too big,
-        # so the Engine.IO server closes the session as well as answering 413.
-        request = _request(scope, scope["method"], b"".join(chunks)[: limit + 1])
+        too_big = size > limit  # the router answers 413 (and Engine.IO ends the session)
+        request = _request(scope, scope["method"], b"" if too_big else b"".join(chunks), too_big)
         if request.method == "GET" and not too_big:
             response = await self._watched(request, receive)  # a long poll may wait
             if response is None:
                 return
         else:
             response = await self._handle(request)
-        if too_big and response.status != 413:
-            response = json_error(413, 3, "Payload too large")
         await send({"type": "http.response.start", "status": response.status, "headers": _headers(response)})
         await send({"type": "http.response.body", "body": response.body})
 
@@ -255,19 +229,18 @@ class RoomcastApp:
         try:
             await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (handler, watcher):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        return handler.result() if not handler.cancelled() else None
+            handler.cancel()  # a no-op once done
+            watcher.cancel()
+            await asyncio.gather(handler, watcher, return_exceptions=True)
+        return None if handler.cancelled() else handler.result()
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
         decision = self.app.websocket(_request(scope, "GET"))
         if isinstance(decision, HttpResponse):
-            if "websocket.http.response" in scope.get("extensions", {}):
+            if "websocket.http.response" in scope.get("extensions", {}):  # (uvicorn's sansio
+                # impl then logs a spurious "without completing handshake": Kludex/uvicorn#3138)
                 start = {"type": "websocket.http.response.start", "status": decision.status}
                 await send({**start, "headers": _headers(decision)})
                 await send({"type": "websocket.http.response.body", "body": decision.body})
@@ -278,12 +251,13 @@ class RoomcastApp:
         channel = AsgiWebSocket(send, high_water=self.settings.max_buffer_bytes)
         try:
             await self._receive_loop(channel, decision.start(channel), receive)
-        finally:
-            await channel.stop()
+        finally:  # the connection is gone: end the writer now
+            channel.closing = True
+            channel.writer.cancel()
+            await asyncio.gather(channel.writer, return_exceptions=True)
 
     async def _receive_loop(self, channel: AsgiWebSocket, handler: WebSocketHandler, receive: Receive) -> None:
-        limit = self.settings.max_payload
-        closed = False
+        limit, closed = self.settings.max_payload, False
         while True:
             message = await receive()
             kind = message["type"]
@@ -297,15 +271,15 @@ class RoomcastApp:
             data: str | bytes | None = text if text is not None else message.get("bytes")
             if data is None:
                 continue
-            if len(data) > limit or (isinstance(data, str) and len(data) * 4 > limit and len(data.encode()) > limit):
-                channel.close(WS_1009_MESSAGE_TOO_BIG, "message too big")
+            big = len(data) > limit or (isinstance(data, str) and len(data) * 4 > limit and len(data.encode()) > limit)
+            code = WS_1009_MESSAGE_TOO_BIG if big else 0
+            if not code:
+                try:
+                    handler.on_message(data)
+                except Exception:
+                    logger.exception("websocket handler failed")
+                    code = WS_1011_INTERNAL_ERROR
+            if code:  # on_close once, now; the loop then waits for websocket.disconnect
+                channel.close(code, "message too big" if code == WS_1009_MESSAGE_TOO_BIG else "")
                 closed = True
-                handler.on_close(WS_1009_MESSAGE_TOO_BIG)
-                continue
-            try:
-                handler.on_message(data)
-            except Exception:
-                logger.exception("websocket handler failed")
-                channel.close(WS_1011_INTERNAL_ERROR, "")
-                closed = True
-                handler.on_close(WS_1011_INTERNAL_ERROR)
+                handler.on_close(code)

@@ -35,7 +35,7 @@ class HttpRequest:
         query: every query parameter; the first value of a repeated one is ``query[name]``,
             all of them are in ``query_all``.
         headers: lower-cased names; repeated headers joined with ", ".
-        body: the whole body (front doors enforce the size limit before building this).
+        body: the whole body; empty when ``body_too_large``.
         client: the peer's address, ``(host, port)``.
         body_too_large: the body passed the door's size limit and was dropped; the route
             answers 413 (and Engine.IO also closes the session, as the official server does).
