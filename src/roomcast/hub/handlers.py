@@ -72,8 +72,16 @@ class HandlerRegistry:
                 result = await result
             return result
         except Exception as exc:
-            self.failures += 1
-            name = getattr(handler, "__qualname__", repr(handler))
-            logger.exception("handler %s failed", name)
-            raise HandlerFailed(name) from exc
+            raise HandlerFailed(self.failed(handler)) from exc
+
+    def failed(self, handler: Handler) -> str:
+        """Count and log (with the traceback) the exception being handled; returns the name.
+
+        Call it from an ``except`` block. The one place handler failures are recorded, so
+        every transport isolates them the same way.
+        """
+        self.failures += 1
+        name = getattr(handler, "__qualname__", repr(handler))
+        logger.exception("handler %s failed", name)
+        return name
 

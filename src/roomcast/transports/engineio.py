@@ -516,4 +516,5 @@ class _ProbeSocket:
             session.machine.probe_failed()
 
 
+# mypy checks here that each WebSocket handler class satisfies the WebSocketHandler Protocol.
 _HANDLERS: tuple[type[WebSocketHandler], ...] = (_NewSocket, _ProbeSocket, _Closed)

@@ -173,8 +173,7 @@ def _spawn_or_run(hub: Hub, handler: Any, args: tuple[Any, ...], sock: SioSocket
     try:
         result = handler(*args)
     except Exception:
-        hub.handlers.failures += 1
-        logger.exception("handler %s failed", getattr(handler, "__qualname__", handler))
+        hub.handlers.failed(handler)
         if sock is not None and ack_id is not None:
             sock.ack(ack_id, _INTERNAL_ERROR)
         return
@@ -189,8 +188,7 @@ async def _finish(hub: Hub, handler: Any, awaitable: Any, sock: SioSocket | None
     try:
         result = await awaitable
     except Exception:
-        hub.handlers.failures += 1
-        logger.exception("handler %s failed", getattr(handler, "__qualname__", handler))
+        hub.handlers.failed(handler)
         result = _INTERNAL_ERROR
     if sock is not None and ack_id is not None:
         sock.ack(ack_id, result)
