@@ -10,8 +10,8 @@ import pytest
 from hub_doubles import ConnFactory, CountingEncoder, RecordingConnection
 
 from roomcast import disconnect
+from roomcast.errors import ConnectionRefused
 from roomcast.hub import Hub
-from roomcast.hub.handlers import HandlerFailed
 from roomcast.types import StreamPosition
 
 WAIT = 2.0  # seconds any asynchronous outcome may take before the test fails
@@ -545,8 +545,25 @@ async def test_handler_registration_by_namespace(hub: Hub) -> None:
     assert hub.handlers.disconnect_handler("/gone") is gone
     assert hub.handlers.namespaces == {"/", "/admin", "/live", "/gone", "/quiet"}
 
-    assert await hub.handlers.call(chat, None, "hi") == "HI"
-    assert await hub.handlers.call(admin_chat, None, "hi") == ("hi", 2)
+    assert await _dispatched(hub, chat, None, "hi") == "HI"
+    assert await _dispatched(hub, admin_chat, None, "hi") == ("hi", 2)
+
+
+async def _dispatched(hub: Hub, handler: Any, *args: Any) -> Any:
+    """Dispatch through the registry (sync inline, async as a task) and return the result."""
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    hub.handlers.dispatch(handler, args, on_result=result.set_result, on_error=result.set_exception)
+    async with asyncio.timeout(WAIT):
+        return await result
+
+
+async def test_a_refusal_listed_as_expected_is_not_counted_as_a_failure(hub: Hub) -> None:
+    def refuse(conn: Any) -> None:
+        raise ConnectionRefused("no")
+
+    errors: list[Exception] = []
+    hub.handlers.dispatch(refuse, (None,), on_error=errors.append, expected=(ConnectionRefused,))
+    assert [str(e) for e in errors] == ["no"] and hub.handlers.failures == 0
 
 
 async def test_later_registration_replaces_the_handler(hub: Hub) -> None:
@@ -555,13 +572,16 @@ async def test_later_registration_replaces_the_handler(hub: Hub) -> None:
     assert hub.handler("/", "ev") is second
 
 
-async def test_failing_handler_is_counted_and_wrapped(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+async def test_failing_handler_is_counted_logged_and_handed_to_on_error(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
     @hub.on("boom")
     async def boom(conn: Any) -> None:
         raise ValueError("bad input")
 
-    with pytest.raises(HandlerFailed) as info:
-        await hub.handlers.call(boom, None)
-    assert isinstance(info.value.__cause__, ValueError)
+    errors: asyncio.Queue[Exception] = asyncio.Queue()
+    results: list[Any] = []
+    hub.handlers.dispatch(boom, (None,), on_result=results.append, on_error=errors.put_nowait)
+    async with asyncio.timeout(WAIT):
+        assert isinstance(await errors.get(), ValueError)
+    assert results == []
     assert hub.handlers.failures == 1
     assert any("boom" in r.getMessage() for r in caplog.records)

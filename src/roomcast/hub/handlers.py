@@ -8,14 +8,15 @@ traceback and counted; it never takes the connection or the server down.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast.hub.connection import Connection
 
-__all__ = ["Handler", "ConnectHandler", "HandlerRegistry", "HandlerFailed"]
+__all__ = ["Handler", "ConnectHandler", "HandlerRegistry"]
 
 logger = logging.getLogger("roomcast.handlers")
 
@@ -23,10 +24,6 @@ Handler = Callable[..., Any]
 """``(connection, *args) -> ack`` — sync or ``async``."""
 ConnectHandler = Callable[[Connection, Any], Any]
 """``(connection, auth) -> None``; raise ``ConnectionRefused`` to refuse."""
-
-
-class HandlerFailed(Exception):
-    """A handler raised; the original exception is ``__cause__``. Internal to dispatch."""
 
 
 class HandlerRegistry:
@@ -38,6 +35,7 @@ class HandlerRegistry:
         self._disconnect: dict[str, Handler] = {}
         self.namespaces: set[str] = {"/"}
         self.failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, namespace: str, event: str, handler: Handler) -> None:
         self.namespaces.add(namespace)
@@ -60,28 +58,60 @@ class HandlerRegistry:
     def disconnect_handler(self, namespace: str) -> Handler | None:
         return self._disconnect.get(namespace)
 
-    async def call(self, handler: Handler, *args: Any) -> Any:
-        """Run ``handler`` (sync or async) and return its result.
+    def dispatch(
+        self,
+        handler: Handler,
+        args: tuple[Any, ...],
+        *,
+        on_result: Callable[[Any], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        expected: tuple[type[Exception], ...] = (),
+    ) -> None:
+        """Run ``handler(*args)``: a sync one inline, an ``async`` one as a task owned here.
 
-        Raises:
-            HandlerFailed: the handler raised; it has been logged and counted.
+        Every transport dispatches through this, so failures are isolated one way: an
+        exception is logged with its traceback and counted (unless it is one of
+        ``expected``, such as ``ConnectionRefused``), then handed to ``on_error``; it never
+        reaches the transport. A result goes to ``on_result`` (e.g. the ack).
         """
         try:
             result = handler(*args)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
         except Exception as exc:
-            raise HandlerFailed(self.failed(handler)) from exc
+            self._fail(handler, exc, on_error, expected)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._finish(handler, result, on_result, on_error, expected))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif on_result is not None:
+            on_result(result)
 
-    def failed(self, handler: Handler) -> str:
-        """Count and log (with the traceback) the exception being handled; returns the name.
+    async def _finish(
+        self,
+        handler: Handler,
+        pending: Awaitable[Any],
+        on_result: Callable[[Any], None] | None,
+        on_error: Callable[[Exception], None] | None,
+        expected: tuple[type[Exception], ...],
+    ) -> None:
+        try:
+            result = await pending
+        except Exception as exc:
+            self._fail(handler, exc, on_error, expected)
+            return
+        if on_result is not None:
+            on_result(result)
 
-        Call it from an ``except`` block. The one place handler failures are recorded, so
-        every transport isolates them the same way.
-        """
-        self.failures += 1
-        name = getattr(handler, "__qualname__", repr(handler))
-        logger.exception("handler %s failed", name)
-        return name
-
+    def _fail(
+        self,
+        handler: Handler,
+        exc: Exception,
+        on_error: Callable[[Exception], None] | None,
+        expected: tuple[type[Exception], ...],
+    ) -> None:
+        if not isinstance(exc, expected):
+            self.failures += 1
+            name = getattr(handler, "__qualname__", repr(handler))
+            logger.error("handler %s failed", name, exc_info=exc)
+        if on_error is not None:
+            on_error(exc)

@@ -23,12 +23,11 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
 
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.config import Settings
-from roomcast.transports.base import HttpRequest, HttpResponse, WebSocketHandler, json_error
+from roomcast.transports.base import HttpRequest, HttpResponse, WebSocketHandler, build_request, json_error
 
 __all__ = ["RoomcastApp", "AsgiWebSocket", "Scope", "Message", "Receive", "Send"]
 
@@ -48,18 +47,17 @@ def _request(scope: Scope, method: str, body: bytes = b"", body_too_large: bool 
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
-        path = path[len(root) :] or "/"
-    raw: bytes = scope.get("query_string", b"")
-    query_all = parse_qs(raw.decode("latin-1"), keep_blank_values=True) if raw else {}
-    headers: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        path = path[len(root) :] or "/"  # route relative to the mount point
     client = scope.get("client")
-    query = {k: v[0] for k, v in query_all.items()}
-    peer = (str(client[0]), int(client[1])) if client else ("", 0)
-    return HttpRequest(method, path, query, headers, body, peer, query_all, body_too_large)
+    return build_request(
+        method,
+        path,
+        scope.get("query_string", b""),
+        scope.get("headers", ()),
+        body=body,
+        client=(str(client[0]), int(client[1])) if client else ("", 0),
+        body_too_large=body_too_large,
+    )
 
 
 def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:

@@ -16,7 +16,6 @@ import asyncio
 import logging
 from collections import deque
 from typing import Any, Protocol
-from urllib.parse import parse_qs
 
 import httptools
 
@@ -27,6 +26,7 @@ from roomcast.transports.base import (
     HttpResponse,
     WebSocketAccept,
     WebSocketHandler,
+    build_request,
     json_error,
 )
 
@@ -225,21 +225,14 @@ class HttpProtocol(asyncio.Protocol):
     # -- requests ---------------------------------------------------------------------
     def _build(self) -> HttpRequest:
         url = httptools.parse_url(self._url)
-        query_all = parse_qs(url.query.decode("latin-1"), keep_blank_values=True) if url.query else {}
-        headers: dict[str, str] = {}
-        for name, value in self._headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        return HttpRequest(
-            method=self.parser.get_method().decode(),
-            path=url.path.decode("latin-1"),
-            query={k: v[0] for k, v in query_all.items()},
-            headers=headers,
+        return build_request(
+            self.parser.get_method().decode(),
+            url.path.decode("latin-1"),
+            url.query or b"",
+            self._headers,
             body=b"".join(self._body),
             client=(peer[0], peer[1]) if peer else ("", 0),
-            query_all=query_all,
             body_too_large=self._too_big,
         )
 

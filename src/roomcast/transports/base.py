@@ -7,10 +7,10 @@ WebSocket as a ``WebSocketChannel``. So every transport runs unchanged behind ei
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from roomcast import _json
 
@@ -22,6 +22,7 @@ __all__ = [
     "WebSocketAccept",
     "CorsPolicy",
     "json_error",
+    "build_request",
 ]
 
 
@@ -51,6 +52,35 @@ class HttpRequest:
     body_too_large: bool = False
 
 
+def build_request(
+    method: str,
+    path: str,
+    raw_query: bytes,
+    raw_headers: Iterable[tuple[bytes, bytes]],
+    *,
+    body: bytes = b"",
+    client: tuple[str, int] = ("", 0),
+    body_too_large: bool = False,
+) -> HttpRequest:
+    """Build an ``HttpRequest`` from wire values; both front doors call this one function."""
+    query_all = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
+    headers: dict[str, str] = {}
+    for name, value in raw_headers:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return HttpRequest(
+        method=method,
+        path=path,
+        query={k: v[0] for k, v in query_all.items()},
+        headers=headers,
+        body=body,
+        client=client,
+        query_all=query_all,
+        body_too_large=body_too_large,
+    )
+
+
 @dataclass(slots=True)
 class HttpResponse:
     status: int
@@ -71,6 +101,9 @@ def json_error(status: int, code: int, message: str, headers: list[tuple[str, st
 
 class WebSocketChannel(Protocol):
     """An open WebSocket as a front door offers it to a transport.
+
+    The door enforces the message size limit (``Settings.max_payload``) before a message
+    reaches the handler, closing with 1009; transports do not check it again.
 
     ``native_frames`` is ``True`` when ``send_frames`` accepts ready RFC 6455 frame bytes
     (the native door); the ASGI door can only send whole messages.

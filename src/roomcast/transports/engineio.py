@@ -404,8 +404,6 @@ class EngineIOServer:
             self.app.on_close(session, event.reason)
 
     def _on_ws_message(self, session: Session, data: str | bytes) -> None:
-        if len(data) > self.max_payload:
-            raise PayloadTooBig("message exceeds maxPayload")
         packet = engineio.decode_ws(data)
         machine = session.machine
         was = machine.next_deadline()

@@ -13,7 +13,6 @@ writes the frames to a native WebSocket or queues the packets for a poll.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
 import secrets
@@ -149,7 +148,7 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
     sock.acks.clear()
     handler = hub.handlers.disconnect_handler(sock.namespace)
     if handler is not None and sock.accepted:
-        _spawn_or_run(hub, handler, (sock, reason.reason), None, None)
+        hub.handlers.dispatch(handler, (sock, reason.reason))
 
 def _reject(session: Session, why: str) -> None:
     """Close a session that broke the Socket.IO protocol; log at debug and count it."""
@@ -165,33 +164,6 @@ class _SioState:
         self.decoder = sio.Decoder(max_attachments=max_attachments)
         self.sockets: dict[str, SioSocket] = {}
         self.connect_timer: asyncio.TimerHandle | None = None
-
-_background: set[asyncio.Task[Any]] = set()
-
-def _spawn_or_run(hub: Hub, handler: Any, args: tuple[Any, ...], sock: SioSocket | None, ack_id: int | None) -> None:
-    """Run a handler; sync ones inline, async ones as a task. Ack the result if asked."""
-    try:
-        result = handler(*args)
-    except Exception:
-        hub.handlers.failed(handler)
-        if sock is not None and ack_id is not None:
-            sock.ack(ack_id, _INTERNAL_ERROR)
-        return
-    if inspect.isawaitable(result):
-        task = asyncio.ensure_future(_finish(hub, handler, result, sock, ack_id))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-    elif sock is not None and ack_id is not None:
-        sock.ack(ack_id, result)
-
-async def _finish(hub: Hub, handler: Any, awaitable: Any, sock: SioSocket | None, ack_id: int | None) -> None:
-    try:
-        result = await awaitable
-    except Exception:
-        hub.handlers.failed(handler)
-        result = _INTERNAL_ERROR
-    if sock is not None and ack_id is not None:
-        sock.ack(ack_id, result)
 
 class SocketIOServer:
     """The Socket.IO layer: an ``EngineIOApp`` that maps packets onto the hub.
@@ -278,34 +250,18 @@ class SocketIOServer:
         if handler is None:
             self._accept(session, state, sock)
             return
-        try:
-            result = handler(sock, auth)
-        except ConnectionRefused as refused:
-            self._refuse(session, state, sock, refused)
-            return
-        except Exception:
-            logger.exception("connect handler failed")
-            self._refuse(session, state, sock, ConnectionRefused("Internal error"))
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(self._connect_async(session, state, sock, result))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-        else:
-            self._accept(session, state, sock)
 
-    async def _connect_async(self, session: Session, state: _SioState, sock: SioSocket, pending: Any) -> None:
-        try:
-            await pending
-        except ConnectionRefused as refused:
-            self._refuse(session, state, sock, refused)
-            return
-        except Exception:
-            logger.exception("connect handler failed")
-            self._refuse(session, state, sock, ConnectionRefused("Internal error"))
-            return
-        if not session.closed:
-            self._accept(session, state, sock)
+        def accepted(_: Any) -> None:
+            if not session.closed:
+                self._accept(session, state, sock)
+
+        def refused(exc: Exception) -> None:
+            reason = exc if isinstance(exc, ConnectionRefused) else ConnectionRefused("Internal error")
+            self._refuse(session, state, sock, reason)
+
+        self.hub.handlers.dispatch(
+            handler, (sock, auth), on_result=accepted, on_error=refused, expected=(ConnectionRefused,)
+        )
 
     def _accept(self, session: Session, state: _SioState, sock: SioSocket) -> None:
         if state.connect_timer is not None:
@@ -338,7 +294,16 @@ class SocketIOServer:
             else:
                 logger.debug("no handler for %r on %s", event, sock.namespace)
                 return
-        _spawn_or_run(self.hub, handler, (sock, *args[1:]), sock, packet.id)
+        ack_id = packet.id
+        if ack_id is None:
+            self.hub.handlers.dispatch(handler, (sock, *args[1:]))
+        else:
+            self.hub.handlers.dispatch(
+                handler,
+                (sock, *args[1:]),
+                on_result=lambda result: sock.ack(ack_id, result),
+                on_error=lambda _: sock.ack(ack_id, _INTERNAL_ERROR),
+            )
 
     def _connect_timeout(self, session: Session) -> None:
         state: _SioState = session.state
