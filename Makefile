@@ -4,8 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_PEERS := tests/interop/node
+BENCH_NODE := bench/node
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
 
-.PHONY: run test install test-deps conformance-server conformance lint types clean
+.PHONY: run test install test-deps bench conformance-server conformance lint types clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,20 @@ run: $(STAMP)
 $(NODE_PEERS)/node_modules/.package-lock.json: $(NODE_PEERS)/package-lock.json
 	cd $(NODE_PEERS) && npm ci --no-audit --no-fund --loglevel=error
 
-test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json
+$(BENCH_NODE)/node_modules/.package-lock.json: $(BENCH_NODE)/package-lock.json
+	cd $(BENCH_NODE) && npm ci --no-audit --no-fund --loglevel=error
+
+test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json
+
+# The peers the benchmark runs beside roomcast: python-socketio under uvicorn, Node socket.io.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# Side by side with the peers, 3 repetitions, medians and ratios (docs/performance.md).
+# BENCH_ARGS="--reps 5 --servers roomcast,node" narrows or widens a run.
+bench: $(BENCH_STAMP) $(BENCH_NODE)/node_modules/.package-lock.json
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 test: test-deps
 	$(VENV)/bin/lint-imports
@@ -40,4 +56,4 @@ conformance: $(STAMP)
 	SERVER_CMD="$(PY) -m roomcast.server.conformance --port 3000" ../shared/conformance/run.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_PEERS)/node_modules
+	rm -rf $(VENV) $(NODE_PEERS)/node_modules $(BENCH_NODE)/node_modules

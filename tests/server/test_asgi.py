@@ -34,6 +34,7 @@ from roomcast import RoomcastApp, Settings
 from roomcast.server.asgi import Message
 from roomcast.server.conformance import build_app
 from roomcast.transports.base import HttpRequest, HttpResponse
+from rawclient import call, socketio_connect
 
 TEST_TIMEOUT_S = 10.0
 SERVER_START_S = 5.0
@@ -356,3 +357,43 @@ async def test_official_js_client_over_websocket(served: Served) -> None:
         "transport": "websocket",
         "ack": {"from": "js", "n": [1, 2]},
     }
+
+
+async def test_slow_consumer_on_the_asgi_door_is_disconnected_and_the_others_carry_on() -> None:
+    """A reader that stops makes uvicorn's send wait; the queue behind it is bounded."""
+    app = build_app()
+    app = type(app)(app.hub, Settings(cors_origins=("*",), max_buffer_bytes=256 * 1024))
+    reasons: dict[str, str] = {}
+
+    @app.hub.on_disconnect()
+    def gone(conn: Any, reason: str) -> None:
+        reasons[conn.id] = reason
+
+    async with serve(RoomcastApp(app)) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        fast = [await socketio_connect(host, int(port), path=f"{SIO_PATH}/") for _ in range(3)]
+        slow = await socketio_connect(host, int(port), path=f"{SIO_PATH}/", rcvbuf=4096)
+        try:
+            for i, c in enumerate([*fast, slow]):
+                assert await call(c, i + 1, "join", {"room": "feed"}) == [True]
+            slow_id = next(iter(set(c.id for c in app.hub.members("feed"))
+                                - {c.id for c in app.hub.members("feed")[:3]}))
+            assert slow.transport is not None
+            slow.transport.pause_reading()  # it stops reading
+            payload = "x" * 32 * 1024
+            sent = 0
+            async with asyncio.timeout(30):
+                while app.hub.slow_disconnects == 0:
+                    assert sent < 2000, "the slow consumer was never disconnected"
+                    await app.hub.publish("feed", "blob", sent, payload)
+                    sent += 1
+                    for c in fast:  # the fast readers keep up, so only the paused one falls behind
+                        assert await c.recv(timeout=10) == f'42["blob",{sent - 1},"{payload}"]'
+            assert reasons.get(slow_id) == "slow consumer"
+            assert len(app.hub.members("feed")) == 3
+            await app.hub.publish("feed", "after", 1)
+            for c in fast:
+                assert await c.recv() == '42["after",1]'
+        finally:
+            for c in [*fast, slow]:
+                c.close()

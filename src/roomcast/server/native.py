@@ -30,7 +30,7 @@ from roomcast.transports.base import (
     json_error,
 )
 
-__all__ = ["Router", "HttpProtocol", "NativeWebSocket", "serve"]
+__all__ = ["Router", "HttpProtocol", "NativeWebSocket", "WriteCoalescer", "serve"]
 
 logger = logging.getLogger("roomcast.native")
 
@@ -69,18 +69,67 @@ def _render(response: HttpResponse, keep_alive: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
 
 
+class WriteCoalescer:
+    """Writes each WebSocket's outbound frames once per event-loop iteration.
+
+    Why: on a busy server the cost of fan-out is the ``send`` system call per recipient, not
+    Python (py-spy: 78 % of a 1000-subscriber fan-out sat in ``transport.write``). When
+    several publications are handled in one loop iteration — a burst of publish requests in
+    one read, a batch from the broker — each recipient's frames are joined into one
+    ``writelines`` (one ``writev``) at the end of the iteration instead of one ``send`` each.
+    A lone publication costs one list append more than writing at once; no timer, no added
+    latency beyond the current iteration.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[NativeWebSocket] = []
+        self._scheduled = False
+
+    def mark(self, ws: NativeWebSocket) -> None:
+        self._dirty.append(ws)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for ws in dirty:
+            ws.flush()
+
+
 class NativeWebSocket:
-    """A server-side WebSocket on an asyncio transport (a ``WebSocketChannel``)."""
+    """A server-side WebSocket on an asyncio transport (a ``WebSocketChannel``).
+
+    Outbound frames wait in ``_out`` until the ``WriteCoalescer`` flushes them at the end of
+    the loop iteration (in order; a close flushes first). The outbound limit is checked at
+    each flush, so ``send``/``send_frames`` report a slow consumer from the last flush on.
+    """
 
     native_frames = True
-    __slots__ = ("transport", "parser", "handler", "closing", "high_water", "_close_timer", "_lost")
+    __slots__ = (
+        "transport", "parser", "handler", "closing", "high_water", "coalescer", "_out", "_over",
+        "_close_timer", "_lost",
+    )
 
-    def __init__(self, transport: asyncio.Transport, *, max_message_bytes: int, high_water: int) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        max_message_bytes: int,
+        high_water: int,
+        coalescer: WriteCoalescer | None = None,
+    ) -> None:
         self.transport = transport
         self.parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=True)
         self.handler: WebSocketHandler | None = None
         self.closing = False
         self.high_water = high_water
+        self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
+        self._out: bytes | list[bytes] | None = None
+        self._over = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._lost = False
 
@@ -92,21 +141,45 @@ class NativeWebSocket:
     def send_frames(self, frames: bytes) -> bool:
         if self.closing:
             return True
+        out = self._out
+        if out is None:
+            self._out = frames  # the common case: a reference, no allocation
+            self.coalescer.mark(self)
+        elif isinstance(out, list):
+            out.append(frames)
+        else:
+            self._out = [out, frames]
+        return not self._over
+
+    def flush(self) -> None:
+        """Write what is queued (called by the coalescer, and before a close frame)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
         transport = self.transport
-        transport.write(frames)
-        return transport.get_write_buffer_size() <= self.high_water
+        if self._lost or transport.is_closing():
+            return
+        if isinstance(out, list):
+            transport.writelines(out)
+        else:
+            transport.write(out)
+        self._over = transport.get_write_buffer_size() > self.high_water
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closing:
             return
-        self.closing = True
         transport = self.transport
         if transport.is_closing():
+            self.closing = True
             return
-        if transport.get_write_buffer_size() > self.high_water:
+        if self._over:
             # A slow consumer: a close frame would queue behind what it never read.
+            self.closing = True
             transport.abort()
             return
+        self.flush()
+        self.closing = True
         transport.write(wsproto.close_frame(code, reason))
         # Wait briefly for the peer's close frame, then drop the TCP connection anyway.
         self._close_timer = asyncio.get_running_loop().call_later(2.0, self.transport.close)
@@ -131,6 +204,7 @@ class NativeWebSocket:
                     self.transport.write(wsproto.serialize_frame(wsproto.OP_PONG, event.data))
             elif isinstance(event, wsproto.Close):
                 if not self.closing:
+                    self.flush()
                     self.closing = True
                     echo = 1000 if event.code == 1005 else event.code
                     self.transport.write(wsproto.close_frame(echo))
@@ -151,8 +225,16 @@ class NativeWebSocket:
 class HttpProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 requests, possibly upgraded to a WebSocket."""
 
-    def __init__(self, router: Router, *, max_body_bytes: int, max_buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        max_body_bytes: int,
+        max_buffer_bytes: int,
+        coalescer: WriteCoalescer | None = None,
+    ) -> None:
         self.router = router
+        self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
         self.max_body_bytes = max_body_bytes
         self.max_buffer_bytes = max_buffer_bytes
         self.transport: asyncio.Transport | None = None
@@ -280,7 +362,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(wsproto.handshake_response(accept_key, subprotocol=decision.subprotocol))
         ws = self.ws = NativeWebSocket(
-            transport, max_message_bytes=self.max_body_bytes, high_water=self.max_buffer_bytes
+            transport,
+            max_message_bytes=self.max_body_bytes,
+            high_water=self.max_buffer_bytes,
+            coalescer=self.coalescer,
         )
         ws.handler = decision.start(ws)
         if rest:
@@ -299,8 +384,11 @@ async def serve(
 ) -> asyncio.Server:
     """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port)."""
     loop = asyncio.get_running_loop()
+    coalescer = WriteCoalescer()  # one per server: one flush per loop iteration for all its sockets
     return await loop.create_server(
-        lambda: HttpProtocol(router, max_body_bytes=max_body_bytes, max_buffer_bytes=max_buffer_bytes),
+        lambda: HttpProtocol(
+            router, max_body_bytes=max_body_bytes, max_buffer_bytes=max_buffer_bytes, coalescer=coalescer
+        ),
         host,
         port,
         backlog=backlog,

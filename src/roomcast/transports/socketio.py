@@ -87,6 +87,9 @@ class SioSocket(Connection):
         return self.session.transport.value
 
     def write(self, encoded: Prepared) -> bool:
+        ws = self.session.ws  # the fan-out hot path: straight to the frames when it can
+        if ws is not None and ws.native_frames:
+            return ws.send_frames(encoded.frames)
         return self.session.send_many(encoded.packets, encoded.frames)
 
     def _send(self, packet: SioPacket) -> None:

@@ -1,0 +1,378 @@
+"""Run roomcast and its peers side by side under one load generator; print medians and ratios.
+
+    .venv/bin/python bench/run.py [--reps 3] [--scale full|small] [--servers a,b,...] [--json F]
+
+Every run starts the server under test as a fresh process pinned to core 0 and the load
+generator (``bench/node/loadgen.mjs``) pinned to core 1, then reads the server's CPU time
+(utime + stime from ``/proc/<pid>/stat``) and resident memory (``VmRSS`` from
+``/proc/<pid>/status``) at the phase boundaries the load generator announces. Servers are
+interleaved within each repetition (and their order rotated between repetitions), so a
+machine that drifts during the run drifts for all of them.
+
+This is a benchmark, not a test: it measures and prints; ``tests/bench`` only checks that a
+small run works and prints its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+NODE = shutil.which("node") or "node"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The per-process open-file limit bounds the largest idle-connection count one server can hold.
+FD_HEADROOM = 200
+
+SERVERS: dict[str, list[str]] = {
+    "roomcast": [PY, str(BENCH / "server.py"), "--door", "native"],
+    "roomcast-asgi": [PY, str(BENCH / "server.py"), "--door", "asgi"],
+    "node": [NODE, str(BENCH / "node" / "server.mjs")],
+    "python-socketio": [PY, str(BENCH / "peers" / "pysio_server.py")],
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    lower_is_better: bool = True
+
+
+METRICS = [
+    Metric("fanout1000_cpu", "fan-out 1000 subs: server CPU per delivered msg", "µs"),
+    Metric("fanout1000_rate", "fan-out 1000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
+    Metric("fanout5000_cpu", "fan-out 5000 subs: server CPU per delivered msg", "µs"),
+    Metric("fanout5000_rate", "fan-out 5000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
+    Metric("latency_p50", "latency p50 at fixed delivery rate", "ms"),
+    Metric("latency_p99", "latency p99 at fixed delivery rate", "ms"),
+    Metric("mem_small", "idle memory per connection (N1 conns)", "KiB"),
+    Metric("mem_large", "idle memory per connection (N2 conns)", "KiB"),
+    Metric("connect_cpu", "server CPU per connect (WS + Engine.IO + Socket.IO)", "µs"),
+]
+INFO = ["fanout1000_server_share", "fanout1000_loadgen_share", "fanout5000_server_share", "fanout5000_loadgen_share"]
+
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {
+        "fanout1000": {"subs": 1000, "messages": 300},
+        "fanout5000": {"subs": 5000, "messages": 60},
+        "latency": {"subs": 100, "rate": 100, "seconds": 5, "warmup": 1},
+        "conns": {"targets": [5000, 20000], "warm": 100},
+    },
+    "small": {
+        "fanout1000": {"subs": 50, "messages": 20},
+        "fanout5000": {"subs": 100, "messages": 10},
+        "latency": {"subs": 10, "rate": 50, "seconds": 0.5, "warmup": 0.2},
+        "conns": {"targets": [100, 200], "warm": 20},
+    },
+}
+
+
+# -- measuring a process ------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the whole process (all threads, dead ones included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pinned(core: int, argv: list[str]) -> list[str]:
+    """``taskset -c core argv`` when the machine has a core to spare; ``argv`` otherwise."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(core), *argv]
+    return argv
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # a poll of a process we do not control; not a test
+    raise RuntimeError(f"server did not listen on {port} within {timeout:.0f} s")
+
+
+class Run:
+    """One fresh server process and one load generator driving it through a scenario."""
+
+    def __init__(self, server: str, spec: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.server = subprocess.Popen(
+            pinned(0, [*SERVERS[server], "--port", str(self.port)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        self.loadgen: subprocess.Popen[str] | None = None
+        try:
+            wait_for_port(self.port, self.server)
+            self.loadgen = subprocess.Popen(
+                pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps({**spec, "port": self.port})]),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=BENCH / "node",
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def phase(self) -> dict[str, Any]:
+        """The load generator's next report; raises on an error report or an early exit."""
+        assert self.loadgen is not None and self.loadgen.stdout is not None
+        line = self.loadgen.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited ({self.loadgen.wait()})")
+        report: dict[str, Any] = json.loads(line)
+        if report.get("phase") == "error":
+            raise RuntimeError(report.get("message", "load generator error"))
+        return report
+
+    def go(self) -> None:
+        assert self.loadgen is not None and self.loadgen.stdin is not None
+        self.loadgen.stdin.write("go\n")
+        self.loadgen.stdin.flush()
+
+    def close(self) -> None:
+        """End the server we started (by its PID), then the load generator."""
+        for proc in (self.server, self.loadgen):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.server.stderr is not None:
+            self.server.stderr.close()
+        if self.loadgen is not None:
+            for stream in (self.loadgen.stdin, self.loadgen.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+# -- scenarios ----------------------------------------------------------------------------
+def fanout(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]:
+    run = Run(server, {"scenario": "fanout", **params})
+    try:
+        run.phase()
+        cpu0 = cpu_seconds(run.pid)
+        run.go()
+        done = run.phase()
+        cpu = cpu_seconds(run.pid) - cpu0
+    finally:
+        run.close()
+    delivered = done["delivered"]
+    return {
+        f"{prefix}_cpu": cpu / delivered * 1e6,
+        f"{prefix}_rate": delivered / done["seconds"],
+        f"{prefix}_server_share": cpu / done["seconds"],
+        f"{prefix}_loadgen_share": done["loadgen_cpu_share"],
+    }
+
+
+def latency(server: str, params: dict[str, Any]) -> dict[str, float]:
+    run = Run(server, {"scenario": "latency", **params})
+    try:
+        run.phase()
+        run.go()
+        done = run.phase()
+    finally:
+        run.close()
+    return {"latency_p50": done["p50_ms"], "latency_p99": done["p99_ms"]}
+
+
+def conns(server: str, params: dict[str, Any]) -> dict[str, float]:
+    run = Run(server, {"scenario": "conns", **params})
+    settle = 0.5
+    try:
+        warm = run.phase()["n"]
+        time.sleep(settle)
+        rss0, cpu0 = rss_kib(run.pid), cpu_seconds(run.pid)
+        run.go()
+        small = run.phase()["n"]
+        cpu1 = cpu_seconds(run.pid)
+        time.sleep(settle)
+        rss1 = rss_kib(run.pid)
+        run.go()
+        large = run.phase()["n"]
+        time.sleep(settle)
+        rss2 = rss_kib(run.pid)
+    finally:
+        run.close()
+    return {
+        "mem_small": (rss1 - rss0) / (small - warm),
+        "mem_large": (rss2 - rss0) / (large - warm),
+        "connect_cpu": (cpu1 - cpu0) / (small - warm) * 1e6,
+    }
+
+
+def max_idle_connections() -> int:
+    """The most connections one server process can hold under this machine's open-file limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard - FD_HEADROOM
+
+
+# -- the table ----------------------------------------------------------------------------
+def fmt(value: float) -> str:
+    if value >= 10_000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    median = statistics.median(values)
+    if len(values) == 1:
+        return fmt(median)
+    return f"{fmt(median)} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def ratio(results: dict[str, dict[str, list[float]]], key: str, a: str, b: str) -> str:
+    va, vb = results[a].get(key), results[b].get(key)
+    if not va or not vb:
+        return "–"
+    return f"{statistics.median(va) / statistics.median(vb):.2f}×"
+
+
+def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], labels: dict[str, str]) -> None:
+    pairs = [(a, b) for a, b in (("roomcast", "node"), ("roomcast", "python-socketio"), ("roomcast-asgi", "node"))
+             if a in servers and b in servers]
+    header = ["metric", *servers, *(f"{a}/{b}" for a, b in pairs)]
+    rows = []
+    for metric in METRICS:
+        label = labels.get(metric.key, metric.label)
+        rows.append([f"{label} [{metric.unit}]", *(cell(results[s].get(metric.key, [])) for s in servers),
+                     *(ratio(results, metric.key, a, b) for a, b in pairs)])
+    for key in INFO:
+        rows.append([key.replace("_", " ") + " [cores]", *(cell(results[s].get(key, [])) for s in servers),
+                     *("" for _ in pairs)])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+    print("median (min–max) over the repetitions; ratios are of medians, lower is better except msg/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, from: " + ", ".join(SERVERS))
+    parser.add_argument("--scenarios", default="fanout1000,fanout5000,latency,conns")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args(argv)
+
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        parser.error(f"unknown server(s): {', '.join(unknown)}")
+    scale = {k: dict(v) for k, v in SCALES[args.scale].items()}
+    conn_targets = scale["conns"]["targets"]
+    limit = max_idle_connections()
+    if conn_targets[-1] > limit:
+        print(f"note: the open-file limit allows {limit + FD_HEADROOM} descriptors per process; "
+              f"the large idle-connection step uses {limit} instead of {conn_targets[-1]}", file=sys.stderr)
+        conn_targets[-1] = limit
+    n1, n2 = conn_targets
+    rate = scale["latency"]["subs"] * scale["latency"]["rate"]
+    labels = {
+        "mem_small": f"idle memory per connection ({n1:,} conns)",
+        "mem_large": f"idle memory per connection ({n2:,} conns)",
+        "latency_p50": f"latency p50 at {rate:,} deliveries/s",
+        "latency_p99": f"latency p99 at {rate:,} deliveries/s",
+        "fanout1000_cpu": f"fan-out {scale['fanout1000']['subs']} subs: server CPU per delivered msg",
+        "fanout1000_rate": f"fan-out {scale['fanout1000']['subs']} subs: delivered msgs per second",
+        "fanout5000_cpu": f"fan-out {scale['fanout5000']['subs']} subs: server CPU per delivered msg",
+        "fanout5000_rate": f"fan-out {scale['fanout5000']['subs']} subs: delivered msgs per second",
+    }
+    scenarios: dict[str, Callable[[str], dict[str, float]]] = {
+        "fanout1000": lambda s: fanout(s, scale["fanout1000"], "fanout1000"),
+        "fanout5000": lambda s: fanout(s, scale["fanout5000"], "fanout5000"),
+        "latency": lambda s: latency(s, scale["latency"]),
+        "conns": lambda s: conns(s, scale["conns"]),
+    }
+    chosen = [s for s in args.scenarios.split(",") if s]
+
+    results: dict[str, dict[str, list[float]]] = {s: defaultdict(list) for s in servers}
+    failures: list[str] = []
+    for rep in range(args.reps):
+        order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+        for scenario in chosen:
+            for server in order:
+                started = time.monotonic()
+                try:
+                    measured = scenarios[scenario](server)
+                except Exception as exc:  # a failed run is reported, the others go on
+                    failures.append(f"rep {rep + 1} {scenario} {server}: {exc}")
+                    print(f"  rep {rep + 1} {scenario:<11} {server:<16} FAILED: {exc}", file=sys.stderr, flush=True)
+                    continue
+                for key, value in measured.items():
+                    results[server][key].append(value)
+                shown = ", ".join(f"{k}={fmt(v)}" for k, v in measured.items())
+                print(f"  rep {rep + 1} {scenario:<11} {server:<16} {time.monotonic() - started:5.1f} s  {shown}",
+                      file=sys.stderr, flush=True)
+
+    print()
+    print(f"roomcast benchmark: {args.reps} repetition(s), scale {args.scale}, "
+          f"{os.cpu_count()} cores, server on core 0, load generator on core 1")
+    print_table(results, servers, labels)
+    if failures:
+        print("\nfailed runs:\n  " + "\n  ".join(failures))
+    if args.json:
+        args.json.write_text(json.dumps({s: dict(r) for s, r in results.items()}, indent=2))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
