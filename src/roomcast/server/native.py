@@ -223,7 +223,17 @@ class NativeWebSocket:
 
 
 class HttpProtocol(asyncio.Protocol):
-    """One TCP connection: HTTP/1.1 requests, possibly upgraded to a WebSocket."""
+    """One TCP connection: HTTP/1.1 requests, possibly upgraded to a WebSocket.
+
+    Slotted, with its keep-alive queue made on first use and its HTTP parser and header
+    buffers dropped once upgraded: an idle WebSocket keeps only what it still needs
+    (docs/performance.md, idle memory per connection).
+    """
+
+    __slots__ = (
+        "router", "max_body_bytes", "max_buffer_bytes", "coalescer", "transport", "parser", "ws",
+        "_url", "_headers", "_body", "_body_size", "_pending", "_upgrade", "_task", "_too_big",
+    )
 
     def __init__(
         self,
@@ -238,13 +248,13 @@ class HttpProtocol(asyncio.Protocol):
         self.max_body_bytes = max_body_bytes
         self.max_buffer_bytes = max_buffer_bytes
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.ws: NativeWebSocket | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
-        self._pending: deque[tuple[HttpRequest, bool]] = deque()
+        self._pending: deque[tuple[HttpRequest, bool]] | None = None
         self._upgrade: HttpRequest | None = None
         self._task: asyncio.Task[None] | None = None
         self._too_big = False
@@ -257,6 +267,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.ws is not None:
             self.ws.feed(data)
             return
+        if self.parser is None:
+            return  # answered and closing
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -271,7 +283,7 @@ class HttpProtocol(asyncio.Protocol):
             self.ws.connection_lost()
         if self._task is not None:
             self._task.cancel()
-        self._pending.clear()
+        self._pending = None
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -295,21 +307,25 @@ class HttpProtocol(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        request = self._build()
-        if self.parser.should_upgrade():
+        parser = self.parser
+        assert parser is not None  # httptools calls back only from feed_data
+        request = self._build(parser)
+        if parser.should_upgrade():
             self._upgrade = request
             return
-        keep_alive = self.parser.should_keep_alive() and not self._too_big
+        keep_alive = parser.should_keep_alive() and not self._too_big
+        if self._pending is None:
+            self._pending = deque()
         self._pending.append((request, keep_alive))
         if self._task is None:
             self._task = asyncio.ensure_future(self._serve_pending())
 
     # -- requests ---------------------------------------------------------------------
-    def _build(self) -> HttpRequest:
+    def _build(self, parser: httptools.HttpRequestParser) -> HttpRequest:
         url = httptools.parse_url(self._url)
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return build_request(
-            self.parser.get_method().decode(),
+            parser.get_method().decode(),
             url.path.decode("latin-1"),
             url.query or b"",
             self._headers,
@@ -343,6 +359,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start_websocket(self, rest: bytes) -> None:
         request, self._upgrade = self._upgrade, None
+        # From here on this connection speaks frames: drop the HTTP parser and its buffers.
+        self.parser = None
+        self._url, self._headers, self._body = b"", [], []
         transport = self.transport
         if request is None or transport is None:
             self._reply_and_close(json_error(400, 3, "Bad request"))

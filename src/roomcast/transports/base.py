@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from roomcast import _json
 
@@ -48,8 +48,13 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes = b""
     client: tuple[str, int] = ("", 0)
-    query_all: Mapping[str, list[str]] = field(default_factory=dict)
+    raw_query: str = ""
     body_too_large: bool = False
+
+    @property
+    def query_all(self) -> dict[str, list[str]]:
+        """Every value of every query parameter (``?room=a&room=b``), parsed on demand."""
+        return parse_qs(self.raw_query, keep_blank_values=True) if self.raw_query else {}
 
 
 def build_request(
@@ -63,7 +68,11 @@ def build_request(
     body_too_large: bool = False,
 ) -> HttpRequest:
     """Build an ``HttpRequest`` from wire values; both front doors call this one function."""
-    query_all = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
+    query_text = raw_query.decode("latin-1")
+    query: dict[str, str] = {}
+    if query_text:
+        for param, param_value in parse_qsl(query_text, keep_blank_values=True):
+            query.setdefault(param, param_value)
     headers: dict[str, str] = {}
     for name, value in raw_headers:
         key = name.decode("latin-1").lower()
@@ -72,11 +81,11 @@ def build_request(
     return HttpRequest(
         method=method,
         path=path,
-        query={k: v[0] for k, v in query_all.items()},
+        query=query,
         headers=headers,
         body=body,
         client=client,
-        query_all=query_all,
+        raw_query=query_text,
         body_too_large=body_too_large,
     )
 

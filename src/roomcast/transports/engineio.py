@@ -34,6 +34,7 @@ from roomcast.protocol.engineio_session import (
     Transport,
     Upgraded,
 )
+from roomcast.transports.deadlines import DeadlineWheel
 from roomcast.transports.base import (
     CorsPolicy,
     HttpRequest,
@@ -98,7 +99,7 @@ class Session:
         "queued_bytes",
         "poll",
         "post_active",
-        "timer",
+        "timer_tick",
         "state",
     )
 
@@ -113,7 +114,7 @@ class Session:
         self.queued_bytes = 0
         self.poll: asyncio.Future[None] | None = None
         self.post_active = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer_tick: int | None = None  # filed in the server's DeadlineWheel
         self.state: Any = None
 
     @property
@@ -187,6 +188,7 @@ class EngineIOServer:
         self.max_buffer_bytes = max_buffer_bytes
         self.cors = cors if cors is not None else CorsPolicy()
         self.sessions: dict[str, Session] = {}
+        self._deadlines: DeadlineWheel[Session] = DeadlineWheel(self._on_timer)
         self.bad_requests = 0
 
     # -- HTTP (long-polling) ---------------------------------------------------------
@@ -340,17 +342,22 @@ class EngineIOServer:
         return session
 
     def _arm(self, session: Session) -> None:
-        if session.timer is not None:
-            session.timer.cancel()
-            session.timer = None
+        if session.timer_tick is not None:
+            self._deadlines.cancel(session, session.timer_tick)
+            session.timer_tick = None
         deadline = session.machine.next_deadline()
         if deadline is not None:
-            session.timer = asyncio.get_running_loop().call_at(deadline, self._on_timer, session)
+            session.timer_tick = self._deadlines.file(session, deadline)
 
-    def _on_timer(self, session: Session) -> None:
-        session.timer = None
+    def _on_timer(self, session: Session, tick: int) -> None:
+        if session.timer_tick != tick:
+            return  # superseded or ended
+        session.timer_tick = None
+        # The wheel fires at the start of the deadline's tick: the deadline counts as reached,
+        # and the next one (the pong timeout after a ping) runs from it, not from the clock.
+        due = session.machine.next_deadline()
         now = asyncio.get_running_loop().time()
-        self._dispatch(session, session.machine.on_deadline(now))
+        self._dispatch(session, session.machine.on_deadline(now if due is None else max(now, due)))
         if not session.machine.closed:
             self._arm(session)
 
@@ -389,9 +396,9 @@ class EngineIOServer:
                 continue
             if self.sessions.pop(session.sid, None) is None:
                 return
-            if session.timer is not None:
-                session.timer.cancel()
-                session.timer = None
+            if session.timer_tick is not None:
+                self._deadlines.cancel(session, session.timer_tick)
+                session.timer_tick = None
             poll = session.poll
             if poll is not None and not poll.done():
                 # The client's own CLOSE releases its poll with NOOP; a server close with CLOSE.
