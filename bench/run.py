@@ -45,7 +45,10 @@ SERVERS: dict[str, list[str]] = {
     "roomcast-asgi": [PY, str(BENCH / "server.py"), "--door", "asgi"],
     "node": [NODE, str(BENCH / "node" / "server.mjs")],
     "python-socketio": [PY, str(BENCH / "peers" / "pysio_server.py")],
+    # a reference row, not a product: the least any ASGI app pays per message (peers/bare_asgi.py)
+    "bare-asgi": [PY, str(BENCH / "peers" / "bare_asgi.py")],
 }
+DEFAULT_SERVERS = ["roomcast", "roomcast-asgi", "node", "python-socketio", "bare-asgi"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ METRICS = [
     Metric("fanout5000_rate", "fan-out 5000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
     Metric("latency_p50", "latency p50 at fixed delivery rate", "ms"),
     Metric("latency_p99", "latency p99 at fixed delivery rate", "ms"),
+    Metric("latency1000_p50", "latency p50 at fixed delivery rate, big room", "ms"),
+    Metric("latency1000_p99", "latency p99 at fixed delivery rate, big room", "ms"),
     Metric("mem_small", "idle memory per connection (N1 conns)", "KiB"),
     Metric("mem_large", "idle memory per connection (N2 conns)", "KiB"),
     Metric("connect_cpu", "server CPU per connect (WS + Engine.IO + Socket.IO)", "µs"),
@@ -74,12 +79,14 @@ SCALES: dict[str, dict[str, Any]] = {
         "fanout1000": {"subs": 1000, "messages": 300},
         "fanout5000": {"subs": 5000, "messages": 60},
         "latency": {"subs": 100, "rate": 100, "seconds": 5, "warmup": 1},
+        "latency1000": {"subs": 1000, "rate": 10, "seconds": 5, "warmup": 1},
         "conns": {"targets": [5000, 20000], "warm": 100},
     },
     "small": {
         "fanout1000": {"subs": 50, "messages": 20},
         "fanout5000": {"subs": 100, "messages": 10},
         "latency": {"subs": 10, "rate": 50, "seconds": 0.5, "warmup": 0.2},
+        "latency1000": {"subs": 20, "rate": 20, "seconds": 0.5, "warmup": 0.2},
         "conns": {"targets": [100, 200], "warm": 20},
     },
 }
@@ -212,7 +219,7 @@ def fanout(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]
     }
 
 
-def latency(server: str, params: dict[str, Any]) -> dict[str, float]:
+def latency(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]:
     run = Run(server, {"scenario": "latency", **params})
     try:
         run.phase()
@@ -220,7 +227,7 @@ def latency(server: str, params: dict[str, Any]) -> dict[str, float]:
         done = run.phase()
     finally:
         run.close()
-    return {"latency_p50": done["p50_ms"], "latency_p99": done["p99_ms"]}
+    return {f"{prefix}_p50": done["p50_ms"], f"{prefix}_p99": done["p99_ms"]}
 
 
 def conns(server: str, params: dict[str, Any]) -> dict[str, float]:
@@ -284,8 +291,8 @@ def ratio(results: dict[str, dict[str, list[float]]], key: str, a: str, b: str) 
 
 
 def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], labels: dict[str, str]) -> None:
-    pairs = [(a, b) for a, b in (("roomcast", "node"), ("roomcast", "python-socketio"), ("roomcast-asgi", "node"))
-             if a in servers and b in servers]
+    pairs = [(a, b) for a, b in (("roomcast", "node"), ("roomcast", "python-socketio"), ("roomcast-asgi", "node"),
+                                 ("bare-asgi", "node")) if a in servers and b in servers]
     header = ["metric", *servers, *(f"{a}/{b}" for a, b in pairs)]
     rows = []
     for metric in METRICS:
@@ -308,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, from: " + ", ".join(SERVERS))
-    parser.add_argument("--scenarios", default="fanout1000,fanout5000,latency,conns")
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                        help="comma-separated, from: " + ", ".join(SERVERS))
+    parser.add_argument("--scenarios", default="fanout1000,fanout5000,latency,latency1000,conns")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
 
@@ -325,12 +333,17 @@ def main(argv: list[str] | None = None) -> int:
               f"the large idle-connection step uses {limit} instead of {conn_targets[-1]}", file=sys.stderr)
         conn_targets[-1] = limit
     n1, n2 = conn_targets
-    rate = scale["latency"]["subs"] * scale["latency"]["rate"]
+    def at_rate(key: str) -> str:
+        p = scale[key]
+        return f"{p['subs'] * p['rate']:,} deliveries/s ({p['subs']} subs × {p['rate']}/s)"
+
     labels = {
         "mem_small": f"idle memory per connection ({n1:,} conns)",
         "mem_large": f"idle memory per connection ({n2:,} conns)",
-        "latency_p50": f"latency p50 at {rate:,} deliveries/s",
-        "latency_p99": f"latency p99 at {rate:,} deliveries/s",
+        "latency_p50": f"latency p50 at {at_rate('latency')}",
+        "latency_p99": f"latency p99 at {at_rate('latency')}",
+        "latency1000_p50": f"latency p50 at {at_rate('latency1000')}",
+        "latency1000_p99": f"latency p99 at {at_rate('latency1000')}",
         "fanout1000_cpu": f"fan-out {scale['fanout1000']['subs']} subs: server CPU per delivered msg",
         "fanout1000_rate": f"fan-out {scale['fanout1000']['subs']} subs: delivered msgs per second",
         "fanout5000_cpu": f"fan-out {scale['fanout5000']['subs']} subs: server CPU per delivered msg",
@@ -339,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios: dict[str, Callable[[str], dict[str, float]]] = {
         "fanout1000": lambda s: fanout(s, scale["fanout1000"], "fanout1000"),
         "fanout5000": lambda s: fanout(s, scale["fanout5000"], "fanout5000"),
-        "latency": lambda s: latency(s, scale["latency"]),
+        "latency": lambda s: latency(s, scale["latency"], "latency"),
+        "latency1000": lambda s: latency(s, scale["latency1000"], "latency1000"),
         "conns": lambda s: conns(s, scale["conns"]),
     }
     chosen = [s for s in args.scenarios.split(",") if s]

@@ -144,7 +144,7 @@ class AsgiWebSocket:
     def _step(self, message: Message) -> None:
         """Send ``message`` now if the host lets us; otherwise start the drain task with it."""
         pending = self._asgi_send(message)
-        if not self._inline or not isinstance(pending, Coroutine):
+        if not self._inline or not (type(pending) is types.CoroutineType or isinstance(pending, Coroutine)):
             self.drain = asyncio.ensure_future(self._drain(pending))
             return
         try:

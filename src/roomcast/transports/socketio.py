@@ -87,9 +87,13 @@ class SioSocket(Connection):
         return self.session.transport.value
 
     def write(self, encoded: Prepared) -> bool:
-        ws = self.session.ws  # the fan-out hot path: straight to the frames when it can
-        if ws is not None and ws.native_frames:
-            return ws.send_frames(encoded.frames)
+        ws = self.session.ws  # the fan-out hot path: straight to the channel when it can
+        if ws is not None:
+            if ws.native_frames:
+                return ws.send_frames(encoded.frames)
+            packets = encoded.packets
+            if len(packets) == 1:
+                return ws.send(packets[0])
         return self.session.send_many(encoded.packets, encoded.frames)
 
     def _send(self, packet: SioPacket) -> None:
