@@ -9,6 +9,18 @@ generator (``bench/node/loadgen.mjs``) pinned to core 1, then reads the server's
 interleaved within each repetition (and their order rotated between repetitions), so a
 machine that drifts during the run drifts for all of them.
 
+Scenarios (``--scenarios``; sizes per ``--scale``):
+
+* ``fanout1000``, ``fanout5000``: N subscribers join one room; one more connection publishes
+  300 (60) events of ~100 bytes through the ``publish`` event, keeping 4 requests in flight
+  as a busy backend does. Server CPU per delivered message, delivered messages per second.
+* ``fanout1000w1``: the same with one publish request in flight at a time (no bursts, so
+  nothing to coalesce: the per-message floor).
+* ``latency``, ``latency1000``: a fixed 10,000 deliveries/s (100 subscribers × 100/s, and
+  1000 × 10/s); publish-to-receive time measured inside the load generator, p50 and p99.
+* ``conns``: idle Socket.IO connections opened in steps (warm-up, N1, N2); resident memory
+  per connection from each step's ``VmRSS`` growth, CPU per connect over the N1 step.
+
 This is a benchmark, not a test: it measures and prints; ``tests/bench`` only checks that a
 small run works and prints its table.
 """
@@ -62,6 +74,7 @@ class Metric:
 METRICS = [
     Metric("fanout1000_cpu", "fan-out 1000 subs: server CPU per delivered msg", "µs"),
     Metric("fanout1000_rate", "fan-out 1000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
+    Metric("fanout1000w1_cpu", "fan-out 1000 subs, one publication at a time: CPU per delivered msg", "µs"),
     Metric("fanout5000_cpu", "fan-out 5000 subs: server CPU per delivered msg", "µs"),
     Metric("fanout5000_rate", "fan-out 5000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
     Metric("latency_p50", "latency p50 at fixed delivery rate", "ms"),
@@ -76,15 +89,17 @@ INFO = ["fanout1000_server_share", "fanout1000_loadgen_share", "fanout5000_serve
 
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
-        "fanout1000": {"subs": 1000, "messages": 300},
-        "fanout5000": {"subs": 5000, "messages": 60},
+        "fanout1000": {"subs": 1000, "messages": 300, "window": 4},
+        "fanout1000w1": {"subs": 1000, "messages": 300, "window": 1},
+        "fanout5000": {"subs": 5000, "messages": 60, "window": 4},
         "latency": {"subs": 100, "rate": 100, "seconds": 5, "warmup": 1},
         "latency1000": {"subs": 1000, "rate": 10, "seconds": 5, "warmup": 1},
         "conns": {"targets": [5000, 20000], "warm": 100},
     },
     "small": {
-        "fanout1000": {"subs": 50, "messages": 20},
-        "fanout5000": {"subs": 100, "messages": 10},
+        "fanout1000": {"subs": 50, "messages": 20, "window": 4},
+        "fanout1000w1": {"subs": 50, "messages": 20, "window": 1},
+        "fanout5000": {"subs": 100, "messages": 10, "window": 4},
         "latency": {"subs": 10, "rate": 50, "seconds": 0.5, "warmup": 0.2},
         "latency1000": {"subs": 20, "rate": 20, "seconds": 0.5, "warmup": 0.2},
         "conns": {"targets": [100, 200], "warm": 20},
@@ -296,10 +311,14 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
     header = ["metric", *servers, *(f"{a}/{b}" for a, b in pairs)]
     rows = []
     for metric in METRICS:
+        if not any(results[s].get(metric.key) for s in servers):
+            continue  # a scenario this run left out
         label = labels.get(metric.key, metric.label)
         rows.append([f"{label} [{metric.unit}]", *(cell(results[s].get(metric.key, [])) for s in servers),
                      *(ratio(results, metric.key, a, b) for a, b in pairs)])
     for key in INFO:
+        if not any(results[s].get(key) for s in servers):
+            continue
         rows.append([key.replace("_", " ") + " [cores]", *(cell(results[s].get(key, [])) for s in servers),
                      *("" for _ in pairs)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
                         help="comma-separated, from: " + ", ".join(SERVERS))
-    parser.add_argument("--scenarios", default="fanout1000,fanout5000,latency,latency1000,conns")
+    parser.add_argument("--scenarios", default="fanout1000,fanout1000w1,fanout5000,latency,latency1000,conns")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
 
@@ -345,12 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         "latency1000_p50": f"latency p50 at {at_rate('latency1000')}",
         "latency1000_p99": f"latency p99 at {at_rate('latency1000')}",
         "fanout1000_cpu": f"fan-out {scale['fanout1000']['subs']} subs: server CPU per delivered msg",
+        "fanout1000w1_cpu": f"fan-out {scale['fanout1000w1']['subs']} subs, one publication at a time: CPU per msg",
         "fanout1000_rate": f"fan-out {scale['fanout1000']['subs']} subs: delivered msgs per second",
         "fanout5000_cpu": f"fan-out {scale['fanout5000']['subs']} subs: server CPU per delivered msg",
         "fanout5000_rate": f"fan-out {scale['fanout5000']['subs']} subs: delivered msgs per second",
     }
     scenarios: dict[str, Callable[[str], dict[str, float]]] = {
         "fanout1000": lambda s: fanout(s, scale["fanout1000"], "fanout1000"),
+        "fanout1000w1": lambda s: fanout(s, scale["fanout1000w1"], "fanout1000w1"),
         "fanout5000": lambda s: fanout(s, scale["fanout5000"], "fanout5000"),
         "latency": lambda s: latency(s, scale["latency"], "latency"),
         "latency1000": lambda s: latency(s, scale["latency1000"], "latency1000"),
