@@ -52,6 +52,7 @@ class Hub:
         self.connections: dict[ConnectionId, Connection] = {}
         self._rooms: dict[RoomName, Room] = {}
         self._snapshots: list[tuple[str, SnapshotProvider]] = []
+        self._publication_listeners: list[Callable[[Publication], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self.delivered = 0
@@ -173,9 +174,21 @@ class Hub:
             raise RuntimeError("the hub is not running; call publish_threadsafe after start()")
         return asyncio.run_coroutine_threadsafe(self.publish(room, event, *args), loop)
 
+    def add_publication_listener(self, listener: Callable[[Publication], None]) -> None:
+        """Call ``listener(publication)`` for every publication, before its fan-out.
+
+        Once per publication, whether or not the room has local members: for transports
+        that keep their own record of recent publications (Socket.IO connection state
+        recovery replays to a returning session what it missed while it had no socket).
+        A listener must be quick and must not raise.
+        """
+        self._publication_listeners.append(listener)
+
     def on_publication(self, publication: Publication) -> None:
         """Fan a publication out to local members (called by the broker)."""
         self.published += 1
+        for listener in self._publication_listeners:
+            listener(publication)
         r = self._rooms.get(publication.room)
         if r is None:
             return
