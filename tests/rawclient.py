@@ -44,6 +44,7 @@ class RawWebSocket(asyncio.Protocol):
             if not sep:
                 return
             self.status = int(head.split(b" ", 2)[1])
+            self.response_head = head.decode("latin-1")
             self._handshake.set_result(self.status)
             data = rest
             if self.status != 101:

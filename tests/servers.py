@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
@@ -38,3 +40,35 @@ async def running(app: App) -> AsyncIterator[RunningServer]:
     finally:
         server.close()
         await app.shutdown()
+
+
+@asynccontextmanager
+async def uvicorn_running(asgi_app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with a real uvicorn on 127.0.0.1:0; yields its base URL."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config) -> None:
+            super().__init__(config)
+            self.ready = asyncio.Event()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                self.ready.set()
+
+    config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
+                            timeout_graceful_shutdown=2)
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            ready = asyncio.create_task(server.ready.wait())
+            await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+        assert server.ready.is_set(), "uvicorn did not start"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task

@@ -97,6 +97,9 @@ class Connection:
         raise NotImplementedError
 
     # -- the hub's API ----------------------------------------------------------------
+    def room_terminal(self, room: RoomName) -> None:
+        """``room`` will publish nothing more; transports that end streams override this."""
+
     def write(self, encoded: Any) -> bool:
         """Write an encoded publication; ``False`` when over the outbound buffer limit."""
         raise NotImplementedError

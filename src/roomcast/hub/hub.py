@@ -53,6 +53,7 @@ class Hub:
         self._rooms: dict[RoomName, Room] = {}
         self._snapshots: list[tuple[str, SnapshotProvider]] = []
         self._publication_listeners: list[Callable[[Publication], None]] = []
+        self._terminal: set[RoomName] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self.delivered = 0
@@ -139,6 +140,21 @@ class Hub:
             conn.rooms.discard(room)
             if r.size == 0:
                 del self._rooms[room]
+
+    def mark_terminal(self, room: RoomName) -> None:
+        """Record that ``room`` will publish nothing more (a finished task's room).
+
+        Its members are told (``Connection.room_terminal``): an SSE stream whose rooms are
+        all terminal ends, and answers a reconnect with 204 so ``EventSource`` stops.
+        """
+        if room in self._terminal:
+            return
+        self._terminal.add(room)
+        for conn in self.members(room):
+            conn.room_terminal(room)
+
+    def is_terminal(self, room: RoomName) -> bool:
+        return room in self._terminal
 
     def rooms(self) -> dict[RoomName, int]:
         """Every room with local members, and how many."""

@@ -11,9 +11,11 @@ import logging
 
 from roomcast.disconnect import Disconnect
 from roomcast.hub.hub import Hub
-from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, WebSocketAccept, json_error
+from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, WebSocketAccept, json_error
 from roomcast.transports.engineio import EngineIOServer, Session
 from roomcast.transports.socketio import SocketIOServer
+from roomcast.transports.sse import SseServer
+from roomcast.transports.websocket import WsServer
 
 from roomcast.server.config import Settings
 
@@ -53,6 +55,8 @@ class App:
         self.socketio = SocketIOServer(self.hub, connect_timeout=settings.connect_timeout)
         self.engine = self._engine(self.socketio, cors)
         self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
+        self.sse = SseServer(self.hub, heartbeat=settings.sse_heartbeat, retry_ms=settings.sse_retry_ms, cors=cors)
+        self.ws = WsServer(self.hub, cors=cors)
         self._ready = False
 
     def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
@@ -77,6 +81,8 @@ class App:
         for engine in (self.engine, self.echo):
             if engine is not None:
                 engine.close_all(reason or disconnect.SHUTDOWN)
+        self.sse.close_all(reason or disconnect.SHUTDOWN)
+        self.ws.close_all(reason or disconnect.SHUTDOWN)
         await self.hub.aclose()
 
     def _route(self, path: str) -> EngineIOServer | None:
@@ -86,10 +92,12 @@ class App:
             return self.echo
         return None
 
-    async def http(self, request: HttpRequest) -> HttpResponse:
+    async def http(self, request: HttpRequest) -> HttpResponse | StreamAccept:
         engine = self._route(request.path)
         if engine is not None:
             return await engine.handle_http(request)
+        if request.path == "/sse":
+            return await self.sse.handle(request)
         if request.body_too_large:
             return json_error(413, 3, "Payload too large")
         if request.path == "/healthz":
@@ -102,4 +110,6 @@ class App:
         engine = self._route(request.path)
         if engine is not None:
             return engine.handle_websocket(request)
+        if request.path == "/ws":
+            return self.ws.handle_websocket(request)
         return json_error(404, 404, "Not found")

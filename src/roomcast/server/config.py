@@ -27,6 +27,8 @@ class Settings:
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
         engineio_echo: also serve a bare Engine.IO echo endpoint at ``/engine.io/``
             (for the official Engine.IO test suite).
+        sse_heartbeat: seconds between ``: ping`` comments on SSE streams.
+        sse_retry_ms: the reconnection delay suggested to ``EventSource`` (``retry:``).
     """
 
     host: str = "127.0.0.1"
@@ -39,3 +41,5 @@ class Settings:
     max_buffer_bytes: int = 4_000_000
     log_level: str = "info"
     engineio_echo: bool = False
+    sse_heartbeat: float = 15.0
+    sse_retry_ms: int = 2000

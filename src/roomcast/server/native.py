@@ -24,13 +24,15 @@ from roomcast.protocol import websocket as wsproto
 from roomcast.transports.base import (
     HttpRequest,
     HttpResponse,
+    StreamAccept,
+    StreamHandler,
     WebSocketAccept,
     WebSocketHandler,
     build_request,
     json_error,
 )
 
-__all__ = ["Router", "HttpProtocol", "NativeWebSocket", "WriteCoalescer", "serve"]
+__all__ = ["Router", "HttpProtocol", "NativeWebSocket", "NativeStream", "CoalescedOutput", "WriteCoalescer", "serve"]
 
 logger = logging.getLogger("roomcast.native")
 
@@ -52,7 +54,7 @@ _STATUS = {
 class Router(Protocol):
     """What the native door serves (``server.app.App``)."""
 
-    async def http(self, request: HttpRequest) -> HttpResponse: ...
+    async def http(self, request: HttpRequest) -> HttpResponse | StreamAccept: ...
 
     def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse: ...
 
@@ -70,7 +72,7 @@ def _render(response: HttpResponse, keep_alive: bool) -> bytes:
 
 
 class WriteCoalescer:
-    """Writes each WebSocket's outbound frames once per event-loop iteration.
+    """Writes each connection's outbound bytes once per event-loop iteration.
 
     Why: on a busy server the cost of fan-out is the ``send`` system call per recipient, not
     Python (py-spy: 78 % of a 1000-subscriber fan-out sat in ``transport.write``). When
@@ -84,11 +86,11 @@ class WriteCoalescer:
     __slots__ = ("_dirty", "_scheduled")
 
     def __init__(self) -> None:
-        self._dirty: list[NativeWebSocket] = []
+        self._dirty: list[CoalescedOutput] = []
         self._scheduled = False
 
-    def mark(self, ws: NativeWebSocket) -> None:
-        self._dirty.append(ws)
+    def mark(self, output: CoalescedOutput) -> None:
+        self._dirty.append(output)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -96,63 +98,45 @@ class WriteCoalescer:
     def flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
-        for ws in dirty:
-            ws.flush()
+        for output in dirty:
+            output.flush()
 
 
-class NativeWebSocket:
-    """A server-side WebSocket on an asyncio transport (a ``WebSocketChannel``).
+class CoalescedOutput:
+    """Outbound bytes of one connection, written by the ``WriteCoalescer`` (a WebSocket's
+    frames, a Server-Sent Events stream's events).
 
-    Outbound frames wait in ``_out`` until the ``WriteCoalescer`` flushes them at the end of
-    the loop iteration (in order; a close flushes first). The outbound limit is checked at
-    each flush, so ``send``/``send_frames`` report a slow consumer from the last flush on.
+    ``write`` keeps a reference (or appends, when this connection already has bytes waiting
+    in this loop iteration) and returns ``False`` once the last flush left the transport's
+    buffer over ``high_water``: the hub then disconnects a slow consumer.
     """
 
-    native_frames = True
-    __slots__ = (
-        "transport", "parser", "handler", "closing", "high_water", "coalescer", "_out", "_over",
-        "_close_timer", "_lost",
-    )
+    __slots__ = ("transport", "high_water", "coalescer", "closing", "_out", "_over", "_lost")
 
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        *,
-        max_message_bytes: int,
-        high_water: int,
-        coalescer: WriteCoalescer | None = None,
-    ) -> None:
+    def __init__(self, transport: asyncio.Transport, *, high_water: int, coalescer: WriteCoalescer | None) -> None:
         self.transport = transport
-        self.parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=True)
-        self.handler: WebSocketHandler | None = None
-        self.closing = False
         self.high_water = high_water
         self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
+        self.closing = False
         self._out: bytes | list[bytes] | None = None
         self._over = False
-        self._close_timer: asyncio.TimerHandle | None = None
         self._lost = False
 
-    def send(self, data: str | bytes) -> bool:
-        if isinstance(data, str):
-            return self.send_frames(wsproto.text_frame(data))
-        return self.send_frames(wsproto.binary_frame(data))
-
-    def send_frames(self, frames: bytes) -> bool:
+    def write(self, data: bytes) -> bool:
         if self.closing:
             return True
         out = self._out
         if out is None:
-            self._out = frames  # the common case: a reference, no allocation
+            self._out = data  # the common case: a reference, no allocation
             self.coalescer.mark(self)
         elif isinstance(out, list):
-            out.append(frames)
+            out.append(data)
         else:
-            self._out = [out, frames]
+            self._out = [out, data]
         return not self._over
 
     def flush(self) -> None:
-        """Write what is queued (called by the coalescer, and before a close frame)."""
+        """Write what is queued (called by the coalescer, and before closing)."""
         out = self._out
         if out is None:
             return
@@ -165,6 +149,67 @@ class NativeWebSocket:
         else:
             transport.write(out)
         self._over = transport.get_write_buffer_size() > self.high_water
+
+
+class NativeStream(CoalescedOutput):
+    """A streaming HTTP response (a ``StreamChannel``), delimited by closing the connection."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, transport: asyncio.Transport, *, high_water: int, coalescer: WriteCoalescer | None) -> None:
+        super().__init__(transport, high_water=high_water, coalescer=coalescer)
+        self.handler: StreamHandler | None = None
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        if self._over:
+            self.closing = True
+            self.transport.abort()  # a slow consumer: do not wait behind what it never read
+            return
+        self.flush()
+        self.closing = True
+        self.transport.close()  # after the buffer drains: the end of the response
+
+    def connection_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = self.closing = True
+        if self.handler is not None:
+            self.handler.on_close()
+
+
+class NativeWebSocket(CoalescedOutput):
+    """A server-side WebSocket on an asyncio transport (a ``WebSocketChannel``).
+
+    Outbound frames wait until the ``WriteCoalescer`` flushes them at the end of the loop
+    iteration (in order; a close flushes first). The outbound limit is checked at each
+    flush, so ``send``/``send_frames`` report a slow consumer from the last flush on.
+    """
+
+    native_frames = True
+    __slots__ = ("parser", "handler", "_close_timer")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        max_message_bytes: int,
+        high_water: int,
+        coalescer: WriteCoalescer | None = None,
+    ) -> None:
+        super().__init__(transport, high_water=high_water, coalescer=coalescer)
+        self.parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=True)
+        self.handler: WebSocketHandler | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    def send(self, data: str | bytes) -> bool:
+        if isinstance(data, str):
+            return self.write(wsproto.text_frame(data))
+        return self.write(wsproto.binary_frame(data))
+
+    def send_frames(self, frames: bytes) -> bool:
+        return self.write(frames)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closing:
@@ -231,7 +276,7 @@ class HttpProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
-        "router", "max_body_bytes", "max_buffer_bytes", "coalescer", "transport", "parser", "ws",
+        "router", "max_body_bytes", "max_buffer_bytes", "coalescer", "transport", "parser", "ws", "stream",
         "_url", "_headers", "_body", "_body_size", "_pending", "_upgrade", "_task", "_too_big",
     )
 
@@ -250,6 +295,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.ws: NativeWebSocket | None = None
+        self.stream: NativeStream | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -267,8 +313,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.ws is not None:
             self.ws.feed(data)
             return
-        if self.parser is None:
-            return  # answered and closing
+        if self.parser is None or self.stream is not None:
+            return  # answered and closing, or streaming a response: nothing more to read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -281,6 +327,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.ws is not None:
             self.ws.connection_lost()
+        if self.stream is not None:
+            self.stream.connection_lost()
         if self._task is not None:
             self._task.cancel()
         self._pending = None
@@ -339,11 +387,14 @@ class HttpProtocol(asyncio.Protocol):
             while self._pending:
                 request, keep_alive = self._pending.popleft()
                 try:
-                    response = await self.router.http(request)
+                    response: HttpResponse | StreamAccept = await self.router.http(request)
                 except Exception:
                     logger.exception("request %s %s failed", request.method, request.path)
                     response = json_error(500, 500, "Internal server error")
                 if self.transport is None or self.transport.is_closing():
+                    return
+                if isinstance(response, StreamAccept):
+                    self._start_stream(response)
                     return
                 self.transport.write(_render(response, keep_alive))
                 if not keep_alive:
@@ -351,6 +402,19 @@ class HttpProtocol(asyncio.Protocol):
                     return
         finally:
             self._task = None
+
+    def _start_stream(self, accept: StreamAccept) -> None:
+        """Send the head of a streaming response; the body is whatever the transport writes."""
+        transport = self.transport
+        assert transport is not None
+        self.parser = None
+        self._pending = None
+        head = [f"HTTP/1.1 {accept.status} {_STATUS.get(accept.status, 'Unknown')}",
+                f"Content-Type: {accept.content_type}", "Cache-Control: no-cache", "Connection: close"]
+        head.extend(f"{name}: {value}" for name, value in accept.headers)
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        stream = self.stream = NativeStream(transport, high_water=self.max_buffer_bytes, coalescer=self.coalescer)
+        stream.handler = accept.start(stream)
 
     def _reply_and_close(self, response: HttpResponse) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -15,6 +15,9 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 from roomcast import _json
 
 __all__ = [
+    "StreamAccept",
+    "StreamChannel",
+    "StreamHandler",
     "HttpRequest",
     "HttpResponse",
     "WebSocketChannel",
@@ -146,6 +149,42 @@ class WebSocketAccept:
 
     start: Callable[[WebSocketChannel], WebSocketHandler]
     subprotocol: str | None = None
+
+
+class StreamChannel(Protocol):
+    """An open streaming HTTP response (Server-Sent Events) as a front door offers it.
+
+    The native door writes the bytes as they are (the response is delimited by the end of
+    the connection, so there is no per-write chunk framing to build); the ASGI door hands
+    them to the host as ``http.response.body`` messages with ``more_body``.
+    """
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; ``False`` when the connection is over its outbound limit."""
+
+    def close(self) -> None:
+        """End the response after what is queued; the handler's ``on_close`` follows."""
+
+
+class StreamHandler(Protocol):
+    """What a transport does with an open streaming response."""
+
+    def on_close(self) -> None:
+        """The response ended: closed by the transport, or the client went away."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAccept:
+    """A route's yes to a streaming response: the door sends the head, then calls ``start``.
+
+    ``start`` runs once the head is on its way; everything the transport writes from then on
+    is body. ``headers`` should not include ``Content-Type`` (``content_type`` is it).
+    """
+
+    start: Callable[[StreamChannel], StreamHandler]
+    content_type: str = "text/event-stream"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    status: int = 200
 
 
 class CorsPolicy:

@@ -1,0 +1,325 @@
+"""Server-Sent Events at ``/sse?room=a&room=b``: subscribe, recover by cursor, tail.
+
+Imports L0, L1 (``protocol.sse``), L3 (the hub) and ``transports.base``. A stream is one hub
+``Connection``; the door gives it a ``StreamChannel`` to write to.
+
+The cursor (the SSE ``id``) resumes every room of a stream, so it names a position in each
+of them. Fan-out stays one encoding per publication per *group*: streams subscribed to the
+same set of rooms share one ``SseEncoder``, and once a stream is in sync it has everything
+up to the current position of every room in its set — so the cursor after a publication is
+the same for every member of the group and is built once, not per recipient.
+
+Opening a stream (``SseServer.handle``): bad rooms or a ``Last-Event-ID`` that does not
+parse → 400 with a JSON error; a reconnect whose rooms are all terminal → 204 (so
+``EventSource`` stops). Then, room by room, ``Hub.subscribe`` with the cursor's position:
+the missed publications (``recovered``), an explicit ``event: reset`` with a fresh snapshot
+when history no longer holds them (never a silent gap), or ``event: snapshot`` for a room the
+cursor does not name. Live publications that land meanwhile wait in a per-stream list and
+follow once every room is synced, minus those the replay already carried: nothing twice,
+nothing skipped, and every ``id`` the client sees resumes correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from roomcast import _json, disconnect
+from roomcast.disconnect import Disconnect
+from roomcast.errors import AuthError, PermissionDenied, RemoteProtocolError
+from roomcast.hub.connection import Connection
+from roomcast.hub.hub import Hub
+from roomcast.protocol import sse
+from roomcast.protocol.wsjson import publication_data
+from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel
+from roomcast.types import Publication, RoomName, StreamPosition
+
+__all__ = ["SseServer", "SseConnection", "SseEncoder", "SseFrame", "api_error"]
+
+logger = logging.getLogger("roomcast.sse")
+
+MAX_ROOM_NAME = 256
+_HEARTBEAT = sse.comment("ping")
+
+
+def api_error(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+    """The JSON error shape of roomcast's own HTTP routes: ``{"error": {"code", "message"}}``."""
+    body = _json.dumps({"error": {"code": code, "message": message}})
+    return HttpResponse(status, body, headers or [], "application/json")
+
+
+class SseFrame:
+    """One publication as a group of streams writes it: the bytes, and where it sits."""
+
+    __slots__ = ("room", "position", "data")
+
+    def __init__(self, room: RoomName, position: StreamPosition, data: bytes) -> None:
+        self.room = room
+        self.position = position
+        self.data = data
+
+
+def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
+    return than is None or position.epoch != than.epoch or position.offset > than.offset
+
+
+class SseEncoder:
+    """Encodes publications for the streams subscribed to one set of rooms (a hub ``Encoder``).
+
+    ``positions`` is the current position of every room of the set as far as this group has
+    seen it: from each publication it encodes and from each member's subscribe result.
+    """
+
+    __slots__ = ("rooms", "positions", "members")
+
+    def __init__(self, rooms: tuple[RoomName, ...]) -> None:
+        self.rooms = rooms
+        self.positions: dict[RoomName, StreamPosition] = {}
+        self.members = 0
+
+    def advance(self, room: RoomName, position: StreamPosition) -> None:
+        if _newer(position, self.positions.get(room)):
+            self.positions[room] = position
+
+    def encode(self, publication: Publication) -> SseFrame:
+        self.advance(publication.room, publication.position)
+        body = sse.event_frame(_json.dumps_str(publication_data(publication.data)), event=publication.event)
+        cursor = sse.encode_cursor(self.positions)
+        return SseFrame(publication.room, publication.position, sse.id_line(cursor) + body)
+
+
+class SseConnection(Connection):
+    """One open event stream (a hub ``Connection`` and the door's ``StreamHandler``)."""
+
+    __slots__ = ("channel", "server", "stream_rooms", "own", "pending", "sync_task")
+
+    def __init__(
+        self,
+        server: SseServer,
+        channel: StreamChannel,
+        encoder: SseEncoder,
+        rooms: tuple[RoomName, ...],
+        cursor: dict[RoomName, StreamPosition],
+        auth: Any,
+    ) -> None:
+        super().__init__(f"sse-{next(server.ids)}", hub=server.hub, encoder=encoder, auth=auth)
+        self.server = server
+        self.channel = channel
+        self.stream_rooms = rooms
+        # What this client holds, room by room, while it syncs: the cursor it came back with.
+        self.own: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
+        self.pending: list[SseFrame] | None = []  # live frames held back until every room is synced
+        self.sync_task: asyncio.Task[None] | None = None
+
+    # -- the hub's side ---------------------------------------------------------------
+    def write(self, encoded: SseFrame) -> bool:
+        pending = self.pending
+        if pending is not None:
+            pending.append(encoded)
+            return True
+        return self.channel.write(encoded.data)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """An event for this stream alone; it carries no ``id``, so the cursor is unchanged."""
+        if not self.closed:
+            self.channel.write(sse.event_frame(_json.dumps_str(publication_data(args)), event=event))
+
+    async def call(self, event: str, *args: Any, timeout: float = 10.0) -> Any:
+        raise NotImplementedError("an SSE stream cannot acknowledge: it only receives")
+
+    def disconnect(self, reason: Disconnect) -> None:
+        """End the stream, saying why in a final ``event: error`` (the client may reconnect)."""
+        if self.closed:
+            return
+        self._error("disconnect", reason.reason, reconnect=reason.reconnect)
+        self.channel.close()
+
+    def room_terminal(self, room: RoomName) -> None:
+        if all(self.hub.is_terminal(r) for r in self.stream_rooms):
+            self.channel.close()  # everything there is to say was said
+
+    # -- the door's side (StreamHandler) -----------------------------------------------
+    def on_close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.sync_task is not None:
+            self.sync_task.cancel()
+        self.server.forget(self)
+
+    # -- opening ------------------------------------------------------------------------
+    async def sync(self) -> None:
+        """Bring every room up to date, then let the held-back live frames through."""
+        try:
+            for room in self.stream_rooms:
+                await self._sync_room(room)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("could not open the SSE stream %s", self.id)
+            self._error("internal", "could not subscribe", reconnect=True)
+            self.channel.close()
+            return
+        pending, self.pending = self.pending, None
+        for frame in pending or ():
+            if _newer(frame.position, self.own.get(frame.room)):
+                self.channel.write(frame.data)
+
+    async def _sync_room(self, room: RoomName) -> None:
+        held = self.own.get(room)
+        result = await self.hub.subscribe(
+            self, room, epoch=held.epoch if held else None, offset=held.offset if held else None
+        )
+        position = StreamPosition(result["epoch"], result["offset"])
+        assert isinstance(self.encoder, SseEncoder)
+        self.encoder.advance(room, position)
+        if result["recovered"]:
+            for pub in result["publications"]:
+                self._replay(room, result["epoch"], pub)
+            self.own[room] = position
+            return
+        # A fresh snapshot: the first time here, or history no longer holds what was missed.
+        missed = result.get("publications", [])
+        snapshot_at = StreamPosition(result["epoch"], missed[0]["offset"] - 1) if missed else position
+        self.own[room] = snapshot_at
+        body = {"room": room, "epoch": snapshot_at.epoch, "offset": snapshot_at.offset,
+                "snapshot": result.get("snapshot")}
+        kind = "reset" if held is not None else "snapshot"
+        self._write_own(sse.event_frame(_json.dumps_str(body), event=kind))
+        for pub in missed:  # published while the snapshot was being taken
+            self._replay(room, result["epoch"], pub)
+        self.own[room] = position
+
+    def _replay(self, room: RoomName, epoch: str, pub: dict[str, Any]) -> None:
+        self.own[room] = StreamPosition(epoch, pub["offset"])
+        self._write_own(sse.event_frame(_json.dumps_str(publication_data(tuple(pub["data"]))), event=pub["event"]))
+
+    def _write_own(self, body: bytes) -> None:
+        """Write ``body`` with this stream's own cursor (during sync it differs from the group's)."""
+        self.channel.write(sse.id_line(sse.encode_cursor(self.own)) + body)
+
+    def _error(self, code: str, message: str, *, reconnect: bool) -> None:
+        body = {"code": code, "message": message, "reconnect": reconnect}
+        self.channel.write(sse.event_frame(_json.dumps_str(body), event="error"))
+
+
+class SseServer:
+    """The ``/sse`` route.
+
+    Args:
+        hub: the hub whose rooms the streams follow.
+        heartbeat: seconds between ``: ping`` comments (proxies close silent connections).
+        retry_ms: the reconnection delay suggested to ``EventSource``.
+        max_rooms: rooms one stream may follow.
+        cors: which browser origins may open a stream.
+        authorize: ``(request, rooms) -> claims``; raises ``AuthError`` to refuse. Open
+            when ``None``.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        heartbeat: float = 15.0,
+        retry_ms: int = 2000,
+        max_rooms: int = 100,
+        cors: CorsPolicy | None = None,
+        authorize: Callable[[HttpRequest, tuple[RoomName, ...]], Any] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.heartbeat = heartbeat
+        self.retry = sse.retry_frame(retry_ms)
+        self.max_rooms = max_rooms
+        self.cors = cors if cors is not None else CorsPolicy()
+        self.authorize = authorize
+        self.streams: set[SseConnection] = set()
+        self.encoders: dict[tuple[RoomName, ...], SseEncoder] = {}
+        self.ids = itertools.count(1)
+        self._beat: asyncio.TimerHandle | None = None
+
+    async def handle(self, request: HttpRequest) -> HttpResponse | StreamAccept:
+        if request.method != "GET":
+            return api_error(405, "method_not_allowed", "use GET", [("Allow", "GET")])
+        if not self.cors.allowed(request):
+            return api_error(403, "forbidden", "origin not allowed")
+        cors = self.cors.headers(request)
+        rooms = tuple(dict.fromkeys(request.query_all.get("room", [])))
+        problem = self._check_rooms(rooms)
+        if problem:
+            return api_error(400, "bad_request", problem, cors)
+        last_id = request.headers.get("last-event-id") or request.query.get("last_event_id")
+        try:
+            cursor = sse.decode_cursor(last_id) if last_id else {}
+        except RemoteProtocolError as exc:
+            return api_error(400, "bad_request", exc.reason, cors)
+        auth: Any = None
+        if self.authorize is not None:
+            try:
+                auth = self.authorize(request, rooms)
+            except PermissionDenied as exc:
+                return api_error(403, "forbidden", str(exc), cors)
+            except AuthError as exc:
+                return api_error(401, "unauthorized", str(exc), cors)
+        if last_id and all(self.hub.is_terminal(r) for r in rooms):
+            return HttpResponse(204, b"", cors)  # nothing more will come: EventSource stops
+        return StreamAccept(
+            lambda channel: self._open(channel, rooms, cursor, auth),
+            content_type=sse.CONTENT_TYPE,
+            headers=[*cors, ("X-Accel-Buffering", "no")],
+        )
+
+    def _check_rooms(self, rooms: tuple[RoomName, ...]) -> str | None:
+        if not rooms:
+            return "name at least one room: /sse?room=a&room=b"
+        if len(rooms) > self.max_rooms:
+            return f"at most {self.max_rooms} rooms per stream"
+        if any(not r or len(r) > MAX_ROOM_NAME for r in rooms):
+            return f"room names are 1 to {MAX_ROOM_NAME} characters"
+        return None
+
+    def _open(
+        self, channel: StreamChannel, rooms: tuple[RoomName, ...], cursor: dict[RoomName, StreamPosition], auth: Any
+    ) -> SseConnection:
+        key = tuple(sorted(rooms))
+        encoder = self.encoders.get(key)
+        if encoder is None:
+            encoder = self.encoders[key] = SseEncoder(key)
+        encoder.members += 1
+        conn = SseConnection(self, channel, encoder, rooms, cursor, auth)
+        self.streams.add(conn)
+        self.hub.add_connection(conn)
+        channel.write(self.retry)
+        conn.sync_task = asyncio.ensure_future(conn.sync())
+        if self._beat is None:
+            self._beat = asyncio.get_running_loop().call_later(self.heartbeat, self._heartbeat)
+        return conn
+
+    def forget(self, conn: SseConnection) -> None:
+        """A stream ended: drop it from the hub, its group and the heartbeat."""
+        self.streams.discard(conn)
+        self.hub.remove_connection(conn)
+        encoder = conn.encoder
+        assert isinstance(encoder, SseEncoder)
+        encoder.members -= 1
+        if encoder.members == 0 and self.encoders.get(encoder.rooms) is encoder:
+            del self.encoders[encoder.rooms]
+
+    def _heartbeat(self) -> None:
+        """One timer for every stream: a comment each keeps proxies from closing it."""
+        self._beat = None
+        slow = [conn for conn in self.streams if not conn.channel.write(_HEARTBEAT)]
+        for conn in slow:
+            conn.disconnect(disconnect.SLOW)
+        if self.streams:
+            self._beat = asyncio.get_running_loop().call_later(self.heartbeat, self._heartbeat)
+
+    def close_all(self, reason: Disconnect) -> None:
+        for conn in list(self.streams):
+            conn.disconnect(reason)
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+

@@ -1,0 +1,306 @@
+"""The plain WebSocket at ``/ws`` (subprotocol ``roomcast.v1``): JSON messages, same rooms.
+
+Imports L0, L1 (``protocol.wsjson``, ``protocol.websocket``), L3 (the hub) and
+``transports.base``. docs/protocol.md is the wire specification.
+
+Each WebSocket is one hub ``Connection``. A publication is encoded once for every plain
+WebSocket (``WsEncoder``: the JSON text and its ready frame); each event carries its room's
+offset, so a client that reconnects subscribes with ``{epoch, offset}`` and gets exactly what
+it missed, or a fresh snapshot marked ``recovered: false``.
+
+A ``subscribe`` holds back the room's live events from the moment the hub joins the
+connection until the ``snapshot`` reply and any replay are written, then lets through those
+the replay did not carry: nothing twice, nothing skipped. Bad messages get an ``error``
+reply with the request's id and the connection carries on; bytes that are not a message at
+all, or too big, close it with the code documented for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from roomcast import disconnect
+from roomcast.disconnect import Disconnect
+from roomcast.errors import AuthError, PermissionDenied
+from roomcast.hub.connection import Connection
+from roomcast.hub.hub import Hub
+from roomcast.protocol import websocket as wsproto
+from roomcast.protocol import wsjson
+from roomcast.transports.base import (
+    CorsPolicy,
+    HttpRequest,
+    HttpResponse,
+    WebSocketAccept,
+    WebSocketChannel,
+    json_error,
+)
+from roomcast.types import Publication, RoomName
+
+__all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared", "close_code"]
+
+logger = logging.getLogger("roomcast.ws")
+
+_CLOSE_CODES = {
+    disconnect.NORMAL: 1000,
+    disconnect.SHUTDOWN: 1001,
+    disconnect.POLICY: 1008,
+    disconnect.TOO_BIG: 1009,
+}
+
+
+def close_code(reason: Disconnect) -> int:
+    """The WebSocket close code for ``reason`` (docs/protocol.md has the table)."""
+    return _CLOSE_CODES.get(reason, reason.code)
+
+
+class WsPrepared:
+    """A publication as every plain WebSocket writes it: JSON text and its ready frame."""
+
+    __slots__ = ("room", "offset", "message", "frames")
+
+    def __init__(self, room: RoomName, offset: int, message: str) -> None:
+        self.room = room
+        self.offset = offset
+        self.message = message
+        self.frames = wsproto.text_frame(message)
+
+
+class WsEncoder:
+    """Encodes publications as ``roomcast.v1`` event messages (a hub ``Encoder``)."""
+
+    __slots__ = ()
+
+    def encode(self, publication: Publication) -> WsPrepared:
+        message = wsjson.event_message(
+            publication.event,
+            wsjson.publication_data(publication.data),
+            room=publication.room,
+            offset=publication.position.offset,
+        )
+        return WsPrepared(publication.room, publication.position.offset, message)
+
+
+class WsConnection(Connection):
+    """One plain WebSocket client (a hub ``Connection`` and the door's ``WebSocketHandler``)."""
+
+    __slots__ = ("channel", "server", "held", "tasks")
+
+    def __init__(self, server: WsServer, channel: WebSocketChannel, auth: Any) -> None:
+        super().__init__(f"ws-{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
+        self.server = server
+        self.channel = channel
+        self.held: dict[RoomName, list[WsPrepared]] = {}  # live events of rooms being subscribed
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- the hub's side ---------------------------------------------------------------
+    def write(self, encoded: WsPrepared) -> bool:
+        if self.held:
+            held = self.held.get(encoded.room)
+            if held is not None:
+                held.append(encoded)
+                return True
+        channel = self.channel
+        if channel.native_frames:
+            return channel.send_frames(encoded.frames)
+        return channel.send(encoded.message)
+
+    def emit(self, event: str, *args: Any) -> None:
+        if not self.closed:
+            self._send(wsjson.event_message(event, wsjson.publication_data(args)))
+
+    async def call(self, event: str, *args: Any, timeout: float = 10.0) -> Any:
+        raise NotImplementedError("roomcast.v1 has no server-to-client requests")
+
+    def disconnect(self, reason: Disconnect) -> None:
+        if not self.closed:
+            self.channel.close(close_code(reason), reason.reason)
+
+    # -- the door's side (WebSocketHandler) ----------------------------------------------
+    def on_message(self, data: str | bytes) -> None:
+        try:
+            message = wsjson.decode(data)
+        except wsjson.WsJsonError as exc:
+            self.server.bad_messages += 1
+            self._send(wsjson.error_message(exc.code, exc.reason, exc.id))
+            return
+        if isinstance(message, wsjson.Ping):
+            self._send(wsjson.ack_message(message.id))
+        elif isinstance(message, wsjson.Subscribe):
+            self._spawn(self._subscribe(message))
+        elif isinstance(message, wsjson.Unsubscribe):
+            self.held.pop(message.room, None)
+            self.leave(message.room)
+            self._send(wsjson.ack_message(message.id))
+        elif isinstance(message, wsjson.Publish):
+            self._spawn(self._publish(message))
+        elif isinstance(message, wsjson.Emit):
+            self._emit(message)
+        elif isinstance(message, wsjson.Refresh):
+            self._refresh(message)
+
+    def on_close(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in self.tasks:
+            task.cancel()
+        self.held.clear()
+        self.hub.remove_connection(self)
+        self.server.connections.discard(self)
+
+    # -- requests ---------------------------------------------------------------------
+    async def _subscribe(self, message: wsjson.Subscribe) -> None:
+        room = message.room
+        try:
+            self.server.check(self.auth, "subscribe", room)
+        except AuthError as exc:
+            self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
+            return
+        if room not in self.rooms and len(self.rooms) + len(self.held) >= self.server.max_rooms:
+            self._send(wsjson.error_message("limit", f"at most {self.server.max_rooms} rooms", message.id))
+            return
+        self.held[room] = []
+        try:
+            result = await self.hub.subscribe(self, room, epoch=message.epoch, offset=message.offset)
+        except Exception:
+            self.held.pop(room, None)
+            logger.exception("subscribe to %r failed", room)
+            self._send(wsjson.error_message("internal", "could not subscribe", message.id))
+            return
+        self._send(wsjson.snapshot_message(
+            message.id, room=room, epoch=result["epoch"], offset=result["offset"],
+            recovered=result["recovered"], snapshot=result.get("snapshot"),
+        ))
+        for pub in result.get("publications", ()):
+            self._send(wsjson.event_message(
+                pub["event"], wsjson.publication_data(tuple(pub["data"])), room=room, offset=pub["offset"]
+            ))
+        held = self.held.pop(room, [])
+        for prepared in held:
+            if prepared.offset > result["offset"]:
+                self.write(prepared)
+
+    async def _publish(self, message: wsjson.Publish) -> None:
+        try:
+            self.server.check(self.auth, "publish", message.room)
+        except AuthError as exc:
+            self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
+            return
+        position = await self.hub.publish(message.room, message.event, message.data)
+        self._send(wsjson.ack_message(message.id, {"room": message.room, "epoch": position.epoch,
+                                                    "offset": position.offset}))
+
+    def _emit(self, message: wsjson.Emit) -> None:
+        handler = self.hub.handler("/", message.event)
+        ack_id = message.id
+        if handler is None:
+            if ack_id is not None:
+                self._send(wsjson.error_message("not_found", f"no handler for {message.event!r}", ack_id))
+            return
+        args = (self,) if message.data is None else (self, message.data)
+        if ack_id is None:
+            self.hub.handlers.dispatch(handler, args)
+            return
+        self.hub.handlers.dispatch(
+            handler,
+            args,
+            on_result=lambda result: self._send(wsjson.ack_message(ack_id, result)),
+            on_error=lambda _: self._send(wsjson.error_message("internal", "handler failed", ack_id)),
+        )
+
+    def _refresh(self, message: wsjson.Refresh) -> None:
+        try:
+            self.auth = self.server.refresh(self, message.token)
+        except AuthError as exc:
+            self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
+            return
+        self._send(wsjson.ack_message(message.id))
+
+    # -- helpers ------------------------------------------------------------------------
+    def _send(self, text: str) -> None:
+        if not self.closed and not self.channel.send(text):
+            self.disconnect(disconnect.SLOW)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def _auth_code(exc: AuthError) -> str:
+    return "forbidden" if isinstance(exc, PermissionDenied) else "unauthorized"
+
+
+class WsServer:
+    """The ``/ws`` route.
+
+    Args:
+        hub: the hub whose rooms the connections use.
+        cors: which browser origins may connect.
+        max_rooms: rooms one connection may follow.
+        authenticate: ``(request) -> claims``; raises ``AuthError`` to refuse the upgrade.
+            Open (``auth`` stays ``None``) when not given.
+        check: ``(claims, "subscribe" | "publish", room)``; raises ``AuthError`` to refuse.
+        refresh_token: ``(token) -> claims`` for a ``refresh`` message.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        cors: CorsPolicy | None = None,
+        max_rooms: int = 100,
+        authenticate: Callable[[HttpRequest], Any] | None = None,
+        check: Callable[[Any, str, RoomName], None] | None = None,
+        refresh_token: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.cors = cors if cors is not None else CorsPolicy()
+        self.max_rooms = max_rooms
+        self.encoder = WsEncoder()
+        self.authenticate = authenticate
+        self._check = check
+        self._refresh = refresh_token
+        self.connections: set[WsConnection] = set()
+        self.ids = itertools.count(1)
+        self.bad_messages = 0
+
+    def handle_websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:
+        if not self.cors.allowed(request):
+            return json_error(403, 4, "Origin not allowed")
+        offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        if offered and wsjson.SUBPROTOCOL not in offered:
+            return json_error(400, 3, f"Unsupported subprotocol: this endpoint speaks {wsjson.SUBPROTOCOL}")
+        auth: Any = None
+        if self.authenticate is not None:
+            try:
+                auth = self.authenticate(request)
+            except AuthError as exc:
+                return json_error(403 if isinstance(exc, PermissionDenied) else 401, 401, str(exc))
+        return WebSocketAccept(
+            lambda channel: self._open(channel, auth),
+            subprotocol=wsjson.SUBPROTOCOL if offered else None,
+        )
+
+    def _open(self, channel: WebSocketChannel, auth: Any) -> WsConnection:
+        conn = WsConnection(self, channel, auth)
+        self.connections.add(conn)
+        self.hub.add_connection(conn)
+        return conn
+
+    def check(self, claims: Any, action: str, room: RoomName) -> None:
+        if self._check is not None:
+            self._check(claims, action, room)
+
+    def refresh(self, conn: WsConnection, token: str) -> Any:
+        if self._refresh is None:
+            return conn.auth
+        return self._refresh(token)
+
+    def close_all(self, reason: Disconnect) -> None:
+        for conn in list(self.connections):
+            conn.disconnect(reason)
