@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 
 
-def _serve(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def _serve(
+    *args: str, env: dict[str, str] | None = None, seen: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "roomcast", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
@@ -24,6 +27,8 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Po
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
     while True:
         line = lines.get(timeout=15)
+        if seen is not None:
+            seen.append(line)
         if "listening on" in line:
             return proc, line.rsplit(" ", 1)[1].strip()
 
@@ -57,6 +62,9 @@ def test_help_lists_every_option_with_its_environment_variable() -> None:
         ("--ping-timeout", "ROOMCAST_PING_TIMEOUT"),
         ("--max-payload", "ROOMCAST_MAX_PAYLOAD"),
         ("--log-level", "ROOMCAST_LOG_LEVEL"),
+        ("--sse-heartbeat", "ROOMCAST_SSE_HEARTBEAT"),
+        ("--jwt-secret", "ROOMCAST_JWT_SECRET"),
+        ("--jwt-public-key", "ROOMCAST_JWT_PUBLIC_KEY"),
     ]:
         assert flag in out and var in out
 
@@ -66,3 +74,27 @@ def test_bad_flag_value_is_refused_with_a_reason() -> None:
         [sys.executable, "-m", "roomcast", "serve", "--max-payload", "0"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2 and "max-payload" in result.stderr
+
+
+def test_serve_without_a_key_says_it_runs_open_and_with_one_refuses_clients_without_a_token() -> None:
+    seen: list[str] = []
+    proc, base = _serve(seen=seen)
+    try:
+        assert any("running OPEN" in line for line in seen)
+        with urllib.request.urlopen(f"{base}/sse?room=a", timeout=5) as r:  # open: no token needed
+            assert r.status == 200
+    finally:
+        _stop(proc)
+    seen.clear()
+    proc, base = _serve(env={"ROOMCAST_JWT_SECRET": "a-secret-long-enough-for-hs256-tokens"}, seen=seen)
+    try:
+        assert not any("running OPEN" in line for line in seen)
+        assert any("clients need a valid token (HS256)" in line for line in seen)
+        try:
+            urllib.request.urlopen(f"{base}/sse?room=a", timeout=5)
+            raise AssertionError("a client without a token was let in")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 401
+            assert json.loads(refused.read())["error"]["message"] == "token required"
+    finally:
+        assert _stop(proc) == 0

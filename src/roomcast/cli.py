@@ -40,6 +40,21 @@ def main() -> None:
               show_default=True, show_envvar=True, help="Largest message or POST body accepted, in bytes.")
 @click.option("--log-level", envvar="ROOMCAST_LOG_LEVEL", default="info", show_default=True, show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--sse-heartbeat", envvar="ROOMCAST_SSE_HEARTBEAT", type=float, default=15.0, show_default=True,
+              show_envvar=True, help="Seconds between heartbeat comments on SSE streams.")
+@click.option("--jwt-secret", envvar="ROOMCAST_JWT_SECRET", show_envvar=True, default=None,
+              help="HS256 secret: every client then needs a valid token. Without it (or a public "
+                   "key) the server runs open and says so.")
+@click.option("--jwt-public-key", "jwt_public_key_file", envvar="ROOMCAST_JWT_PUBLIC_KEY", show_envvar=True,
+              default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM file of the public key for RS256 / ES256 tokens.")
+@click.option("--jwt-audience", envvar="ROOMCAST_JWT_AUDIENCE", show_envvar=True, default=None,
+              help="Required 'aud' claim.")
+@click.option("--jwt-issuer", envvar="ROOMCAST_JWT_ISSUER", show_envvar=True, default=None,
+              help="Required 'iss' claim.")
+@click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
+              help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
+                   "API answers loopback clients only.")
 def serve(
     host: str,
     port: int,
@@ -48,10 +63,16 @@ def serve(
     ping_timeout: float,
     max_payload: int,
     log_level: str,
+    sse_heartbeat: float,
+    jwt_secret: str | None,
+    jwt_public_key_file: str | None,
+    jwt_audience: str | None,
+    jwt_issuer: str | None,
+    api_key: str | None,
 ) -> None:
-    """Serve Socket.IO at /socket.io/ and health at /healthz until Ctrl-C or SIGTERM."""
-    if ping_interval <= 0 or ping_timeout <= 0:
-        raise click.BadParameter("ping interval and timeout must be > 0")
+    """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
+    if ping_interval <= 0 or ping_timeout <= 0 or sse_heartbeat <= 0:
+        raise click.BadParameter("ping interval, ping timeout and SSE heartbeat must be > 0")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(
         host=host,
@@ -61,13 +82,26 @@ def serve(
         ping_timeout=ping_timeout,
         max_payload=max_payload,
         log_level=log_level.lower(),
+        sse_heartbeat=sse_heartbeat,
+        jwt_secret=jwt_secret,
+        jwt_public_key_file=jwt_public_key_file,
+        jwt_audience=jwt_audience,
+        jwt_issuer=jwt_issuer,
+        api_key=api_key,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:
         base = f"http://{bound_host}:{bound_port}"
         click.echo(f"roomcast {__version__} listening on {base}")
         click.echo(f"  Socket.IO  {base}/socket.io/")
+        click.echo(f"  SSE        {base}/sse?room=...")
+        click.echo(f"  WebSocket  {base.replace('http', 'ws', 1)}/ws  (roomcast.v1)")
+        click.echo(f"  API        {base}/api/  (OpenAPI: {base}/api/openapi.json)")
         click.echo(f"  health     {base}/healthz")
         click.echo(f"  readiness  {base}/readyz")
 
-    run(App(settings=settings), on_ready=ready)
+    try:
+        app = App(settings=settings)
+    except ValueError as exc:  # an unsafe or inconsistent auth configuration
+        raise click.BadParameter(str(exc)) from exc
+    run(app, on_ready=ready)

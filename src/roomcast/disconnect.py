@@ -30,6 +30,7 @@ __all__ = [
     "TOO_BIG",
     "POLICY",
     "CONNECT_TIMEOUT",
+    "TOKEN_EXPIRED",
     "ALL",
 ]
 
@@ -59,6 +60,8 @@ BAD_REQUEST = Disconnect(3501, "bad request", reconnect=False)
 TOO_BIG = Disconnect(3502, "message too big", reconnect=False)
 POLICY = Disconnect(3503, "policy violation", reconnect=False)
 CONNECT_TIMEOUT = Disconnect(3504, "connect timeout", reconnect=True)
+TOKEN_EXPIRED = Disconnect(3505, "token expired", reconnect=False)
+"""The connection's token expired and no fresh one came in time; come back with a new one."""
 
 ALL: tuple[Disconnect, ...] = (
     NORMAL,
@@ -71,4 +74,5 @@ ALL: tuple[Disconnect, ...] = (
     TOO_BIG,
     POLICY,
     CONNECT_TIMEOUT,
+    TOKEN_EXPIRED,
 )

@@ -42,12 +42,14 @@ class Connection:
         namespace: the Socket.IO namespace (``"/"`` for other transports).
         auth: the credentials or handshake payload the client presented.
         rooms: rooms this connection is a member of.
-        data: free space for the application (user id, session state ...).
+        data: free space for the application (session state ...).
+        user: who is behind the connection (a token's ``sub``), for presence and for
+            "disconnect this user"; ``None`` when anonymous.
         encoder: how publications are encoded for this connection.
         hub: the hub this connection belongs to.
     """
 
-    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed")
+    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user")
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class Connection:
         self.rooms: set[RoomName] = set()
         self.data: dict[str, Any] = {}
         self.closed = False
+        self.user: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.namespace}>"

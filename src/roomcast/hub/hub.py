@@ -54,6 +54,8 @@ class Hub:
         self._snapshots: list[tuple[str, SnapshotProvider]] = []
         self._publication_listeners: list[Callable[[Publication], None]] = []
         self._terminal: set[RoomName] = set()
+        self._presence_patterns: list[str] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self.delivered = 0
@@ -133,13 +135,44 @@ class Hub:
             r = self._rooms[room] = Room(room)
         if r.add(conn):
             conn.rooms.add(room)
+            user = conn.user
+            if user is not None and r.users[user] == 1 and self._presence_patterns:
+                self._announce(room, "presence:join", user)
 
     def leave(self, conn: Connection, room: RoomName) -> None:
         r = self._rooms.get(room)
         if r is not None and r.remove(conn):
             conn.rooms.discard(room)
+            user = conn.user
+            if user is not None and user not in r.users and self._presence_patterns:
+                self._announce(room, "presence:leave", user)
             if r.size == 0:
                 del self._rooms[room]
+
+    # -- presence -----------------------------------------------------------------------
+    def track_presence(self, pattern: str) -> None:
+        """Publish ``presence:join`` / ``presence:leave`` ``{"room", "user"}`` to matching rooms.
+
+        Sent when a user's first connection joins a room and when its last one leaves, so a
+        user with three tabs open is one arrival, not three.
+        """
+        self._presence_patterns.append(pattern)
+
+    def presence(self, room: RoomName) -> dict[str, Any]:
+        """Who is in ``room`` here: ``{"room", "connections", "users"}`` (users sorted)."""
+        r = self._rooms.get(room)
+        if r is None:
+            return {"room": room, "connections": 0, "users": []}
+        return {"room": room, "connections": r.size, "users": sorted(r.users)}
+
+    def _announce(self, room: RoomName, event: str, user: str) -> None:
+        if not any(fnmatch.fnmatchcase(room, p) for p in self._presence_patterns):
+            return
+        if self._loop is None:
+            return
+        task = self._loop.create_task(self.publish(room, event, {"room": room, "user": user}))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def mark_terminal(self, room: RoomName) -> None:
         """Record that ``room`` will publish nothing more (a finished task's room).
@@ -159,6 +192,11 @@ class Hub:
     def rooms(self) -> dict[RoomName, int]:
         """Every room with local members, and how many."""
         return {name: room.size for name, room in self._rooms.items()}
+
+    def users(self, room: RoomName) -> list[str]:
+        """The distinct users with a connection in ``room`` (anonymous ones are not counted)."""
+        r = self._rooms.get(room)
+        return sorted(r.users) if r is not None else []
 
     def members(self, room: RoomName) -> list[Connection]:
         r = self._rooms.get(room)
@@ -210,7 +248,11 @@ class Hub:
             return
         slow: list[Connection] | None = None
         for encoder, members in r.groups.items():
-            encoded = encoder.encode(publication)
+            try:
+                encoded = encoder.encode(publication)
+            except Exception:  # one transport's bug must not stop the others' delivery
+                logger.exception("could not encode a publication to %r for %r", publication.room, encoder)
+                continue
             for conn in members:
                 if not conn.write(encoded):
                     if slow is None:

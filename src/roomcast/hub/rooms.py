@@ -15,12 +15,13 @@ __all__ = ["Room"]
 class Room:
     """One room's local members."""
 
-    __slots__ = ("name", "groups", "size")
+    __slots__ = ("name", "groups", "size", "users")
 
     def __init__(self, name: RoomName) -> None:
         self.name = name
         self.groups: dict[Encoder, dict[Connection, None]] = {}
         self.size = 0
+        self.users: dict[str, int] = {}  # presence: connections per user, for users with a name
 
     def add(self, conn: Connection) -> bool:
         """Add ``conn``; ``False`` if it was already a member."""
@@ -31,6 +32,8 @@ class Room:
             return False
         group[conn] = None
         self.size += 1
+        if conn.user is not None:
+            self.users[conn.user] = self.users.get(conn.user, 0) + 1
         return True
 
     def remove(self, conn: Connection) -> bool:
@@ -42,6 +45,13 @@ class Room:
         if not group:
             del self.groups[conn.encoder]
         self.size -= 1
+        user = conn.user
+        if user is not None:
+            left = self.users[user] - 1
+            if left:
+                self.users[user] = left
+            else:
+                del self.users[user]
         return True
 
     def members(self) -> list[Connection]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 
+from roomcast.auth import AuthConfig, Authenticator
 from roomcast.disconnect import Disconnect
 from roomcast.hub.hub import Hub
 from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, WebSocketAccept, json_error
 from roomcast.transports.engineio import EngineIOServer, Session
+from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.socketio import SocketIOServer
 from roomcast.transports.sse import SseServer
 from roomcast.transports.websocket import WsServer
 
+from roomcast.server.api import ApiServer
 from roomcast.server.config import Settings
 
 __all__ = ["App", "EchoApp"]
@@ -52,11 +55,29 @@ class App:
         self.hub = hub if hub is not None else Hub()
         self.settings = settings = settings if settings is not None else Settings()
         cors = CorsPolicy(settings.cors_origins)
-        self.socketio = SocketIOServer(self.hub, connect_timeout=settings.connect_timeout)
+        self.socketio = SocketIOServer(self.hub, connect_timeout=settings.connect_timeout, recovery_window=settings.recovery_window)
         self.engine = self._engine(self.socketio, cors)
         self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
-        self.sse = SseServer(self.hub, heartbeat=settings.sse_heartbeat, retry_ms=settings.sse_retry_ms, cors=cors)
-        self.ws = WsServer(self.hub, cors=cors)
+        config = AuthConfig.from_values(
+            secret=settings.jwt_secret,
+            public_key_file=settings.jwt_public_key_file,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway,
+        )
+        # None when open: transports then skip verification and grants altogether.
+        self.authenticator = None if config.open else Authenticator(config)
+        self.expiry = ExpiryWatch(leeway=settings.jwt_leeway)
+        self.sse = SseServer(
+            self.hub,
+            heartbeat=settings.sse_heartbeat,
+            retry_ms=settings.sse_retry_ms,
+            cors=cors,
+            authenticator=self.authenticator,
+            expiry=self.expiry,
+        )
+        self.ws = WsServer(self.hub, cors=cors, authenticator=self.authenticator, expiry=self.expiry)
+        self.api = ApiServer(self.hub, api_key=settings.api_key)
         self._ready = False
 
     def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
@@ -71,6 +92,13 @@ class App:
         )
 
     async def startup(self) -> None:
+        if self.authenticator is None:
+            logger.warning(
+                "running OPEN: no JWT secret or public key configured, so every client may "
+                "subscribe and publish to any room (set --jwt-secret or --jwt-public-key)"
+            )
+        else:
+            logger.info("clients need a valid token (%s)", ", ".join(self.authenticator.algorithms))
         await self.hub.start()
         self._ready = True
 
@@ -83,6 +111,7 @@ class App:
                 engine.close_all(reason or disconnect.SHUTDOWN)
         self.sse.close_all(reason or disconnect.SHUTDOWN)
         self.ws.close_all(reason or disconnect.SHUTDOWN)
+        self.expiry.close()
         await self.hub.aclose()
 
     def _route(self, path: str) -> EngineIOServer | None:
@@ -98,6 +127,8 @@ class App:
             return await engine.handle_http(request)
         if request.path == "/sse":
             return await self.sse.handle(request)
+        if request.path.startswith("/api/"):
+            return await self.api.handle(request)
         if request.body_too_large:
             return json_error(413, 3, "Payload too large")
         if request.path == "/healthz":

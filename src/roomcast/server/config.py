@@ -24,11 +24,31 @@ class Settings:
         max_payload: largest message or POST body accepted, in bytes.
         connect_timeout: seconds a Socket.IO session may stay without a namespace.
         max_buffer_bytes: outbound bytes buffered per connection before it is a slow consumer.
+        recovery_window: seconds a Socket.IO session lost to a transient failure (transport
+            closed, ping timeout, slow consumer, shutdown) can be resumed by its client: the
+            official server's ``connectionStateRecovery`` (its ``maxDisconnectionDuration``
+            is 120 s, a good value). The client gets its ``socket.id``, rooms and ``data``
+            back with the publications it missed, and ``socket.recovered === true``.
+            0, the default, disables it, as the official server does, because it changes
+            the wire for every client: each event gains a trailing offset argument, which
+            the official JavaScript client expects but Python, Swift or Kotlin clients pass
+            to handlers as an extra argument (a fixed-arity handler then breaks). Missed
+            publications stay recoverable for every client without it through the built-in
+            ``subscribe {room, epoch, offset}``; turn this on when the clients are the
+            official JavaScript client.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
         engineio_echo: also serve a bare Engine.IO echo endpoint at ``/engine.io/``
             (for the official Engine.IO test suite).
         sse_heartbeat: seconds between ``: ping`` comments on SSE streams.
         sse_retry_ms: the reconnection delay suggested to ``EventSource`` (``retry:``).
+        jwt_secret: HS256 secret; with it (or ``jwt_public_key_file``) every client needs a
+            valid token. Neither: the server runs open and says so when it starts.
+        jwt_public_key_file: PEM public key for RS256 / ES256 tokens.
+        jwt_audience: required ``aud`` claim, if any.
+        jwt_issuer: required ``iss`` claim, if any.
+        jwt_leeway: seconds of clock skew allowed on ``exp``.
+        api_key: the key backends present to ``/api/``; without one the API answers
+            loopback clients only.
     """
 
     host: str = "127.0.0.1"
@@ -39,7 +59,14 @@ class Settings:
     max_payload: int = 1_000_000
     connect_timeout: float = 45.0
     max_buffer_bytes: int = 4_000_000
+    recovery_window: float = 0.0
     log_level: str = "info"
     engineio_echo: bool = False
     sse_heartbeat: float = 15.0
     sse_retry_ms: int = 2000
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key_file: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 0.0
+    api_key: str | None = field(default=None, repr=False)

@@ -8,6 +8,16 @@ handlers of their own.
 Fan-out: ``SioEncoder`` (one per namespace) turns a publication into the Engine.IO packets
 and the ready WebSocket frames once; ``SioSocket.write`` hands those to its session, which
 writes the frames to a native WebSocket or queues the packets for a poll.
+
+Connection state recovery (``recovery_window > 0``; the official server's
+``connectionStateRecovery``, bookkeeping in ``transports.recovery``) adds, on the wire: a
+``pid`` in the CONNECT reply, and an offset string as the last argument of every EVENT the
+server sends without an ack id (publications and ``emit``), which the official client keeps
+and sends back as ``{pid, offset}`` in the auth of its next CONNECT. The offset is part of the
+once-per-publication encoding; a direct ``emit`` carries the record's head, which is exact
+because fan-out is synchronous and a transport delivers in order: a client that has the emit
+has every earlier publication of its rooms. Sending no offset there would let the official
+client take a plain string argument for one and lose its place.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from roomcast.protocol import socketio as sio
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol.socketio import SioPacket, SioType
 from roomcast.transports.engineio import EngineIOServer, Outbound, Session
+from roomcast.transports.recovery import DEFAULT_CAPACITY, Entry, Recovery, Resume, strip_reserved
 from roomcast.types import Publication
 
 __all__ = ["SocketIOServer", "SioSocket", "SioEncoder", "Prepared"]
@@ -35,16 +46,34 @@ logger = logging.getLogger("roomcast.socketio")
 
 _INTERNAL_ERROR = {"error": "internal error"}
 
+_RECOVERABLE = frozenset(
+    {disconnect.TRANSPORT_CLOSE, disconnect.NORMAL, disconnect.PING_TIMEOUT, disconnect.SHUTDOWN, disconnect.SLOW}
+)
+"""Reasons a socket's session is saved for recovery: the transient ones.
+
+The official server saves on "transport close", "transport error", "ping timeout", "forced
+close", "forced server close" and "server shutting down"; ``NORMAL`` is the client's own
+Engine.IO close (the official server calls it "transport close" too), and ``SLOW`` is a
+server-side close the client comes back from. A Socket.IO-level disconnect by either side,
+a protocol error or a refused connection is final, as there.
+"""
+
+
 class Prepared:
-    """A publication encoded for one namespace: Engine.IO packets and WebSocket frames."""
+    """A publication encoded for one namespace: Engine.IO packets and WebSocket frames.
 
-    __slots__ = ("packets", "frames")
+    ``seq`` is the publication's number in the recovery record (0 without recovery): the
+    sockets it is written to remember it, so a lost session knows what may be in flight.
+    """
 
-    def __init__(self, packets: list[Outbound]) -> None:
+    __slots__ = ("packets", "frames", "seq")
+
+    def __init__(self, packets: list[Outbound], seq: int = 0) -> None:
         self.packets = packets
         self.frames = b"".join(
             wsproto.text_frame(p) if isinstance(p, str) else wsproto.binary_frame(p) for p in packets
         )
+        self.seq = seq
 
 def _eio_packets(packet: SioPacket) -> list[Outbound]:
     """The Engine.IO packets carrying one Socket.IO packet (text first, then attachments)."""
@@ -54,39 +83,79 @@ def _eio_packets(packet: SioPacket) -> list[Outbound]:
 class SioEncoder:
     """Encodes publications as Socket.IO events of one namespace (a hub ``Encoder``)."""
 
-    __slots__ = ("namespace",)
+    __slots__ = ("namespace", "recovery")
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, recovery: Recovery | None = None) -> None:
         self.namespace = namespace
+        self.recovery = recovery
 
     def encode(self, publication: Publication) -> Prepared:
-        text = sio.event_packet_text(self.namespace, publication.event, publication.data)
+        recovery = self.recovery
+        if recovery is None:
+            return self.encode_at(publication, None, 0)
+        if recovery.last is publication:  # recorded just before this fan-out
+            return self.encode_at(publication, recovery.head_offset, recovery.head)
+        # Not from the hub's fan-out, so not recorded: no offset to give; count it as the
+        # newest so a session lost meanwhile never claims less than it may lack.
+        return self.encode_at(publication, None, recovery.head)
+
+    def encode_at(self, publication: Publication, offset: str | None, seq: int) -> Prepared:
+        """Encode ``publication`` with ``offset`` appended as its last argument (if any)."""
+        args = publication.data if offset is None else (*publication.data, offset)
+        text = sio.event_packet_text(self.namespace, publication.event, args)
         if text is not None:
-            return Prepared([text])
-        return Prepared(
-            _eio_packets(
-                SioPacket(SioType.EVENT, self.namespace, [publication.event, *publication.data])
-            )
-        )
+            return Prepared([text], seq)
+        return Prepared(_eio_packets(SioPacket(SioType.EVENT, self.namespace, [publication.event, *args])), seq)
 
 class SioSocket(Connection):
-    """One connected namespace of one Engine.IO session."""
+    """One connected namespace of one Engine.IO session.
 
-    __slots__ = ("session", "acks", "_ack_ids", "accepted", "_early")
+    With recovery enabled: ``pid`` is the private id the client presents to come back,
+    ``recovered`` tells whether this connection resumed a lost session (same ``id`` and
+    ``data``; its rooms and missed publications follow when it is accepted), ``since`` and
+    ``written`` are what a saved session needs (see ``transports.recovery``), and
+    ``resume`` is the claimed session until the connection is accepted.
+    """
 
-    def __init__(self, hub: Hub, session: Session, namespace: str, auth: Any, encoder: SioEncoder) -> None:
-        super().__init__(secrets.token_urlsafe(15), hub=hub, encoder=encoder, namespace=namespace, auth=auth)
+    __slots__ = (
+        "session", "acks", "_ack_ids", "accepted", "_early", "recovery", "pid", "recovered", "since", "written",
+        "resume",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        session: Session,
+        namespace: str,
+        auth: Any,
+        encoder: SioEncoder,
+        recovery: Recovery | None = None,
+        resume: Resume | None = None,
+    ) -> None:
+        sid = resume.saved.sid if resume is not None else secrets.token_urlsafe(15)
+        super().__init__(sid, hub=hub, encoder=encoder, namespace=namespace, auth=auth)
         self.session = session
         self.acks: dict[int, asyncio.Future[list[Any]]] = {}
         self._ack_ids = itertools.count()
         self.accepted = False
-        self._early: list[list[Outbound]] = []
+        self._early: list[SioPacket] = []
+        self.recovery = recovery
+        self.resume = resume
+        self.recovered = resume is not None
+        self.pid: str | None = None
+        self.since = self.written = 0
+        if resume is not None:
+            saved = resume.saved
+            self.pid, self.since, self.written, self.data = resume.pid, saved.since, saved.written, saved.data
+        elif recovery is not None:
+            self.pid, self.since = secrets.token_urlsafe(15), recovery.head
 
     @property
     def transport(self) -> str:
         return self.session.transport.value
 
     def write(self, encoded: Prepared) -> bool:
+        self.written = encoded.seq  # an int store, no allocation, even on the hot path
         ws = self.session.ws  # the fan-out hot path: straight to the channel when it can
         if ws is not None:
             if ws.native_frames:
@@ -97,11 +166,17 @@ class SioSocket(Connection):
         return self.session.send_many(encoded.packets, encoded.frames)
 
     def _send(self, packet: SioPacket) -> None:
-        packets = _eio_packets(packet)
         if not self.accepted:
-            self._early.append(packets)  # emitted by a connect handler: after the CONNECT reply
+            self._early.append(packet)  # emitted by a connect handler: after the CONNECT reply
             return
-        if not self.session.send_many(packets):
+        self._transmit(packet)
+
+    def _transmit(self, packet: SioPacket) -> None:
+        """Send now; an event without ack id gets the recovery offset as it leaves."""
+        recovery = self.recovery
+        if recovery is not None and packet.type is SioType.EVENT and packet.id is None:
+            packet.data.append(recovery.head_offset)  # our own list, built by emit()
+        if not self.session.send_many(_eio_packets(packet)):
             self.disconnect(disconnect.SLOW)
 
     def emit(self, event: str, *args: Any) -> None:
@@ -157,6 +232,22 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
     if handler is not None and sock.accepted:
         hub.handlers.dispatch(handler, (sock, reason.reason))
 
+def _save(recovery: Recovery, sock: SioSocket) -> None:
+    """Keep a transiently lost socket's session for its client to come back to."""
+    if sock.accepted and sock.pid is not None and not sock.closed:
+        recovery.save(
+            sock.pid,
+            sid=sock.id,
+            namespace=sock.namespace,
+            rooms=sock.rooms,
+            data=sock.data,
+            since=sock.since,
+            written=sock.written,
+        )
+    elif sock.resume is not None:
+        recovery.put_back(sock.resume)  # lost again before its comeback was accepted
+
+
 def _reject(session: Session, why: str) -> None:
     """Close a session that broke the Socket.IO protocol; log at debug and count it."""
     logger.debug("sid %s: %s", session.sid, why)
@@ -175,23 +266,52 @@ class _SioState:
 class SocketIOServer:
     """The Socket.IO layer: an ``EngineIOApp`` that maps packets onto the hub.
 
+    Recovery, when enabled, restores a lost socket whose client comes back within
+    ``recovery_window`` seconds with its ``{pid, offset}``: the same ``id``, its ``data``
+    and rooms, then every publication of those rooms it missed, in order, before anything
+    newer. The namespace's connect handler still runs, with ``conn.recovered`` true and the
+    ``id`` and ``data`` already restored: unlike the official server's default
+    (``skipMiddlewares``), credentials are checked again on every connection, because here
+    one hook is both the middleware and the ``connection`` listener; a handler that sets a
+    connection up once can skip that when ``conn.recovered``. A refusal discards the saved
+    session. The handler's ``auth`` (and ``conn.auth``) never holds ``pid``/``offset``:
+    those keys belong to the protocol while recovery is on. A session is restored at most
+    once; an unknown, expired, reused or malformed ``pid``/``offset`` gives a new session
+    (the client sees ``recovered === false``).
+
     Args:
         hub: rooms and handlers.
         connect_timeout: seconds a session may stay without any connected namespace.
         max_attachments: binary attachments accepted per packet.
+        recovery_window: seconds a lost session stays restorable; 0 disables recovery.
+        recovery_capacity: most publications kept for recovery.
     """
 
-    def __init__(self, hub: Hub, *, connect_timeout: float = 45.0, max_attachments: int = 10) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        connect_timeout: float = 45.0,
+        max_attachments: int = 10,
+        recovery_window: float = 0.0,
+        recovery_capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        if recovery_window < 0:
+            raise ValueError("recovery_window must be >= 0")
         self.hub = hub
         self.connect_timeout = connect_timeout
         self.max_attachments = max_attachments
         self._encoders: dict[str, SioEncoder] = {}
         self.engine: EngineIOServer | None = None
+        self.recovery: Recovery | None = None
+        if recovery_window > 0:
+            self.recovery = Recovery(recovery_window, capacity=recovery_capacity)
+            hub.add_publication_listener(self.recovery.record)
 
     def encoder(self, namespace: str) -> SioEncoder:
         enc = self._encoders.get(namespace)
         if enc is None:
-            enc = self._encoders[namespace] = SioEncoder(namespace)
+            enc = self._encoders[namespace] = SioEncoder(namespace, self.recovery)
         return enc
 
     # -- EngineIOApp --------------------------------------------------------------------
@@ -208,7 +328,10 @@ class SocketIOServer:
         state: _SioState = session.state
         if state.connect_timer is not None:
             state.connect_timer.cancel()
+        recovery = self.recovery if reason in _RECOVERABLE else None
         for sock in list(state.sockets.values()):
+            if recovery is not None:
+                _save(recovery, sock)  # before _ended, which empties its rooms
             _ended(sock, reason)
         state.sockets.clear()
 
@@ -251,7 +374,11 @@ class SocketIOServer:
             )
             return
         auth = packet.data if packet.data is not None else {}
-        sock = SioSocket(self.hub, session, namespace, auth, self.encoder(namespace))
+        recovery, resume = self.recovery, None
+        if recovery is not None:
+            resume = recovery.take(namespace, auth)
+            auth = strip_reserved(auth)
+        sock = SioSocket(self.hub, session, namespace, auth, self.encoder(namespace), recovery, resume)
         state.sockets[namespace] = sock
         handler = self.hub.handlers.connect_handler(namespace)
         if handler is None:
@@ -275,15 +402,51 @@ class SocketIOServer:
             state.connect_timer.cancel()
             state.connect_timer = None
         self.hub.add_connection(sock)
-        session.send_many(_eio_packets(SioPacket(SioType.CONNECT, sock.namespace, {"sid": sock.id})))
+        missed = self._restore(sock)
+        reply = {"sid": sock.id} if sock.pid is None else {"sid": sock.id, "pid": sock.pid}
+        session.send_many(_eio_packets(SioPacket(SioType.CONNECT, sock.namespace, reply)))
         sock.accepted = True
+        if missed:
+            self._replay(sock, missed)
         early, sock._early = sock._early, []
-        for packets in early:
-            session.send_many(packets)
+        for packet in early:
+            if sock.closed:
+                break
+            sock._transmit(packet)
+
+    def _restore(self, sock: SioSocket) -> list[Entry] | None:
+        """Rejoin a resumed socket's rooms and return what it missed, in one loop step.
+
+        Nothing is published between this and the replay, so the replay is exactly the gap:
+        later publications reach the socket live, after it. If the record lost part of the
+        gap while an ``async`` connect handler ran, the socket becomes a new session after
+        all (new ``pid``, no rooms), and the client learns it from ``recovered === false``.
+        """
+        resume, recovery = sock.resume, self.recovery
+        if resume is None or recovery is None:
+            return None
+        sock.resume = None
+        missed = recovery.missed(resume)
+        if missed is None:
+            sock.recovered = False
+            sock.pid, sock.since, sock.written = secrets.token_urlsafe(15), recovery.head, 0
+            return None
+        for room in resume.saved.rooms:
+            self.hub.join(sock, room)
+        return missed
+
+    def _replay(self, sock: SioSocket, missed: list[Entry]) -> None:
+        encoder = self.encoder(sock.namespace)
+        ok = True
+        for entry in missed:
+            ok = sock.write(encoder.encode_at(entry.publication, entry.offset, entry.seq)) and ok
+        if not ok:
+            sock.disconnect(disconnect.SLOW)
 
     def _refuse(self, session: Session, state: _SioState, sock: SioSocket, refused: ConnectionRefused) -> None:
         state.sockets.pop(sock.namespace, None)
         sock.closed = True
+        sock.resume = None  # a refused comeback discards the saved session
         body: dict[str, Any] = {"message": refused.message}
         if refused.data is not None:
             body["data"] = refused.data

@@ -24,31 +24,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from roomcast import _json, disconnect
 from roomcast.disconnect import Disconnect
-from roomcast.errors import AuthError, PermissionDenied, RemoteProtocolError
+from roomcast.auth import Authenticator, Claims, require, token_from_request
+from roomcast.errors import AuthError, LocalProtocolError, PermissionDenied, RemoteProtocolError
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import sse
 from roomcast.protocol.wsjson import publication_data
-from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel
+from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel, api_error, json_safe
+from roomcast.transports.expiry import ExpiryWatch
 from roomcast.types import Publication, RoomName, StreamPosition
 
-__all__ = ["SseServer", "SseConnection", "SseEncoder", "SseFrame", "api_error"]
+__all__ = ["SseServer", "SseConnection", "SseEncoder", "SseFrame"]
 
 logger = logging.getLogger("roomcast.sse")
 
 MAX_ROOM_NAME = 256
 _HEARTBEAT = sse.comment("ping")
-
-
-def api_error(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
-    """The JSON error shape of roomcast's own HTTP routes: ``{"error": {"code", "message"}}``."""
-    body = _json.dumps({"error": {"code": code, "message": message}})
-    return HttpResponse(status, body, headers or [], "application/json")
+_WIDEST = StreamPosition("e" * 32, 2**63)
 
 
 class SseFrame:
@@ -60,6 +56,12 @@ class SseFrame:
         self.room = room
         self.position = position
         self.data = data
+
+
+def _safe_event_name(event: str) -> str:
+    """An SSE ``event:`` field cannot hold a line break: such a name is replaced by spaces."""
+    safe: str = json_safe(event)
+    return safe.replace("\r", " ").replace("\n", " ")
 
 
 def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
@@ -86,7 +88,11 @@ class SseEncoder:
 
     def encode(self, publication: Publication) -> SseFrame:
         self.advance(publication.room, publication.position)
-        body = sse.event_frame(_json.dumps_str(publication_data(publication.data)), event=publication.event)
+        data = publication_data(publication.data)
+        try:
+            body = sse.event_frame(_json.dumps_str(data), event=publication.event)
+        except (LocalProtocolError, TypeError):  # binary attachments, lone surrogates, bad names
+            body = sse.event_frame(_json.dumps_str(json_safe(data)), event=_safe_event_name(publication.event))
         cursor = sse.encode_cursor(self.positions)
         return SseFrame(publication.room, publication.position, sse.id_line(cursor) + body)
 
@@ -108,6 +114,7 @@ class SseConnection(Connection):
         super().__init__(f"sse-{next(server.ids)}", hub=server.hub, encoder=encoder, auth=auth)
         self.server = server
         self.channel = channel
+        self.user = auth.subject if isinstance(auth, Claims) else None
         self.stream_rooms = rooms
         # What this client holds, room by room, while it syncs: the cursor it came back with.
         self.own: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
@@ -215,8 +222,11 @@ class SseServer:
         retry_ms: the reconnection delay suggested to ``EventSource``.
         max_rooms: rooms one stream may follow.
         cors: which browser origins may open a stream.
-        authorize: ``(request, rooms) -> claims``; raises ``AuthError`` to refuse. Open
-            when ``None``.
+        authenticator: verifies the token (``Authorization: Bearer`` or ``?token=``, as
+            ``EventSource`` cannot set headers) and its grants for every room; open when
+            ``None``.
+        expiry: ends a stream when its token expires (``EventSource`` cannot refresh one
+            in-band: it reconnects, and a new URL carries a new token).
     """
 
     def __init__(
@@ -227,14 +237,16 @@ class SseServer:
         retry_ms: int = 2000,
         max_rooms: int = 100,
         cors: CorsPolicy | None = None,
-        authorize: Callable[[HttpRequest, tuple[RoomName, ...]], Any] | None = None,
+        authenticator: Authenticator | None = None,
+        expiry: ExpiryWatch | None = None,
     ) -> None:
         self.hub = hub
         self.heartbeat = heartbeat
         self.retry = sse.retry_frame(retry_ms)
         self.max_rooms = max_rooms
         self.cors = cors if cors is not None else CorsPolicy()
-        self.authorize = authorize
+        self.authenticator = authenticator
+        self.expiry = expiry
         self.streams: set[SseConnection] = set()
         self.encoders: dict[tuple[RoomName, ...], SseEncoder] = {}
         self.ids = itertools.count(1)
@@ -255,10 +267,12 @@ class SseServer:
             cursor = sse.decode_cursor(last_id) if last_id else {}
         except RemoteProtocolError as exc:
             return api_error(400, "bad_request", exc.reason, cors)
-        auth: Any = None
-        if self.authorize is not None:
+        auth: Claims | None = None
+        if self.authenticator is not None:
             try:
-                auth = self.authorize(request, rooms)
+                auth = self.authenticator.verify(token_from_request(request.headers, request.query))
+                for room in rooms:
+                    require(auth, "subscribe", room)
             except PermissionDenied as exc:
                 return api_error(403, "forbidden", str(exc), cors)
             except AuthError as exc:
@@ -278,10 +292,18 @@ class SseServer:
             return f"at most {self.max_rooms} rooms per stream"
         if any(not r or len(r) > MAX_ROOM_NAME for r in rooms):
             return f"room names are 1 to {MAX_ROOM_NAME} characters"
+        try:  # the cursor naming every room at its largest must still fit a Last-Event-ID
+            sse.encode_cursor({r: _WIDEST for r in rooms})
+        except LocalProtocolError:
+            return "these rooms' names are too long together to resume by one Last-Event-ID"
         return None
 
     def _open(
-        self, channel: StreamChannel, rooms: tuple[RoomName, ...], cursor: dict[RoomName, StreamPosition], auth: Any
+        self,
+        channel: StreamChannel,
+        rooms: tuple[RoomName, ...],
+        cursor: dict[RoomName, StreamPosition],
+        auth: Claims | None,
     ) -> SseConnection:
         key = tuple(sorted(rooms))
         encoder = self.encoders.get(key)
@@ -291,6 +313,8 @@ class SseServer:
         conn = SseConnection(self, channel, encoder, rooms, cursor, auth)
         self.streams.add(conn)
         self.hub.add_connection(conn)
+        if self.expiry is not None and isinstance(auth, Claims):
+            self.expiry.watch(conn, auth)
         channel.write(self.retry)
         conn.sync_task = asyncio.ensure_future(conn.sync())
         if self._beat is None:
@@ -301,6 +325,8 @@ class SseServer:
         """A stream ended: drop it from the hub, its group and the heartbeat."""
         self.streams.discard(conn)
         self.hub.remove_connection(conn)
+        if self.expiry is not None:
+            self.expiry.forget(conn)
         encoder = conn.encoder
         assert isinstance(encoder, SseEncoder)
         encoder.members -= 1

@@ -20,16 +20,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from roomcast import disconnect
 from roomcast.disconnect import Disconnect
-from roomcast.errors import AuthError, PermissionDenied
+from roomcast.auth import Authenticator, Claims, require, token_from_request
+from roomcast.errors import AuthError, LocalProtocolError, PermissionDenied
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol import wsjson
+from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.base import (
     CorsPolicy,
     HttpRequest,
@@ -37,6 +38,7 @@ from roomcast.transports.base import (
     WebSocketAccept,
     WebSocketChannel,
     json_error,
+    json_safe,
 )
 from roomcast.types import Publication, RoomName
 
@@ -48,6 +50,7 @@ _CLOSE_CODES = {
     disconnect.NORMAL: 1000,
     disconnect.SHUTDOWN: 1001,
     disconnect.POLICY: 1008,
+    disconnect.TOKEN_EXPIRED: 1008,
     disconnect.TOO_BIG: 1009,
 }
 
@@ -75,13 +78,13 @@ class WsEncoder:
     __slots__ = ()
 
     def encode(self, publication: Publication) -> WsPrepared:
-        message = wsjson.event_message(
-            publication.event,
-            wsjson.publication_data(publication.data),
-            room=publication.room,
-            offset=publication.position.offset,
-        )
-        return WsPrepared(publication.room, publication.position.offset, message)
+        data = wsjson.publication_data(publication.data)
+        room, offset = publication.room, publication.position.offset
+        try:
+            message = wsjson.event_message(publication.event, data, room=room, offset=offset)
+        except (LocalProtocolError, TypeError):  # binary attachments, lone surrogates
+            message = wsjson.event_message(json_safe(publication.event), json_safe(data), room=room, offset=offset)
+        return WsPrepared(room, offset, message)
 
 
 class WsConnection(Connection):
@@ -93,6 +96,7 @@ class WsConnection(Connection):
         super().__init__(f"ws-{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
         self.server = server
         self.channel = channel
+        self.user = auth.subject if isinstance(auth, Claims) else None
         self.held: dict[RoomName, list[WsPrepared]] = {}  # live events of rooms being subscribed
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -150,7 +154,7 @@ class WsConnection(Connection):
             task.cancel()
         self.held.clear()
         self.hub.remove_connection(self)
-        self.server.connections.discard(self)
+        self.server.forget(self)
 
     # -- requests ---------------------------------------------------------------------
     async def _subscribe(self, message: wsjson.Subscribe) -> None:
@@ -199,7 +203,7 @@ class WsConnection(Connection):
         ack_id = message.id
         if handler is None:
             if ack_id is not None:
-                self._send(wsjson.error_message("not_found", f"no handler for {message.event!r}", ack_id))
+                self._send(wsjson.error_message("not_found", "no handler for this event", ack_id))
             return
         args = (self,) if message.data is None else (self, message.data)
         if ack_id is None:
@@ -242,10 +246,10 @@ class WsServer:
         hub: the hub whose rooms the connections use.
         cors: which browser origins may connect.
         max_rooms: rooms one connection may follow.
-        authenticate: ``(request) -> claims``; raises ``AuthError`` to refuse the upgrade.
-            Open (``auth`` stays ``None``) when not given.
-        check: ``(claims, "subscribe" | "publish", room)``; raises ``AuthError`` to refuse.
-        refresh_token: ``(token) -> claims`` for a ``refresh`` message.
+        authenticator: verifies the token at the upgrade (``Authorization: Bearer`` or
+            ``?token=``) and ``refresh`` messages; grants are checked per subscribe and
+            publish. Open (``auth`` stays ``None``) when not given.
+        expiry: closes a connection whose token expired unless it sent a fresh one.
     """
 
     def __init__(
@@ -254,17 +258,15 @@ class WsServer:
         *,
         cors: CorsPolicy | None = None,
         max_rooms: int = 100,
-        authenticate: Callable[[HttpRequest], Any] | None = None,
-        check: Callable[[Any, str, RoomName], None] | None = None,
-        refresh_token: Callable[[str], Any] | None = None,
+        authenticator: Authenticator | None = None,
+        expiry: ExpiryWatch | None = None,
     ) -> None:
         self.hub = hub
         self.cors = cors if cors is not None else CorsPolicy()
         self.max_rooms = max_rooms
         self.encoder = WsEncoder()
-        self.authenticate = authenticate
-        self._check = check
-        self._refresh = refresh_token
+        self.authenticator = authenticator
+        self.expiry = expiry
         self.connections: set[WsConnection] = set()
         self.ids = itertools.count(1)
         self.bad_messages = 0
@@ -275,10 +277,10 @@ class WsServer:
         offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         if offered and wsjson.SUBPROTOCOL not in offered:
             return json_error(400, 3, f"Unsupported subprotocol: this endpoint speaks {wsjson.SUBPROTOCOL}")
-        auth: Any = None
-        if self.authenticate is not None:
+        auth: Claims | None = None
+        if self.authenticator is not None:
             try:
-                auth = self.authenticate(request)
+                auth = self.authenticator.verify(token_from_request(request.headers, request.query))
             except AuthError as exc:
                 return json_error(403 if isinstance(exc, PermissionDenied) else 401, 401, str(exc))
         return WebSocketAccept(
@@ -286,20 +288,35 @@ class WsServer:
             subprotocol=wsjson.SUBPROTOCOL if offered else None,
         )
 
-    def _open(self, channel: WebSocketChannel, auth: Any) -> WsConnection:
+    def _open(self, channel: WebSocketChannel, auth: Claims | None) -> WsConnection:
         conn = WsConnection(self, channel, auth)
         self.connections.add(conn)
         self.hub.add_connection(conn)
+        if self.expiry is not None and auth is not None:
+            self.expiry.watch(conn, auth)
         return conn
 
-    def check(self, claims: Any, action: str, room: RoomName) -> None:
-        if self._check is not None:
-            self._check(claims, action, room)
+    def forget(self, conn: WsConnection) -> None:
+        self.connections.discard(conn)
+        if self.expiry is not None:
+            self.expiry.forget(conn)
 
-    def refresh(self, conn: WsConnection, token: str) -> Any:
-        if self._refresh is None:
-            return conn.auth
-        return self._refresh(token)
+    def check(self, claims: Claims | None, action: Literal["subscribe", "publish"], room: RoomName) -> None:
+        """Raise ``PermissionDenied`` unless ``claims`` grant ``action`` on ``room`` (open: allowed)."""
+        if claims is not None:
+            require(claims, action, room)
+
+    def refresh(self, conn: WsConnection, token: str) -> Claims | None:
+        """A fresh token for ``conn``: same subject, and the expiry watch restarts from it."""
+        if self.authenticator is None:
+            return conn.auth  # type: ignore[no-any-return]
+        claims = self.authenticator.verify(token)
+        old = conn.auth
+        if isinstance(old, Claims) and old.subject != claims.subject:
+            raise PermissionDenied("a refresh must be for the same subject")
+        if self.expiry is not None:
+            self.expiry.watch(conn, claims)
+        return claims
 
     def close_all(self, reason: Disconnect) -> None:
         for conn in list(self.connections):

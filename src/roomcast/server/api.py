@@ -1,0 +1,294 @@
+"""The backend HTTP API under ``/api/``: publish, broadcast, rooms, history, presence, disconnect.
+
+Imports L0–L4. For application backends, not browsers: every route needs the API key
+(``Authorization: Bearer <key>`` or ``X-API-Key``), compared in constant time. With no key
+configured the API answers loopback clients only, so a development server is usable from
+the same machine and never from the network by accident. Errors are JSON
+``{"error": {"code", "message"}}`` with the status that says what went wrong; the OpenAPI
+document (``GET /api/openapi.json``, no key needed) describes every route.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from roomcast import _json, disconnect
+from roomcast.hub.hub import Hub
+from roomcast.transports.base import HttpRequest, HttpResponse, api_error
+from roomcast.types import StreamPosition
+
+__all__ = ["ApiServer", "OPENAPI"]
+
+logger = logging.getLogger("roomcast.api")
+
+MAX_NAME = 256
+MAX_BROADCAST_ROOMS = 1000
+
+Route = Callable[["ApiServer", HttpRequest], Awaitable[HttpResponse]]
+
+
+class BadRequest(Exception):
+    """A request the API refuses with 400; ``str(exc)`` is the message."""
+
+
+def _ok(body: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, _json.dumps(body), [], "application/json")
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise BadRequest(f"'{what}' must be a string of 1 to {MAX_NAME} characters")
+    return value
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    if not request.body:
+        raise BadRequest("a JSON object body is required")
+    try:
+        value = _json.loads(request.body)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiServer:
+    """The ``/api/`` routes.
+
+    Args:
+        hub: the hub to publish to and inspect.
+        api_key: the key backends present; ``None``: loopback clients only.
+    """
+
+    def __init__(self, hub: Hub, *, api_key: str | None = None) -> None:
+        self.hub = hub
+        self.api_key = api_key or None
+        self.refused = 0
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        path, method = request.path.rstrip("/") or "/", request.method
+        if path == "/api/openapi.json" and method == "GET":
+            return _ok(OPENAPI)
+        route = ROUTES.get(path)
+        if route is None:
+            return api_error(404, "not_found", f"no API route {path}")
+        methods = route
+        handler = methods.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            return api_error(405, "method_not_allowed", f"use {allowed}", [("Allow", allowed)])
+        refused = self._check_key(request)
+        if refused is not None:
+            self.refused += 1
+            return refused
+        if request.body_too_large:
+            return api_error(413, "too_large", "the body is over the size limit")
+        try:
+            return await handler(self, request)
+        except BadRequest as exc:
+            return api_error(400, "bad_request", str(exc))
+
+    def _check_key(self, request: HttpRequest) -> HttpResponse | None:
+        if self.api_key is None:
+            if _is_loopback(request.client[0]):
+                return None
+            return api_error(403, "forbidden", "no API key is configured: the API answers loopback clients only")
+        presented = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization", "")
+        if presented is None and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        if presented is None:
+            return api_error(401, "unauthorized", "API key required (Authorization: Bearer <key> or X-API-Key)")
+        if not hmac.compare_digest(presented.encode(), self.api_key.encode()):
+            return api_error(401, "unauthorized", "invalid API key")
+        return None
+
+    # -- routes -------------------------------------------------------------------------
+    async def publish(self, request: HttpRequest) -> HttpResponse:
+        body = _body(request)
+        room, event = _name(body.get("room"), "room"), _name(body.get("event"), "event")
+        position = await self._publish(room, event, body)
+        return _ok({"room": room, "epoch": position.epoch, "offset": position.offset})
+
+    async def broadcast(self, request: HttpRequest) -> HttpResponse:
+        body = _body(request)
+        rooms = body.get("rooms")
+        if not isinstance(rooms, list) or not 1 <= len(rooms) <= MAX_BROADCAST_ROOMS:
+            raise BadRequest(f"'rooms' must be a list of 1 to {MAX_BROADCAST_ROOMS} room names")
+        names = list(dict.fromkeys(_name(r, "rooms[]") for r in rooms))
+        event = _name(body.get("event"), "event")
+        results = []
+        for room in names:
+            position = await self._publish(room, event, body)
+            results.append({"room": room, "epoch": position.epoch, "offset": position.offset})
+        return _ok({"results": results})
+
+    async def _publish(self, room: str, event: str, body: dict[str, Any]) -> StreamPosition:
+        if "data" in body:
+            return await self.hub.publish(room, event, body["data"])
+        return await self.hub.publish(room, event)
+
+    async def rooms(self, request: HttpRequest) -> HttpResponse:
+        listing = [
+            {"room": name, "connections": count, "users": len(self.hub.users(name))}
+            for name, count in sorted(self.hub.rooms().items())
+        ]
+        return _ok({"rooms": listing})
+
+    async def history(self, request: HttpRequest) -> HttpResponse:
+        room = _name(request.query.get("room"), "room")
+        since_text = request.query.get("since", "0")
+        if not since_text.isdigit():
+            raise BadRequest("'since' must be a non-negative integer offset")
+        current = await self.hub.broker.position(room)
+        epoch = request.query.get("epoch") or current.epoch
+        result = await self.hub.broker.history(room, since=StreamPosition(epoch, int(since_text)))
+        return _ok({
+            "room": room,
+            "epoch": result.position.epoch,
+            "offset": result.position.offset,
+            "complete": result.complete,
+            "publications": [
+                {"offset": p.position.offset, "event": p.event, "data": list(p.data), "ts": p.ts}
+                for p in result.publications
+            ],
+        })
+
+    async def presence(self, request: HttpRequest) -> HttpResponse:
+        return _ok(self.hub.presence(_name(request.query.get("room"), "room")))
+
+    async def disconnect(self, request: HttpRequest) -> HttpResponse:
+        body = _body(request)
+        connection, user = body.get("connection"), body.get("user")
+        if (connection is None) == (user is None):
+            raise BadRequest("give exactly one of 'connection' (an id) or 'user' (a token subject)")
+        if connection is not None:
+            conn = self.hub.connections.get(_name(connection, "connection"))
+            targets = [conn] if conn is not None else []
+        else:
+            name = _name(user, "user")
+            targets = [c for c in self.hub.connections.values() if c.user == name]
+        for conn in targets:
+            conn.disconnect(disconnect.SERVER_DISCONNECT)
+        logger.info("API disconnected %d connection(s)", len(targets))
+        return _ok({"disconnected": len(targets)})
+
+
+ROUTES: dict[str, dict[str, Route]] = {
+    "/api/publish": {"POST": ApiServer.publish},
+    "/api/broadcast": {"POST": ApiServer.broadcast},
+    "/api/rooms": {"GET": ApiServer.rooms},
+    "/api/history": {"GET": ApiServer.history},
+    "/api/presence": {"GET": ApiServer.presence},
+    "/api/disconnect": {"POST": ApiServer.disconnect},
+}
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in statuses}
+
+
+_POSITION = {
+    "type": "object",
+    "required": ["room", "epoch", "offset"],
+    "properties": {"room": {"type": "string"}, "epoch": {"type": "string"}, "offset": {"type": "integer"}},
+}
+_JSON = "application/json"
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "roomcast backend API",
+        "version": "1",
+        "description": "Publish to rooms and inspect them from application backends. Every route but this "
+        "document needs the API key; with none configured, loopback clients only.",
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}}}},
+            },
+            "Position": _POSITION,
+        },
+        "responses": {
+            f"E{status}": {"description": text, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for status, text in [(400, "Bad request"), (401, "Missing or invalid API key"),
+                                 (403, "Not allowed from this address"), (405, "Method not allowed"),
+                                 (413, "Body too large")]
+        },
+    },
+    "security": [{"bearer": []}, {"apiKey": []}],
+    "paths": {
+        "/api/publish": {"post": {
+            "summary": "Publish an event to a room",
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "required": ["room", "event"],
+                "properties": {"room": {"type": "string"}, "event": {"type": "string"}, "data": {}}}}}},
+            "responses": {"200": {"description": "Its position in the room's stream", "content": {
+                _JSON: {"schema": {"$ref": "#/components/schemas/Position"}}}}, **_error_responses(400, 401, 403, 413)},
+        }},
+        "/api/broadcast": {"post": {
+            "summary": "Publish one event to several rooms",
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "required": ["rooms", "event"],
+                "properties": {"rooms": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                               "event": {"type": "string"}, "data": {}}}}}},
+            "responses": {"200": {"description": "One position per room", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"results": {"type": "array", "items": {
+                    "$ref": "#/components/schemas/Position"}}}}}}}, **_error_responses(400, 401, 403, 413)},
+        }},
+        "/api/rooms": {"get": {
+            "summary": "Rooms with members in this process, with connection and user counts",
+            "responses": {"200": {"description": "The rooms", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"rooms": {"type": "array", "items": {"type": "object", "properties": {
+                    "room": {"type": "string"}, "connections": {"type": "integer"},
+                    "users": {"type": "integer"}}}}}}}}}, **_error_responses(401, 403)},
+        }},
+        "/api/history": {"get": {
+            "summary": "A room's publications after an offset, while history holds them",
+            "parameters": [
+                {"name": "room", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "epoch", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": {"description": "complete is false when history no longer holds them all",
+                                  "content": {_JSON: {"schema": {"type": "object"}}}},
+                          **_error_responses(400, 401, 403)},
+        }},
+        "/api/presence": {"get": {
+            "summary": "Connections and distinct users in a room",
+            "parameters": [{"name": "room", "in": "query", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "Presence", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"room": {"type": "string"}, "connections": {"type": "integer"},
+                                                 "users": {"type": "array", "items": {"type": "string"}}}}}}},
+                          **_error_responses(400, 401, 403)},
+        }},
+        "/api/disconnect": {"post": {
+            "summary": "Disconnect one connection, or every connection of a user",
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"connection": {"type": "string"}, "user": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "How many were disconnected", "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"disconnected": {"type": "integer"}}}}}},
+                **_error_responses(400, 401, 403)},
+        }},
+    },
+}
