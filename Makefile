@@ -7,6 +7,7 @@ NODE_PEERS := tests/interop/node
 BENCH_NODE := bench/node
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test install test-deps bench conformance-server conformance lint types clean
 
@@ -28,7 +29,12 @@ $(NODE_PEERS)/node_modules/.package-lock.json: $(NODE_PEERS)/package-lock.json
 $(BENCH_NODE)/node_modules/.package-lock.json: $(BENCH_NODE)/package-lock.json
 	cd $(BENCH_NODE) && npm ci --no-audit --no-fund --loglevel=error
 
-test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json
+# The browser the SSE tests drive (tests/browser): Debian's Chromium, through Playwright from
+# the test extra (never `playwright install`, which fetches a browser of its own).
+$(CHROMIUM):
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json $(CHROMIUM)
 
 # The peers the benchmark runs beside roomcast: python-socketio under uvicorn, Node socket.io.
 $(BENCH_STAMP): $(STAMP) pyproject.toml

@@ -11,6 +11,7 @@ Owns every exception the package raises on purpose; imports nothing but the stdl
     │       └── PayloadTooBig         the peer sent more than the configured limit
     ├── ConnectionRefused             a connect handler refused the client (message sent to it)
     ├── InvalidState                  an operation that the current state forbids (also AssertionError)
+    ├── LimitExceeded                 a configured limit was reached (rooms per connection ...)
     ├── AuthError
     │   ├── Unauthorized              no or bad credentials
     │   └── PermissionDenied          good credentials, not allowed to do this
@@ -35,6 +36,7 @@ __all__ = [
     "PayloadTooBig",
     "ConnectionRefused",
     "InvalidState",
+    "LimitExceeded",
     "AuthError",
     "Unauthorized",
     "PermissionDenied",
@@ -88,6 +90,10 @@ class ConnectionRefused(RoomcastError):
 
 class InvalidState(RoomcastError, AssertionError):
     """The operation is not allowed in the current state (e.g. sending on a closed session)."""
+
+
+class LimitExceeded(RoomcastError):
+    """A configured limit was reached; the message names it and is safe to send to the client."""
 
 
 class AuthError(RoomcastError):

@@ -178,7 +178,7 @@ async def test_an_oversize_message_closes_1009_and_a_wrong_subprotocol_is_refuse
 
 async def test_too_many_rooms_is_refused_with_a_limit_error() -> None:
     app = _app()
-    app.ws.max_rooms = 2
+    app.hub.max_rooms_per_connection = 2
     async with running(app) as srv:
         client = await _connect(srv)
         try:

@@ -313,21 +313,58 @@ async def test_a_comeback_lost_before_it_is_accepted_can_come_back_again(
     await srv.hub.publish("r", "news", {"n": 1})
     observer.gate = asyncio.get_running_loop().create_future()
     auth = {"token": "t", "pid": body["pid"]}
+    ended = asyncio.Event()
+    sio = srv.app.socketio
+    on_close = sio.on_close
+
+    def observed(session: Any, reason: Any) -> None:  # observe the server ending the session
+        on_close(session, reason)
+        ended.set()
+
+    sio.on_close = observed  # type: ignore[method-assign]
     stalled = await open_websocket(srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket")
     await stalled.recv()
     stalled.send("40" + _json.dumps_str(auth))
     async with asyncio.timeout(5):
         await observer.entered.wait()
         stalled.close()
-        await stalled.closed
-        while recovery_of(srv).saved_sessions == 0:  # the server ends the session on EOF
-            await asyncio.sleep(0)  # yield to the loop, no wall-clock wait
+        await ended.wait()
+    assert recovery_of(srv).saved_sessions == 1  # handed back: never accepted
     observer.gate.set_result(None)
     observer.gate = None
     back, reply = await connect(srv, auth)
     try:
         assert connect_body(reply)["sid"] == body["sid"]
         assert (await event(back))[:2] == ["news", {"n": 1}]
+    finally:
+        back.close()
+
+
+async def test_a_gap_lost_during_the_connect_handler_gives_a_new_session(
+    srv: RunningServer, observer: Observer
+) -> None:
+    """The record is checked again at acceptance: the client is told, never silently short."""
+    client, body = await fresh(srv, observer, "r")
+    await srv.hub.publish("r", "news", {"n": 1})
+    seen = await event(client)
+    await lose(client, observer, body["sid"])
+    await srv.hub.publish("r", "news", {"n": 2})
+    recovery_of(srv).capacity = 2  # what a busy server's record does to a slow handler
+    observer.gate = asyncio.get_running_loop().create_future()
+    back = await open_websocket(srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket")
+    try:
+        await back.recv()
+        back.send("40" + _json.dumps_str({"token": "t", "pid": body["pid"], "offset": seen[2]}))
+        async with asyncio.timeout(5):
+            await observer.entered.wait()
+        for n in (3, 4):
+            await srv.hub.publish("elsewhere", "news", {"n": n})  # evicts #2, which it lacks
+        observer.gate.set_result(None)
+        reply = connect_body(str(await back.recv()))
+        assert reply["pid"] != body["pid"]  # `socket.recovered` is false for the client
+        assert (await event(back))[0] == "welcome"  # and no replay before it
+        assert srv.hub.rooms() == {}
+        assert await call(back, 1, "echo", "alive") == ["alive"]
     finally:
         back.close()
 

@@ -164,7 +164,7 @@ async def test_bad_requests_get_a_json_error_and_other_streams_carry_on() -> Non
         cases = [
             ("", {}, 400, "name at least one room"),
             ("?room=", {}, 400, "1 to 256"),
-            ("?" + "&".join(f"room=r{i}" for i in range(101)), {}, 400, "at most 100"),
+            ("?" + "&".join(f"room=r{i}" for i in range(101)), {}, 400, "at most 100 rooms"),
             ("?room=a", {"headers": {"Last-Event-ID": "not a cursor"}}, 400, "Last-Event-ID"),
             ("?room=a&last_event_id=%7B%7D", {}, 400, "Last-Event-ID"),
             ("?room=a", {"method": "POST"}, 405, "GET"),
@@ -204,9 +204,29 @@ async def test_the_asgi_door_serves_the_same_stream() -> None:
         await app.hub.publish("a", "e", 2)
         async with open_sse(url, ["a"], last_event_id=cursor) as back:
             assert (await back.next()).json() == 2
+            cursor = back.last_id
         app.hub.mark_terminal("a")
         async with open_sse(url, ["a"], last_event_id=cursor) as done:
             assert done.status == 204
         async with aiohttp.ClientSession() as http, http.get(f"{url}/sse?room=") as response:
             assert response.status == 400
             assert json.loads(await response.read())["error"]["code"] == "bad_request"
+
+
+async def test_a_reconnect_behind_a_finished_room_gets_the_last_events_then_the_stream_ends() -> None:
+    async with running(_app()) as srv:
+        async with open_sse(srv.url, ["task:9"]) as stream:
+            await stream.next()
+            await srv.hub.publish("task:9", "progress", 50)
+            await stream.next()
+            cursor = stream.last_id
+        await srv.hub.publish("task:9", "done", {"result": 1})  # the last word, while it is away
+        srv.hub.mark_terminal("task:9")
+        async with open_sse(srv.url, ["task:9"], last_event_id=cursor) as back:
+            assert back.status == 200  # its cursor is behind: not a 204
+            assert [(e.event, e.json()) for e in await back.until_end()] == [("done", {"result": 1})]
+            cursor = back.last_id
+        async with open_sse(srv.url, ["task:9"], last_event_id=cursor) as done:
+            assert done.status == 204  # now it has everything
+        async with open_sse(srv.url, ["task:9"]) as late:  # a first visit after the end
+            assert [e.event for e in await late.until_end()] == ["snapshot"]

@@ -149,3 +149,54 @@ async def test_presence_counts_distinct_users_and_announces_first_arrivals_and_l
         finally:
             for client in [watcher, *tabs, bob]:
                 client.close()
+
+
+async def test_socketio_needs_a_token_in_the_handshake_and_honours_its_grants() -> None:
+    import socketio
+
+    async with running(_app()) as srv:
+        refused = socketio.AsyncClient(reconnection=False)
+        reasons: list[Any] = []
+        refused.on("connect_error", lambda data: reasons.append(data))
+        try:
+            await refused.connect(srv.url, auth={"token": token(exp_in=-1)}, transports=["websocket"])
+            raise AssertionError("an expired token was let in")
+        except socketio.exceptions.ConnectionError:
+            assert reasons == [{"message": "token expired"}]
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(srv.url, auth={"token": token(sub="ann", subscribe=["doc:*"], publish=["doc:1"])},
+                             transports=["websocket"])
+        try:
+            ok = await client.call("subscribe", {"room": "doc:1"}, timeout=5)
+            assert ok["recovered"] is False and ok["offset"] == 0
+            assert srv.hub.presence("doc:1")["users"] == ["ann"]
+            assert await client.call("subscribe", {"room": "admin"}, timeout=5) == {
+                "error": "not allowed to subscribe 'admin'"}
+            published = await client.call("publish", {"room": "doc:1", "event": "edit", "data": 1}, timeout=5)
+            assert published["offset"] == 1
+            assert await client.call("publish", {"room": "doc:2", "event": "edit"}, timeout=5) == {
+                "error": "not allowed to publish 'doc:2'"}
+        finally:
+            await client.disconnect()
+
+
+async def test_a_socketio_token_that_expires_ends_the_session_unless_refreshed() -> None:
+    import socketio
+
+    async with running(_app()) as srv:
+        lapsing, refreshed = socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)
+        gone = asyncio.Event()
+        lapsing.on("disconnect", lambda *_: gone.set())
+        for client in (lapsing, refreshed):
+            await client.connect(srv.url, auth={"token": token(subscribe=["*"], exp_in=0.5)},
+                                 transports=["websocket"])
+        try:
+            assert await refreshed.call("refresh", {"token": token(subscribe=["*"])}, timeout=5) == {"ok": True}
+            assert await refreshed.call("refresh", {"token": token(sub="u2")}, timeout=5) == {
+                "error": "a refresh must be for the same subject"}
+            async with asyncio.timeout(5):
+                await gone.wait()
+            assert srv.app.expiry.expired == 1
+            assert (await refreshed.call("subscribe", {"room": "r"}, timeout=5))["offset"] == 0  # still served
+        finally:
+            await refreshed.disconnect()

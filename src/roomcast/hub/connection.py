@@ -1,6 +1,6 @@
 """``Connection``: one client on one transport, as the hub sees it; and the ``Encoder`` contract.
 
-Imports only L0. Transports subclass ``Connection`` and implement ``write``, ``emit`` and
+Imports only L0 (and, for types, ``auth``). Transports subclass ``Connection`` and implement ``write``, ``emit`` and
 ``close``; the hub never learns which wire a connection speaks.
 
 The fan-out contract (DESIGN §8): for each publication the hub calls ``encoder.encode(pub)``
@@ -18,6 +18,7 @@ from roomcast.disconnect import Disconnect
 from roomcast.types import ConnectionId, Publication, RoomName
 
 if TYPE_CHECKING:
+    from roomcast.auth import Claims
     from roomcast.hub.hub import Hub
 
 __all__ = ["Connection", "Encoder"]
@@ -45,11 +46,12 @@ class Connection:
         data: free space for the application (session state ...).
         user: who is behind the connection (a token's ``sub``), for presence and for
             "disconnect this user"; ``None`` when anonymous.
+        claims: the verified token's claims (its room grants); ``None`` on an open server.
         encoder: how publications are encoded for this connection.
         hub: the hub this connection belongs to.
     """
 
-    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user")
+    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user", "claims")
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class Connection:
         self.data: dict[str, Any] = {}
         self.closed = False
         self.user: str | None = None
+        self.claims: Claims | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.namespace}>"

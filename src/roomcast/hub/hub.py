@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from roomcast import disconnect
 from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
+from roomcast.errors import LimitExceeded
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
 from roomcast.hub.rooms import Room
@@ -44,10 +45,14 @@ class Hub:
 
     Args:
         broker: moves publications and keeps history; a ``MemoryBroker`` by default.
+        max_rooms_per_connection: rooms a client may subscribe to on one connection
+            (``subscribe`` refuses past it with ``LimitExceeded``; the application's own
+            ``join`` calls are not limited).
     """
 
-    def __init__(self, *, broker: Broker | None = None) -> None:
+    def __init__(self, *, broker: Broker | None = None, max_rooms_per_connection: int = 100) -> None:
         self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.max_rooms_per_connection = max_rooms_per_connection
         self.handlers = HandlerRegistry()
         self.connections: dict[ConnectionId, Connection] = {}
         self._rooms: dict[RoomName, Room] = {}
@@ -284,7 +289,12 @@ class Hub:
 
         Returns:
             ``{"room", "epoch", "offset", "recovered", "snapshot" | "publications"}``.
+
+        Raises:
+            LimitExceeded: ``conn`` already has ``max_rooms_per_connection`` other rooms.
         """
+        if room not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
+            raise LimitExceeded(f"at most {self.max_rooms_per_connection} rooms per connection")
         if epoch is not None and offset is not None:
             result = await self.broker.history(room, since=StreamPosition(epoch, offset))
             if result.complete:

@@ -55,9 +55,6 @@ class App:
         self.hub = hub if hub is not None else Hub()
         self.settings = settings = settings if settings is not None else Settings()
         cors = CorsPolicy(settings.cors_origins)
-        self.socketio = SocketIOServer(self.hub, connect_timeout=settings.connect_timeout, recovery_window=settings.recovery_window)
-        self.engine = self._engine(self.socketio, cors)
-        self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
         config = AuthConfig.from_values(
             secret=settings.jwt_secret,
             public_key_file=settings.jwt_public_key_file,
@@ -68,6 +65,15 @@ class App:
         # None when open: transports then skip verification and grants altogether.
         self.authenticator = None if config.open else Authenticator(config)
         self.expiry = ExpiryWatch(leeway=settings.jwt_leeway)
+        self.socketio = SocketIOServer(
+            self.hub,
+            connect_timeout=settings.connect_timeout,
+            recovery_window=settings.recovery_window,
+            authenticator=self.authenticator,
+            expiry=self.expiry,
+        )
+        self.engine = self._engine(self.socketio, cors)
+        self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
         self.sse = SseServer(
             self.hub,
             heartbeat=settings.sse_heartbeat,

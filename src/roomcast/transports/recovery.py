@@ -202,11 +202,12 @@ class Recovery:
         pid = auth.get("pid")
         if not isinstance(pid, str):
             return None
+        now = self.clock()
+        self._purge(now)
         saved = self._sessions.get(pid)
         if saved is None or saved.namespace != namespace:
             return None
         del self._sessions[pid]
-        now = self.clock()
         if now >= saved.expires:
             return None
         seq = self.parse_offset(auth["offset"]) if "offset" in auth else 0

@@ -30,12 +30,14 @@ from typing import Any
 
 from roomcast import disconnect
 from roomcast.disconnect import Disconnect
-from roomcast.errors import ConnectionClosed, ConnectionRefused, RemoteProtocolError
+from roomcast.auth import Authenticator, token_from_request
+from roomcast.errors import AuthError, ConnectionClosed, ConnectionRefused, LimitExceeded, RemoteProtocolError
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import socketio as sio
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol.socketio import SioPacket, SioType
+from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.engineio import EngineIOServer, Outbound, Session
 from roomcast.transports.recovery import DEFAULT_CAPACITY, Entry, Recovery, Resume, strip_reserved
 from roomcast.types import Publication
@@ -45,6 +47,7 @@ __all__ = ["SocketIOServer", "SioSocket", "SioEncoder", "Prepared"]
 logger = logging.getLogger("roomcast.socketio")
 
 _INTERNAL_ERROR = {"error": "internal error"}
+MAX_NAME = 256
 
 _RECOVERABLE = frozenset(
     {disconnect.TRANSPORT_CLOSE, disconnect.NORMAL, disconnect.PING_TIMEOUT, disconnect.SHUTDOWN, disconnect.SLOW}
@@ -119,7 +122,7 @@ class SioSocket(Connection):
 
     __slots__ = (
         "session", "acks", "_ack_ids", "accepted", "_early", "recovery", "pid", "recovered", "since", "written",
-        "resume",
+        "resume", "expiry",
     )
 
     def __init__(
@@ -141,6 +144,7 @@ class SioSocket(Connection):
         self._early: list[SioPacket] = []
         self.recovery = recovery
         self.resume = resume
+        self.expiry: ExpiryWatch | None = None
         self.recovered = resume is not None
         self.pid: str | None = None
         self.since = self.written = 0
@@ -224,6 +228,8 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
     sock.closed = True
     hub = sock.hub
     hub.remove_connection(sock)
+    if sock.expiry is not None:
+        sock.expiry.forget(sock)
     for future in sock.acks.values():
         if not future.done():
             future.set_exception(ConnectionClosed(reason.reason))
@@ -285,6 +291,11 @@ class SocketIOServer:
         max_attachments: binary attachments accepted per packet.
         recovery_window: seconds a lost session stays restorable; 0 disables recovery.
         recovery_capacity: most publications kept for recovery.
+        authenticator: when given, every namespace CONNECT needs a valid token (the
+            handshake ``auth`` ``{"token": ...}``, an ``Authorization: Bearer`` header or
+            ``?token=``); a bad one gets ``CONNECT_ERROR`` with the reason. Its claims'
+            grants then govern the built-in ``subscribe`` and ``publish``.
+        expiry: disconnects a socket whose token expired unless it sent ``refresh``.
     """
 
     def __init__(
@@ -295,6 +306,8 @@ class SocketIOServer:
         max_attachments: int = 10,
         recovery_window: float = 0.0,
         recovery_capacity: int = DEFAULT_CAPACITY,
+        authenticator: Authenticator | None = None,
+        expiry: ExpiryWatch | None = None,
     ) -> None:
         if recovery_window < 0:
             raise ValueError("recovery_window must be >= 0")
@@ -302,6 +315,11 @@ class SocketIOServer:
         self.connect_timeout = connect_timeout
         self.max_attachments = max_attachments
         self._encoders: dict[str, SioEncoder] = {}
+        self.authenticator = authenticator
+        self.expiry = expiry
+        self.builtins: dict[str, Any] = {
+            "subscribe": _subscribe, "unsubscribe": _unsubscribe, "publish": _publish, "refresh": self._refresh,
+        }
         self.engine: EngineIOServer | None = None
         self.recovery: Recovery | None = None
         if recovery_window > 0:
@@ -380,6 +398,14 @@ class SocketIOServer:
             auth = strip_reserved(auth)
         sock = SioSocket(self.hub, session, namespace, auth, self.encoder(namespace), recovery, resume)
         state.sockets[namespace] = sock
+        if self.authenticator is not None:
+            request = session.request
+            try:
+                claims = self.authenticator.verify(token_from_request(request.headers, request.query, auth))
+            except AuthError as exc:
+                self._refuse(session, state, sock, ConnectionRefused(str(exc)))
+                return
+            sock.claims, sock.user, sock.expiry = claims, claims.subject, self.expiry
         handler = self.hub.handlers.connect_handler(namespace)
         if handler is None:
             self._accept(session, state, sock)
@@ -402,6 +428,8 @@ class SocketIOServer:
             state.connect_timer.cancel()
             state.connect_timer = None
         self.hub.add_connection(sock)
+        if sock.expiry is not None and sock.claims is not None:
+            sock.expiry.watch(sock, sock.claims)
         missed = self._restore(sock)
         reply = {"sid": sock.id} if sock.pid is None else {"sid": sock.id, "pid": sock.pid}
         session.send_many(_eio_packets(SioPacket(SioType.CONNECT, sock.namespace, reply)))
@@ -428,11 +456,13 @@ class SocketIOServer:
         sock.resume = None
         missed = recovery.missed(resume)
         if missed is None:
+            logger.debug("socket %s: history moved on during its connect handler; new session", sock.id)
             sock.recovered = False
             sock.pid, sock.since, sock.written = secrets.token_urlsafe(15), recovery.head, 0
             return None
         for room in resume.saved.rooms:
             self.hub.join(sock, room)
+        logger.debug("socket %s recovered: %d rooms, %d missed", sock.id, len(resume.saved.rooms), len(missed))
         return missed
 
     def _replay(self, sock: SioSocket, missed: list[Entry]) -> None:
@@ -457,11 +487,8 @@ class SocketIOServer:
         event = args[0]
         handler = self.hub.handlers.get(sock.namespace, event) if isinstance(event, str) else None
         if handler is None:
-            if event == "subscribe":
-                handler = _subscribe
-            elif event == "unsubscribe":
-                handler = _unsubscribe
-            else:
+            handler = self.builtins.get(event) if isinstance(event, str) else None
+            if handler is None:
                 logger.debug("no handler for %r on %s", event, sock.namespace)
                 return
         ack_id = packet.id
@@ -475,6 +502,22 @@ class SocketIOServer:
                 on_error=lambda _: sock.ack(ack_id, _INTERNAL_ERROR),
             )
 
+    def _refresh(self, sock: SioSocket, request: Any = None, *_: Any) -> Any:
+        """Built-in ``refresh {token}``: a fresh token (same subject) keeps the socket open."""
+        if self.authenticator is None:
+            return {"ok": True}  # an open server: nothing expires
+        token = request.get("token") if isinstance(request, dict) else None
+        try:
+            claims = self.authenticator.verify(token if isinstance(token, str) else None)
+        except AuthError as exc:
+            return {"error": str(exc)}
+        if sock.claims is not None and claims.subject != sock.claims.subject:
+            return {"error": "a refresh must be for the same subject"}
+        sock.claims = claims
+        if self.expiry is not None:
+            self.expiry.watch(sock, claims)
+        return {"ok": True}
+
     def _connect_timeout(self, session: Session) -> None:
         state: _SioState = session.state
         state.connect_timer = None
@@ -484,12 +527,19 @@ class SocketIOServer:
 
 async def _subscribe(conn: Connection, request: Any = None, *_: Any) -> Any:
     """Built-in ``subscribe {room, epoch?, offset?}``: ack with snapshot or recovered publications."""
-    if not isinstance(request, dict) or not isinstance(request.get("room"), str):
-        return {"error": "subscribe expects {room: string, epoch?: string, offset?: integer}"}
+    if not isinstance(request, dict) or not _room_name(request.get("room")):
+        return {"error": "subscribe expects {room: string (1-256 chars), epoch?: string, offset?: integer}"}
+    room = request["room"]
+    if conn.claims is not None and not conn.claims.may_subscribe(room):
+        return {"error": f"not allowed to subscribe {room!r}"}
     epoch, offset = request.get("epoch"), request.get("offset")
     if not isinstance(epoch, str) or not isinstance(offset, int) or isinstance(offset, bool):
         epoch = offset = None
-    return await conn.hub.subscribe(conn, request["room"], epoch=epoch, offset=offset)
+    try:
+        return await conn.hub.subscribe(conn, room, epoch=epoch, offset=offset)
+    except LimitExceeded as exc:
+        return {"error": str(exc)}
+
 
 def _unsubscribe(conn: Connection, request: Any = None, *_: Any) -> Any:
     """Built-in ``unsubscribe {room}``."""
@@ -497,3 +547,20 @@ def _unsubscribe(conn: Connection, request: Any = None, *_: Any) -> Any:
         return {"error": "unsubscribe expects {room: string}"}
     conn.leave(request["room"])
     return {"room": request["room"]}
+
+
+async def _publish(conn: Connection, request: Any = None, *_: Any) -> Any:
+    """Built-in ``publish {room, event, data?}`` (when the application has no ``publish``
+    handler): to every member of the room, on every transport, if the token allows it."""
+    if not isinstance(request, dict) or not _room_name(request.get("room")) or not _room_name(request.get("event")):
+        return {"error": "publish expects {room: string, event: string, data?: any}"}
+    room, event = request["room"], request["event"]
+    if conn.claims is not None and not conn.claims.may_publish(room):
+        return {"error": f"not allowed to publish {room!r}"}
+    args = (request["data"],) if "data" in request else ()
+    position = await conn.hub.publish(room, event, *args)
+    return {"room": room, "epoch": position.epoch, "offset": position.offset}
+
+
+def _room_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME

@@ -10,8 +10,9 @@ up to the current position of every room in its set — so the cursor after a pu
 the same for every member of the group and is built once, not per recipient.
 
 Opening a stream (``SseServer.handle``): bad rooms or a ``Last-Event-ID`` that does not
-parse → 400 with a JSON error; a reconnect whose rooms are all terminal → 204 (so
-``EventSource`` stops). Then, room by room, ``Hub.subscribe`` with the cursor's position:
+parse → 400 with a JSON error; a reconnect whose rooms are all terminal and whose cursor
+already holds their last publication → 204 (so ``EventSource`` stops). A stream whose rooms
+are all terminal ends once it has delivered the snapshot or what its cursor missed. Then, room by room, ``Hub.subscribe`` with the cursor's position:
 the missed publications (``recovered``), an explicit ``event: reset`` with a fresh snapshot
 when history no longer holds them (never a silent gap), or ``event: snapshot`` for a room the
 cursor does not name. Live publications that land meanwhile wait in a per-stream list and
@@ -114,7 +115,8 @@ class SseConnection(Connection):
         super().__init__(f"sse-{next(server.ids)}", hub=server.hub, encoder=encoder, auth=auth)
         self.server = server
         self.channel = channel
-        self.user = auth.subject if isinstance(auth, Claims) else None
+        if isinstance(auth, Claims):
+            self.claims, self.user = auth, auth.subject
         self.stream_rooms = rooms
         # What this client holds, room by room, while it syncs: the cursor it came back with.
         self.own: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
@@ -174,6 +176,8 @@ class SseConnection(Connection):
         for frame in pending or ():
             if _newer(frame.position, self.own.get(frame.room)):
                 self.channel.write(frame.data)
+        if all(self.hub.is_terminal(r) for r in self.stream_rooms):
+            self.channel.close()  # finished rooms: everything there is was said; a reconnect gets 204
 
     async def _sync_room(self, room: RoomName) -> None:
         held = self.own.get(room)
@@ -220,7 +224,6 @@ class SseServer:
         hub: the hub whose rooms the streams follow.
         heartbeat: seconds between ``: ping`` comments (proxies close silent connections).
         retry_ms: the reconnection delay suggested to ``EventSource``.
-        max_rooms: rooms one stream may follow.
         cors: which browser origins may open a stream.
         authenticator: verifies the token (``Authorization: Bearer`` or ``?token=``, as
             ``EventSource`` cannot set headers) and its grants for every room; open when
@@ -235,7 +238,6 @@ class SseServer:
         *,
         heartbeat: float = 15.0,
         retry_ms: int = 2000,
-        max_rooms: int = 100,
         cors: CorsPolicy | None = None,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
@@ -243,7 +245,6 @@ class SseServer:
         self.hub = hub
         self.heartbeat = heartbeat
         self.retry = sse.retry_frame(retry_ms)
-        self.max_rooms = max_rooms
         self.cors = cors if cors is not None else CorsPolicy()
         self.authenticator = authenticator
         self.expiry = expiry
@@ -277,19 +278,27 @@ class SseServer:
                 return api_error(403, "forbidden", str(exc), cors)
             except AuthError as exc:
                 return api_error(401, "unauthorized", str(exc), cors)
-        if last_id and all(self.hub.is_terminal(r) for r in rooms):
-            return HttpResponse(204, b"", cors)  # nothing more will come: EventSource stops
+        if last_id and all(self.hub.is_terminal(r) for r in rooms) and await self._caught_up(rooms, cursor):
+            return HttpResponse(204, b"", cors)  # it has everything and nothing more will come
         return StreamAccept(
             lambda channel: self._open(channel, rooms, cursor, auth),
             content_type=sse.CONTENT_TYPE,
             headers=[*cors, ("X-Accel-Buffering", "no")],
         )
 
+    async def _caught_up(self, rooms: tuple[RoomName, ...], cursor: dict[RoomName, StreamPosition]) -> bool:
+        """Whether the cursor already holds every room's last publication."""
+        for room in rooms:
+            if cursor.get(room) != await self.hub.broker.position(room):
+                return False
+        return True
+
     def _check_rooms(self, rooms: tuple[RoomName, ...]) -> str | None:
         if not rooms:
             return "name at least one room: /sse?room=a&room=b"
-        if len(rooms) > self.max_rooms:
-            return f"at most {self.max_rooms} rooms per stream"
+        limit = self.hub.max_rooms_per_connection
+        if len(rooms) > limit:
+            return f"at most {limit} rooms per connection"
         if any(not r or len(r) > MAX_ROOM_NAME for r in rooms):
             return f"room names are 1 to {MAX_ROOM_NAME} characters"
         try:  # the cursor naming every room at its largest must still fit a Last-Event-ID

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from roomcast import disconnect
 from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, Claims, require, token_from_request
-from roomcast.errors import AuthError, LocalProtocolError, PermissionDenied
+from roomcast.errors import AuthError, LimitExceeded, LocalProtocolError, PermissionDenied
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
@@ -96,7 +96,8 @@ class WsConnection(Connection):
         super().__init__(f"ws-{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
         self.server = server
         self.channel = channel
-        self.user = auth.subject if isinstance(auth, Claims) else None
+        if isinstance(auth, Claims):
+            self.claims, self.user = auth, auth.subject
         self.held: dict[RoomName, list[WsPrepared]] = {}  # live events of rooms being subscribed
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -160,16 +161,17 @@ class WsConnection(Connection):
     async def _subscribe(self, message: wsjson.Subscribe) -> None:
         room = message.room
         try:
-            self.server.check(self.auth, "subscribe", room)
+            self.server.check(self.claims, "subscribe", room)
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
-            return
-        if room not in self.rooms and len(self.rooms) + len(self.held) >= self.server.max_rooms:
-            self._send(wsjson.error_message("limit", f"at most {self.server.max_rooms} rooms", message.id))
             return
         self.held[room] = []
         try:
             result = await self.hub.subscribe(self, room, epoch=message.epoch, offset=message.offset)
+        except LimitExceeded as exc:
+            self.held.pop(room, None)
+            self._send(wsjson.error_message("limit", str(exc), message.id))
+            return
         except Exception:
             self.held.pop(room, None)
             logger.exception("subscribe to %r failed", room)
@@ -190,7 +192,7 @@ class WsConnection(Connection):
 
     async def _publish(self, message: wsjson.Publish) -> None:
         try:
-            self.server.check(self.auth, "publish", message.room)
+            self.server.check(self.claims, "publish", message.room)
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
             return
@@ -218,7 +220,7 @@ class WsConnection(Connection):
 
     def _refresh(self, message: wsjson.Refresh) -> None:
         try:
-            self.auth = self.server.refresh(self, message.token)
+            self.claims = self.auth = self.server.refresh(self, message.token)
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
             return
@@ -245,7 +247,6 @@ class WsServer:
     Args:
         hub: the hub whose rooms the connections use.
         cors: which browser origins may connect.
-        max_rooms: rooms one connection may follow.
         authenticator: verifies the token at the upgrade (``Authorization: Bearer`` or
             ``?token=``) and ``refresh`` messages; grants are checked per subscribe and
             publish. Open (``auth`` stays ``None``) when not given.
@@ -257,13 +258,11 @@ class WsServer:
         hub: Hub,
         *,
         cors: CorsPolicy | None = None,
-        max_rooms: int = 100,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
     ) -> None:
         self.hub = hub
         self.cors = cors if cors is not None else CorsPolicy()
-        self.max_rooms = max_rooms
         self.encoder = WsEncoder()
         self.authenticator = authenticator
         self.expiry = expiry
@@ -309,10 +308,10 @@ class WsServer:
     def refresh(self, conn: WsConnection, token: str) -> Claims | None:
         """A fresh token for ``conn``: same subject, and the expiry watch restarts from it."""
         if self.authenticator is None:
-            return conn.auth  # type: ignore[no-any-return]
+            return conn.claims  # an open server: nothing to refresh
         claims = self.authenticator.verify(token)
-        old = conn.auth
-        if isinstance(old, Claims) and old.subject != claims.subject:
+        old = conn.claims
+        if old is not None and old.subject != claims.subject:
             raise PermissionDenied("a refresh must be for the same subject")
         if self.expiry is not None:
             self.expiry.watch(conn, claims)
