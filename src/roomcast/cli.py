@@ -52,6 +52,10 @@ def main() -> None:
               help="Required 'aud' claim.")
 @click.option("--jwt-issuer", envvar="ROOMCAST_JWT_ISSUER", show_envvar=True, default=None,
               help="Required 'iss' claim.")
+@click.option("--recovery-window", envvar="ROOMCAST_RECOVERY_WINDOW", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, show_envvar=True,
+              help="Seconds a dropped Socket.IO session stays recoverable (connection state recovery, as "
+                   "the official server's connectionStateRecovery); 0 turns it off.")
 @click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
               help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
                    "API answers loopback clients only.")
@@ -68,6 +72,7 @@ def serve(
     jwt_public_key_file: str | None,
     jwt_audience: str | None,
     jwt_issuer: str | None,
+    recovery_window: float,
     api_key: str | None,
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
@@ -88,6 +93,7 @@ def serve(
         jwt_audience=jwt_audience,
         jwt_issuer=jwt_issuer,
         api_key=api_key,
+        recovery_window=recovery_window,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:

@@ -6,8 +6,9 @@ and reconnects by itself with ``Last-Event-ID``, and stops for good on a 204. Th
 from another port (tests/browser/conftest.py), so every stream is a CORS request too.
 Loopback only; every wait is bounded.
 
-The last test reproduces a bug this suite found (a finished room's last events, published
-while the browser was away, were dropped by the 204): only a cursor that holds them gets 204.
+The last two tests pin down bugs this suite found: a finished room's last events, published
+while the browser was away, were dropped by the 204 (only a cursor that holds them may get
+it); and a first visit to a finished room got its snapshot, then a stream that never ended.
 """
 
 from __future__ import annotations
@@ -215,3 +216,22 @@ async def test_what_a_finished_room_published_while_the_browser_was_away_still_a
         await stream.wait_ready_state(CLOSED)
         assert parsed((await stream.events())[3:]) == [("done", {"result": 1})]
         assert [r.status for r in spy.requests] == [200, 200, 204]
+
+
+async def test_a_first_visit_to_a_finished_room_gets_its_snapshot_and_the_browser_stops(
+    page: Any, page_origin: str
+) -> None:
+    async with serving(page_origin) as (srv, spy):
+        await srv.hub.publish("task:9", "done", {"result": 9})
+        srv.hub.mark_terminal("task:9")
+        stream = await BrowserStream.open(page, "late", sse_url(srv, ["task:9"]), ["done"])
+        await stream.wait_ready_state(CLOSED)
+        (snapshot,) = await stream.events()  # the state, then the end: nothing more will come
+        assert snapshot["type"] == "snapshot" and json.loads(snapshot["data"])["offset"] == 1
+        assert [(r.last_event_id, r.status) for r in spy.requests] == [(None, 200), (snapshot["lastEventId"], 204)]
+        assert await stream.states() == [
+            {"type": "open", "readyState": OPEN},
+            {"type": "error", "readyState": CONNECTING},
+            {"type": "error", "readyState": CLOSED},
+        ]
+        assert not srv.app.sse.streams
