@@ -16,6 +16,8 @@ Scenarios (``--scenarios``; sizes per ``--scale``):
   as a busy backend does. Server CPU per delivered message, delivered messages per second.
 * ``fanout1000w1``: the same with one publish request in flight at a time (no bursts, so
   nothing to coalesce: the per-message floor).
+* ``fanout1000ws``, ``fanout1000sse``: the 1000 subscribers on roomcast's plain WebSocket or
+  SSE instead (roomcast's doors only); the publisher is still a Socket.IO client.
 * ``latency``, ``latency1000``: a fixed 10,000 deliveries/s (100 subscribers × 100/s, and
   1000 × 10/s); publish-to-receive time measured inside the load generator, p50 and p99.
 * ``conns``: idle Socket.IO connections opened in steps (warm-up, N1, N2); resident memory
@@ -61,6 +63,9 @@ SERVERS: dict[str, list[str]] = {
     "bare-asgi": [PY, str(BENCH / "peers" / "bare_asgi.py")],
 }
 DEFAULT_SERVERS = ["roomcast", "roomcast-asgi", "node", "python-socketio", "bare-asgi"]
+# roomcast's own transports: only its two doors speak them (the publisher stays Socket.IO)
+ONLY_ROOMCAST = {"fanout1000ws", "fanout1000sse"}
+ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ METRICS = [
     Metric("fanout1000_cpu", "fan-out 1000 subs: server CPU per delivered msg", "µs"),
     Metric("fanout1000_rate", "fan-out 1000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
     Metric("fanout1000w1_cpu", "fan-out 1000 subs, one publication at a time: CPU per delivered msg", "µs"),
+    Metric("fanout1000ws_cpu", "fan-out 1000 subs over the plain WebSocket (/ws): CPU per msg", "µs"),
+    Metric("fanout1000sse_cpu", "fan-out 1000 subs over SSE (/sse): CPU per msg", "µs"),
     Metric("fanout5000_cpu", "fan-out 5000 subs: server CPU per delivered msg", "µs"),
     Metric("fanout5000_rate", "fan-out 5000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
     Metric("latency_p50", "latency p50 at fixed delivery rate", "ms"),
@@ -91,6 +98,8 @@ SCALES: dict[str, dict[str, Any]] = {
     "full": {
         "fanout1000": {"subs": 1000, "messages": 300, "window": 4},
         "fanout1000w1": {"subs": 1000, "messages": 300, "window": 1},
+        "fanout1000ws": {"subs": 1000, "messages": 300, "window": 4, "protocol": "ws"},
+        "fanout1000sse": {"subs": 1000, "messages": 300, "window": 4, "protocol": "sse"},
         "fanout5000": {"subs": 5000, "messages": 60, "window": 4},
         "latency": {"subs": 100, "rate": 100, "seconds": 5, "warmup": 1},
         "latency1000": {"subs": 1000, "rate": 10, "seconds": 5, "warmup": 1},
@@ -99,6 +108,8 @@ SCALES: dict[str, dict[str, Any]] = {
     "small": {
         "fanout1000": {"subs": 50, "messages": 20, "window": 4},
         "fanout1000w1": {"subs": 50, "messages": 20, "window": 1},
+        "fanout1000ws": {"subs": 50, "messages": 20, "window": 4, "protocol": "ws"},
+        "fanout1000sse": {"subs": 50, "messages": 20, "window": 4, "protocol": "sse"},
         "fanout5000": {"subs": 100, "messages": 10, "window": 4},
         "latency": {"subs": 10, "rate": 50, "seconds": 0.5, "warmup": 0.2},
         "latency1000": {"subs": 20, "rate": 20, "seconds": 0.5, "warmup": 0.2},
@@ -336,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
                         help="comma-separated, from: " + ", ".join(SERVERS))
-    parser.add_argument("--scenarios", default="fanout1000,fanout1000w1,fanout5000,latency,latency1000,conns")
+    parser.add_argument("--scenarios",
+                        default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
 
@@ -372,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios: dict[str, Callable[[str], dict[str, float]]] = {
         "fanout1000": lambda s: fanout(s, scale["fanout1000"], "fanout1000"),
         "fanout1000w1": lambda s: fanout(s, scale["fanout1000w1"], "fanout1000w1"),
+        "fanout1000ws": lambda s: fanout(s, scale["fanout1000ws"], "fanout1000ws"),
+        "fanout1000sse": lambda s: fanout(s, scale["fanout1000sse"], "fanout1000sse"),
         "fanout5000": lambda s: fanout(s, scale["fanout5000"], "fanout5000"),
         "latency": lambda s: latency(s, scale["latency"], "latency"),
         "latency1000": lambda s: latency(s, scale["latency1000"], "latency1000"),
@@ -385,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         order = servers[rep % len(servers):] + servers[: rep % len(servers)]
         for scenario in chosen:
             for server in order:
+                if scenario in ONLY_ROOMCAST and server not in ROOMCAST_SERVERS:
+                    continue
                 started = time.monotonic()
                 try:
                     measured = scenarios[scenario](server)

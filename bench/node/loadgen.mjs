@@ -112,12 +112,16 @@ class Client {
       });
       this.socket = socket;
       socket.setNoDelay(true);
-      socket.on("connect", () => socket.write(HANDSHAKE(spec.port, spec.path ?? "/socket.io/")));
+      socket.on("connect", () => socket.write(this.handshake()));
       socket.on("error", (err) => this.rejectConnect(err));
       socket.on("close", () => {
         if (this.connected && !stopping) fail("server closed a connection mid-run");
       });
     });
+  }
+
+  handshake() {
+    return HANDSHAKE(spec.port, spec.path ?? "/socket.io/");
   }
 
   send(text) {
@@ -203,14 +207,85 @@ class Client {
   }
 }
 
+/**
+ * A roomcast.v1 client on /ws: subscribed by a `subscribe` message, counts `event` messages.
+ * Only roomcast speaks it; the publisher stays a Socket.IO client (one room model).
+ */
+class WsClient extends Client {
+  handshake() {
+    return `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${spec.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+      + "Sec-WebSocket-Key: cm9vbWNhc3QtYmVuY2gtIQ==\r\nSec-WebSocket-Version: 13\r\n"
+      + "Sec-WebSocket-Protocol: roomcast.v1\r\n\r\n";
+  }
+
+  onData(chunk) {
+    const wasUpgraded = this.upgraded;
+    super.onData(chunk);
+    if (!wasUpgraded && this.upgraded && !this.connected) this.resolveConnect();
+  }
+
+  onFrame(opcode, buf, start, size) {
+    if (opcode !== OP_TEXT) return super.onFrame(opcode, buf, start, size);
+    // {"type":"event"... vs {"type":"snapshot"...: the 10th character tells them apart
+    const c = buf[start + 9];
+    if (c === 0x65 /* e */) this.onEvent(buf, start, size);
+    else if (c === 0x73 /* s */ && this.subscribed) { const done = this.subscribed; this.subscribed = null; done(); }
+  }
+
+  subscribe(room) {
+    return new Promise((resolve) => {
+      this.subscribed = resolve;
+      this.send(JSON.stringify({ type: "subscribe", id: 1, room }));
+    });
+  }
+}
+
+/** An SSE client on /sse?room=: subscribed once its snapshot arrives; counts `event: tick`. */
+class SseClient extends Client {
+  constructor(onEvent, room) {
+    super(onEvent);
+    this.room = room;
+    this.carry = "";
+  }
+
+  handshake() {
+    return `GET /sse?room=${encodeURIComponent(this.room)} HTTP/1.1\r\nHost: 127.0.0.1:${spec.port}\r\n`
+      + "Accept: text/event-stream\r\n\r\n";
+  }
+
+  onData(chunk) {
+    let text = this.carry + chunk.toString("latin1");
+    if (!this.upgraded) {
+      const end = text.indexOf("\r\n\r\n");
+      if (end < 0) { this.carry = text; return; }
+      if (!text.startsWith("HTTP/1.1 200")) {
+        this.rejectConnect(new Error(`stream refused: ${text.slice(0, end)}`));
+        this.socket.destroy();
+        return;
+      }
+      this.upgraded = true;
+      text = text.slice(end + 4);
+    }
+    if (!this.connected && text.includes("event: snapshot\n")) this.resolveConnect();
+    let at = text.indexOf("event: tick\n");
+    let last = 0;
+    while (at >= 0) {
+      this.onEvent();
+      last = at + 12;
+      at = text.indexOf("event: tick\n", last);
+    }
+    this.carry = text.slice(Math.max(last, text.length - 11));  // a marker split across reads
+  }
+}
+
 let stopping = false;
 
-async function connectMany(count, onEvent, into = []) {
+async function connectMany(count, onEvent, into = [], make = (handler) => new Client(handler)) {
   let next = 0;
   async function worker() {
     while (next < count) {
       next++;
-      into.push(await new Client(onEvent).connect());
+      into.push(await make(onEvent).connect());
     }
   }
   await Promise.all(Array.from({ length: Math.min(CONNECT_CONCURRENCY, count) }, worker));
@@ -238,8 +313,19 @@ async function fanout() {
   let delivered = 0;
   let finished;
   const allDelivered = new Promise((resolve) => { finished = resolve; });
-  const clients = await connectMany(subs, () => { if (++delivered === target) finished(); });
-  await joinAll(clients, room);
+  const { protocol = "socketio" } = spec;
+  const count = () => { if (++delivered === target) finished(); };
+  const make = protocol === "ws" ? (handler) => new WsClient(handler)
+    : protocol === "sse" ? (handler) => new SseClient(handler, room)
+    : (handler) => new Client(handler);
+  const clients = await connectMany(subs, count, [], make);
+  if (protocol === "ws") {
+    for (let i = 0; i < clients.length; i += 500) {
+      await Promise.all(clients.slice(i, i + 500).map((c) => c.subscribe(room)));
+    }
+  } else if (protocol !== "sse") {
+    await joinAll(clients, room);
+  }
   const [publisher] = await connectMany(1, () => {});
   const body = "x".repeat(payload);
 
