@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from hub_doubles import ConnFactory, CountingEncoder, RecordingConnection
+from loopstep import yield_to_loop
 
 from roomcast import disconnect
 from roomcast.errors import ConnectionRefused
@@ -265,17 +266,12 @@ async def test_subscribe_uses_a_sync_snapshot_provider_by_glob(hub: Hub, make_co
     assert asked == ["project:42"]
 
 
-async def _yield_to_loop() -> None:
-    """Suspend once, as an await on I/O does, so other tasks run in between (no timed wait)."""
-    done = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_soon(done.set_result, None)
-    await done
 
 
 async def test_subscribe_awaits_an_async_snapshot_provider(hub: Hub, make_conn: ConnFactory) -> None:
     @hub.snapshot("doc:*")
     async def doc_state(room: str) -> str:
-        await _yield_to_loop()  # a real provider awaits I/O here
+        await yield_to_loop()  # a real provider awaits I/O here
         return f"state of {room}"
 
     conn = make_conn()
@@ -316,7 +312,7 @@ async def test_subscribe_during_a_concurrent_publisher_misses_nothing_and_repeat
             await hub.publish("r", "ev", i)
             if i == total // 2:
                 halfway.set()
-            await _yield_to_loop()  # let the subscriber interleave
+            await yield_to_loop()  # let the subscriber interleave
 
     task = asyncio.create_task(publisher())
     async with asyncio.timeout(WAIT):

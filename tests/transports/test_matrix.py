@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 from rawclient import RawWebSocket, call, open_websocket, socketio_connect
+from loopstep import yield_to_loop
 from servers import RunningServer, running
 from sseclient import SseStream, open_sse
 
@@ -184,7 +185,7 @@ class SseClient:
         await stack.aclose()
         async with asyncio.timeout(5):  # the server notices the stream closed
             while self.srv.hub.presence(room)["connections"] == members:
-                await _yield_to_loop()
+                await yield_to_loop()
 
     async def refusal(self, rooms: list[str]) -> str:
         async with open_sse(self.srv.url, rooms) as stream:
@@ -197,10 +198,6 @@ class SseClient:
         self.streams.clear()
 
 
-async def _yield_to_loop() -> None:
-    done = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_soon(lambda: done.done() or done.set_result(None))
-    await done
 
 
 async def connect(kind: str, srv: RunningServer) -> Client:

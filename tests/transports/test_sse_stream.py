@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import aiohttp
+from loopstep import yield_to_loop
 from servers import RunningServer, running, uvicorn_running
 from sseclient import SseStream, open_sse
 
@@ -145,11 +146,6 @@ async def test_heartbeat_comments_keep_an_idle_stream_alive() -> None:
         assert await stream.comment(timeout=5) == "ping"  # and again: one timer serves every stream
 
 
-async def _yield_to_loop() -> None:
-    """One pass of the event loop (a callback resolving a future), not a timed sleep."""
-    done = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_soon(done.set_result, None)
-    await done
 
 
 async def _json_error(srv: RunningServer, query: str, **kwargs: Any) -> tuple[int, Any]:
@@ -188,7 +184,7 @@ async def test_slow_sse_consumer_is_disconnected_with_a_reason() -> None:
             async with asyncio.timeout(20):
                 while srv.hub.slow_disconnects == 0:
                     await srv.hub.publish("flood", "blob", payload)
-                    await _yield_to_loop()  # the coalescer flushes at the end of the iteration
+                    await yield_to_loop()  # the coalescer flushes at the end of the iteration
             assert srv.hub.rooms().get("flood") is None
             stream.response.connection.transport.resume_reading()  # type: ignore[union-attr]
 
