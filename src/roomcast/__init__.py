@@ -10,12 +10,14 @@ from roomcast.errors import (
     ConnectionRefused,
     PayloadTooBig,
     ProtocolError,
+    PublishError,
     RemoteProtocolError,
     RoomcastError,
 )
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.broker.memory import MemoryBroker
+from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.asgi import RoomcastApp
 from roomcast.server.config import Settings
@@ -33,6 +35,8 @@ __all__ = [
     "PayloadTooBig",
     "ProtocolError",
     "Publication",
+    "PublishError",
+    "Publisher",
     "RemoteProtocolError",
     "RoomcastApp",
     "RoomcastError",

@@ -1,4 +1,5 @@
-"""The ``roomcast`` command: ``roomcast serve`` runs a server on the native front door.
+"""The ``roomcast`` command: ``roomcast serve`` runs a server on the native front door;
+``roomcast publish`` and ``roomcast tail`` talk to a running one (its API, its SSE stream).
 
 Every option is also read from a ``ROOMCAST_*`` environment variable (shown in ``--help``);
 an explicit flag wins over the environment.
@@ -6,14 +7,21 @@ an explicit flag wins over the environment.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+from types import FrameType
+from typing import Any
 
 import click
 
 from roomcast import __version__
+from roomcast.errors import PublishError
+from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.config import Settings
 from roomcast.server.runner import run
+from roomcast.tail import Tail
 
 __all__ = ["main"]
 
@@ -111,3 +119,89 @@ def serve(
     except ValueError as exc:  # an unsafe or inconsistent auth configuration
         raise click.BadParameter(str(exc)) from exc
     run(app, on_ready=ready)
+
+
+_url_option = click.option(
+    "--url", envvar="ROOMCAST_URL", default="http://127.0.0.1:8000", show_default=True, show_envvar=True,
+    help="Base URL of the running roomcast server.")
+
+
+def _parse_json(text: str) -> Any:
+    """The JSON argument, or a usage error saying why not (NaN and Infinity are not JSON)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="'JSON'") from None
+
+
+@main.command()
+@click.argument("room")
+@click.argument("event")
+@click.argument("data_json", metavar="[JSON]", required=False)
+@_url_option
+@click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
+              help="The server's API key; without one, only a server on this machine answers.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to wait for the server.")
+def publish(room: str, event: str, data_json: str | None, url: str, api_key: str | None, timeout: float) -> None:
+    """Publish EVENT to ROOM; JSON is its data (left out: an event with no arguments).
+
+    Prints where it landed as one JSON line {"room", "epoch", "offset"}; exits 1 with the
+    server's message when it refuses or cannot be reached.
+    """
+    data = _parse_json(data_json) if data_json is not None else None
+    try:
+        publisher = Publisher(url, api_key=api_key, timeout=timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--url'") from None
+    try:
+        if data_json is None:
+            result = publisher.publish(room, event)
+        else:
+            result = publisher.publish(room, event, data)
+    except PublishError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        raise SystemExit(1) from None
+    click.echo(json.dumps({"room": result.room, "epoch": result.epoch, "offset": result.offset},
+                          separators=(",", ":"), ensure_ascii=False))
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops ``tail`` as Ctrl-C does: a clean exit 0, not a traceback."""
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("rooms", nargs=-1, required=True, metavar="ROOM [ROOM...]")
+@_url_option
+@click.option("--token", envvar="ROOMCAST_TOKEN", show_envvar=True, default=None,
+              help="JWT for a server that checks tokens (sent as ?token=).")
+@click.option("--retry-max", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Longest delay between reconnect attempts, in seconds (they start at 0.5 s and double, "
+                   "with full jitter).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Reconnect when nothing, not even a heartbeat, arrives for this many seconds.")
+def tail(rooms: tuple[str, ...], url: str, token: str | None, retry_max: float, idle_timeout: float) -> None:
+    """Print the events of ROOMs as they come, one line each: '<event> <data-json>'.
+
+    Reconnects by itself when the connection drops and prints what was missed exactly once.
+    Exits 0 when the rooms are finished or on Ctrl-C / SIGTERM, 1 when the server refuses
+    (bad token, not allowed) or ends the stream for good. Diagnostics go to stderr.
+    """
+    try:
+        follower = Tail(url, rooms, token=token, retry_max=retry_max, idle_timeout=idle_timeout,
+                        out=click.echo, note=lambda line: click.echo(f"roomcast tail: {line}", err=True))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--url'") from None
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = follower.run()
+    except KeyboardInterrupt:
+        code = 0
+    except BrokenPipeError:  # `roomcast tail a | head`: the reader is gone, so are we
+        code = 0
+    raise SystemExit(code)

@@ -17,9 +17,14 @@ Owns every exception the package raises on purpose; imports nothing but the stdl
     │   └── PermissionDenied          good credentials, not allowed to do this
     ├── BrokerError
     │   └── BrokerUnavailable
-    └── ClientError
-        ├── ConnectionClosed
-        └── AckTimeout
+    ├── TaskError                     a task operation got bad input or a forbidden change
+    │   ├── InvalidTransition         the task's status forbids it (completing a cancelled task)
+    │   ├── TaskNotFound              no task has this id
+    │   └── InvalidProgress           progress outside 0–100, or not a finite number
+    ├── ClientError
+    │   ├── ConnectionClosed
+    │   └── AckTimeout
+    └── PublishError                  the backend API refused a publish, or could not be reached
 
 A transport maps a ``RemoteProtocolError`` to its own wire answer in one place (a close code,
 a Socket.IO disconnect, an HTTP 400) using the ``reason`` it carries; messages never include
@@ -42,9 +47,14 @@ __all__ = [
     "PermissionDenied",
     "BrokerError",
     "BrokerUnavailable",
+    "TaskError",
+    "InvalidTransition",
+    "TaskNotFound",
+    "InvalidProgress",
     "ClientError",
     "ConnectionClosed",
     "AckTimeout",
+    "PublishError",
 ]
 
 
@@ -116,6 +126,43 @@ class BrokerUnavailable(BrokerError):
     """The broker cannot be reached right now; retry later."""
 
 
+class TaskError(RoomcastError):
+    """A task operation failed: bad input (malformed task JSON, a bad cursor) or a rule broken.
+
+    Messages name the task id and the offending value kind, never the task's result or
+    metadata, so the API can return them to the caller as they are.
+    """
+
+
+class InvalidTransition(TaskError):
+    """The task's status does not allow this change (e.g. completing a cancelled task).
+
+    ``current`` and ``target`` are status values as plain ``str`` (this module cannot import
+    ``tasks.model``). ``target`` is ``None`` when the refused operation was not a status change
+    (a progress report on a task that is not running). Why the fields: a caller can tell "it
+    already ended that way" (``current == target``, an idempotent repeat it may ignore) from
+    a real conflict without parsing the message.
+    """
+
+    def __init__(self, message: str, *, task_id: str, current: str, target: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.current = current
+        self.target = target
+
+
+class TaskNotFound(TaskError):
+    """No task has this id (never created, or removed by retention)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r}")
+        self.task_id = task_id
+
+
+class InvalidProgress(TaskError):
+    """A progress value outside 0–100, or NaN/infinity (which JSON cannot even carry)."""
+
+
 class ClientError(RoomcastError):
     """Raised by the client SDK."""
 
@@ -126,3 +173,32 @@ class ConnectionClosed(ClientError):
 
 class AckTimeout(ClientError, TimeoutError):
     """No acknowledgement arrived within the timeout."""
+
+
+class PublishError(RoomcastError):
+    """A ``Publisher`` call to the backend API failed.
+
+    With a status the server refused, and nothing was published. With status ``0`` after
+    the request was sent (a timeout, a reset) the publication may or may not have landed.
+
+    Why one type with fields rather than a subclass per status: a backend calling roomcast
+    from a worker mostly decides between "retry later" and "fix the call", and ``status``
+    says which (``0`` or 5xx: retry; 4xx: fix it); ``code`` and ``message`` are the server's
+    own ``{"error": {"code", "message"}}`` so logs show what the server said.
+
+    Args:
+        status: the HTTP status, or ``0`` when no HTTP answer came (refused, timed out,
+            reset, not HTTP at all).
+        code: the server's error code (``unauthorized``, ``bad_request`` ...), or
+            ``unreachable`` / ``bad_response`` for failures on this side of the wire.
+        message: human-readable; names the URL when the server could not be reached.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"PublishError({self.status!r}, {self.code!r}, {self.message!r})"

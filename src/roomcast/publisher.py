@@ -1,0 +1,348 @@
+"""Publish to rooms from other processes: web workers, Celery tasks, cron scripts.
+
+L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom layer
+(``types``, ``errors``, ``_json``) and the stdlib. A process that only publishes needs no
+hub, no broker and no third-party HTTP client; it calls the backend API of a running
+server (``POST /api/publish``, ``POST /api/broadcast``, see ``roomcast.server.api``).
+
+Why a connection per call rather than a pooled keep-alive one: a ``Publisher`` then holds
+no socket and no lock, so one instance is safe to share between threads, to use from any
+event loop, and to create before a worker process forks (Celery prefork, gunicorn), where an
+inherited socket would be written by two processes at once. On a LAN the extra handshake is
+a fraction of a millisecond; to reach many rooms at once, ``broadcast`` makes one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import http.client
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+from roomcast import _json
+from roomcast.errors import PublishError
+from roomcast.types import JSONValue, RoomName, StreamPosition
+
+__all__ = ["Publisher", "PublishResult", "PublishError"]
+
+MAX_ANSWER: Final = 8 * 1024 * 1024
+"""The largest answer body read (a broadcast to 1000 rooms answers about 60 KiB)."""
+
+_MAX_HEADERS: Final = 100
+_T = TypeVar("_T")
+
+
+class _Absent(enum.Enum):
+    """The type of "no ``data`` argument", which differs from ``data=None`` (a JSON null)."""
+
+    ABSENT = enum.auto()
+
+
+_ABSENT: Final = _Absent.ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where one publication landed: its room and its position in that room's stream.
+
+    Why not a bare ``StreamPosition``: a broadcast answers one position per room, and a
+    position without its room cannot be told apart; ``position`` gives the pair a
+    subscriber's ``epoch``/``offset`` (or an SSE cursor) can be compared with.
+    """
+
+    room: RoomName
+    epoch: str
+    offset: int
+
+    @property
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.epoch, self.offset)
+
+
+class _BadAnswer(ValueError):
+    """The peer's bytes are not the HTTP answer expected; ``str(exc)`` says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    tls: bool
+    host: str
+    port: int
+    host_header: str
+    prefix: str
+
+
+def _target(url: str) -> _Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the roomcast URL must start with http:// or https://, not {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"the roomcast URL names no host: {url!r}")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError(f"the roomcast URL must be a base URL without credentials, query or fragment: {url!r}")
+    tls = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError:  # a port that is not a number or out of range
+        raise ValueError(f"the roomcast URL has a bad port: {url!r}") from None
+    return _Target(tls, parts.hostname, port, parts.netloc, parts.path.rstrip("/"))
+
+
+def _publish_body(room: RoomName, event: str, data: JSONValue | _Absent) -> bytes:
+    body: dict[str, Any] = {"room": room, "event": event}
+    if data is not _ABSENT:
+        body["data"] = data
+    return _json.dumps(body)
+
+
+def _broadcast_body(rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent) -> bytes:
+    if isinstance(rooms, str):  # a str is an iterable of one-letter rooms: surely a mistake
+        raise TypeError("rooms must be a list of room names, not a str")
+    body: dict[str, Any] = {"rooms": list(rooms), "event": event}
+    if data is not _ABSENT:
+        body["data"] = data
+    return _json.dumps(body)
+
+
+def _result(value: Any) -> PublishResult:
+    if not isinstance(value, dict):
+        raise _BadAnswer("the answer is not a JSON object")
+    room, epoch, offset = value.get("room"), value.get("epoch"), value.get("offset")
+    if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:
+        raise _BadAnswer("the answer lacks room, epoch or offset")
+    return PublishResult(room, epoch, offset)
+
+
+def _results(value: Any) -> list[PublishResult]:
+    results = value.get("results") if isinstance(value, dict) else None
+    if not isinstance(results, list):
+        raise _BadAnswer("the answer lacks results")
+    return [_result(item) for item in results]
+
+
+def _answer(url: str, status: int, payload: bytes) -> Any:
+    """The JSON body of a 2xx answer; any other answer raises the server's ``PublishError``."""
+    try:
+        body = _json.loads(payload) if payload else None
+    except ValueError:
+        body = None
+    if 200 <= status < 300:
+        if body is None:
+            raise PublishError(status, "bad_response", f"roomcast at {url} answered {status} without a JSON body")
+        return body
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str):
+        raise PublishError(status, error["code"], error["message"])
+    # Not roomcast's own error shape: a proxy or load balancer in between answered.
+    excerpt = payload[:200].decode("utf-8", "replace").strip()
+    raise PublishError(status, "http_error", f"{url} answered HTTP {status}" + (f": {excerpt}" if excerpt else ""))
+
+
+class Publisher:
+    """Publishes to a running roomcast server through its backend API, sync or async.
+
+    Args:
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000`` (a path is kept as a
+            prefix, for a server mounted under one).
+        api_key: the server's ``--api-key``, sent as ``Authorization: Bearer``; ``None``
+            for a server without one, which answers loopback clients only.
+        timeout: seconds to wait for the connection and the answer (sync: each network
+            wait; async: the whole exchange).
+        ssl_context: for ``https://`` URLs signed by a private CA; the system's default
+            verification otherwise (made once: loading the CA store costs milliseconds).
+
+    Raises:
+        ValueError: ``url`` is not an ``http(s)://`` base URL, or ``timeout`` is not > 0.
+
+    Every method raises :class:`~roomcast.errors.PublishError` when the server refuses
+    (``status``, ``code`` and ``message`` are the server's) or cannot be reached
+    (``status`` 0, code ``unreachable``), and ``TypeError`` when ``data`` is not JSON
+    serialisable. ``data`` left out publishes the event with no arguments (Socket.IO
+    handlers get none; SSE and WebSocket clients see ``null``); ``data=None`` publishes one
+    ``null`` argument.
+    """
+
+    __slots__ = ("url", "api_key", "timeout", "ssl_context", "_target")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
+        self._target = _target(url)
+        self.url = url.rstrip("/")
+        self.api_key = api_key or None
+        self.timeout = timeout
+        if ssl_context is None and self._target.tls:
+            ssl_context = ssl.create_default_context()
+        self.ssl_context = ssl_context
+
+    def __repr__(self) -> str:  # never the key: reprs end up in logs and tracebacks
+        return f"Publisher({self.url!r})"
+
+    # -- the API ------------------------------------------------------------------------
+    def publish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
+        """Publish ``event`` to ``room``; blocks until the server answers where it landed."""
+        return self._parsed(_result, *self._post("/api/publish", _publish_body(room, event, data)))
+
+    async def apublish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
+        """``publish`` for coroutines: the same request on the running loop's own sockets."""
+        return self._parsed(_result, *await self._apost("/api/publish", _publish_body(room, event, data)))
+
+    def broadcast(
+        self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
+    ) -> list[PublishResult]:
+        """Publish one event to several rooms in one request; one result per distinct room, in order."""
+        return self._parsed(_results, *self._post("/api/broadcast", _broadcast_body(rooms, event, data)))
+
+    async def abroadcast(
+        self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
+    ) -> list[PublishResult]:
+        """``broadcast`` for coroutines."""
+        return self._parsed(_results, *await self._apost("/api/broadcast", _broadcast_body(rooms, event, data)))
+
+    # -- one request --------------------------------------------------------------------
+    def _parsed(self, parse: Callable[[Any], _T], status: int, body: Any) -> _T:
+        try:
+            return parse(body)
+        except _BadAnswer as exc:
+            raise PublishError(status, "bad_response", f"roomcast at {self.url} gave an unexpected answer: {exc}") from None
+
+    def _headers(self, length: int) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(length),
+            "Accept": "application/json",
+            "User-Agent": "roomcast-publisher",
+            "Connection": "close",
+        }
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _unreachable(self, exc: BaseException) -> PublishError:
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {self.timeout:g} s"
+        else:
+            reason = str(exc) or type(exc).__name__
+        return PublishError(0, "unreachable", f"cannot reach roomcast at {self.url}: {reason}")
+
+    def _post(self, path: str, body: bytes) -> tuple[int, Any]:
+        """POST with ``http.client``: a blocking socket of this thread's own, closed on return."""
+        t = self._target
+        conn: http.client.HTTPConnection
+        if t.tls:
+            conn = http.client.HTTPSConnection(t.host, t.port, timeout=self.timeout, context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(t.host, t.port, timeout=self.timeout)
+        try:
+            conn.request("POST", t.prefix + path, body=body, headers=self._headers(len(body)))
+            response = conn.getresponse()
+            payload = response.read(MAX_ANSWER + 1)
+        except OSError as exc:  # refused, reset, timed out, DNS, TLS: no answer came
+            raise self._unreachable(exc) from exc
+        except http.client.HTTPException as exc:
+            raise PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc!r}") from exc
+        finally:
+            conn.close()
+        if len(payload) > MAX_ANSWER:
+            raise PublishError(response.status, "bad_response", f"the answer from {self.url} is too large")
+        return response.status, _answer(self.url, response.status, payload)
+
+    async def _apost(self, path: str, body: bytes) -> tuple[int, Any]:
+        """POST on ``asyncio`` streams, within one ``timeout`` for the whole exchange."""
+        t = self._target
+        head = [f"POST {t.prefix + path} HTTP/1.1", f"Host: {t.host_header}"]
+        head.extend(f"{name}: {value}" for name, value in self._headers(len(body)).items())
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, payload = await self._exchange(request)
+        except OSError as exc:  # TimeoutError is one, from asyncio.timeout or the socket
+            raise self._unreachable(exc) from exc
+        except (ValueError, EOFError) as exc:  # _BadAnswer, an over-long line, an early EOF
+            raise PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc!r}") from exc
+        return status, _answer(self.url, status, payload)
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        t = self._target
+        if t.tls:
+            reader, writer = await asyncio.open_connection(t.host, t.port, ssl=self.ssl_context,
+                                                           server_hostname=t.host)
+        else:
+            reader, writer = await asyncio.open_connection(t.host, t.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await _read_answer(reader)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+# -- reading an HTTP/1.1 answer from asyncio streams ---------------------------------------
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one answer; the body is delimited by length, chunks or EOF."""
+    status, headers = await _read_head(reader)
+    while 100 <= status < 200:  # interim answers (none is asked for, but a proxy may send one)
+        status, headers = await _read_head(reader)
+    if status in (204, 304):
+        return status, b""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return status, await _read_chunked(reader)
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > MAX_ANSWER:
+            raise _BadAnswer(f"bad or too large Content-Length {length!r}")
+        return status, await reader.readexactly(int(length))
+    body = b""
+    while chunk := await reader.read(65536):  # Connection: close delimits it
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise _BadAnswer("the answer is too large")
+    return status, body
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    line = await reader.readline()
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise _BadAnswer(f"not an HTTP/1.x status line: {line[:80]!r}")
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n"):
+        if not line:
+            raise _BadAnswer("the answer ended inside its headers")
+        if len(headers) >= _MAX_HEADERS:
+            raise _BadAnswer("too many headers")
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while True:
+        size_text = (await reader.readline()).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _BadAnswer(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return body
+        if len(body) + size > MAX_ANSWER:
+            raise _BadAnswer("the answer is too large")
+        body += await reader.readexactly(size)
+        await reader.readline()  # the CRLF after each chunk

@@ -1,0 +1,386 @@
+"""``SqliteTaskStore``: the default ``TaskStore``, one SQLite file on local disk.
+
+Imports L0, ``tasks.model``, ``tasks.store`` and the stdlib ``sqlite3``; nothing else.
+
+Threading. Every SQLite call runs on one dedicated worker thread (a single-worker
+``ThreadPoolExecutor``) that opens, uses and closes the one connection. Chosen over
+``asyncio.to_thread`` plus a lock because:
+
+* a ``sqlite3.Connection`` belongs to the thread that made it; with one owner thread there
+  is no ``check_same_thread=False`` and no lock to forget;
+* a single worker runs jobs in submission order, which is how ``TaskStore`` promises that
+  writes apply in call order. ``to_thread`` plus a ``threading.Lock`` does not: the default
+  pool starts jobs on any idle thread and the lock is not fair, so a stale progress write
+  could land after a newer one;
+* the default executor is shared with ``getaddrinfo`` and the application's own
+  ``to_thread`` calls; a burst there must not stall task writes, nor the reverse;
+* SQLite admits one writer at a time anyway: more threads would only queue on its lock.
+
+A coroutine awaiting the store can be cancelled, but the statement it submitted cannot: if
+it had started it completes; if it was still queued it is dropped. ``put`` of a terminal
+task should therefore be shielded (``asyncio.shield``) by a caller that must not lose it.
+
+Durability. A file database runs in WAL mode with ``synchronous=NORMAL``: a committed write
+survives a crash of the process (what ``mark_interrupted`` is for) and readers never block
+the writer; the last commits before a power cut may be lost, which a task list can afford.
+``":memory:"`` (the default) keeps everything in this process, for tests and demos.
+
+One process per file. ``mark_interrupted`` assumes every non-terminal task in the file was
+left by a process that has exited. Several live server processes sharing one file would
+fail each other's running tasks at startup: scale out with the Redis store instead.
+
+Schema versioning uses ``PRAGMA user_version``: 0 is an empty file, each entry of
+``_MIGRATIONS`` moves it up by one inside one transaction, and a file from a newer roomcast
+is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import builtins
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from roomcast import _json
+from roomcast.errors import InvalidState, TaskError
+from roomcast.tasks.model import TERMINAL, Task, TaskStatus
+from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, StatusFilter
+
+__all__ = ["SqliteTaskStore", "SCHEMA_VERSION"]
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 → 1. Scalar fields are real columns (filters, indexes, ad-hoc ``sqlite3`` queries);
+    # ``result`` and ``metadata`` are JSON text, which SQLite's json_* functions can read.
+    (
+        """
+        CREATE TABLE tasks (
+            id          TEXT PRIMARY KEY NOT NULL,
+            kind        TEXT NOT NULL,
+            title       TEXT NOT NULL,
+            owner       TEXT,
+            status      TEXT NOT NULL,
+            progress    REAL,
+            step        TEXT,
+            message     TEXT,
+            result      TEXT,
+            error       TEXT,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            started_at  REAL,
+            finished_at REAL,
+            deadline    REAL,
+            metadata    TEXT NOT NULL
+        )
+        """,
+        # One index per list filter, each ending in the page order so that a filtered,
+        # paged list is an index range scan with no sort.
+        "CREATE INDEX tasks_by_created ON tasks (created_at, id)",
+        "CREATE INDEX tasks_by_status ON tasks (status, created_at, id)",
+        "CREATE INDEX tasks_by_kind ON tasks (kind, created_at, id)",
+        "CREATE INDEX tasks_by_owner ON tasks (owner, created_at, id)",
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+_COLUMNS = (
+    "id, kind, title, owner, status, progress, step, message, result, error, "
+    "created_at, updated_at, started_at, finished_at, deadline, metadata"
+)
+_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
+_TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL)) + ")"
+
+# Upsert that leaves a stored terminal task alone: the store half of "terminal is final".
+_PUT = f"""
+    INSERT INTO tasks ({_COLUMNS}) VALUES ({", ".join("?" * 16)})
+    ON CONFLICT (id) DO UPDATE SET
+        kind = excluded.kind, title = excluded.title, owner = excluded.owner,
+        status = excluded.status, progress = excluded.progress, step = excluded.step,
+        message = excluded.message, result = excluded.result, error = excluded.error,
+        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        started_at = excluded.started_at, finished_at = excluded.finished_at,
+        deadline = excluded.deadline, metadata = excluded.metadata
+    WHERE tasks.status NOT IN {_TERMINAL_SQL}
+"""
+
+
+class SqliteTaskStore:
+    """A ``TaskStore`` in one SQLite database, driven from one worker thread.
+
+    The database is opened lazily by the first call; ``await open()`` at startup surfaces a
+    bad path or a too-new schema there instead. Always ``await aclose()``: it closes the
+    connection (checkpointing the WAL) and lets the worker thread end.
+
+    Args:
+        path: a file (created if missing) or ``":memory:"``.
+        busy_timeout_s: how long a write waits for another connection's lock (a ``sqlite3``
+            shell, a backup) before failing with ``sqlite3.OperationalError``.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", *, busy_timeout_s: float = 5.0) -> None:
+        self._path = str(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomcast-tasks")
+        self._conn: sqlite3.Connection | None = None  # only ever touched on the worker thread
+        self._closed = False  # only ever touched on the event loop
+
+    def __repr__(self) -> str:
+        return f"SqliteTaskStore({self._path!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the database and bring its schema up to date (otherwise the first call does).
+
+        Raises:
+            TaskError: the file holds a schema from a newer roomcast.
+            sqlite3.Error: the file cannot be opened or is not a database.
+        """
+        await self._run(lambda conn: None)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_sync)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    # -- TaskStore ---------------------------------------------------------------------------
+
+    async def put(self, task: Task) -> bool:
+        row = _to_row(task)  # encode on the loop: a bad value fails at the caller's line
+        return await self._run(lambda conn: conn.execute(_PUT, row).rowcount == 1)
+
+    async def get(self, task_id: str) -> Task | None:
+        def get(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else _from_row(row)
+
+        return await self._run(get)
+
+    async def list(
+        self,
+        *,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[Task], str | None]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PAGE_SIZE:
+            raise TaskError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if status is not None:
+            statuses = _statuses(status)
+            if not statuses:
+                return [], None
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        if cursor is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(_decode_cursor(cursor))
+        sql = f"SELECT {_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        # One row more than asked says whether another page exists, so the last page carries
+        # no cursor and a client never fetches an empty page.
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def page(conn: sqlite3.Connection) -> builtins.list[Task]:
+            return [_from_row(row) for row in conn.execute(sql, params)]
+
+        tasks = await self._run(page)
+        if len(tasks) <= limit:
+            return tasks, None
+        del tasks[limit:]
+        return tasks, _encode_cursor(tasks[-1])
+
+    async def delete_older_than(self, ts: float) -> int:
+        sql = (
+            f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL}"
+            " AND COALESCE(finished_at, updated_at) < ?"
+        )
+        return await self._run(lambda conn: conn.execute(sql, (ts,)).rowcount)
+
+    async def keep_newest(self, count: int) -> int:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise TaskError(f"count must be a non-negative integer, got {count!r}")
+
+        def trim(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                # The newest terminal task beyond ``count``: it and everything older goes.
+                edge = conn.execute(
+                    f"SELECT created_at, id FROM tasks WHERE status IN {_TERMINAL_SQL}"
+                    " ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?",
+                    (count,),
+                ).fetchone()
+                if edge is None:
+                    return 0
+                return conn.execute(
+                    f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL}"
+                    " AND (created_at, id) <= (?, ?)",
+                    edge,
+                ).rowcount
+
+        return await self._run(trim)
+
+    async def mark_interrupted(self, reason: str, now: float) -> builtins.list[Task]:
+        def interrupt(conn: sqlite3.Connection) -> builtins.list[Task]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE status NOT IN {_TERMINAL_SQL}"
+                    " ORDER BY created_at DESC, id DESC"
+                ).fetchall()
+                # Through the model, so the table decides (every live status may fail).
+                failed = [_from_row(row).fail(now, reason) for row in rows]
+                conn.executemany(_PUT, [_to_row(task) for task in failed])
+                return failed
+
+        return await self._run(interrupt)
+
+    # -- worker thread -----------------------------------------------------------------------
+
+    async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        # Submitted before the first suspension, so calls reach the worker in call order.
+        if self._closed:
+            raise InvalidState(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, job)
+
+    def _call(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._conn is None:
+            self._conn = _connect(self._path, self._busy_timeout_s)
+        return job(self._conn)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    # Autocommit (isolation_level=None): each statement commits on its own, and multi-step
+    # operations take an explicit BEGIN IMMEDIATE, so Python's implicit transactions never
+    # hold a write lock between calls.
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise TaskError(
+                f"task database schema version {version} is newer than this roomcast "
+                f"supports ({SCHEMA_VERSION}); upgrade roomcast or use another file"
+            )
+        for step in _MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front: a read-then-write never fails half-way with
+    # SQLITE_BUSY because another connection wrote in between.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _to_row(task: Task) -> tuple[Any, ...]:
+    try:
+        result = None if task.result is None else _json.dumps_str(task.result)
+        metadata = _json.dumps_str(task.metadata)
+    except TypeError as exc:
+        reason = f"task {task.id}: result or metadata is not JSON-serialisable ({exc})"
+        raise TaskError(reason) from None
+    return (
+        task.id,
+        task.kind,
+        task.title,
+        task.owner,
+        task.status.value,
+        task.progress,
+        task.step,
+        task.message,
+        result,
+        task.error,
+        task.created_at,
+        task.updated_at,
+        task.started_at,
+        task.finished_at,
+        task.deadline,
+        metadata,
+    )
+
+
+def _from_row(row: Sequence[Any]) -> Task:
+    # Through ``Task.from_json`` so that a row edited by hand is checked like any input.
+    data = dict(zip(_NAMES, row))
+    try:
+        if data["result"] is not None:
+            data["result"] = _json.loads(data["result"])
+        data["metadata"] = _json.loads(data["metadata"])
+        return Task.from_json(data)
+    except (ValueError, TypeError, TaskError) as exc:  # JSONDecodeError is a ValueError
+        raise TaskError(f"stored task {data['id']!r} is unreadable ({exc})") from None
+
+
+def _statuses(status: StatusFilter) -> builtins.list[str]:
+    given = [status] if isinstance(status, (str, TaskStatus)) else builtins.list(status or ())
+    try:
+        return [TaskStatus(s).value for s in given]
+    except ValueError:
+        raise TaskError(f"unknown task status in {status!r}") from None
+
+
+def _encode_cursor(last: Task) -> str:
+    raw = _json.dumps([last.created_at, last.id])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, task_id = _json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise TaskError("invalid cursor") from None
+    if isinstance(created_at, bool) or not isinstance(created_at, (int, float)):
+        raise TaskError("invalid cursor")
+    if not isinstance(task_id, str):
+        raise TaskError("invalid cursor")
+    return float(created_at), task_id
