@@ -581,3 +581,28 @@ async def test_failing_handler_is_counted_logged_and_handed_to_on_error(hub: Hub
     assert results == []
     assert hub.handlers.failures == 1
     assert any("boom" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_connection_that_ends_during_an_async_snapshot_is_not_left_in_the_room(
+    hub: Hub, make_conn: ConnFactory
+) -> None:
+    from roomcast.errors import ConnectionClosed
+
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @hub.snapshot("slow:*")
+    async def slow(room: str) -> str:
+        entered.set()
+        await release.wait()
+        return "state"
+
+    conn = make_conn("leaving")
+    subscribing = asyncio.ensure_future(hub.subscribe(conn, "slow:1"))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    conn.closed = True  # the transport ends it, as a real one does before remove_connection
+    hub.remove_connection(conn)
+    release.set()
+    with pytest.raises(ConnectionClosed):
+        await subscribing
+    assert hub.members("slow:1") == [] and "slow:1" not in hub.rooms()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from roomcast import disconnect
 from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
-from roomcast.errors import LimitExceeded
+from roomcast.errors import ConnectionClosed, LimitExceeded
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
 from roomcast.hub.rooms import Room
@@ -292,13 +292,15 @@ class Hub:
 
         Raises:
             LimitExceeded: ``conn`` already has ``max_rooms_per_connection`` other rooms.
+            ConnectionClosed: ``conn`` ended while the snapshot or history was awaited (it is
+                not joined: a closed connection left in a room would never be removed).
         """
         if room not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
             raise LimitExceeded(f"at most {self.max_rooms_per_connection} rooms per connection")
         if epoch is not None and offset is not None:
             result = await self.broker.history(room, since=StreamPosition(epoch, offset))
             if result.complete:
-                self.join(conn, room)
+                self._join_open(conn, room)
                 return {
                     "room": room,
                     "epoch": result.position.epoch,
@@ -316,7 +318,7 @@ class Hub:
             state = await self._snapshot(room)
             position = await self.broker.position(room)
             if position == before:
-                self.join(conn, room)
+                self._join_open(conn, room)
                 return {
                     "room": room,
                     "epoch": position.epoch,
@@ -327,7 +329,7 @@ class Hub:
         # Still moving: hand over the snapshot with what was published since it started,
         # so the subscriber may see an update twice but never misses one.
         result = await self.broker.history(room, since=before)
-        self.join(conn, room)
+        self._join_open(conn, room)
         return {
             "room": room,
             "epoch": result.position.epoch,
@@ -339,6 +341,11 @@ class Hub:
                 for p in result.publications
             ],
         }
+
+    def _join_open(self, conn: Connection, room: RoomName) -> None:
+        if conn.closed:
+            raise ConnectionClosed(f"connection {conn.id} closed while subscribing to {room!r}")
+        self.join(conn, room)
 
     async def _snapshot(self, room: RoomName) -> Any:
         for pattern, provider in self._snapshots:

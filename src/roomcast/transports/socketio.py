@@ -539,6 +539,8 @@ async def _subscribe(conn: Connection, request: Any = None, *_: Any) -> Any:
         return await conn.hub.subscribe(conn, room, epoch=epoch, offset=offset)
     except LimitExceeded as exc:
         return {"error": str(exc)}
+    except ConnectionClosed:
+        return None  # it left while subscribing: nobody to answer
 
 
 def _unsubscribe(conn: Connection, request: Any = None, *_: Any) -> Any:

@@ -30,7 +30,7 @@ from typing import Any
 from roomcast import _json, disconnect
 from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, Claims, require, token_from_request
-from roomcast.errors import AuthError, LocalProtocolError, PermissionDenied, RemoteProtocolError
+from roomcast.errors import AuthError, ConnectionClosed, LocalProtocolError, PermissionDenied, RemoteProtocolError
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import sse
@@ -165,8 +165,8 @@ class SseConnection(Connection):
         try:
             for room in self.stream_rooms:
                 await self._sync_room(room)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, ConnectionClosed):
+            return  # the stream ended while it synced
         except Exception:
             logger.exception("could not open the SSE stream %s", self.id)
             self._error("internal", "could not subscribe", reconnect=True)

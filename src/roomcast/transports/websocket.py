@@ -25,7 +25,7 @@ from typing import Any, Literal
 from roomcast import disconnect
 from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, Claims, require, token_from_request
-from roomcast.errors import AuthError, LimitExceeded, LocalProtocolError, PermissionDenied
+from roomcast.errors import AuthError, ConnectionClosed, LimitExceeded, LocalProtocolError, PermissionDenied
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
@@ -172,6 +172,8 @@ class WsConnection(Connection):
             self.held.pop(room, None)
             self._send(wsjson.error_message("limit", str(exc), message.id))
             return
+        except ConnectionClosed:
+            return  # it left while subscribing
         except Exception:
             self.held.pop(room, None)
             logger.exception("subscribe to %r failed", room)
