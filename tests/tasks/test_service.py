@@ -1,0 +1,421 @@
+"""TaskService: lifecycle through ``run``, stop and grace, coalescing, threads, deadlines,
+restart, snapshots and refused inputs — against a real Hub and a real SQLite store.
+
+Subscribers are ``Recorder`` connections joined to the rooms, so the tests see what a client
+would: publications in order, after the hub's fan-out. Waits are on published events with a
+timeout, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roomcast.disconnect import Disconnect
+from roomcast.errors import InvalidProgress, InvalidTransition, TaskError, TaskNotFound
+from roomcast.hub import Connection, Hub
+from roomcast.tasks.model import LIST_ROOM, Task, TaskEvents, TaskStatus, kind_room, task_room
+from roomcast.tasks.service import INTERRUPTED_REASON, TaskService
+from roomcast.tasks.store_sqlite import SqliteTaskStore
+from roomcast.types import Publication
+
+WAIT = 2.0  # seconds any asynchronous outcome may take before the test fails
+S = TaskStatus
+
+
+class _RoomEventEncoder:
+    """Encodes a publication as ``(room, event, first argument)``: all a test looks at."""
+
+    def encode(self, publication: Publication) -> tuple[str, str, Any]:
+        data = publication.data[0] if publication.data else None
+        return (publication.room, publication.event, data)
+
+
+class Recorder(Connection):
+    """A subscriber double that records what the hub writes and can wait for it."""
+
+    def __init__(self, id: str, *, hub: Hub) -> None:
+        super().__init__(id, hub=hub, encoder=_RoomEventEncoder())
+        self.seen: list[tuple[str, str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def write(self, encoded: Any) -> bool:
+        self.seen.append(encoded)
+        self._changed.set()
+        return True
+
+    def emit(self, event: str, *args: Any) -> None:  # pragma: no cover - not used by the hub here
+        pass
+
+    def disconnect(self, reason: Disconnect) -> None:
+        self.closed = True
+
+    def events(self, room: str) -> list[tuple[str, Any]]:
+        return [(event, data) for r, event, data in self.seen if r == room]
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def until_event(self, room: str, event: str) -> Any:
+        await self.until(lambda: any(e == event for e, _ in self.events(room)))
+        return next(d for e, d in self.events(room) if e == event)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[Hub]:
+    h = Hub()
+    await h.start()
+    yield h
+    await h.aclose()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
+    s = SqliteTaskStore(tmp_path / "tasks.db")
+    await s.open()
+    yield s
+    await s.aclose()
+
+
+@pytest.fixture
+async def service(hub: Hub, store: SqliteTaskStore) -> AsyncIterator[TaskService]:
+    svc = TaskService(hub, store, stop_grace=0.05)
+    await svc.start()
+    yield svc
+    await svc.aclose()
+
+
+def recorder(hub: Hub, *rooms: str, name: str = "rec") -> Recorder:
+    conn = Recorder(name, hub=hub)
+    hub.add_connection(conn)
+    for room in rooms:
+        hub.join(conn, room)
+    return conn
+
+
+def names(events: list[tuple[str, Any]]) -> list[str]:
+    return [event for event, _ in events]
+
+
+# -- lifecycle through run -------------------------------------------------------------------
+
+
+async def test_run_completes_and_publishes_every_change(
+    hub: Hub, service: TaskService, store: SqliteTaskStore
+) -> None:
+    rec = recorder(hub, task_room("t1"), LIST_ROOM)
+    async with service.run("crawl", title="Crawl", id="t1", metadata={"site": "x"}) as task:
+        task.progress(50, "fetch", "half")
+        await task.complete({"pages": 3})
+    room = rec.events(task_room("t1"))
+    assert names(room) == ["task:created", "task:updated", "task:progress", "task:completed"]
+    final = room[-1][1]
+    assert final["status"] == "completed" and final["result"] == {"pages": 3}
+    assert final["progress"] == 100 and final["step"] == "fetch"
+    # the list room gets the same events, as summaries without result and metadata
+    listed = rec.events(LIST_ROOM)
+    assert names(listed) == names(room)
+    assert "result" not in listed[-1][1] and "metadata" not in listed[-1][1]
+    assert listed[-1][1]["status"] == "completed"
+    stored = await store.get("t1")
+    assert stored is not None and stored.status is S.COMPLETED and stored.result == {"pages": 3}
+    assert hub.is_terminal(task_room("t1"))
+    assert (await service.get("t1")).to_json() == final
+
+
+async def test_leaving_run_without_complete_completes_with_none(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    async with service.run("crawl", id="t1"):
+        pass
+    event, data = rec.events(task_room("t1"))[-1]
+    assert event == "task:completed" and data["result"] is None
+
+
+async def test_an_exception_fails_the_task_and_propagates(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    with pytest.raises(ValueError, match="boom"):
+        async with service.run("crawl", id="t1"):
+            raise ValueError("boom")
+    event, data = rec.events(task_room("t1"))[-1]
+    assert event == "task:failed" and data["error"] == "boom"
+    assert (await service.get("t1")).status is S.FAILED
+
+
+async def test_request_stop_cancels_the_producer_and_ends_cancelled(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    entered = asyncio.Event()
+    after_block: list[bool] = []
+
+    async def producer() -> None:
+        async with service.run("crawl", id="t1") as task:
+            task.progress(10)
+            entered.set()
+            await asyncio.Event().wait()  # a producer blocked in I/O until the stop cancels it
+        after_block.append(task.stop_requested)  # the stop's cancellation was absorbed
+
+    job = asyncio.create_task(producer())
+    async with asyncio.timeout(WAIT):
+        await entered.wait()
+    stopping = await service.request_stop("t1", by="alice")
+    assert stopping.status is S.STOPPING and stopping.message == "stop requested by alice"
+    await rec.until_event(task_room("t1"), "task:cancelled")
+    await asyncio.wait_for(job, WAIT)
+    assert not job.cancelled() and after_block == [True]
+    events = names(rec.events(task_room("t1")))
+    assert events.index("task:stopping") < events.index("task:cancelled") == len(events) - 1
+    assert (await service.get("t1")).status is S.CANCELLED
+
+
+async def test_stop_grace_cancels_a_producer_that_ignores_cancellation(
+    hub: Hub, service: TaskService
+) -> None:
+    rec = recorder(hub, task_room("t1"))
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        async with service.run("crawl", id="t1"):
+            entered.set()
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # ignores the stop
+
+    job = asyncio.create_task(stubborn())
+    try:
+        async with asyncio.timeout(WAIT):
+            await entered.wait()
+        await service.request_stop("t1")
+        cancelled = await rec.until_event(task_room("t1"), "task:cancelled")
+        assert "not acknowledged" in cancelled["message"]
+        assert not job.done()  # still running: the task was ended without it
+    finally:
+        release.set()  # a failing run must not leave a task that never ends
+    await asyncio.wait_for(job, WAIT)
+    # leaving the block afterwards does not change the ended task
+    assert names(rec.events(task_room("t1")))[-1] == "task:cancelled"
+    assert (await service.get("t1")).status is S.CANCELLED
+
+
+async def test_request_stop_of_a_pending_task_cancels_it(hub: Hub, service: TaskService) -> None:
+    await service.create("crawl", id="t1")
+    task = await service.request_stop("t1")
+    assert task.status is S.CANCELLED
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+async def test_a_late_subscriber_gets_the_final_snapshot(hub: Hub, service: TaskService) -> None:
+    async with service.run("crawl", id="t1") as task:
+        await task.complete({"answer": 42})
+    late = recorder(hub, name="late")
+    reply = await hub.subscribe(late, task_room("t1"))
+    assert reply["snapshot"]["status"] == "completed"
+    assert reply["snapshot"]["result"] == {"answer": 42}
+    assert reply["snapshot"] == (await service.get("t1")).to_json()
+    assert (await hub.subscribe(late, task_room("nope")))["snapshot"] is None
+
+
+# -- progress coalescing and threads -------------------------------------------------------
+
+
+async def test_10000_progress_calls_are_coalesced_and_the_end_is_last(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    async with service.run("crawl", id="t1") as task:
+        for i in range(10_000):
+            task.progress(i / 100)
+        await task.complete("done")
+    events = rec.events(task_room("t1"))
+    progress = [data["progress"] for event, data in events if event == "task:progress"]
+    assert 1 <= len(progress) <= 12
+    assert progress == sorted(progress)
+    assert progress[-1] == 99.99  # the latest value was flushed before the end
+    assert events[-1][0] == "task:completed" and events[-1][1]["progress"] == 100
+
+
+async def test_progress_spread_over_time_is_published_about_every_interval(
+    hub: Hub, service: TaskService
+) -> None:
+    rec = recorder(hub, task_room("t1"))
+    started = time.monotonic()
+    async with service.run("crawl", id="t1") as task:
+        for i in range(10_000):
+            task.progress(i / 100)
+            if i % 500 == 0:
+                await asyncio.sleep(0.015)  # ~0.3 s of work, yielding like real I/O would
+    elapsed = time.monotonic() - started
+    events = rec.events(task_room("t1"))
+    progress = [data["progress"] for event, data in events if event == "task:progress"]
+    assert 2 <= len(progress) <= elapsed / 0.1 + 3
+    assert progress == sorted(progress)
+    assert events[-1][0] == "task:completed"
+
+
+async def test_progress_from_another_thread(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    threads: set[int] = set()
+
+    async with service.run("crawl", id="t1") as task:
+
+        def work() -> None:
+            threads.add(threading.get_ident())
+            for i in range(100):
+                task.progress_threadsafe(i, step="thread")
+            with pytest.raises(InvalidProgress):
+                task.progress_threadsafe(150)
+            with pytest.raises(RuntimeError):
+                task.progress(1)  # the loop-only call refuses another thread
+
+        await asyncio.to_thread(work)
+    assert threading.get_ident() not in threads
+    events = rec.events(task_room("t1"))
+    progress = [data for event, data in events if event == "task:progress"]
+    assert progress and progress[-1]["progress"] == 99 and progress[-1]["step"] == "thread"
+    assert events[-1][0] == "task:completed"
+
+
+async def test_external_report_is_coalesced_too(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    await service.create("crawl", id="t1")
+    await service.begin("t1")
+    for i in range(1000):
+        await service.report("t1", progress=i / 10)
+    await service.complete("t1", [1, 2])
+    events = rec.events(task_room("t1"))
+    assert len([e for e, _ in events if e == "task:progress"]) <= 12
+    assert events[-1][0] == "task:completed" and events[-1][1]["result"] == [1, 2]
+
+
+# -- deadlines and restarts --------------------------------------------------------------------
+
+
+async def test_deadline_times_out_a_running_task(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"))
+    finished = asyncio.Event()
+
+    async def slow() -> None:
+        async with service.run("crawl", id="t1", deadline=time.time() + 0.05):
+            await asyncio.Event().wait()
+        finished.set()
+
+    job = asyncio.create_task(slow())
+    data = await rec.until_event(task_room("t1"), "task:timed_out")
+    assert data["status"] == "timed_out" and data["error"] == "deadline exceeded"
+    await asyncio.wait_for(job, WAIT)  # the producer was cancelled; the block absorbed it
+    assert finished.is_set()
+    assert names(rec.events(task_room("t1")))[-1] == "task:timed_out"
+
+
+async def test_restart_fails_tasks_left_running(hub: Hub, tmp_path: Path) -> None:
+    path = tmp_path / "restart.db"
+    first_store = SqliteTaskStore(path)
+    first = TaskService(hub, first_store)
+    await first.start()
+    await first.create("crawl", id="running")
+    await first.begin("running")
+    await first.create("crawl", id="done")
+    await first.cancel("done")
+    await first.aclose()
+    await first_store.aclose()  # the "process" ends with one task still running
+
+    rec = recorder(hub, task_room("running"), task_room("done"), LIST_ROOM)
+    second_store = SqliteTaskStore(path)
+    second = TaskService(hub, second_store)
+    try:
+        await second.start()
+        event, data = rec.events(task_room("running"))[-1]
+        assert event == "task:failed" and data["error"] == INTERRUPTED_REASON
+        assert names(rec.events(LIST_ROOM)) == ["task:failed"]
+        assert rec.events(task_room("done")) == []
+        assert hub.is_terminal(task_room("running"))
+        task = await second.get("running")
+        assert task.status is S.FAILED and task.error == INTERRUPTED_REASON
+        assert (await second.get("done")).status is S.CANCELLED
+    finally:
+        await second.aclose()
+        await second_store.aclose()
+
+
+# -- refused inputs ------------------------------------------------------------------------------
+
+
+async def test_bad_inputs_raise_and_publish_nothing(hub: Hub, service: TaskService) -> None:
+    rec = recorder(hub, task_room("t1"), task_room("nope"), LIST_ROOM)
+    async with service.run("crawl", id="t1") as task:
+        await task.complete("first")
+    await service.create("crawl", id="t2")
+    await service.begin("t2")
+    hub.join(rec, task_room("t2"))
+    before = list(rec.seen)
+    with pytest.raises(TaskNotFound):
+        await service.report("nope", progress=1)
+    with pytest.raises(TaskNotFound):
+        await service.get("nope")
+    with pytest.raises(TaskNotFound):
+        await service.request_stop("nope")
+    with pytest.raises(InvalidTransition):
+        await service.complete("t1", "second")
+    with pytest.raises(InvalidTransition):
+        await service.request_stop("t1")
+    with pytest.raises(TaskError, match="already exists"):
+        await service.create("crawl", id="t1")
+    with pytest.raises(InvalidProgress):
+        await service.report("t2", progress=150)
+    # a sentinel published after the refused calls is the only thing that arrives
+    await hub.publish(task_room("t2"), "sentinel")
+    await rec.until(lambda: rec.seen[-1][1] == "sentinel")
+    assert rec.seen == [*before, (task_room("t2"), "sentinel", None)]
+    assert (await service.get("t1")).result == "first"
+    assert (await service.get("t2")).progress is None
+
+
+async def test_invalid_progress_in_run_raises_at_the_call(hub: Hub, service: TaskService) -> None:
+    with pytest.raises(InvalidProgress):
+        async with service.run("crawl", id="t1") as task:
+            task.progress(float("nan"))
+    assert (await service.get("t1")).status is S.FAILED
+
+
+# -- names and rooms ---------------------------------------------------------------------------
+
+
+async def test_event_aliases_and_kind_rooms(hub: Hub, store: SqliteTaskStore) -> None:
+    aliases = TaskEvents(progress="crawl_progress", cancelled="crawl:stopped")
+    svc = TaskService(hub, store, events={"crawl": aliases}, list_rooms=("kind",), stop_grace=0.05)
+    await svc.start()
+    try:
+        rec = recorder(hub, task_room("t1"), kind_room("crawl"))
+        await svc.create("crawl", id="t1")
+        await svc.begin("t1")
+        await svc.report("t1", progress=5)
+        await svc.request_stop("t1")
+        await svc.cancel("t1")
+        expected = ["task:created", "task:updated", "crawl_progress", "task:stopping", "crawl:stopped"]
+        assert names(rec.events(task_room("t1"))) == expected
+        assert names(rec.events(kind_room("crawl"))) == expected
+    finally:
+        await svc.aclose()
+
+
+async def test_generated_ids_and_list(service: TaskService) -> None:
+    a = await service.create("crawl", owner="u1")
+    b = await service.create("index", owner="u2")
+    assert a.id != b.id and len(a.id) == 12
+    page, cursor = await service.list(kind="crawl")
+    assert [t.id for t in page] == [a.id] and cursor is None
+    assert isinstance(await service.get(b.id), Task)
+
+
+async def test_constructor_refuses_unknown_list_rooms(hub: Hub, store: SqliteTaskStore) -> None:
+    with pytest.raises(ValueError):
+        TaskService(hub, store, list_rooms=("colour",))
