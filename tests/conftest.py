@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# `roomcast serve` processes started by tests keep tasks in memory, not in a file in the repo.
+os.environ.setdefault("ROOMCAST_TASK_DB", ":memory:")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import RunningServer, running  # noqa: E402

@@ -64,6 +64,8 @@ def main() -> None:
               show_default=True, show_envvar=True,
               help="Seconds a dropped Socket.IO session stays recoverable (connection state recovery, as "
                    "the official server's connectionStateRecovery); 0 turns it off.")
+@click.option("--task-db", envvar="ROOMCAST_TASK_DB", show_envvar=True, default="roomcast-tasks.db",
+              show_default=True, help="SQLite file the tasks are kept in (':memory:' keeps none across restarts).")
 @click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
               help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
                    "API answers loopback clients only.")
@@ -81,6 +83,7 @@ def serve(
     jwt_audience: str | None,
     jwt_issuer: str | None,
     recovery_window: float,
+    task_db: str,
     api_key: str | None,
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
@@ -102,6 +105,7 @@ def serve(
         jwt_issuer=jwt_issuer,
         api_key=api_key,
         recovery_window=recovery_window,
+        task_db=task_db,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:

@@ -114,4 +114,6 @@ async def test_the_openapi_document_describes_every_route() -> None:
         status, doc = await _call(srv, "GET", "/api/openapi.json", key=None)
         assert status == 200 and doc["openapi"].startswith("3.1")
         assert set(doc["paths"]) == {"/api/publish", "/api/broadcast", "/api/rooms", "/api/history",
-                                     "/api/presence", "/api/disconnect"}
+                                     "/api/presence", "/api/disconnect", "/api/tasks", "/api/tasks/{id}",
+                                     "/api/tasks/{id}/progress", "/api/tasks/{id}/complete",
+                                     "/api/tasks/{id}/fail", "/api/tasks/{id}/stop"}

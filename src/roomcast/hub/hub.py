@@ -53,6 +53,7 @@ class Hub:
     def __init__(self, *, broker: Broker | None = None, max_rooms_per_connection: int = 100) -> None:
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.max_rooms_per_connection = max_rooms_per_connection
+        self.tasks: Any = None  # the TaskService, when the server runs one (``roomcast.tasks``)
         self.handlers = HandlerRegistry()
         self.connections: dict[ConnectionId, Connection] = {}
         self._rooms: dict[RoomName, Room] = {}

@@ -17,7 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast import _json, disconnect
+from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
 from roomcast.hub.hub import Hub
+from roomcast.tasks.model import TaskStatus
+from roomcast.tasks.service import TaskService
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
 from roomcast.types import StreamPosition
 
@@ -72,19 +75,25 @@ class ApiServer:
         api_key: the key backends present; ``None``: loopback clients only.
     """
 
-    def __init__(self, hub: Hub, *, api_key: str | None = None) -> None:
+    def __init__(self, hub: Hub, *, api_key: str | None = None, tasks: TaskService | None = None) -> None:
         self.hub = hub
         self.api_key = api_key or None
+        self.tasks = tasks
         self.refused = 0
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         path, method = request.path.rstrip("/") or "/", request.method
         if path == "/api/openapi.json" and method == "GET":
             return _ok(OPENAPI)
-        route = ROUTES.get(path)
-        if route is None:
+        methods: dict[str, Any] | None = ROUTES.get(path)
+        task_id: str | None = None
+        if methods is None and path.startswith("/api/tasks/") and self.tasks is not None:
+            task_id, _, action = path[len("/api/tasks/"):].partition("/")
+            methods = TASK_ROUTES.get(action)
+        elif path == "/api/tasks" and self.tasks is None:
+            methods = None
+        if methods is None or task_id == "":
             return api_error(404, "not_found", f"no API route {path}")
-        methods = route
         handler = methods.get(method)
         if handler is None:
             allowed = ", ".join(sorted(methods))
@@ -96,8 +105,17 @@ class ApiServer:
         if request.body_too_large:
             return api_error(413, "too_large", "the body is over the size limit")
         try:
-            return await handler(self, request)
+            response: HttpResponse = await (
+                handler(self, request, task_id) if task_id is not None else handler(self, request)
+            )
+            return response
         except BadRequest as exc:
+            return api_error(400, "bad_request", str(exc))
+        except TaskNotFound as exc:
+            return api_error(404, "not_found", str(exc))
+        except InvalidTransition as exc:
+            return api_error(409, "conflict", str(exc))
+        except TaskError as exc:  # bad progress, a bad cursor or filter
             return api_error(400, "bad_request", str(exc))
 
     def _check_key(self, request: HttpRequest) -> HttpResponse | None:
@@ -186,7 +204,91 @@ class ApiServer:
         return _ok({"disconnected": len(targets)})
 
 
+    # -- tasks ----------------------------------------------------------------------------
+    def _service(self) -> TaskService:
+        assert self.tasks is not None  # routed here only when the server runs tasks
+        return self.tasks
+
+    async def create_task(self, request: HttpRequest) -> HttpResponse:
+        body = _body(request)
+        owner, deadline, metadata = body.get("owner"), body.get("deadline"), body.get("metadata")
+        if owner is not None:
+            _name(owner, "owner")
+        if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
+            raise BadRequest("'deadline' must be a UNIX time in seconds")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise BadRequest("'metadata' must be an object")
+        title = body.get("title", "")
+        if not isinstance(title, str):
+            raise BadRequest("'title' must be a string")
+        task = await self._service().create(
+            _name(body.get("kind"), "kind"), title=title, owner=owner, deadline=deadline, metadata=metadata
+        )
+        return _ok(task.to_json(), 201)
+
+    async def list_tasks(self, request: HttpRequest) -> HttpResponse:
+        query = request.query
+        status = query.get("status")
+        statuses = None
+        if status:
+            try:
+                statuses = [TaskStatus(s) for s in status.split(",")]
+            except ValueError:
+                raise BadRequest(f"'status' must be among {', '.join(s.value for s in TaskStatus)}") from None
+        limit = query.get("limit", "50")
+        if not limit.isdigit():
+            raise BadRequest("'limit' must be a positive integer")
+        tasks, cursor = await self._service().list(
+            status=statuses, kind=query.get("kind"), owner=query.get("owner"), limit=int(limit),
+            cursor=query.get("cursor"),
+        )
+        return _ok({"tasks": [t.to_json() for t in tasks], "next_cursor": cursor})
+
+    async def get_task(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        return _ok((await self._service().get(task_id)).to_json())
+
+    async def task_progress(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        body = _body(request)
+        service = self._service()
+        if (await service.get(task_id)).status is TaskStatus.PENDING:
+            await service.begin(task_id)  # an external worker's first report starts the task
+        progress, step, message = body.get("progress"), body.get("step"), body.get("message")
+        if progress is not None and (not isinstance(progress, (int, float)) or isinstance(progress, bool)):
+            raise BadRequest("'progress' must be a number from 0 to 100")
+        for value, what in ((step, "step"), (message, "message")):
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"'{what}' must be a string")
+        task = await service.report(task_id, progress=progress, step=step, message=message)
+        return _ok(task.to_json())
+
+    async def task_complete(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        body = _body(request) if request.body else {}
+        return _ok((await self._service().complete(task_id, body.get("result"))).to_json())
+
+    async def task_fail(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        error = _body(request).get("error")
+        if not isinstance(error, str) or not error:
+            raise BadRequest("'error' must be a non-empty string")
+        return _ok((await self._service().fail(task_id, error)).to_json())
+
+    async def task_stop(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        body = _body(request) if request.body else {}
+        by = body.get("by")
+        return _ok((await self._service().request_stop(task_id, by=by if isinstance(by, str) else None)).to_json())
+
+
+TaskRoute = Callable[["ApiServer", HttpRequest, str], Awaitable[HttpResponse]]
+
+TASK_ROUTES: dict[str, dict[str, TaskRoute]] = {
+    "": {"GET": ApiServer.get_task},
+    "progress": {"POST": ApiServer.task_progress},
+    "complete": {"POST": ApiServer.task_complete},
+    "fail": {"POST": ApiServer.task_fail},
+    "stop": {"POST": ApiServer.task_stop},
+}
+
 ROUTES: dict[str, dict[str, Route]] = {
+    "/api/tasks": {"POST": ApiServer.create_task, "GET": ApiServer.list_tasks},
     "/api/publish": {"POST": ApiServer.publish},
     "/api/broadcast": {"POST": ApiServer.broadcast},
     "/api/rooms": {"GET": ApiServer.rooms},
@@ -206,6 +308,7 @@ _POSITION = {
     "properties": {"room": {"type": "string"}, "epoch": {"type": "string"}, "offset": {"type": "integer"}},
 }
 _JSON = "application/json"
+_TASK_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -232,7 +335,8 @@ OPENAPI: dict[str, Any] = {
         "responses": {
             f"E{status}": {"description": text, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for status, text in [(400, "Bad request"), (401, "Missing or invalid API key"),
-                                 (403, "Not allowed from this address"), (405, "Method not allowed"),
+                                 (403, "Not allowed from this address"), (404, "No such task"),
+                                 (405, "Method not allowed"), (409, "The task's state forbids this change"),
                                  (413, "Body too large")]
         },
     },
@@ -282,6 +386,33 @@ OPENAPI: dict[str, Any] = {
                                                  "users": {"type": "array", "items": {"type": "string"}}}}}}},
                           **_error_responses(400, 401, 403)},
         }},
+        "/api/tasks": {
+            "post": {"summary": "Create a task (pending) for a worker to report on",
+                     "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                         "type": "object", "required": ["kind"], "properties": {
+                             "kind": {"type": "string"}, "title": {"type": "string"}, "owner": {"type": "string"},
+                             "deadline": {"type": "number"}, "metadata": {"type": "object"}}}}}},
+                     "responses": {"201": {"description": "The task, with its id"}, **_error_responses(400, 401, 403)}},
+            "get": {"summary": "Tasks, newest first, filtered by status (comma-separated), kind, owner",
+                    "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                                   for n in ("status", "kind", "owner", "cursor", "limit")],
+                    "responses": {"200": {"description": "{tasks, next_cursor}"}, **_error_responses(400, 401, 403)}},
+        },
+        "/api/tasks/{id}": {"get": {"summary": "One task", "parameters": [_TASK_ID],
+                                    "responses": {"200": {"description": "The task"}, "404": {"$ref": "#/components/responses/E404"}}}},
+        **{f"/api/tasks/{{id}}/{action}": {"post": {
+            "summary": summary, "parameters": [_TASK_ID],
+            "requestBody": {"content": {_JSON: {"schema": {"type": "object", "properties": fields}}}},
+            "responses": {"200": {"description": "The task after the change"}, **_error_responses(400, 401, 403),
+                          "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}},
+        }} for action, summary, fields in [
+            ("progress", "Report progress (0-100), step, message; starts a pending task",
+             {"progress": {"type": "number"}, "step": {"type": "string"}, "message": {"type": "string"}}),
+            ("complete", "Complete with a result", {"result": {}}),
+            ("fail", "Fail with an error", {"error": {"type": "string"}}),
+            ("stop", "Request a stop: stopping now, cancelled when acknowledged or after the grace period",
+             {"by": {"type": "string"}}),
+        ]},
         "/api/disconnect": {"post": {
             "summary": "Disconnect one connection, or every connection of a user",
             "requestBody": {"required": True, "content": {_JSON: {"schema": {

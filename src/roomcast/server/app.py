@@ -20,6 +20,8 @@ from roomcast.transports.sse import SseServer
 from roomcast.transports.websocket import WsServer
 
 from roomcast.server.api import ApiServer
+from roomcast.tasks.service import TaskService
+from roomcast.tasks.store_sqlite import SqliteTaskStore
 from roomcast.server.config import Settings
 
 __all__ = ["App", "EchoApp"]
@@ -83,7 +85,9 @@ class App:
             expiry=self.expiry,
         )
         self.ws = WsServer(self.hub, cors=cors, authenticator=self.authenticator, expiry=self.expiry)
-        self.api = ApiServer(self.hub, api_key=settings.api_key)
+        self.task_store = SqliteTaskStore(settings.task_db)
+        self.tasks = self.hub.tasks = TaskService(self.hub, self.task_store, stop_grace=settings.task_stop_grace)
+        self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks)
         self._ready = False
 
     def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
@@ -106,6 +110,8 @@ class App:
         else:
             logger.info("clients need a valid token (%s)", ", ".join(self.authenticator.algorithms))
         await self.hub.start()
+        await self.task_store.open()
+        await self.tasks.start()  # tasks a previous run left running are failed, and say so
         self._ready = True
 
     async def shutdown(self, reason: Disconnect | None = None) -> None:
@@ -118,7 +124,9 @@ class App:
         self.sse.close_all(reason or disconnect.SHUTDOWN)
         self.ws.close_all(reason or disconnect.SHUTDOWN)
         self.expiry.close()
+        await self.tasks.aclose()
         await self.hub.aclose()
+        await self.task_store.aclose()
 
     def _route(self, path: str) -> EngineIOServer | None:
         if path in ("/socket.io/", "/socket.io"):

@@ -49,6 +49,10 @@ class Settings:
         jwt_leeway: seconds of clock skew allowed on ``exp``.
         api_key: the key backends present to ``/api/``; without one the API answers
             loopback clients only.
+        task_db: the SQLite file tasks are kept in (``:memory:``: gone with the process; the
+            CLI defaults to a file, so finished tasks survive a restart).
+        task_stop_grace: seconds a task's producer has to acknowledge a stop before the task
+            is marked ``cancelled`` anyway.
     """
 
     host: str = "127.0.0.1"
@@ -70,3 +74,5 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_leeway: float = 0.0
     api_key: str | None = field(default=None, repr=False)
+    task_db: str = ":memory:"
+    task_stop_grace: float = 5.0

@@ -1,0 +1,86 @@
+"""Tasks over the backend API: an external worker reports, subscribers see it, late ones too.
+
+A real server on the native door; the worker is plain HTTP (aiohttp), the subscribers SSE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from servers import RunningServer, running
+from sseclient import open_sse
+
+from roomcast.hub.hub import Hub
+from roomcast.server.app import App
+from roomcast.server.config import Settings
+
+
+async def _call(srv: RunningServer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, f"{srv.url}{path}", json=body) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def test_an_external_worker_drives_a_task_that_subscribers_follow_to_the_end() -> None:
+    async with running(App(Hub(), Settings())) as srv:
+        status, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl", "title": "example.com",
+                                                              "owner": "ann"})
+        assert status == 201 and task["status"] == "pending" and task["kind"] == "crawl"
+        room = f"task:{task['id']}"
+        async with open_sse(srv.url, [room]) as stream:
+            snapshot = await stream.next()
+            assert snapshot.event == "snapshot" and snapshot.json()["snapshot"]["status"] == "pending"
+            status, running_task = await _call(srv, "POST", f"/api/tasks/{task['id']}/progress",
+                                               {"progress": 40, "step": "fetch"})
+            assert status == 200 and running_task["status"] == "running"
+            status, done = await _call(srv, "POST", f"/api/tasks/{task['id']}/complete", {"result": {"pages": 3}})
+            assert status == 200 and done["status"] == "completed"
+            events = [(e.event, e.json()) for e in await stream.until_end()]
+            assert events[-1][0] == "task:completed" and events[-1][1]["result"] == {"pages": 3}
+            assert [e for e, _ in events][:1] == ["task:updated"]  # pending -> running
+        # a subscriber arriving after the end gets the final state with the result, then the end
+        async with open_sse(srv.url, [room]) as late:
+            finals = await late.until_end()
+            assert [e.event for e in finals] == ["snapshot"]
+            assert finals[0].json()["snapshot"]["result"] == {"pages": 3}
+        status, listed = await _call(srv, "GET", "/api/tasks?status=completed&kind=crawl")
+        assert status == 200 and [t["id"] for t in listed["tasks"]] == [task["id"]]
+        status, fetched = await _call(srv, "GET", f"/api/tasks/{task['id']}")
+        assert status == 200 and fetched["progress"] == 100
+
+
+async def test_bad_task_requests_are_refused_and_change_nothing() -> None:
+    async with running(App(Hub(), Settings())) as srv:
+        _, task = await _call(srv, "POST", "/api/tasks", {"kind": "import"})
+        tid = task["id"]
+        cases: list[tuple[str, str, Any, int, str]] = [
+            ("GET", "/api/tasks/nope", None, 404, "no task 'nope'"),
+            ("POST", "/api/tasks/nope/complete", {}, 404, "no task"),
+            ("POST", "/api/tasks", {"title": "no kind"}, 400, "'kind'"),
+            ("POST", f"/api/tasks/{tid}/progress", {"progress": 150}, 400, "progress"),
+            ("POST", f"/api/tasks/{tid}/progress", {"progress": "half"}, 400, "'progress'"),
+            ("POST", f"/api/tasks/{tid}/fail", {}, 400, "'error'"),
+            ("GET", "/api/tasks?status=sleeping", None, 400, "'status'"),
+        ]
+        for method, path, body, status, message in cases:
+            got, answer = await _call(srv, method, path, body)
+            assert got == status, (path, answer)
+            assert message in answer["error"]["message"], (path, answer)
+        assert (await _call(srv, "POST", f"/api/tasks/{tid}/complete", {"result": 1}))[0] == 200
+        got, answer = await _call(srv, "POST", f"/api/tasks/{tid}/complete", {"result": 2})
+        assert got == 409 and answer["error"]["code"] == "conflict"
+        assert (await _call(srv, "GET", f"/api/tasks/{tid}"))[1]["result"] == 1  # nothing corrupted
+
+
+async def test_a_stop_request_is_published_and_the_task_ends_cancelled() -> None:
+    app = App(Hub(), Settings(task_stop_grace=0.05))  # an external worker that never acknowledges
+    async with running(app) as srv:
+        _, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl"})
+        await _call(srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 10})
+        async with open_sse(srv.url, [f"task:{task['id']}"]) as stream:
+            await stream.next()
+            status, stopping = await _call(srv, "POST", f"/api/tasks/{task['id']}/stop", {"by": "ann"})
+            assert status == 200 and stopping["status"] == "stopping"
+            events = [e.event for e in await stream.until_end()]
+            assert events == ["task:stopping", "task:cancelled"]
