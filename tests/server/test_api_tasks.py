@@ -84,3 +84,62 @@ async def test_a_stop_request_is_published_and_the_task_ends_cancelled() -> None
             assert status == 200 and stopping["status"] == "stopping"
             events = [e.event for e in await stream.until_end()]
             assert events == ["task:stopping", "task:cancelled"]
+
+
+async def test_task_events_stream_a_task_to_its_end_and_204_after() -> None:
+    app = App(Hub(), Settings())
+    async with running(app) as srv:
+        _, task = await _call(srv, "POST", "/api/tasks", {"kind": "gen"})
+        path = f"/tasks/{task['id']}/events"
+        async with open_sse(srv.url, [], path=path) as stream:
+            assert (await stream.next()).event == "snapshot"
+            await _call(srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 50})
+            await _call(srv, "POST", f"/api/tasks/{task['id']}/complete", {"result": "done"})
+            events = [e.event for e in await stream.until_end()]
+            assert events[-1] == "task:completed"
+            cursor = stream.last_id
+        async with open_sse(srv.url, [], path=path, last_event_id=cursor) as again:
+            assert again.status == 204  # it has everything: EventSource stops
+        async with aiohttp.ClientSession() as http, http.get(f"{srv.url}/tasks/nope/events") as missing:
+            assert missing.status == 404
+
+
+async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a_granted_kind() -> None:
+    import json
+    import time
+
+    import jwt
+    import socketio
+    from rawclient import open_websocket
+
+    secret = "task-test-secret-long-enough-for-hs256"
+
+    def token(sub: str, **extra: Any) -> str:
+        return jwt.encode({"sub": sub, "exp": time.time() + 60, **extra}, secret, algorithm="HS256")
+
+    app = App(Hub(), Settings(jwt_secret=secret, api_key="k", task_stop_grace=0.05))
+    async with running(app) as srv:
+        mine = await app.tasks.create("crawl", owner="ann")
+        theirs = await app.tasks.create("crawl", owner="bob")
+        other_kind = await app.tasks.create("import", owner="bob")
+        for t in (mine, theirs, other_kind):
+            await app.tasks.begin(t.id)
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(srv.url, auth={"token": token("ann")}, transports=["websocket"])
+        try:
+            assert (await client.call("task:stop", {"id": mine.id}, timeout=5))["status"] == "stopping"
+            assert await client.call("task:stop", {"id": theirs.id}, timeout=5) == {
+                "error": f"not allowed to stop task {theirs.id!r}"}
+            assert "no task" in (await client.call("task:stop", {"id": "nope"}, timeout=5))["error"]
+        finally:
+            await client.disconnect()
+        ws = await open_websocket(srv.host, srv.port, "/ws", headers={
+            "Sec-WebSocket-Protocol": "roomcast.v1", "Authorization": f"Bearer {token('ops', tasks={'stop': ['crawl']})}"})
+        try:
+            ws.send(json.dumps({"type": "emit", "id": 1, "event": "task:stop", "data": {"id": theirs.id}}))
+            assert json.loads(await ws.recv())["data"]["status"] == "stopping"  # a granted kind
+            ws.send(json.dumps({"type": "emit", "id": 2, "event": "task:stop", "data": {"id": other_kind.id}}))
+            assert "not allowed" in json.loads(await ws.recv())["data"]["error"]
+        finally:
+            ws.close()
+        assert (await app.tasks.get(other_kind.id)).status.value == "running"  # refused: untouched

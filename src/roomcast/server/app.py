@@ -7,12 +7,22 @@ adapts ASGI messages to the same two calls. So both doors pass the same tests.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+from typing import Any
 
 from roomcast.auth import AuthConfig, Authenticator
 from roomcast.disconnect import Disconnect
 from roomcast.hub.hub import Hub
-from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, WebSocketAccept, json_error
+from roomcast.transports.base import (
+    CorsPolicy,
+    HttpRequest,
+    HttpResponse,
+    StreamAccept,
+    WebSocketAccept,
+    api_error,
+    json_error,
+)
 from roomcast.transports.engineio import EngineIOServer, Session
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.socketio import SocketIOServer
@@ -20,6 +30,9 @@ from roomcast.transports.sse import SseServer
 from roomcast.transports.websocket import WsServer
 
 from roomcast.server.api import ApiServer
+from roomcast.errors import TaskError
+from roomcast.hub.connection import Connection
+from roomcast.tasks.model import Task, task_room
 from roomcast.tasks.service import TaskService
 from roomcast.tasks.store_sqlite import SqliteTaskStore
 from roomcast.server.config import Settings
@@ -43,6 +56,18 @@ class EchoApp:
 
     def on_close(self, session: Session, reason: Disconnect) -> None:
         pass
+
+
+def _may_stop(conn: Connection, task: Task) -> bool:
+    claims = conn.claims
+    if claims is None:
+        return True  # an open server
+    if conn.user is not None and conn.user == task.owner:
+        return True
+    grants = claims.raw.get("tasks")
+    stoppable = grants.get("stop") if isinstance(grants, dict) else None
+    patterns = [stoppable] if isinstance(stoppable, str) else stoppable if isinstance(stoppable, list) else []
+    return any(isinstance(p, str) and fnmatch.fnmatchcase(task.kind, p) for p in patterns)
 
 
 class App:
@@ -88,6 +113,8 @@ class App:
         self.task_store = SqliteTaskStore(settings.task_db)
         self.tasks = self.hub.tasks = TaskService(self.hub, self.task_store, stop_grace=settings.task_stop_grace)
         self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks)
+        if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
+            self.hub.on("task:stop")(self._client_stop)
         self._ready = False
 
     def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
@@ -141,6 +168,8 @@ class App:
             return await engine.handle_http(request)
         if request.path == "/sse":
             return await self.sse.handle(request)
+        if request.path.startswith("/tasks/") and request.path.endswith("/events"):
+            return await self._task_events(request)
         if request.path.startswith("/api/"):
             return await self.api.handle(request)
         if request.body_too_large:
@@ -150,6 +179,34 @@ class App:
         if request.path == "/readyz":
             return HttpResponse(200, b"ready") if self._ready else HttpResponse(503, b"not ready")
         return json_error(404, 404, "Not found")
+
+    async def _task_events(self, request: HttpRequest) -> HttpResponse | StreamAccept:
+        """``GET /tasks/{id}/events``: one task's snapshot, progress and end over SSE, then the
+        stream ends; a reconnect after the end gets 204 (the room is terminal)."""
+        task_id = request.path[len("/tasks/") : -len("/events")]
+        try:
+            await self.tasks.get(task_id)
+        except TaskError:
+            return api_error(404, "not_found", f"no task {task_id!r}")
+        return await self.sse.handle(request, (task_room(task_id),))
+
+    async def _client_stop(self, conn: Connection, request: Any = None, *_: Any) -> Any:
+        """The ``task:stop {id}`` event (Socket.IO, or ``emit`` on ``/ws``): a stop button.
+
+        Allowed for the task's owner (the token's ``sub``), for tokens whose ``tasks.stop``
+        claim lists a glob matching the task's kind, and for everyone on an open server.
+        Answers with the task as it now is, or ``{"error"}``.
+        """
+        task_id = request.get("id") if isinstance(request, dict) else None
+        if not isinstance(task_id, str):
+            return {"error": "task:stop expects {id: string}"}
+        try:
+            task = await self.tasks.get(task_id)
+            if not _may_stop(conn, task):
+                return {"error": f"not allowed to stop task {task_id!r}"}
+            return (await self.tasks.request_stop(task_id, by=conn.user)).to_json()
+        except TaskError as exc:  # unknown, or already ended
+            return {"error": str(exc)}
 
     def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:
         engine = self._route(request.path)

@@ -253,13 +253,18 @@ class SseServer:
         self.ids = itertools.count(1)
         self._beat: asyncio.TimerHandle | None = None
 
-    async def handle(self, request: HttpRequest) -> HttpResponse | StreamAccept:
+    async def handle(
+        self, request: HttpRequest, rooms: tuple[RoomName, ...] | None = None
+    ) -> HttpResponse | StreamAccept:
+        """Open a stream on the ``room`` query parameters, or on ``rooms`` when a route fixes them
+        (``/tasks/{id}/events``)."""
         if request.method != "GET":
             return api_error(405, "method_not_allowed", "use GET", [("Allow", "GET")])
         if not self.cors.allowed(request):
             return api_error(403, "forbidden", "origin not allowed")
         cors = self.cors.headers(request)
-        rooms = tuple(dict.fromkeys(request.query_all.get("room", [])))
+        if rooms is None:
+            rooms = tuple(dict.fromkeys(request.query_all.get("room", [])))
         problem = self._check_rooms(rooms)
         if problem:
             return api_error(400, "bad_request", problem, cors)
