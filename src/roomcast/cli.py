@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -22,6 +22,7 @@ from roomcast.server.app import App
 from roomcast.server.config import Settings
 from roomcast.server.runner import run
 from roomcast.tail import Tail
+from roomcast.tasks.model import TaskStatus
 
 __all__ = ["main"]
 
@@ -130,6 +131,29 @@ _url_option = click.option(
     help="Base URL of the running roomcast server.")
 
 
+_api_key_option = click.option(
+    "--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
+    help="The server's API key; without one, only a server on this machine answers.")
+
+_timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+    help="Seconds to wait for the server.")
+
+
+def _publisher(url: str, api_key: str | None, timeout: float) -> Publisher:
+    """A ``Publisher`` for the options, or a usage error naming ``--url``."""
+    try:
+        return Publisher(url, api_key=api_key, timeout=timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--url'") from None
+
+
+def _refused(exc: PublishError) -> NoReturn:
+    """The server refused or could not be reached: its message on stderr, exit 1."""
+    click.echo(f"error: {exc.message}", err=True)
+    raise SystemExit(1)
+
+
 def _parse_json(text: str) -> Any:
     """The JSON argument, or a usage error saying why not (NaN and Infinity are not JSON)."""
 
@@ -147,10 +171,8 @@ def _parse_json(text: str) -> Any:
 @click.argument("event")
 @click.argument("data_json", metavar="[JSON]", required=False)
 @_url_option
-@click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
-              help="The server's API key; without one, only a server on this machine answers.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds to wait for the server.")
+@_api_key_option
+@_timeout_option
 def publish(room: str, event: str, data_json: str | None, url: str, api_key: str | None, timeout: float) -> None:
     """Publish EVENT to ROOM; JSON is its data (left out: an event with no arguments).
 
@@ -158,20 +180,81 @@ def publish(room: str, event: str, data_json: str | None, url: str, api_key: str
     server's message when it refuses or cannot be reached.
     """
     data = _parse_json(data_json) if data_json is not None else None
-    try:
-        publisher = Publisher(url, api_key=api_key, timeout=timeout)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--url'") from None
+    publisher = _publisher(url, api_key, timeout)
     try:
         if data_json is None:
             result = publisher.publish(room, event)
         else:
             result = publisher.publish(room, event, data)
     except PublishError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        raise SystemExit(1) from None
+        _refused(exc)
     click.echo(json.dumps({"room": result.room, "epoch": result.epoch, "offset": result.offset},
                           separators=(",", ":"), ensure_ascii=False))
+
+
+@main.group()
+def tasks() -> None:
+    """List, show and stop the tasks of a running server (its /api/tasks routes)."""
+
+
+_TASK_STATUSES = [status.value for status in TaskStatus]
+
+
+@tasks.command("list")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(_TASK_STATUSES),
+              help="Only tasks in this status; repeat for several.")
+@click.option("--kind", default=None, help="Only tasks of this kind.")
+@click.option("--owner", default=None, help="Only this owner's tasks.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many tasks.")
+@_url_option
+@_api_key_option
+@_timeout_option
+def tasks_list(statuses: tuple[str, ...], kind: str | None, owner: str | None, limit: int, url: str,
+               api_key: str | None, timeout: float) -> None:
+    """One line per task, newest first: '<id> <status> <progress or -> <kind> <title>'."""
+    publisher = _publisher(url, api_key, timeout)
+    try:
+        page = publisher.list_tasks(status=statuses or None, kind=kind, owner=owner, limit=limit)
+    except PublishError as exc:
+        _refused(exc)
+    for task in page["tasks"]:
+        progress = task.get("progress")
+        shown = "-" if progress is None else f"{progress:g}"
+        click.echo(f"{task['id']} {task['status']} {shown} {task.get('kind', '')} {task.get('title') or ''}".rstrip())
+
+
+@tasks.command("show")
+@click.argument("task_id", metavar="ID")
+@_url_option
+@_api_key_option
+@_timeout_option
+def tasks_show(task_id: str, url: str, api_key: str | None, timeout: float) -> None:
+    """Print task ID as indented JSON; exits 1 when there is no such task."""
+    publisher = _publisher(url, api_key, timeout)
+    try:
+        task = publisher.get_task(task_id)
+    except PublishError as exc:
+        _refused(exc)
+    click.echo(json.dumps(task, indent=2, ensure_ascii=False))
+
+
+@tasks.command("stop")
+@click.argument("task_id", metavar="ID")
+@click.option("--by", default=None, help="Who asks (goes into the task's message).")
+@_url_option
+@_api_key_option
+@_timeout_option
+def tasks_stop(task_id: str, by: str | None, url: str, api_key: str | None, timeout: float) -> None:
+    """Ask task ID to stop and print its new status (stopping, or cancelled if it was pending).
+
+    Exits 1 when there is no such task or it has already ended.
+    """
+    publisher = _publisher(url, api_key, timeout)
+    try:
+        task = publisher.stop_task(task_id, by=by)
+    except PublishError as exc:
+        _refused(exc)
+    click.echo(task["status"])
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

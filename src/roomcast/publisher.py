@@ -3,7 +3,14 @@
 L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom layer
 (``types``, ``errors``, ``_json``) and the stdlib. A process that only publishes needs no
 hub, no broker and no third-party HTTP client; it calls the backend API of a running
-server (``POST /api/publish``, ``POST /api/broadcast``, see ``roomcast.server.api``).
+server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
+``roomcast.server.api``).
+
+Tasks from another process: a worker creates a task (``create_task``), reports progress
+(``report``) and ends it (``complete_task`` / ``fail_task``). The worker is told of a stop
+request in the answer to its next report: the returned task's ``status`` is ``"stopping"``.
+Tasks are returned as the server's JSON (plain ``dict``), not ``roomcast.tasks.Task``, so
+this module stays on the bottom layer.
 
 Why a connection per call rather than a pooled keep-alive one: a ``Publisher`` then holds
 no socket and no lock, so one instance is safe to share between threads, to use from any
@@ -19,10 +26,10 @@ import contextlib
 import enum
 import http.client
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from roomcast import _json
 from roomcast.errors import PublishError
@@ -125,6 +132,63 @@ def _results(value: Any) -> list[PublishResult]:
     return [_result(item) for item in results]
 
 
+def _task(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not isinstance(value.get("status"), str):
+        raise _BadAnswer("the answer is not a task (a JSON object with id and status)")
+    return value
+
+
+def _task_list(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not isinstance(value.get("tasks"), list):
+        raise _BadAnswer("the answer lacks tasks")
+    for item in value["tasks"]:
+        _task(item)
+    cursor = value.get("next_cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise _BadAnswer("next_cursor is not a string or null")
+    return {"tasks": value["tasks"], "next_cursor": cursor}
+
+
+def _task_path(task_id: str, action: str = "") -> str:
+    """``/api/tasks/{id}[/action]``; an empty id would name the list route, so it is refused."""
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("task_id must be a non-empty string")
+    path = "/api/tasks/" + quote(task_id, safe="")
+    return f"{path}/{action}" if action else path
+
+
+def _create_body(
+    kind: str, title: str, owner: str | None, deadline: float | None, metadata: Mapping[str, JSONValue] | None
+) -> bytes:
+    body: dict[str, Any] = {"kind": kind, "title": title}
+    if owner is not None:
+        body["owner"] = owner
+    if deadline is not None:
+        body["deadline"] = deadline
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    return _json.dumps(body)
+
+
+def _report_body(progress: float | None, step: str | None, message: str | None) -> bytes:
+    fields = {"progress": progress, "step": step, "message": message}
+    return _json.dumps({name: value for name, value in fields.items() if value is not None})
+
+
+def _list_query(
+    status: str | Iterable[str] | None, kind: str | None, owner: str | None, limit: int, cursor: str | None
+) -> str:
+    params: dict[str, str] = {"limit": str(limit)}
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        if statuses:
+            params["status"] = ",".join(statuses)
+    for name, value in (("kind", kind), ("owner", owner), ("cursor", cursor)):
+        if value is not None:
+            params[name] = value
+    return "/api/tasks?" + urlencode(params)
+
+
 def _answer(url: str, status: int, payload: bytes) -> Any:
     """The JSON body of a 2xx answer; any other answer raises the server's ``PublishError``."""
     try:
@@ -193,23 +257,157 @@ class Publisher:
     # -- the API ------------------------------------------------------------------------
     def publish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
         """Publish ``event`` to ``room``; blocks until the server answers where it landed."""
-        return self._parsed(_result, *self._post("/api/publish", _publish_body(room, event, data)))
+        return self._parsed(_result, *self._request("POST", "/api/publish", _publish_body(room, event, data)))
 
     async def apublish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
         """``publish`` for coroutines: the same request on the running loop's own sockets."""
-        return self._parsed(_result, *await self._apost("/api/publish", _publish_body(room, event, data)))
+        return self._parsed(_result, *await self._arequest("POST", "/api/publish", _publish_body(room, event, data)))
 
     def broadcast(
         self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
     ) -> list[PublishResult]:
         """Publish one event to several rooms in one request; one result per distinct room, in order."""
-        return self._parsed(_results, *self._post("/api/broadcast", _broadcast_body(rooms, event, data)))
+        return self._parsed(_results, *self._request("POST", "/api/broadcast", _broadcast_body(rooms, event, data)))
 
     async def abroadcast(
         self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
     ) -> list[PublishResult]:
         """``broadcast`` for coroutines."""
-        return self._parsed(_results, *await self._apost("/api/broadcast", _broadcast_body(rooms, event, data)))
+        body = _broadcast_body(rooms, event, data)
+        return self._parsed(_results, *await self._arequest("POST", "/api/broadcast", body))
+
+    # -- tasks --------------------------------------------------------------------------
+    # Each returns the task as the server's JSON (a ``dict`` with ``id``, ``status``,
+    # ``progress`` ... see ``Task.to_json``). A refusal raises ``PublishError``: 404
+    # ``not_found`` for an unknown id, 409 ``conflict`` for a change the task's status does
+    # not allow (reporting on an ended task, completing it twice), 400 ``bad_request`` for a
+    # bad value (progress outside 0-100). An empty ``task_id`` raises ``ValueError``.
+    def create_task(
+        self,
+        kind: str,
+        *,
+        title: str = "",
+        owner: str | None = None,
+        deadline: float | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+    ) -> dict[str, Any]:
+        """Create a ``pending`` task of ``kind``; the answer's ``id`` names it from now on.
+
+        ``deadline`` is a UNIX time after which the server times the task out; ``owner`` and
+        ``metadata`` are the application's own. The task starts with the first ``report``.
+        """
+        body = _create_body(kind, title, owner, deadline, metadata)
+        return self._parsed(_task, *self._request("POST", "/api/tasks", body))
+
+    async def acreate_task(
+        self,
+        kind: str,
+        *,
+        title: str = "",
+        owner: str | None = None,
+        deadline: float | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+    ) -> dict[str, Any]:
+        """``create_task`` for coroutines."""
+        body = _create_body(kind, title, owner, deadline, metadata)
+        return self._parsed(_task, *await self._arequest("POST", "/api/tasks", body))
+
+    def report(
+        self, task_id: str, *, progress: float | None = None, step: str | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """Report progress (percent, 0-100), the current step and/or a message; returns the task.
+
+        The first report starts a ``pending`` task. A field left ``None`` keeps its value.
+
+        This is how an out-of-process worker learns that someone asked it to stop: the
+        returned task's ``status`` is then ``"stopping"``. The worker should wind down and
+        stop reporting (or end the task with ``complete_task`` / ``fail_task``); the server
+        marks a stopping task ``cancelled`` once its stop grace (``Settings.task_stop_grace``)
+        has passed. Reports are still accepted while stopping; after the task has ended they
+        raise ``PublishError`` 409.
+        """
+        body = _report_body(progress, step, message)
+        return self._parsed(_task, *self._request("POST", _task_path(task_id, "progress"), body))
+
+    async def areport(
+        self, task_id: str, *, progress: float | None = None, step: str | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """``report`` for coroutines; ``status == "stopping"`` in the answer is a stop request."""
+        body = _report_body(progress, step, message)
+        return self._parsed(_task, *await self._arequest("POST", _task_path(task_id, "progress"), body))
+
+    def complete_task(self, task_id: str, result: JSONValue = None) -> dict[str, Any]:
+        """End the task successfully with the JSON ``result``; its progress becomes 100."""
+        path = _task_path(task_id, "complete")
+        return self._parsed(_task, *self._request("POST", path, _json.dumps({"result": result})))
+
+    async def acomplete_task(self, task_id: str, result: JSONValue = None) -> dict[str, Any]:
+        """``complete_task`` for coroutines."""
+        path = _task_path(task_id, "complete")
+        return self._parsed(_task, *await self._arequest("POST", path, _json.dumps({"result": result})))
+
+    def fail_task(self, task_id: str, error: str) -> dict[str, Any]:
+        """End the task as ``failed`` with the non-empty ``error`` text."""
+        path = _task_path(task_id, "fail")
+        return self._parsed(_task, *self._request("POST", path, _json.dumps({"error": error})))
+
+    async def afail_task(self, task_id: str, error: str) -> dict[str, Any]:
+        """``fail_task`` for coroutines."""
+        path = _task_path(task_id, "fail")
+        return self._parsed(_task, *await self._arequest("POST", path, _json.dumps({"error": error})))
+
+    def stop_task(self, task_id: str, by: str | None = None) -> dict[str, Any]:
+        """Ask the task to stop; ``by`` (who asked) goes into its message.
+
+        A running task becomes ``stopping`` (its worker sees that in its next ``report``
+        answer) and ``cancelled`` when the grace passes; a pending one is cancelled at once;
+        one already stopping is left as it is. An ended task raises ``PublishError`` 409.
+        """
+        body = _json.dumps({"by": by} if by is not None else {})
+        return self._parsed(_task, *self._request("POST", _task_path(task_id, "stop"), body))
+
+    async def astop_task(self, task_id: str, by: str | None = None) -> dict[str, Any]:
+        """``stop_task`` for coroutines."""
+        body = _json.dumps({"by": by} if by is not None else {})
+        return self._parsed(_task, *await self._arequest("POST", _task_path(task_id, "stop"), body))
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """The task as it is now."""
+        return self._parsed(_task, *self._request("GET", _task_path(task_id)))
+
+    async def aget_task(self, task_id: str) -> dict[str, Any]:
+        """``get_task`` for coroutines."""
+        return self._parsed(_task, *await self._arequest("GET", _task_path(task_id)))
+
+    def list_tasks(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of tasks, newest first: ``{"tasks": [...], "next_cursor": str | None}``.
+
+        ``status`` is one status or several (any of them matches); pass ``next_cursor`` back
+        as ``cursor`` for the next page (``None``: this was the last).
+        """
+        path = _list_query(status, kind, owner, limit, cursor)
+        return self._parsed(_task_list, *self._request("GET", path))
+
+    async def alist_tasks(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """``list_tasks`` for coroutines."""
+        path = _list_query(status, kind, owner, limit, cursor)
+        return self._parsed(_task_list, *await self._arequest("GET", path))
 
     # -- one request --------------------------------------------------------------------
     def _parsed(self, parse: Callable[[Any], _T], status: int, body: Any) -> _T:
@@ -218,14 +416,15 @@ class Publisher:
         except _BadAnswer as exc:
             raise PublishError(status, "bad_response", f"roomcast at {self.url} gave an unexpected answer: {exc}") from None
 
-    def _headers(self, length: int) -> dict[str, str]:
+    def _headers(self, body: bytes | None) -> dict[str, str]:
         headers = {
-            "Content-Type": "application/json",
-            "Content-Length": str(length),
             "Accept": "application/json",
             "User-Agent": "roomcast-publisher",
             "Connection": "close",
         }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = str(len(body))
         if self.api_key is not None:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
@@ -237,8 +436,8 @@ class Publisher:
             reason = str(exc) or type(exc).__name__
         return PublishError(0, "unreachable", f"cannot reach roomcast at {self.url}: {reason}")
 
-    def _post(self, path: str, body: bytes) -> tuple[int, Any]:
-        """POST with ``http.client``: a blocking socket of this thread's own, closed on return."""
+    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        """One request with ``http.client``: a blocking socket of this thread's own, closed on return."""
         t = self._target
         conn: http.client.HTTPConnection
         if t.tls:
@@ -246,7 +445,7 @@ class Publisher:
         else:
             conn = http.client.HTTPConnection(t.host, t.port, timeout=self.timeout)
         try:
-            conn.request("POST", t.prefix + path, body=body, headers=self._headers(len(body)))
+            conn.request(method, t.prefix + path, body=body, headers=self._headers(body))
             response = conn.getresponse()
             payload = response.read(MAX_ANSWER + 1)
         except OSError as exc:  # refused, reset, timed out, DNS, TLS: no answer came
@@ -259,12 +458,12 @@ class Publisher:
             raise PublishError(response.status, "bad_response", f"the answer from {self.url} is too large")
         return response.status, _answer(self.url, response.status, payload)
 
-    async def _apost(self, path: str, body: bytes) -> tuple[int, Any]:
-        """POST on ``asyncio`` streams, within one ``timeout`` for the whole exchange."""
+    async def _arequest(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        """One request on ``asyncio`` streams, within one ``timeout`` for the whole exchange."""
         t = self._target
-        head = [f"POST {t.prefix + path} HTTP/1.1", f"Host: {t.host_header}"]
-        head.extend(f"{name}: {value}" for name, value in self._headers(len(body)).items())
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        head = [f"{method} {t.prefix + path} HTTP/1.1", f"Host: {t.host_header}"]
+        head.extend(f"{name}: {value}" for name, value in self._headers(body).items())
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
         try:
             async with asyncio.timeout(self.timeout):
                 status, payload = await self._exchange(request)

@@ -116,4 +116,4 @@ async def test_the_openapi_document_describes_every_route() -> None:
         assert set(doc["paths"]) == {"/api/publish", "/api/broadcast", "/api/rooms", "/api/history",
                                      "/api/presence", "/api/disconnect", "/api/tasks", "/api/tasks/{id}",
                                      "/api/tasks/{id}/progress", "/api/tasks/{id}/complete",
-                                     "/api/tasks/{id}/fail", "/api/tasks/{id}/stop"}
+                                     "/api/tasks/{id}/fail", "/api/tasks/{id}/stop", "/api/tasks/{id}/cancel"}

@@ -67,6 +67,7 @@ async def test_bad_task_requests_are_refused_and_change_nothing() -> None:
             got, answer = await _call(srv, method, path, body)
             assert got == status, (path, answer)
             assert message in answer["error"]["message"], (path, answer)
+        assert (await _call(srv, "GET", f"/api/tasks/{tid}"))[1]["status"] == "pending"  # bad reports start nothing
         assert (await _call(srv, "POST", f"/api/tasks/{tid}/complete", {"result": 1}))[0] == 200
         got, answer = await _call(srv, "POST", f"/api/tasks/{tid}/complete", {"result": 2})
         assert got == 409 and answer["error"]["code"] == "conflict"
@@ -143,3 +144,15 @@ async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a
         finally:
             ws.close()
         assert (await app.tasks.get(other_kind.id)).status.value == "running"  # refused: untouched
+
+
+async def test_a_worker_acknowledges_a_stop_and_the_task_ends_cancelled_at_once() -> None:
+    async with running(App(Hub(), Settings())) as srv:  # the default 5 s grace: no waiting on it
+        _, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl"})
+        _, reported = await _call(srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 5})
+        assert reported["status"] == "running"
+        await _call(srv, "POST", f"/api/tasks/{task['id']}/stop", {})
+        _, told = await _call(srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 6})
+        assert told["status"] == "stopping"  # how an out-of-process worker learns of the stop
+        status, ended = await _call(srv, "POST", f"/api/tasks/{task['id']}/cancel", {"reason": "stopped at page 6"})
+        assert status == 200 and ended["status"] == "cancelled" and ended["message"] == "stopped at page 6"

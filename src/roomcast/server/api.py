@@ -250,26 +250,37 @@ class ApiServer:
     async def task_progress(self, request: HttpRequest, task_id: str) -> HttpResponse:
         body = _body(request)
         service = self._service()
-        if (await service.get(task_id)).status is TaskStatus.PENDING:
-            await service.begin(task_id)  # an external worker's first report starts the task
         progress, step, message = body.get("progress"), body.get("step"), body.get("message")
-        if progress is not None and (not isinstance(progress, (int, float)) or isinstance(progress, bool)):
+        if progress is not None and (
+            not isinstance(progress, (int, float)) or isinstance(progress, bool) or not 0 <= progress <= 100
+        ):
             raise BadRequest("'progress' must be a number from 0 to 100")
         for value, what in ((step, "step"), (message, "message")):
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"'{what}' must be a string")
+        if (await service.get(task_id)).status is TaskStatus.PENDING:
+            await service.begin(task_id)  # an external worker's first (valid) report starts the task
         task = await service.report(task_id, progress=progress, step=step, message=message)
         return _ok(task.to_json())
 
     async def task_complete(self, request: HttpRequest, task_id: str) -> HttpResponse:
         body = _body(request) if request.body else {}
-        return _ok((await self._service().complete(task_id, body.get("result"))).to_json())
+        service = self._service()
+        if (await service.get(task_id)).status is TaskStatus.PENDING:
+            await service.begin(task_id)  # a worker that never reported progress: it ran
+        return _ok((await service.complete(task_id, body.get("result"))).to_json())
 
     async def task_fail(self, request: HttpRequest, task_id: str) -> HttpResponse:
         error = _body(request).get("error")
         if not isinstance(error, str) or not error:
             raise BadRequest("'error' must be a non-empty string")
         return _ok((await self._service().fail(task_id, error)).to_json())
+
+    async def task_cancel(self, request: HttpRequest, task_id: str) -> HttpResponse:
+        """A worker acknowledging a stop (or giving up): the task ends ``cancelled`` now."""
+        body = _body(request) if request.body else {}
+        reason = body.get("reason")
+        return _ok((await self._service().cancel(task_id, reason if isinstance(reason, str) else None)).to_json())
 
     async def task_stop(self, request: HttpRequest, task_id: str) -> HttpResponse:
         body = _body(request) if request.body else {}
@@ -285,6 +296,7 @@ TASK_ROUTES: dict[str, dict[str, TaskRoute]] = {
     "complete": {"POST": ApiServer.task_complete},
     "fail": {"POST": ApiServer.task_fail},
     "stop": {"POST": ApiServer.task_stop},
+    "cancel": {"POST": ApiServer.task_cancel},
 }
 
 ROUTES: dict[str, dict[str, Route]] = {
@@ -412,6 +424,7 @@ OPENAPI: dict[str, Any] = {
             ("fail", "Fail with an error", {"error": {"type": "string"}}),
             ("stop", "Request a stop: stopping now, cancelled when acknowledged or after the grace period",
              {"by": {"type": "string"}}),
+            ("cancel", "End the task cancelled now (a worker acknowledging a stop)", {"reason": {"type": "string"}}),
         ]},
         "/api/disconnect": {"post": {
             "summary": "Disconnect one connection, or every connection of a user",
