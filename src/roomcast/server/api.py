@@ -251,24 +251,17 @@ class ApiServer:
         body = _body(request)
         service = self._service()
         progress, step, message = body.get("progress"), body.get("step"), body.get("message")
-        if progress is not None and (
-            not isinstance(progress, (int, float)) or isinstance(progress, bool) or not 0 <= progress <= 100
-        ):
-            raise BadRequest("'progress' must be a number from 0 to 100")
+        if progress is not None and (not isinstance(progress, (int, float)) or isinstance(progress, bool)):
+            raise BadRequest("'progress' must be a number from 0 to 100")  # the range: the model's rule
         for value, what in ((step, "step"), (message, "message")):
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"'{what}' must be a string")
-        if (await service.get(task_id)).status is TaskStatus.PENDING:
-            await service.begin(task_id)  # an external worker's first (valid) report starts the task
         task = await service.report(task_id, progress=progress, step=step, message=message)
         return _ok(task.to_json())
 
     async def task_complete(self, request: HttpRequest, task_id: str) -> HttpResponse:
         body = _body(request) if request.body else {}
-        service = self._service()
-        if (await service.get(task_id)).status is TaskStatus.PENDING:
-            await service.begin(task_id)  # a worker that never reported progress: it ran
-        return _ok((await service.complete(task_id, body.get("result"))).to_json())
+        return _ok((await self._service().complete(task_id, body.get("result"))).to_json())
 
     async def task_fail(self, request: HttpRequest, task_id: str) -> HttpResponse:
         error = _body(request).get("error")

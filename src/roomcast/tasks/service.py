@@ -319,15 +319,26 @@ class TaskService:
     ) -> Task:
         """Record progress (coalesced like a producer's); returns the task with it applied.
 
+        A worker in another process reports on the task it was handed: its first valid report
+        starts a ``pending`` task (a bad one leaves it pending).
+
         Raises:
             TaskNotFound, InvalidProgress, InvalidTransition: nothing changes then.
         """
         live = await self._load(task_id)
+        if live.task.status is TaskStatus.PENDING:
+            now = time.time()
+            live.task.start(now).progress_to(now, progress, step, message)  # validate before starting
+            await self._change(live, lambda t, now: t.start(now))
         self._progress(live, progress, step, message)
         return live.task
 
     async def complete(self, task_id: str, result: JSONValue = None) -> Task:
-        return await self._change(await self._load(task_id), lambda t, now: t.complete(now, result))
+        """End as completed; a ``pending`` task a worker finished without reporting is started first."""
+        live = await self._load(task_id)
+        if live.task.status is TaskStatus.PENDING:
+            await self._change(live, lambda t, now: t.start(now))
+        return await self._change(live, lambda t, now: t.complete(now, result))
 
     async def fail(self, task_id: str, error: str) -> Task:
         return await self._change(await self._load(task_id), lambda t, now: t.fail(now, error))
