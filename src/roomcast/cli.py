@@ -16,13 +16,13 @@ from typing import Any, NoReturn
 import click
 
 from roomcast import __version__
-from roomcast.errors import PublishError
+from roomcast.errors import PublishError, TaskError
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.config import Settings
 from roomcast.server.runner import run
 from roomcast.tail import Tail
-from roomcast.tasks.model import TaskStatus
+from roomcast.tasks.model import TaskEvents, TaskStatus, parse_event_aliases
 
 __all__ = ["main"]
 
@@ -67,6 +67,22 @@ def main() -> None:
                    "the official server's connectionStateRecovery); 0 turns it off.")
 @click.option("--task-db", envvar="ROOMCAST_TASK_DB", show_envvar=True, default="roomcast-tasks.db",
               show_default=True, help="SQLite file the tasks are kept in (':memory:' keeps none across restarts).")
+@click.option("--task-stop-grace", envvar="ROOMCAST_TASK_STOP_GRACE", type=click.FloatRange(min=0), default=5.0,
+              show_default=True, show_envvar=True,
+              help="Seconds a task's producer has to acknowledge a stop before it is marked cancelled anyway.")
+@click.option("--task-event", "task_events", envvar="ROOMCAST_TASK_EVENT", multiple=True, show_envvar=True,
+              help="Alias a task event name for one kind: KIND.EVENT=NAME, e.g. crawl.progress=crawl_progress "
+                   "(EVENT: created, progress, stopping, cancelled, completed, failed, timed_out, updated). "
+                   "Repeat for several; in the variable, separate them with spaces.")
+@click.option("--task-list-room", "task_list_rooms", envvar="ROOMCAST_TASK_LIST_ROOM", multiple=True,
+              show_envvar=True, type=click.Choice(["kind", "owner"]),
+              help="Also publish task summaries to tasks:kind:{kind} and/or tasks:owner:{owner}.")
+@click.option("--task-keep-days", envvar="ROOMCAST_TASK_KEEP_DAYS", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, show_envvar=True,
+              help="Delete finished tasks older than this many days (0 keeps them for ever).")
+@click.option("--task-keep-count", envvar="ROOMCAST_TASK_KEEP_COUNT", type=click.IntRange(min=0), default=10_000,
+              show_default=True, show_envvar=True,
+              help="Keep at most this many finished tasks, the newest (0: no limit).")
 @click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
               help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
                    "API answers loopback clients only.")
@@ -85,6 +101,11 @@ def serve(
     jwt_issuer: str | None,
     recovery_window: float,
     task_db: str,
+    task_stop_grace: float,
+    task_events: tuple[str, ...],
+    task_list_rooms: tuple[str, ...],
+    task_keep_days: float,
+    task_keep_count: int,
     api_key: str | None,
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
@@ -107,6 +128,11 @@ def serve(
         api_key=api_key,
         recovery_window=recovery_window,
         task_db=task_db,
+        task_stop_grace=task_stop_grace,
+        task_events=_task_aliases(task_events),
+        task_list_rooms=tuple(dict.fromkeys(task_list_rooms)),
+        task_keep_days=task_keep_days or None,
+        task_keep_count=task_keep_count or None,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:
@@ -124,6 +150,13 @@ def serve(
     except ValueError as exc:  # an unsafe or inconsistent auth configuration
         raise click.BadParameter(str(exc)) from exc
     run(app, on_ready=ready)
+
+
+def _task_aliases(specs: tuple[str, ...]) -> dict[str, TaskEvents]:
+    try:
+        return parse_event_aliases(specs)
+    except TaskError as exc:
+        raise click.BadParameter(str(exc), param_hint="--task-event") from exc
 
 
 _url_option = click.option(

@@ -469,3 +469,26 @@ def test_room_names() -> None:
     assert LIST_ROOM == "tasks"
     assert kind_room("crawl") == "tasks:kind:crawl"
     assert owner_room("u1") == "tasks:owner:u1"
+
+
+# -- event aliases from configuration -----------------------------------------------------------
+
+
+def test_parse_event_aliases_builds_one_taskevents_per_kind_keeping_unnamed_defaults() -> None:
+    from roomcast.tasks.model import DEFAULT_EVENTS, parse_event_aliases
+
+    parsed = parse_event_aliases(["crawl.progress=crawl_progress", "crawl.cancelled = crawl:stopped",
+                                  "ai.gen.completed=generation_done"])
+    assert parsed["crawl"].progress == "crawl_progress" and parsed["crawl"].cancelled == "crawl:stopped"
+    assert parsed["crawl"].completed == DEFAULT_EVENTS.completed
+    assert parsed["ai.gen"].completed == "generation_done"  # a kind may contain dots: the last one splits
+    assert parse_event_aliases([]) == {}
+
+
+@pytest.mark.parametrize("spec", ["crawl_progress", "crawl.progress", "progress=x", "crawl.progress=",
+                                  "crawl.speed=x", ".progress=x"])
+def test_parse_event_aliases_refuses_bad_specs_with_the_expected_form(spec: str) -> None:
+    from roomcast.tasks.model import parse_event_aliases
+
+    with pytest.raises(TaskError, match="KIND.EVENT=NAME|EVENT must be one of"):
+        parse_event_aliases([spec])

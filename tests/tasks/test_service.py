@@ -89,7 +89,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
 @pytest.fixture
 async def service(hub: Hub, store: SqliteTaskStore) -> AsyncIterator[TaskService]:
     svc = TaskService(hub, store, stop_grace=0.05)
-    await svc.start()
+    await svc.open()
     yield svc
     await svc.aclose()
 
@@ -113,7 +113,7 @@ async def test_run_completes_and_publishes_every_change(
     hub: Hub, service: TaskService, store: SqliteTaskStore
 ) -> None:
     rec = recorder(hub, task_room("t1"), LIST_ROOM)
-    async with service.run("crawl", title="Crawl", id="t1", metadata={"site": "x"}) as task:
+    async with service.start("crawl", title="Crawl", id="t1", metadata={"site": "x"}) as task:
         task.progress(50, "fetch", "half")
         await task.complete({"pages": 3})
     room = rec.events(task_room("t1"))
@@ -134,7 +134,7 @@ async def test_run_completes_and_publishes_every_change(
 
 async def test_leaving_run_without_complete_completes_with_none(hub: Hub, service: TaskService) -> None:
     rec = recorder(hub, task_room("t1"))
-    async with service.run("crawl", id="t1"):
+    async with service.start("crawl", id="t1"):
         pass
     event, data = rec.events(task_room("t1"))[-1]
     assert event == "task:completed" and data["result"] is None
@@ -143,7 +143,7 @@ async def test_leaving_run_without_complete_completes_with_none(hub: Hub, servic
 async def test_an_exception_fails_the_task_and_propagates(hub: Hub, service: TaskService) -> None:
     rec = recorder(hub, task_room("t1"))
     with pytest.raises(ValueError, match="boom"):
-        async with service.run("crawl", id="t1"):
+        async with service.start("crawl", id="t1"):
             raise ValueError("boom")
     event, data = rec.events(task_room("t1"))[-1]
     assert event == "task:failed" and data["error"] == "boom"
@@ -156,7 +156,7 @@ async def test_request_stop_cancels_the_producer_and_ends_cancelled(hub: Hub, se
     after_block: list[bool] = []
 
     async def producer() -> None:
-        async with service.run("crawl", id="t1") as task:
+        async with service.start("crawl", id="t1") as task:
             task.progress(10)
             entered.set()
             await asyncio.Event().wait()  # a producer blocked in I/O until the stop cancels it
@@ -182,7 +182,7 @@ async def test_stop_grace_cancels_a_producer_that_ignores_cancellation(
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def stubborn() -> None:
-        async with service.run("crawl", id="t1"):
+        async with service.start("crawl", id="t1"):
             entered.set()
             while not release.is_set():
                 try:
@@ -216,7 +216,7 @@ async def test_request_stop_of_a_pending_task_cancels_it(hub: Hub, service: Task
 
 
 async def test_a_late_subscriber_gets_the_final_snapshot(hub: Hub, service: TaskService) -> None:
-    async with service.run("crawl", id="t1") as task:
+    async with service.start("crawl", id="t1") as task:
         await task.complete({"answer": 42})
     late = recorder(hub, name="late")
     reply = await hub.subscribe(late, task_room("t1"))
@@ -231,7 +231,7 @@ async def test_a_late_subscriber_gets_the_final_snapshot(hub: Hub, service: Task
 
 async def test_10000_progress_calls_are_coalesced_and_the_end_is_last(hub: Hub, service: TaskService) -> None:
     rec = recorder(hub, task_room("t1"))
-    async with service.run("crawl", id="t1") as task:
+    async with service.start("crawl", id="t1") as task:
         for i in range(10_000):
             task.progress(i / 100)
         await task.complete("done")
@@ -253,7 +253,7 @@ async def test_progress_spread_over_time_is_published_about_every_interval(
         return [data["progress"] for event, data in rec.events(task_room("t1")) if event == "task:progress"]
 
     started = loop.time()
-    async with service.run("crawl", id="t1") as task:
+    async with service.start("crawl", id="t1") as task:
         reported = 0
         for wanted in range(1, 4):  # report in bursts, each time until one more publication shows up
             while len(published()) < wanted:
@@ -275,7 +275,7 @@ async def test_progress_from_another_thread(hub: Hub, service: TaskService) -> N
     rec = recorder(hub, task_room("t1"))
     threads: set[int] = set()
 
-    async with service.run("crawl", id="t1") as task:
+    async with service.start("crawl", id="t1") as task:
 
         def work() -> None:
             threads.add(threading.get_ident())
@@ -314,7 +314,7 @@ async def test_deadline_times_out_a_running_task(hub: Hub, service: TaskService)
     finished = asyncio.Event()
 
     async def slow() -> None:
-        async with service.run("crawl", id="t1", deadline=time.time() + 0.05):
+        async with service.start("crawl", id="t1", deadline=time.time() + 0.05):
             await asyncio.Event().wait()
         finished.set()
 
@@ -330,7 +330,7 @@ async def test_restart_fails_tasks_left_running(hub: Hub, tmp_path: Path) -> Non
     path = tmp_path / "restart.db"
     first_store = SqliteTaskStore(path)
     first = TaskService(hub, first_store)
-    await first.start()
+    await first.open()
     await first.create("crawl", id="running")
     await first.begin("running")
     await first.create("crawl", id="done")
@@ -342,7 +342,7 @@ async def test_restart_fails_tasks_left_running(hub: Hub, tmp_path: Path) -> Non
     second_store = SqliteTaskStore(path)
     second = TaskService(hub, second_store)
     try:
-        await second.start()
+        await second.open()
         event, data = rec.events(task_room("running"))[-1]
         assert event == "task:failed" and data["error"] == INTERRUPTED_REASON
         assert names(rec.events(LIST_ROOM)) == ["task:failed"]
@@ -361,7 +361,7 @@ async def test_restart_fails_tasks_left_running(hub: Hub, tmp_path: Path) -> Non
 
 async def test_bad_inputs_raise_and_publish_nothing(hub: Hub, service: TaskService) -> None:
     rec = recorder(hub, task_room("t1"), task_room("nope"), LIST_ROOM)
-    async with service.run("crawl", id="t1") as task:
+    async with service.start("crawl", id="t1") as task:
         await task.complete("first")
     await service.create("crawl", id="t2")
     await service.begin("t2")
@@ -391,7 +391,7 @@ async def test_bad_inputs_raise_and_publish_nothing(hub: Hub, service: TaskServi
 
 async def test_invalid_progress_in_run_raises_at_the_call(hub: Hub, service: TaskService) -> None:
     with pytest.raises(InvalidProgress):
-        async with service.run("crawl", id="t1") as task:
+        async with service.start("crawl", id="t1") as task:
             task.progress(float("nan"))
     assert (await service.get("t1")).status is S.FAILED
 
@@ -402,7 +402,7 @@ async def test_invalid_progress_in_run_raises_at_the_call(hub: Hub, service: Tas
 async def test_event_aliases_and_kind_rooms(hub: Hub, store: SqliteTaskStore) -> None:
     aliases = TaskEvents(progress="crawl_progress", cancelled="crawl:stopped")
     svc = TaskService(hub, store, events={"crawl": aliases}, list_rooms=("kind",), stop_grace=0.05)
-    await svc.start()
+    await svc.open()
     try:
         rec = recorder(hub, task_room("t1"), kind_room("crawl"))
         await svc.create("crawl", id="t1")
@@ -429,3 +429,171 @@ async def test_generated_ids_and_list(service: TaskService) -> None:
 async def test_constructor_refuses_unknown_list_rooms(hub: Hub, store: SqliteTaskStore) -> None:
     with pytest.raises(ValueError):
         TaskService(hub, store, list_rooms=("colour",))
+
+
+# -- the decorator, time_out, retention ---------------------------------------------------------
+
+
+async def test_decorated_function_runs_as_a_task_and_its_return_value_is_the_result(
+    hub: Hub, service: TaskService
+) -> None:
+    rec = recorder(hub, LIST_ROOM)
+
+    @service.task("crawl", title="Crawl")
+    async def crawl(task: Any, site: str) -> dict[str, Any]:
+        task.progress(50, step=f"fetching {site}")
+        return {"site": site, "pages": 3}
+
+    assert await crawl("example.com") == {"site": "example.com", "pages": 3}
+    done = await rec.until_event(LIST_ROOM, "task:completed")
+    assert (await service.get(done["id"])).result == {"site": "example.com", "pages": 3}
+
+
+async def test_decorated_function_that_raises_fails_the_task_and_the_caller_sees_the_error(
+    hub: Hub, service: TaskService
+) -> None:
+    rec = recorder(hub, LIST_ROOM)
+
+    @service.task("import")
+    async def broken(task: Any) -> None:
+        raise ValueError("bad row 7")
+
+    with pytest.raises(ValueError, match="bad row 7"):
+        await broken()
+    failed = await rec.until_event(LIST_ROOM, "task:failed")
+    assert "bad row 7" in (await service.get(failed["id"])).error  # type: ignore[operator]
+
+
+async def test_decorated_function_stopped_mid_way_ends_cancelled_and_returns_none(
+    hub: Hub, service: TaskService
+) -> None:
+    rec = recorder(hub, LIST_ROOM)
+    started = asyncio.Event()
+
+    @service.task("crawl")
+    async def forever(task: Any) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    call = asyncio.create_task(forever())
+    async with asyncio.timeout(WAIT):
+        await started.wait()
+    created = await rec.until_event(LIST_ROOM, "task:created")
+    await service.request_stop(created["id"])
+    async with asyncio.timeout(WAIT):
+        assert await call is None
+    assert (await service.get(created["id"])).status is S.CANCELLED
+
+
+async def test_time_out_ends_a_followed_job_with_the_reason(hub: Hub, service: TaskService) -> None:
+    task = await service.create("render", id="t1")
+    await service.begin(task.id)
+    rec = recorder(hub, task_room("t1"))
+    ended = await service.time_out("t1", "upstream did not finish within 60s")
+    assert ended.status is S.TIMED_OUT and ended.error == "upstream did not finish within 60s"
+    assert names(rec.events(task_room("t1")))[-1] == "task:timed_out"
+    with pytest.raises(InvalidTransition):
+        await service.time_out("t1")
+    with pytest.raises(TaskNotFound):
+        await service.time_out("nope")
+
+
+async def _finished(svc: TaskService, count: int, kind: str = "crawl") -> list[str]:
+    ids = []
+    for _ in range(count):
+        task = await svc.create(kind)
+        await svc.complete(task.id, None)
+        ids.append(task.id)
+    return ids
+
+
+async def test_retention_keeps_the_newest_finished_tasks_and_never_a_running_one(
+    hub: Hub, store: SqliteTaskStore
+) -> None:
+    svc = TaskService(hub, store, keep_count=3)
+    await svc.open()
+    try:
+        running = await svc.create("crawl")
+        await svc.begin(running.id)
+        old = await _finished(svc, 5)
+        new = await _finished(svc, 3)
+        assert await svc.prune() == 5
+        left, _ = await svc.list(limit=100)
+        assert {t.id for t in left} == set(new) | {running.id}
+        assert (await svc.get(running.id)).status is S.RUNNING
+        assert not {t.id for t in left} & set(old)
+    finally:
+        await svc.aclose()
+
+
+async def test_retention_by_age_deletes_only_tasks_that_finished_long_ago(
+    hub: Hub, store: SqliteTaskStore
+) -> None:
+    svc = TaskService(hub, store)
+    await svc.open()
+    try:
+        recent = await _finished(svc, 2)
+        fresh = await svc.create("crawl")
+        fresh_done = await svc.complete(fresh.id, None)
+    finally:
+        await svc.aclose()
+    long_ago = time.time() - 40 * 86400
+    ancient = Task.from_json({**fresh_done.to_json(), "id": "ancient", "created_at": long_ago,
+                              "updated_at": long_ago, "started_at": long_ago, "finished_at": long_ago})
+    assert await store.put(ancient)
+    stale_but_running = Task.from_json({**ancient.to_json(), "id": "slow", "status": "running",
+                                        "finished_at": None})
+    assert await store.put(stale_but_running)
+
+    pruning = TaskService(hub, store, keep_days=30)
+    await pruning.open()
+    try:
+        assert await store.get("ancient") is None
+        assert all([await store.get(i) for i in [*recent, fresh.id]])
+        slow = await store.get("slow")  # not pruned: it was live (now failed by the restart)
+        assert slow is not None and slow.status is S.FAILED
+        assert await pruning.prune() == 0  # nothing more is due
+    finally:
+        await pruning.aclose()
+
+
+class _CountingStore(SqliteTaskStore):
+    """Tells the test each time a retention pass trims the store."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.passes = 0
+        self.trimmed = asyncio.Event()
+
+    async def keep_newest(self, count: int) -> int:
+        removed = await super().keep_newest(count)
+        self.passes += 1
+        self.trimmed.set()
+        return removed
+
+
+async def test_retention_runs_again_on_its_interval(hub: Hub, tmp_path: Path) -> None:
+    counting = _CountingStore(tmp_path / "counting.db")
+    await counting.open()
+    svc = TaskService(hub, counting, keep_count=1, retention_interval=0.01)
+    try:
+        await svc.open()
+        assert counting.passes == 1  # the pass in open()
+        ids = await _finished(svc, 3)
+        async with asyncio.timeout(WAIT):
+            while counting.passes < 2:
+                counting.trimmed.clear()
+                await counting.trimmed.wait()
+            while [t.id for t in (await svc.list(limit=10))[0]] != ids[-1:]:
+                counting.trimmed.clear()
+                await counting.trimmed.wait()
+    finally:
+        await svc.aclose()
+        await counting.aclose()
+
+
+async def test_retention_settings_are_checked(hub: Hub, store: SqliteTaskStore) -> None:
+    for bad in ({"keep_days": 0}, {"keep_count": -1}, {"retention_interval": 0}):
+        with pytest.raises(ValueError):
+            TaskService(hub, store, **bad)  # type: ignore[arg-type]

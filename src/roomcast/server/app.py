@@ -111,7 +111,15 @@ class App:
         )
         self.ws = WsServer(self.hub, cors=cors, authenticator=self.authenticator, expiry=self.expiry)
         self.task_store = SqliteTaskStore(settings.task_db)
-        self.tasks = self.hub.tasks = TaskService(self.hub, self.task_store, stop_grace=settings.task_stop_grace)
+        self.tasks = self.hub.tasks = TaskService(
+            self.hub,
+            self.task_store,
+            stop_grace=settings.task_stop_grace,
+            events=settings.task_events,
+            list_rooms=settings.task_list_rooms,
+            keep_days=settings.task_keep_days,
+            keep_count=settings.task_keep_count,
+        )
         self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks)
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
@@ -138,7 +146,7 @@ class App:
             logger.info("clients need a valid token (%s)", ", ".join(self.authenticator.algorithms))
         await self.hub.start()
         await self.task_store.open()
-        await self.tasks.start()  # tasks a previous run left running are failed, and say so
+        await self.tasks.open()  # tasks a previous run left running are failed, and say so
         self._ready = True
 
     async def shutdown(self, reason: Disconnect | None = None) -> None:

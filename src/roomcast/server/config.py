@@ -1,12 +1,15 @@
 """``Settings``: every knob of a roomcast server, with the embedded defaults.
 
-Imports only L0. The CLI fills it from flags and ``ROOMCAST_*`` variables; code that embeds
-roomcast builds it directly.
+Imports L0 and the task model (for event aliases). The CLI fills it from flags and
+``ROOMCAST_*`` variables; code that embeds roomcast builds it directly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from roomcast.tasks.model import TaskEvents
 
 __all__ = ["Settings"]
 
@@ -53,6 +56,12 @@ class Settings:
             CLI defaults to a file, so finished tasks survive a restart).
         task_stop_grace: seconds a task's producer has to acknowledge a stop before the task
             is marked ``cancelled`` anyway.
+        task_events: event-name aliases per task kind (``roomcast.tasks.model.TaskEvents``),
+            so clients that already listen for ``crawl_progress`` work unchanged.
+        task_list_rooms: extra task summary rooms besides ``tasks``: ``"kind"``
+            (``tasks:kind:{kind}``) and/or ``"owner"`` (``tasks:owner:{owner}``).
+        task_keep_days: finished tasks older than this are deleted (``None`` keeps them).
+        task_keep_count: at most this many finished tasks are kept, the newest (``None``: all).
     """
 
     host: str = "127.0.0.1"
@@ -76,3 +85,7 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     task_db: str = ":memory:"
     task_stop_grace: float = 5.0
+    task_events: Mapping[str, TaskEvents] = field(default_factory=dict)
+    task_list_rooms: tuple[str, ...] = ()
+    task_keep_days: float | None = 30.0
+    task_keep_count: int | None = 10_000

@@ -22,8 +22,8 @@ event an explicit no-op by checking ``task.is_terminal`` (or ``err.current == er
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "TaskEvents",
     "DEFAULT_EVENTS",
     "event_for",
+    "parse_event_aliases",
     "task_room",
     "LIST_ROOM",
     "kind_room",
@@ -433,6 +434,32 @@ class TaskEvents:
 
 
 DEFAULT_EVENTS = TaskEvents()
+
+_EVENT_FIELDS = tuple(f.name for f in fields(TaskEvents))
+
+
+def parse_event_aliases(specs: Iterable[str]) -> dict[str, TaskEvents]:
+    """Event-name aliases from ``KIND.EVENT=NAME`` strings, as the CLI and settings give them.
+
+    ``crawl.progress=crawl_progress`` makes kind ``crawl`` publish its progress as
+    ``crawl_progress``; every name not given keeps its default. ``EVENT`` is a field of
+    ``TaskEvents`` (``created``, ``progress``, ``stopping``, ``cancelled``, ``completed``,
+    ``failed``, ``timed_out``, ``updated``).
+
+    Raises:
+        TaskError: a spec without ``.`` and ``=``, an unknown ``EVENT``, an empty name.
+    """
+    names: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        target, sep, name = spec.partition("=")
+        kind, dot, event = target.strip().rpartition(".")
+        name = name.strip()
+        if not (sep and dot and kind and name):
+            raise TaskError(f"task event alias {spec!r} must look like KIND.EVENT=NAME (crawl.progress=crawl_progress)")
+        if event not in _EVENT_FIELDS:
+            raise TaskError(f"task event alias {spec!r}: EVENT must be one of {', '.join(_EVENT_FIELDS)}")
+        names.setdefault(kind, {})[event] = name
+    return {kind: TaskEvents(**given) for kind, given in names.items()}
 
 
 def event_for(

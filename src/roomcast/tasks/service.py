@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import logging
 import math
 import secrets
@@ -31,7 +32,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
 from roomcast.hub import Hub
@@ -60,6 +61,8 @@ LIST_ROOM_KINDS = frozenset({"kind", "owner"})
 """What ``list_rooms`` may name: extra summary rooms per kind and/or per owner."""
 
 _TASK_ROOM_PREFIX = task_room("")
+
+_R = TypeVar("_R")
 
 Change = Callable[[Task, float], Task]
 """``(task, now) -> new task``: one of the model's methods, applied under the task's lock."""
@@ -164,6 +167,9 @@ class TaskService:
         stop_grace: seconds a producer has to end after ``request_stop`` before the task is
             marked ``cancelled`` anyway.
         list_rooms: extra summary rooms besides ``LIST_ROOM``: ``"kind"`` and/or ``"owner"``.
+        keep_days: finished tasks older than this many days are deleted (``None``: kept).
+        keep_count: at most this many finished tasks are kept, the newest (``None``: all).
+        retention_interval: seconds between two retention passes; the first runs in ``open``.
     """
 
     def __init__(
@@ -175,12 +181,22 @@ class TaskService:
         events: Mapping[str, TaskEvents] | None = None,
         stop_grace: float = 5.0,
         list_rooms: Collection[str] = (),
+        keep_days: float | None = None,
+        keep_count: int | None = None,
+        retention_interval: float = 3600.0,
     ) -> None:
         unknown = set(list_rooms) - LIST_ROOM_KINDS
         if unknown:
             raise ValueError(f"list_rooms may only name {sorted(LIST_ROOM_KINDS)}, not {sorted(unknown)}")
         if not (progress_interval >= 0 and stop_grace >= 0):
             raise ValueError("progress_interval and stop_grace must be >= 0")
+        if (keep_days is not None and not keep_days > 0) or (keep_count is not None and keep_count < 0):
+            raise ValueError("keep_days must be > 0 and keep_count >= 0 (None keeps everything)")
+        if not retention_interval > 0:
+            raise ValueError("retention_interval must be > 0")
+        self._keep_days = keep_days
+        self._keep_count = keep_count
+        self._retention_interval = retention_interval
         self._hub = hub
         self._store = store
         self._interval = progress_interval
@@ -195,7 +211,7 @@ class TaskService:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Serve snapshots of ``task:*`` rooms and end the tasks a previous process left.
 
         Idempotent. Interrupted tasks are published as failed and their rooms marked
@@ -209,6 +225,31 @@ class TaskService:
         for task in await self._store.mark_interrupted(INTERRUPTED_REASON, time.time()):
             await self._publish(task, event_for(TaskStatus.RUNNING, task.status, self._events_of(task)))
             self._hub.mark_terminal(task_room(task.id))
+        if self._keep_days is not None or self._keep_count is not None:
+            await self.prune()
+            self._helpers.add(asyncio.create_task(self._retention_loop()))
+
+    async def prune(self) -> int:
+        """Delete finished tasks beyond the retention settings now; returns how many.
+
+        Only terminal tasks go: a running task is never pruned however old it is.
+        """
+        removed = 0
+        if self._keep_days is not None:
+            removed += await self._store.delete_older_than(time.time() - self._keep_days * 86400)
+        if self._keep_count is not None:
+            removed += await self._store.keep_newest(self._keep_count)
+        if removed:
+            logger.info("task retention: deleted %d finished tasks", removed)
+        return removed
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._retention_interval)
+            try:
+                await self.prune()
+            except Exception:  # a failed pass must not end retention for good
+                logger.exception("task retention pass failed")
 
     async def aclose(self) -> None:
         """Cancel timers and flushers; wait for changes already under way to be stored."""
@@ -268,7 +309,7 @@ class TaskService:
         return live.task
 
     @asynccontextmanager
-    async def run(
+    async def start(
         self,
         kind: str,
         title: str = "",
@@ -303,6 +344,41 @@ class TaskService:
         else:
             live.producer = None
             await self._end(live, lambda t, now: t.complete(now, None))
+
+    def task(
+        self,
+        kind: str,
+        title: str = "",
+        owner: str | None = None,
+        deadline: float | None = None,
+    ) -> Callable[[Callable[..., Awaitable[_R]]], Callable[..., Awaitable[_R]]]:
+        """Decorate a coroutine function so that each call runs as a task of ``kind``.
+
+        The function receives the ``TaskHandle`` as its first argument, then the caller's; its
+        return value becomes the task's result::
+
+            @hub.tasks.task("crawl", title="Crawl")
+            async def crawl(task: TaskHandle, site: str) -> int:
+                task.progress(50, step="fetching")
+                return 42
+
+        Ending follows ``start``: an exception fails the task (and is re-raised), a stop request
+        cancels it (the call then returns ``None``).
+        """
+
+        def decorate(fn: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with self.start(kind, title=title, owner=owner, deadline=deadline) as handle:
+                    result = await fn(handle, *args, **kwargs)
+                    if not handle.stop_requested:
+                        await handle.complete(_jsonable(result))
+                    return result
+                return None  # stopped: the block absorbed the cancellation
+
+            return wrapper
+
+        return decorate
 
     # -- external updates --------------------------------------------------------------------
 
@@ -346,6 +422,17 @@ class TaskService:
     async def cancel(self, task_id: str, reason: str | None = None) -> Task:
         """End as cancelled: a producer acknowledging a stop, or a pending task dropped."""
         return await self._change(await self._load(task_id), lambda t, now: t.cancel(now, reason))
+
+    async def time_out(self, task_id: str, reason: str = "deadline exceeded") -> Task:
+        """End as ``timed_out`` with ``reason``: an upstream job that did not finish in time.
+
+        Raises:
+            TaskNotFound, InvalidTransition: the task is unknown or has ended.
+        """
+        live = await self._load(task_id)
+        task = await self._change(live, lambda t, now: t.time_out(now, reason))
+        self._cancel_producer(live)
+        return task
 
     async def request_stop(self, task_id: str, by: str | None = None) -> Task:
         """Ask the task to stop: ``stopping`` now, ``cancelled`` when it ends or the grace expires.
@@ -613,6 +700,13 @@ def _summary(task: Task) -> dict[str, JSONValue]:
     data = task.to_json()
     del data["result"], data["metadata"]
     return data
+
+
+def _jsonable(value: object) -> JSONValue:
+    """``value`` if it is JSON (``None``, numbers, strings, lists, dicts), else its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+        return value  # nested values are checked by the model
+    return repr(value)
 
 
 def _error_text(exc: BaseException) -> str:
