@@ -156,3 +156,32 @@ async def test_a_worker_acknowledges_a_stop_and_the_task_ends_cancelled_at_once(
         assert told["status"] == "stopping"  # how an out-of-process worker learns of the stop
         status, ended = await _call(srv, "POST", f"/api/tasks/{task['id']}/cancel", {"reason": "stopped at page 6"})
         assert status == 200 and ended["status"] == "cancelled" and ended["message"] == "stopped at page 6"
+
+
+async def test_a_subscriber_arriving_after_the_end_gets_the_result_on_socketio_and_websocket() -> None:
+    import json
+
+    import socketio
+    from rawclient import open_websocket
+
+    async with running(App(Hub(), Settings())) as srv:
+        _, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl", "title": "done before anyone looked"})
+        await _call(srv, "POST", f"/api/tasks/{task['id']}/complete", {"result": {"pages": 7}})
+        room = f"task:{task['id']}"
+
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(srv.url, transports=["websocket"])
+        try:
+            reply = await client.call("subscribe", {"room": room}, timeout=5)
+        finally:
+            await client.disconnect()
+        assert reply["snapshot"]["status"] == "completed" and reply["snapshot"]["result"] == {"pages": 7}
+
+        ws = await open_websocket(srv.host, srv.port, "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"})
+        try:
+            ws.send(json.dumps({"type": "subscribe", "id": 1, "room": room}))
+            answer = json.loads(await ws.recv())
+        finally:
+            ws.close()
+        assert answer["type"] == "snapshot" and answer["room"] == room
+        assert answer["snapshot"]["status"] == "completed" and answer["snapshot"]["result"] == {"pages": 7}
