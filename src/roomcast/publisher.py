@@ -158,7 +158,12 @@ def _task_path(task_id: str, action: str = "") -> str:
 
 
 def _create_body(
-    kind: str, title: str, owner: str | None, deadline: float | None, metadata: Mapping[str, JSONValue] | None
+    kind: str,
+    title: str,
+    owner: str | None,
+    deadline: float | None,
+    metadata: Mapping[str, JSONValue] | None,
+    poll: Mapping[str, JSONValue] | None = None,
 ) -> bytes:
     body: dict[str, Any] = {"kind": kind, "title": title}
     if owner is not None:
@@ -167,6 +172,8 @@ def _create_body(
         body["deadline"] = deadline
     if metadata is not None:
         body["metadata"] = dict(metadata)
+    if poll is not None:
+        body["poll"] = dict(poll)
     return _json.dumps(body)
 
 
@@ -290,13 +297,19 @@ class Publisher:
         owner: str | None = None,
         deadline: float | None = None,
         metadata: Mapping[str, JSONValue] | None = None,
+        poll: Mapping[str, JSONValue] | None = None,
     ) -> dict[str, Any]:
         """Create a ``pending`` task of ``kind``; the answer's ``id`` names it from now on.
 
         ``deadline`` is a UNIX time after which the server times the task out; ``owner`` and
         ``metadata`` are the application's own. The task starts with the first ``report``.
+
+        With ``poll`` (a ``roomcast.tasks.poller.PollSpec`` as JSON: ``{"url", "interval",
+        "fields": {"progress", "status", ...}, ...}``) the server itself follows the upstream
+        job at that URL and the task is returned ``running``; a bad spec raises
+        ``PublishError`` 400 and no task is created.
         """
-        body = _create_body(kind, title, owner, deadline, metadata)
+        body = _create_body(kind, title, owner, deadline, metadata, poll)
         return self._parsed(_task, *self._request("POST", "/api/tasks", body))
 
     async def acreate_task(
@@ -307,9 +320,10 @@ class Publisher:
         owner: str | None = None,
         deadline: float | None = None,
         metadata: Mapping[str, JSONValue] | None = None,
+        poll: Mapping[str, JSONValue] | None = None,
     ) -> dict[str, Any]:
         """``create_task`` for coroutines."""
-        body = _create_body(kind, title, owner, deadline, metadata)
+        body = _create_body(kind, title, owner, deadline, metadata, poll)
         return self._parsed(_task, *await self._arequest("POST", "/api/tasks", body))
 
     def report(

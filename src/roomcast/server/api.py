@@ -6,6 +6,10 @@ configured the API answers loopback clients only, so a development server is usa
 the same machine and never from the network by accident. Errors are JSON
 ``{"error": {"code", "message"}}`` with the status that says what went wrong; the OpenAPI
 document (``GET /api/openapi.json``, no key needed) describes every route.
+
+``POST /api/tasks`` with a ``"poll"`` spec makes the server GET the URL it names
+(``roomcast.tasks.poller``): whoever holds the key can point the server at any address it can
+reach, one more reason the key is for trusted backends only.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from roomcast import _json, disconnect
 from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
 from roomcast.hub.hub import Hub
 from roomcast.tasks.model import TaskStatus
+from roomcast.tasks.poller import DEFAULT_DONE, DEFAULT_FAILED, PollSpec, TaskPoller
 from roomcast.tasks.service import TaskService
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
 from roomcast.types import StreamPosition
@@ -73,12 +78,22 @@ class ApiServer:
     Args:
         hub: the hub to publish to and inspect.
         api_key: the key backends present; ``None``: loopback clients only.
+        tasks: serves ``/api/tasks``; ``None``: no task routes.
+        pollers: follows the upstream jobs of tasks created with ``"poll"``; ``None``: refused.
     """
 
-    def __init__(self, hub: Hub, *, api_key: str | None = None, tasks: TaskService | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        api_key: str | None = None,
+        tasks: TaskService | None = None,
+        pollers: TaskPoller | None = None,
+    ) -> None:
         self.hub = hub
         self.api_key = api_key or None
         self.tasks = tasks
+        self.pollers = pollers
         self.refused = 0
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
@@ -221,9 +236,15 @@ class ApiServer:
         title = body.get("title", "")
         if not isinstance(title, str):
             raise BadRequest("'title' must be a string")
-        task = await self._service().create(
-            _name(body.get("kind"), "kind"), title=title, owner=owner, deadline=deadline, metadata=metadata
-        )
+        kind = _name(body.get("kind"), "kind")
+        poll = None
+        if body.get("poll") is not None:  # checked before anything is created
+            if self.pollers is None:
+                raise BadRequest("this server does not follow upstream jobs ('poll')")
+            poll = PollSpec.from_json(body["poll"])
+        task = await self._service().create(kind, title=title, owner=owner, deadline=deadline, metadata=metadata)
+        if poll is not None and self.pollers is not None:
+            task = await self.pollers.follow(task.id, poll)
         return _ok(task.to_json(), 201)
 
     async def list_tasks(self, request: HttpRequest) -> HttpResponse:
@@ -314,6 +335,30 @@ _POSITION = {
 }
 _JSON = "application/json"
 _TASK_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_PATH = {"type": "string", "description": "a dotted path into the answer, e.g. data.percent (a digit indexes a list)"}
+_POLL_SPEC = {
+    "type": "object",
+    "description": "Follow an upstream job: GET url every interval; map its JSON answer to the task; done/failed "
+    "status values end it. Transient errors (no answer, 5xx, 408, 429) are retried; more than 'retries' in a row, "
+    "or any other non-2xx or non-JSON answer, fail the task with the reason; past 'timeout' it is timed_out. "
+    "Progress is scaled by 100/progress_scale and clamped to 0-100. See roomcast.tasks.poller.",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": {
+        "url": {"type": "string", "format": "uri", "description": "http(s), no credentials (use headers)"},
+        "interval": {"type": "number", "exclusiveMinimum": 0, "default": 2},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 3600, "description": "seconds in all"},
+        "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 10},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 3},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "fields": {"type": "object", "additionalProperties": False, "properties": {
+            name: _PATH for name in ("progress", "step", "message", "status", "result", "error")}},
+        "progress_scale": {"type": "number", "exclusiveMinimum": 0, "default": 100,
+                           "description": "the upstream value meaning 100 % (1 for a fraction)"},
+        "done": {"type": "array", "items": {}, "default": list(DEFAULT_DONE)},
+        "failed": {"type": "array", "items": {}, "default": list(DEFAULT_FAILED)},
+    },
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -336,6 +381,7 @@ OPENAPI: dict[str, Any] = {
                     "code": {"type": "string"}, "message": {"type": "string"}}}},
             },
             "Position": _POSITION,
+            "PollSpec": _POLL_SPEC,
         },
         "responses": {
             f"E{status}": {"description": text, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -392,11 +438,13 @@ OPENAPI: dict[str, Any] = {
                           **_error_responses(400, 401, 403)},
         }},
         "/api/tasks": {
-            "post": {"summary": "Create a task (pending) for a worker to report on",
+            "post": {"summary": "Create a task (pending) for a worker to report on, or (running) following an "
+                                "upstream job's status URL when 'poll' is given",
                      "requestBody": {"required": True, "content": {_JSON: {"schema": {
                          "type": "object", "required": ["kind"], "properties": {
                              "kind": {"type": "string"}, "title": {"type": "string"}, "owner": {"type": "string"},
-                             "deadline": {"type": "number"}, "metadata": {"type": "object"}}}}}},
+                             "deadline": {"type": "number"}, "metadata": {"type": "object"},
+                             "poll": {"$ref": "#/components/schemas/PollSpec"}}}}}},
                      "responses": {"201": {"description": "The task, with its id"}, **_error_responses(400, 401, 403)}},
             "get": {"summary": "Tasks, newest first, filtered by status (comma-separated), kind, owner",
                     "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}

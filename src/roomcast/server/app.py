@@ -33,6 +33,7 @@ from roomcast.server.api import ApiServer
 from roomcast.errors import TaskError
 from roomcast.hub.connection import Connection
 from roomcast.tasks.model import Task, task_room
+from roomcast.tasks.poller import TaskPoller
 from roomcast.tasks.service import TaskService
 from roomcast.tasks.store_sqlite import SqliteTaskStore
 from roomcast.server.config import Settings
@@ -120,7 +121,8 @@ class App:
             keep_days=settings.task_keep_days,
             keep_count=settings.task_keep_count,
         )
-        self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks)
+        self.pollers = TaskPoller(self.tasks, self.hub)  # tasks that follow an upstream job's URL
+        self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers)
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
         self._ready = False
@@ -159,6 +161,7 @@ class App:
         self.sse.close_all(reason or disconnect.SHUTDOWN)
         self.ws.close_all(reason or disconnect.SHUTDOWN)
         self.expiry.close()
+        await self.pollers.aclose()  # before the service: their tasks are failed, and say why
         await self.tasks.aclose()
         await self.hub.aclose()
         await self.task_store.aclose()
