@@ -11,8 +11,11 @@ from roomcast.errors import (
     PayloadTooBig,
     ProtocolError,
     PublishError,
+    InvalidTransition,
     RemoteProtocolError,
     RoomcastError,
+    TaskError,
+    TaskNotFound,
 )
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
@@ -21,6 +24,8 @@ from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.asgi import RoomcastApp
 from roomcast.server.config import Settings
+from roomcast.tasks.model import Task, TaskEvents, TaskStatus
+from roomcast.tasks.service import TaskHandle, TaskService
 from roomcast.types import Publication, StreamPosition
 
 __version__ = "0.1.0"
@@ -31,6 +36,7 @@ __all__ = [
     "ConnectionRefused",
     "Disconnect",
     "Hub",
+    "InvalidTransition",
     "MemoryBroker",
     "PayloadTooBig",
     "ProtocolError",
@@ -42,5 +48,12 @@ __all__ = [
     "RoomcastError",
     "Settings",
     "StreamPosition",
+    "Task",
+    "TaskError",
+    "TaskEvents",
+    "TaskHandle",
+    "TaskNotFound",
+    "TaskService",
+    "TaskStatus",
     "__version__",
 ]

@@ -597,3 +597,74 @@ async def test_retention_settings_are_checked(hub: Hub, store: SqliteTaskStore) 
     for bad in ({"keep_days": 0}, {"keep_count": -1}, {"retention_interval": 0}):
         with pytest.raises(ValueError):
             TaskService(hub, store, **bad)  # type: ignore[arg-type]
+
+
+# -- routes and spawn ---------------------------------------------------------------------------
+
+
+async def test_a_route_publishes_every_change_in_full_to_the_rooms_it_names(
+    hub: Hub, service: TaskService
+) -> None:
+    @service.route
+    def project_room(task: Task) -> list[str]:
+        project = task.metadata.get("project")
+        return [f"project:{project}"] if task.kind == "crawl" and isinstance(project, str) else []
+
+    @service.route
+    def broken(task: Task) -> list[str]:
+        raise KeyError("a bug in the application's route")
+
+    rec = recorder(hub, "project:p1", task_room("t1"))
+    async with service.start("crawl", id="t1", metadata={"project": "p1"}) as task:
+        task.progress(50)
+        await task.complete({"pages": 2})
+    other = await service.create("index", metadata={"project": "p1"})  # not routed: another kind
+    assert names(rec.events("project:p1")) == names(rec.events(task_room("t1")))
+    assert names(rec.events("project:p1")) == ["task:created", "task:updated", "task:progress", "task:completed"]
+    assert rec.events("project:p1")[-1][1]["result"] == {"pages": 2}  # in full, unlike the list rooms
+    assert all(data["id"] != other.id for _, data in rec.events("project:p1"))
+
+
+async def test_spawn_answers_with_the_running_task_while_the_work_goes_on(
+    hub: Hub, service: TaskService
+) -> None:
+    release = asyncio.Event()
+
+    async def crawl(task: Any) -> dict[str, int]:
+        task.progress(10)
+        await release.wait()
+        return {"pages": 3}
+
+    task = await service.spawn("crawl", crawl, title="site")
+    assert task.status is S.RUNNING
+    rec = recorder(hub, task_room(task.id))
+    release.set()
+    done = await rec.until_event(task_room(task.id), "task:completed")
+    assert done["result"] == {"pages": 3}
+
+
+async def test_spawn_refusal_reaches_the_caller_and_a_stop_cancels_the_work(
+    hub: Hub, service: TaskService
+) -> None:
+    async def forever(task: Any) -> None:
+        await asyncio.Event().wait()
+
+    first = await service.spawn("crawl", forever, id="same")
+    with pytest.raises(TaskError):
+        await service.spawn("crawl", forever, id="same")  # the id is taken: the caller hears it
+    rec = recorder(hub, task_room(first.id))
+    await service.request_stop(first.id)
+    await rec.until_event(task_room(first.id), "task:cancelled")
+
+
+async def test_closing_the_service_ends_spawned_work_as_failed(hub: Hub, store: SqliteTaskStore) -> None:
+    svc = TaskService(hub, store)
+    await svc.open()
+
+    async def forever(task: Any) -> None:
+        await asyncio.Event().wait()
+
+    task = await svc.spawn("crawl", forever)
+    await svc.aclose()
+    stored = await store.get(task.id)
+    assert stored is not None and stored.status is S.FAILED and stored.error == "producer was cancelled"

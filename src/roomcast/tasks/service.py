@@ -30,7 +30,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -204,6 +204,8 @@ class TaskService:
         self._grace = stop_grace
         self._list_rooms = frozenset(list_rooms)
         self._live: dict[str, _Live] = {}
+        self._routes: builtins.list[Callable[[Task], Iterable[RoomName]]] = []
+        self._spawned: set[asyncio.Task[Any]] = set()  # producers started by ``spawn``
         self._helpers: set[asyncio.Task[Any]] = set()  # flushers, timer callbacks: cancellable
         self._commits: set[asyncio.Task[Any]] = set()  # changes in flight: awaited, never cancelled
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,7 +254,11 @@ class TaskService:
                 logger.exception("task retention pass failed")
 
     async def aclose(self) -> None:
-        """Cancel timers and flushers; wait for changes already under way to be stored."""
+        """Cancel spawned producers (their tasks end failed), timers and flushers; wait for
+        changes already under way to be stored."""
+        for job in list(self._spawned):
+            job.cancel()
+        await asyncio.gather(*self._spawned, return_exceptions=True)
         for live in list(self._live.values()):
             for timer in live.timers:
                 timer.cancel()
@@ -379,6 +385,62 @@ class TaskService:
             return wrapper
 
         return decorate
+
+    def route(self, fn: Callable[[Task], Iterable[RoomName]]) -> Callable[[Task], Iterable[RoomName]]:
+        """Register ``fn(task) -> rooms``: more rooms that get every change of the task in full.
+
+        For an application whose clients follow a project, not a task: ::
+
+            @hub.tasks.route
+            def project_rooms(task):
+                project = task.metadata.get("project")
+                return [f"project:{project}"] if task.kind == "crawl" and project else []
+
+        The rooms are computed from the task itself, so every process publishing it agrees
+        and a restart changes nothing. A route that raises is logged and skipped.
+        """
+        self._routes.append(fn)
+        return fn
+
+    async def spawn(
+        self,
+        kind: str,
+        producer: Callable[[TaskHandle], Awaitable[JSONValue]],
+        title: str = "",
+        owner: str | None = None,
+        deadline: float | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+        id: str | None = None,
+    ) -> Task:
+        """Start ``producer(handle)`` in the background as a task; returns the running task.
+
+        What a request handler wants: the task's id to answer with, at once, while the work
+        goes on. Ending follows ``start``; the producer's return value is the result. The
+        service keeps the asyncio task, so it is not garbage collected mid-way, and
+        ``aclose`` cancels what is still running (those tasks end failed).
+        """
+        ready: asyncio.Future[Task] = self._require_started().create_future()
+
+        async def run() -> None:
+            try:
+                async with self.start(kind, title, owner, deadline, metadata, id) as handle:
+                    ready.set_result(handle.task)
+                    result = await producer(handle)
+                    if not handle.stop_requested and not handle.task.is_terminal:
+                        await handle.complete(_jsonable(result))
+            except Exception as exc:  # recorded and published by ``start``; only the caller is owed it
+                if not ready.done():
+                    ready.set_exception(exc)
+                else:
+                    logger.debug("spawned task %s ended with %r", kind, exc)
+            finally:
+                if not ready.done():  # cancelled before it began: the caller must not wait for ever
+                    ready.cancel()
+
+        job = asyncio.create_task(run())
+        self._spawned.add(job)
+        job.add_done_callback(self._spawned.discard)
+        return await ready
 
     # -- external updates --------------------------------------------------------------------
 
@@ -659,7 +721,16 @@ class TaskService:
                 logger.error("task service job failed", exc_info=exc)
 
     async def _publish(self, task: Task, event: str) -> None:
-        await self._hub.publish(task_room(task.id), event, task.to_json())
+        full = task.to_json()
+        await self._hub.publish(task_room(task.id), event, full)
+        for route in self._routes:
+            try:
+                rooms = list(route(task))
+            except Exception:  # an application's routing bug must not lose the task's change
+                logger.exception("task room route %r failed for task %s", route, task.id)
+                continue
+            for room in rooms:
+                await self._hub.publish(room, event, full)
         summary = _summary(task)
         for room in self._summary_rooms(task):
             await self._hub.publish(room, event, summary)
