@@ -21,9 +21,14 @@ Owns every exception the package raises on purpose; imports nothing but the stdl
     │   ├── InvalidTransition         the task's status forbids it (completing a cancelled task)
     │   ├── TaskNotFound              no task has this id
     │   └── InvalidProgress           progress outside 0–100, or not a finite number
-    ├── ClientError
-    │   ├── ConnectionClosed
-    │   └── AckTimeout
+    ├── ClientError                   raised by the client SDK (roomcast.client)
+    │   ├── ConnectionClosed          the connection (or the client) is closed
+    │   ├── AckTimeout                no ack in time (also TimeoutError)
+    │   ├── ConnectRefused            the server answered CONNECT_ERROR (its message)
+    │   ├── ConnectTimeout            no connection in time (also TimeoutError)
+    │   ├── SubscribeRefused          the built-in subscribe answered {"error": ...}
+    │   └── OfflineRefused            an emit while offline, refused at once
+    │       └── OfflineBufferFull     ... or because the offline buffer is full
     └── PublishError                  the backend API refused a publish, or could not be reached
 
 A transport maps a ``RemoteProtocolError`` to its own wire answer in one place (a close code,
@@ -54,6 +59,11 @@ __all__ = [
     "ClientError",
     "ConnectionClosed",
     "AckTimeout",
+    "ConnectRefused",
+    "ConnectTimeout",
+    "SubscribeRefused",
+    "OfflineRefused",
+    "OfflineBufferFull",
     "PublishError",
 ]
 
@@ -173,6 +183,41 @@ class ConnectionClosed(ClientError):
 
 class AckTimeout(ClientError, TimeoutError):
     """No acknowledgement arrived within the timeout."""
+
+
+class ConnectRefused(ClientError):
+    """The server refused the namespace connection (``CONNECT_ERROR``).
+
+    ``message`` and ``data`` are the server's own. Why a client error of its own: with a
+    static ``auth`` the client stops reconnecting on it (retrying the same credentials
+    would be refused again); with an ``auth`` callable it retries with fresh ones.
+    """
+
+    def __init__(self, message: str, data: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class ConnectTimeout(ClientError, TimeoutError):
+    """No connection within the connect timeout (also a ``TimeoutError``)."""
+
+
+class SubscribeRefused(ClientError):
+    """The server refused a room subscription (``{"error": ...}``); ``room`` and ``message``."""
+
+    def __init__(self, room: str, message: str) -> None:
+        super().__init__(f"subscribe {room!r} refused: {message}")
+        self.room = room
+        self.message = message
+
+
+class OfflineRefused(ClientError):
+    """An emit while not connected, refused (the client was told to refuse, not buffer)."""
+
+
+class OfflineBufferFull(OfflineRefused):
+    """An emit while not connected, refused because the offline buffer is full."""
 
 
 class PublishError(RoomcastError):

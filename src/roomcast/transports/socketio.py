@@ -18,6 +18,13 @@ once-per-publication encoding; a direct ``emit`` carries the record's head, whic
 because fan-out is synchronous and a transport delivers in order: a client that has the emit
 has every earlier publication of its rooms. Sending no offset there would let the official
 client take a plain string argument for one and lose its place.
+
+Room meta (opt-in, ``docs/protocol.md`` §3): a client whose Engine.IO handshake carries
+``?roomcast=1`` gets every publication with one more argument, ``{"$room", "$epoch",
+"$offset"}``, after the publication's own arguments and before the recovery offset, so it
+knows which room an event belongs to and where in that room's stream it stands (the Python
+client resubscribes from there). It is a separate ``SioEncoder`` per namespace, so the hub
+still encodes once per group of members; clients that do not ask see nothing new.
 """
 
 from __future__ import annotations
@@ -83,14 +90,28 @@ def _eio_packets(packet: SioPacket) -> list[Outbound]:
     parts = sio.encode(packet)
     return ["4" + parts[0] if isinstance(parts[0], str) else parts[0], *parts[1:]]
 
+META_QUERY = "roomcast"
+"""The handshake query parameter that asks for room meta; ``1`` is the only version so far."""
+
+
+def wants_meta(session: Session) -> bool:
+    """Whether the client asked for room meta in its Engine.IO handshake (``?roomcast=1``)."""
+    return session.request.query.get(META_QUERY) == "1"
+
+
 class SioEncoder:
-    """Encodes publications as Socket.IO events of one namespace (a hub ``Encoder``)."""
+    """Encodes publications as Socket.IO events of one namespace (a hub ``Encoder``).
 
-    __slots__ = ("namespace", "recovery")
+    With ``meta`` every publication gets a trailing ``{"$room", "$epoch", "$offset"}``
+    argument (the opt-in of ``?roomcast=1``); it is still built once per publication.
+    """
 
-    def __init__(self, namespace: str, recovery: Recovery | None = None) -> None:
+    __slots__ = ("namespace", "recovery", "meta")
+
+    def __init__(self, namespace: str, recovery: Recovery | None = None, *, meta: bool = False) -> None:
         self.namespace = namespace
         self.recovery = recovery
+        self.meta = meta
 
     def encode(self, publication: Publication) -> Prepared:
         recovery = self.recovery
@@ -104,7 +125,13 @@ class SioEncoder:
 
     def encode_at(self, publication: Publication, offset: str | None, seq: int) -> Prepared:
         """Encode ``publication`` with ``offset`` appended as its last argument (if any)."""
-        args = publication.data if offset is None else (*publication.data, offset)
+        args: tuple[Any, ...] = publication.data
+        if self.meta:
+            position = publication.position
+            meta = {"$room": publication.room, "$epoch": position.epoch, "$offset": position.offset}
+            args = (*args, meta)
+        if offset is not None:
+            args = (*args, offset)
         text = sio.event_packet_text(self.namespace, publication.event, args)
         if text is not None:
             return Prepared([text], seq)
@@ -314,7 +341,7 @@ class SocketIOServer:
         self.hub = hub
         self.connect_timeout = connect_timeout
         self.max_attachments = max_attachments
-        self._encoders: dict[str, SioEncoder] = {}
+        self._encoders: dict[tuple[str, bool], SioEncoder] = {}
         self.authenticator = authenticator
         self.expiry = expiry
         self.builtins: dict[str, Any] = {
@@ -326,10 +353,12 @@ class SocketIOServer:
             self.recovery = Recovery(recovery_window, capacity=recovery_capacity)
             hub.add_publication_listener(self.recovery.record)
 
-    def encoder(self, namespace: str) -> SioEncoder:
-        enc = self._encoders.get(namespace)
+    def encoder(self, namespace: str, *, meta: bool = False) -> SioEncoder:
+        """The shared encoder of ``namespace`` (with or without room meta)."""
+        key = (namespace, meta)
+        enc = self._encoders.get(key)
         if enc is None:
-            enc = self._encoders[namespace] = SioEncoder(namespace, self.recovery)
+            enc = self._encoders[key] = SioEncoder(namespace, self.recovery, meta=meta)
         return enc
 
     # -- EngineIOApp --------------------------------------------------------------------
@@ -396,7 +425,8 @@ class SocketIOServer:
         if recovery is not None:
             resume = recovery.take(namespace, auth)
             auth = strip_reserved(auth)
-        sock = SioSocket(self.hub, session, namespace, auth, self.encoder(namespace), recovery, resume)
+        encoder = self.encoder(namespace, meta=wants_meta(session))
+        sock = SioSocket(self.hub, session, namespace, auth, encoder, recovery, resume)
         state.sockets[namespace] = sock
         if self.authenticator is not None:
             request = session.request
@@ -466,7 +496,7 @@ class SocketIOServer:
         return missed
 
     def _replay(self, sock: SioSocket, missed: list[Entry]) -> None:
-        encoder = self.encoder(sock.namespace)
+        encoder = self.encoder(sock.namespace, meta=wants_meta(sock.session))
         ok = True
         for entry in missed:
             ok = sock.write(encoder.encode_at(entry.publication, entry.offset, entry.seq)) and ok

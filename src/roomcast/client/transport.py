@@ -1,0 +1,345 @@
+"""The client's two wires: a WebSocket and one-shot HTTP/1.1 requests, on asyncio streams.
+
+Owns the bytes below Engine.IO and nothing above: the RFC 6455 client handshake (a random
+``Sec-WebSocket-Key``, the ``Sec-WebSocket-Accept`` check), masked frames out and unmasked
+frames in through the sans-I/O ``protocol.websocket``, and a minimal HTTP/1.1 client for
+long-polling (one request per TCP connection, ``Connection: close``, a bounded body).
+
+Why our own and not a third-party client: the SDK has no runtime dependency, and what
+Engine.IO needs from HTTP is small — a GET that may wait a long time and a POST, each on
+its own connection so that one waiting GET never blocks a POST.
+
+Errors: a peer that breaks WebSocket or HTTP rules raises
+:class:`~roomcast.errors.RemoteProtocolError` (``PayloadTooBig`` for the size limit); a
+connection that ends raises :class:`~roomcast.errors.ConnectionClosed`; a refused TCP
+connection is the ``OSError`` of ``asyncio.open_connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import ssl
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from roomcast.errors import ConnectionClosed, PayloadTooBig, RemoteProtocolError
+from roomcast.protocol import websocket as wsproto
+
+__all__ = ["Target", "parse_target", "HttpAnswer", "http_request", "WebSocket", "UpgradeRefused"]
+
+_MAX_HEAD_LINE = 8192
+_MAX_HEADERS = 100
+_READ_CHUNK = 65536
+
+
+class UpgradeRefused(ConnectionClosed):
+    """The server answered the WebSocket handshake with HTTP, but not ``101``.
+
+    Why a type of its own: the server is reachable and speaks HTTP, so falling back to
+    long-polling may work; a refused TCP connection would fail the same way on polling.
+    """
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"WebSocket handshake answered {status}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the server is: host, port, TLS, and the Engine.IO endpoint path."""
+
+    host: str
+    port: int
+    tls: bool
+    path: str
+
+    def resource(self, params: Mapping[str, str]) -> str:
+        """The request target: the endpoint path with ``params`` as its query string."""
+        return f"{self.path}?{urlencode(dict(params))}"
+
+
+def parse_target(url: str, path: str) -> Target:
+    """Read ``http(s)://`` or ``ws(s)://host[:port]`` and the Engine.IO ``path``.
+
+    Raises:
+        ValueError: another scheme, no host, or a path in the URL (the namespace belongs in
+            ``namespace=`` and the endpoint in ``path=``; guessing would connect elsewhere).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use http, https, ws or wss")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    if parts.path not in ("", "/"):
+        raise ValueError("put the namespace in namespace= and the endpoint in path=, not in the URL")
+    tls = parts.scheme in ("https", "wss")
+    if not path.startswith("/"):
+        path = "/" + path
+    if not path.endswith("/"):
+        path += "/"
+    return Target(parts.hostname, parts.port or (443 if tls else 80), tls, path)
+
+
+async def _open(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if target.tls:
+        context = ssl.create_default_context()
+        return await asyncio.open_connection(target.host, target.port, ssl=context, server_hostname=target.host)
+    return await asyncio.open_connection(target.host, target.port)
+
+
+def _close_writer(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def _request_head(target: Target, method: str, resource: str, headers: Mapping[str, str]) -> list[str]:
+    host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+    lines = [f"{method} {resource} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n") or ":" in name:
+            raise ValueError(f"invalid header {name!r}")
+        lines.append(f"{name}: {value}")
+    return lines
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """Status and lower-cased headers of one HTTP/1.x answer (interim 1xx skipped by callers)."""
+    line = await reader.readline()
+    if not line:
+        raise ConnectionClosed("the server closed the connection before answering")
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise RemoteProtocolError("not an HTTP/1.x status line")
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n"):
+        if not line:
+            raise ConnectionClosed("the answer ended inside its headers")
+        if len(line) > _MAX_HEAD_LINE or len(headers) >= _MAX_HEADERS:
+            raise RemoteProtocolError("HTTP answer head too large")
+        name, _, value = line.decode("latin-1").partition(":")
+        key = name.strip().lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return int(parts[1]), headers
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], limit: int) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = bytearray()
+        while True:
+            size_line = await reader.readline()
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise RemoteProtocolError("bad chunk size") from None
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(body)
+            if len(body) + size > limit:
+                raise PayloadTooBig(f"HTTP body over {limit} bytes")
+            body += await reader.readexactly(size)
+            await reader.readline()
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise RemoteProtocolError("bad Content-Length")
+        if int(length) > limit:
+            raise PayloadTooBig(f"HTTP body over {limit} bytes")
+        return await reader.readexactly(int(length))
+    body = bytearray()
+    while chunk := await reader.read(_READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooBig(f"HTTP body over {limit} bytes")
+    return bytes(body)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """One HTTP answer: status, lower-cased headers, whole body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+async def http_request(
+    target: Target,
+    method: str,
+    resource: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    limit: int = 10_000_000,
+) -> HttpAnswer:
+    """Send one request on a fresh connection and read the whole answer.
+
+    Why a connection per request: a long-poll GET holds its connection for up to the
+    server's ping interval, and the POST next to it must not queue behind it; on loopback
+    and behind keep-alive-less proxies this is also the most predictable.
+
+    Raises:
+        OSError: the connection could not be made or broke.
+        ConnectionClosed: the server closed it before a whole answer.
+        RemoteProtocolError: not HTTP; ``PayloadTooBig`` for a body over ``limit``.
+    """
+    reader, writer = await _open(target)
+    try:
+        lines = _request_head(target, method, resource, headers or {})
+        lines.append("Connection: close")
+        if method == "POST":
+            lines.append("Content-Type: text/plain; charset=UTF-8")
+            lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        status, answer_headers = await _read_head(reader)
+        while 100 <= status < 200:
+            status, answer_headers = await _read_head(reader)
+        data = await _read_body(reader, answer_headers, limit)
+        return HttpAnswer(status, answer_headers, data)
+    except asyncio.IncompleteReadError:
+        raise ConnectionClosed("the answer was cut short") from None
+    finally:
+        _close_writer(writer)
+
+
+class WebSocket:
+    """A client WebSocket: masked frames out, messages in; pings answered by itself.
+
+    Messages are handed over in order by :meth:`recv`; control frames never reach the
+    caller. Why ``send`` is synchronous: Engine.IO writes small packets, and a write that
+    never awaits cannot interleave two frames; the kernel buffer absorbs bursts.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, max_message_bytes: int
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=False)
+        self._ready: deque[wsproto.Message] = deque()
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        target: Target,
+        resource: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_message_bytes: int = 10_000_000,
+    ) -> WebSocket:
+        """Open the TCP connection and perform the opening handshake (RFC 6455 §4.1).
+
+        Raises:
+            OSError: no TCP connection.
+            UpgradeRefused: an HTTP answer other than 101.
+            RemoteProtocolError: a 101 without the right ``Sec-WebSocket-Accept``.
+        """
+        reader, writer = await _open(target)
+        try:
+            key = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+            lines = _request_head(target, "GET", resource, headers or {})
+            lines += [
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                f"Sec-WebSocket-Key: {key}",
+                "Sec-WebSocket-Version: 13",
+            ]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            await writer.drain()
+            status, answer = await _read_head(reader)
+            if status != 101:
+                raise UpgradeRefused(status)
+            if answer.get("sec-websocket-accept", "").strip() != wsproto.accept_key(key):
+                raise RemoteProtocolError("wrong Sec-WebSocket-Accept")
+            if "websocket" not in answer.get("upgrade", "").lower():
+                raise RemoteProtocolError("101 without Upgrade: websocket")
+        except BaseException:
+            _close_writer(writer)
+            raise
+        return cls(reader, writer, max_message_bytes=max_message_bytes)
+
+    def send(self, data: str | bytes) -> None:
+        """Send one message (text for ``str``, binary for ``bytes``), masked.
+
+        Raises:
+            ConnectionClosed: after the connection closed.
+        """
+        if self._closed or self._writer.is_closing():
+            raise ConnectionClosed("WebSocket closed")
+        if isinstance(data, str):
+            frame = wsproto.serialize_frame(wsproto.OP_TEXT, data.encode("utf-8"), mask=secrets.token_bytes(4))
+        else:
+            frame = wsproto.serialize_frame(wsproto.OP_BINARY, data, mask=secrets.token_bytes(4))
+        self._writer.write(frame)
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(wsproto.serialize_frame(opcode, payload, mask=secrets.token_bytes(4)))
+
+    async def recv(self) -> str | bytes:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises:
+            ConnectionClosed: the peer closed (a close frame or EOF) or :meth:`close` ran.
+            RemoteProtocolError: the peer broke RFC 6455 (``PayloadTooBig``: over the
+                limit); a close frame with the matching code has been sent.
+        """
+        while not self._ready:
+            if self._closed:
+                raise ConnectionClosed("WebSocket closed")
+            try:
+                chunk = await self._reader.read(_READ_CHUNK)
+            except OSError as exc:
+                self.abort()
+                raise ConnectionClosed(f"transport error: {exc}") from None
+            if not chunk:
+                self.abort()
+                raise ConnectionClosed("the server closed the connection")
+            try:
+                events = self._parser.feed(chunk)
+            except RemoteProtocolError as exc:
+                with contextlib.suppress(Exception):
+                    self._control(wsproto.OP_CLOSE, wsproto.close_payload(wsproto.close_code_for(exc)))
+                self.abort()
+                raise
+            for event in events:
+                if isinstance(event, wsproto.Message):
+                    self._ready.append(event)
+                elif isinstance(event, wsproto.Ping):
+                    self._control(wsproto.OP_PONG, event.data)  # a pong echoes the ping (§5.5.3)
+                elif isinstance(event, wsproto.Close):
+                    with contextlib.suppress(Exception):
+                        self._control(wsproto.OP_CLOSE, wsproto.close_payload(event.code))
+                    if not self._ready:
+                        self.abort()
+                        raise ConnectionClosed(f"the server closed the WebSocket ({event.code})")
+                    self._closed = True  # hand over what came before the close first
+                    break
+        message = self._ready.popleft()
+        if message.opcode == wsproto.OP_TEXT:
+            return message.data.decode("utf-8")
+        return message.data
+
+    async def close(self, code: int = 1000) -> None:
+        """Send a close frame and close the TCP connection (without waiting for the echo).
+
+        Why not wait: the session above has already said goodbye at its own level, and a
+        dead peer must not hold up a reconnect.
+        """
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._control(wsproto.OP_CLOSE, wsproto.close_payload(code))
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+        self._closed = True
+        _close_writer(self._writer)
