@@ -413,3 +413,22 @@ async def test_default_transports_fall_back_to_polling_when_websocket_is_refused
             assert client.transport == "polling"  # the upgrade was refused too: it stays
         finally:
             await client.close()
+
+
+async def test_a_refusal_stops_reconnecting_when_the_auth_callable_has_nothing_new() -> None:
+    async with running(App(_hub(), Settings(jwt_secret=SECRET))) as srv:
+        calls = 0
+
+        def auth() -> dict[str, str]:
+            nonlocal calls
+            calls += 1
+            return {"token": "still-garbage"}
+
+        client = _client(srv, auth=auth)
+        rec = Recorder(client)
+        with pytest.raises(ConnectRefused) as refused:
+            await asyncio.wait_for(client.connect(), 10)
+        assert "returned the same credentials" in refused.value.message
+        assert calls == 2  # asked once more after the refusal, then stopped: no endless retries
+        assert rec.states == [S.CONNECTING, S.RECONNECTING, S.CONNECTING, S.DISCONNECTED]
+        await client.close()

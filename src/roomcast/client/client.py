@@ -233,6 +233,7 @@ class Client:
         self._pause_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._retries = 0
+        self._refused_auth: tuple[dict[str, Any] | None, str] | None = None  # what was last refused
         self.sid: str | None = None
         self.pid: str | None = None
         self._csr_offset: str | None = None
@@ -674,7 +675,7 @@ class Client:
                     session, reply = await self._attempt()
             except ConnectRefused as exc:
                 reason, error = f"refused: {exc.message}", exc
-                if not callable(self._auth):
+                if not callable(self._auth) or isinstance(exc, _CredentialsUnchanged):
                     self._give_up(reason, error)
                     return
             except TimeoutError:
@@ -687,6 +688,7 @@ class Client:
                 logger.exception("connect attempt failed")
                 reason, error = f"connect error: {exc!r}", ConnectionClosed(repr(exc))
             else:
+                self._refused_auth = None
                 started = loop.time()
                 ended = await self._serve(session, reply)
                 if loop.time() - started >= self.stable_after:
@@ -727,6 +729,11 @@ class Client:
     async def _attempt(self) -> tuple[_Session, dict[str, Any]]:
         """One connection: Engine.IO session, then the namespace CONNECT and its answer."""
         payload = await self._auth_payload()
+        refused = self._refused_auth
+        if refused is not None and payload == refused[0]:
+            # The callable had nothing new: asking again would be refused again, for ever.
+            raise _CredentialsUnchanged(f"{refused[1]} (the auth callable returned the same credentials)")
+        payload_sent = payload
         if self.pid is not None:  # connection state recovery: as the official client does
             payload = {"pid": self.pid, "offset": self._csr_offset, **(payload or {})}
         engine = await EngineConnection.open(
@@ -746,9 +753,9 @@ class Client:
                     return session, packet.data
                 if packet.type is SioType.CONNECT_ERROR:
                     data = packet.data
-                    if isinstance(data, dict):
-                        raise ConnectRefused(str(data.get("message", "refused")), data.get("data"))
-                    raise ConnectRefused(str(data))
+                    message = str(data.get("message", "refused")) if isinstance(data, dict) else str(data)
+                    self._refused_auth = (payload_sent, message)
+                    raise ConnectRefused(message, data.get("data") if isinstance(data, dict) else None)
                 if packet.type is SioType.EVENT:
                     # The official server replays a recovered session's missed events before
                     # its CONNECT reply; they are handled right after it, as its client does.
@@ -900,6 +907,10 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.url} {self.namespace} {self.state}>"
+
+
+class _CredentialsUnchanged(ConnectRefused):
+    """The auth callable returned the credentials the server just refused: final, not retried."""
 
 
 async def _acked(dispatch: Coroutine[Any, Any, int], ack: _ServerAck) -> None:
