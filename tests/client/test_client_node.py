@@ -18,12 +18,12 @@ from roomcast.client import Client, ClientState
 
 S = ClientState
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None or not (NODE_MODULES / "socket.io").is_dir(),
-                                reason="needs node and tests/interop/node/node_modules")
 
 
 @pytest.fixture(scope="module")
 def node_url() -> Iterator[str]:
+    if shutil.which("node") is None or not (NODE_MODULES / "socket.io").is_dir():
+        pytest.fail("needs node and tests/interop/node/node_modules: `make test-deps` installs them")
     argv, env = node_argv("server.cjs")
     proc = Subprocess(argv, env)
     try:

@@ -253,11 +253,14 @@ async def test_offline_emits_buffer_up_to_the_limit_or_are_refused(srv: RunningS
             await refusing.emit("echo", 1)
         with pytest.raises(AckTimeout):  # a buffered emit's timeout runs while it waits ...
             await buffered.emit("echo", "given up", ack=True, timeout=0.05)
-        first = asyncio.ensure_future(buffered.emit("echo", "one", ack=True))  # ... and it left the buffer
-        await asyncio.sleep(0)  # one scheduling step: that emit is now in the buffer
-        await buffered.emit("echo", "two")
+        await buffered.emit("echo", "two")  # ... and it left the buffer; no ack: returns once buffered
+        # Tasks start in the order they were created: "one" is buffered (and waits for its
+        # ack) before "three" finds the buffer full.
+        first = asyncio.ensure_future(buffered.emit("echo", "one", ack=True))
+        third = asyncio.ensure_future(buffered.emit("echo", "three"))
         with pytest.raises(OfflineBufferFull):
-            await buffered.emit("echo", "three")
+            await third
+        assert not first.done()
         await asyncio.wait_for(buffered.connect(), 10)
         assert await asyncio.wait_for(first, 5) == "one"
     finally:
@@ -305,8 +308,7 @@ async def test_close_drops_pending_changes_and_fails_waiting_acks(srv: RunningSe
     await asyncio.wait_for(client.connect(), 10)
     batcher.add("a", "update")
     waiting = asyncio.ensure_future(client.emit("unhandled", ack=True, timeout=10))
-    await asyncio.sleep(0)  # one scheduling step: the emit task sends and waits (not a timing guess)
-    await client.close()
+    await asyncio.ensure_future(client.close())  # a task started after the emit's: it is sent and waiting
     assert client.state is S.CLOSED and batcher.closed and len(batcher) == 0 and batches == []
     with pytest.raises(ConnectionClosed):
         await waiting
