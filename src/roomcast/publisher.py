@@ -1,7 +1,7 @@
 """Publish to rooms from other processes: web workers, Celery tasks, cron scripts.
 
-L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom layer
-(``types``, ``errors``, ``_json``) and the stdlib. A process that only publishes needs no
+L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom layers
+(``types``, ``errors``, ``_json``, the sans-I/O ``protocol.http1``) and the stdlib. A process that only publishes needs no
 hub, no broker and no third-party HTTP client; it calls the backend API of a running
 server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
 ``roomcast.server.api``).
@@ -32,7 +32,8 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from roomcast import _json
-from roomcast.errors import PublishError
+from roomcast.errors import PublishError, RemoteProtocolError
+from roomcast.protocol import http1
 from roomcast.types import JSONValue, RoomName, StreamPosition
 
 __all__ = ["Publisher", "PublishResult", "PublishError"]
@@ -40,7 +41,6 @@ __all__ = ["Publisher", "PublishResult", "PublishError"]
 MAX_ANSWER: Final = 8 * 1024 * 1024
 """The largest answer body read (a broadcast to 1000 rooms answers about 60 KiB)."""
 
-_MAX_HEADERS: Final = 100
 _T = TypeVar("_T")
 
 
@@ -483,8 +483,8 @@ class Publisher:
                 status, payload = await self._exchange(request)
         except OSError as exc:  # TimeoutError is one, from asyncio.timeout or the socket
             raise self._unreachable(exc) from exc
-        except (ValueError, EOFError) as exc:  # _BadAnswer, an over-long line, an early EOF
-            raise PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc!r}") from exc
+        except RemoteProtocolError as exc:  # not HTTP, over a limit, or cut short (even before a byte)
+            raise PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc.reason}") from exc
         return status, _answer(self.url, status, payload)
 
     async def _exchange(self, request: bytes) -> tuple[int, bytes]:
@@ -504,58 +504,11 @@ class Publisher:
                 await writer.wait_closed()
 
 
-# -- reading an HTTP/1.1 answer from asyncio streams ---------------------------------------
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Status and body of one answer; the body is delimited by length, chunks or EOF."""
-    status, headers = await _read_head(reader)
-    while 100 <= status < 200:  # interim answers (none is asked for, but a proxy may send one)
-        status, headers = await _read_head(reader)
-    if status in (204, 304):
-        return status, b""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, await _read_chunked(reader)
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit() or int(length) > MAX_ANSWER:
-            raise _BadAnswer(f"bad or too large Content-Length {length!r}")
-        return status, await reader.readexactly(int(length))
-    body = b""
-    while chunk := await reader.read(65536):  # Connection: close delimits it
-        body += chunk
-        if len(body) > MAX_ANSWER:
-            raise _BadAnswer("the answer is too large")
-    return status, body
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    line = await reader.readline()
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise _BadAnswer(f"not an HTTP/1.x status line: {line[:80]!r}")
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n"):
-        if not line:
-            raise _BadAnswer("the answer ended inside its headers")
-        if len(headers) >= _MAX_HEADERS:
-            raise _BadAnswer("too many headers")
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = b""
-    while True:
-        size_text = (await reader.readline()).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _BadAnswer(f"bad chunk size {size_text[:20]!r}") from None
-        if size == 0:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
-                pass
-            return body
-        if len(body) + size > MAX_ANSWER:
-            raise _BadAnswer("the answer is too large")
-        body += await reader.readexactly(size)
-        await reader.readline()  # the CRLF after each chunk
+    """Status and body of one answer, read by the sans-I/O parser (interim answers skipped)."""
+    parser = http1.ResponseParser(max_body=MAX_ANSWER)
+    response = None
+    while response is None:
+        data = await reader.read(65536)
+        response = parser.feed(data) if data else parser.feed_eof()
+    return response.status, response.body

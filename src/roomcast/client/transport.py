@@ -27,13 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-from roomcast.errors import ConnectionClosed, PayloadTooBig, RemoteProtocolError
+from roomcast.errors import ConnectionClosed, RemoteProtocolError
+from roomcast.protocol import http1
 from roomcast.protocol import websocket as wsproto
 
 __all__ = ["Target", "parse_target", "HttpAnswer", "http_request", "WebSocket", "UpgradeRefused"]
 
 _MAX_HEAD_LINE = 8192
-_MAX_HEADERS = 100
 _READ_CHUNK = 65536
 
 
@@ -107,56 +107,20 @@ def _request_head(target: Target, method: str, resource: str, headers: Mapping[s
     return lines
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    """Status and lower-cased headers of one HTTP/1.x answer (interim 1xx skipped by callers)."""
-    line = await reader.readline()
-    if not line:
-        raise ConnectionClosed("the server closed the connection before answering")
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise RemoteProtocolError("not an HTTP/1.x status line")
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n"):
-        if not line:
-            raise ConnectionClosed("the answer ended inside its headers")
-        if len(line) > _MAX_HEAD_LINE or len(headers) >= _MAX_HEADERS:
-            raise RemoteProtocolError("HTTP answer head too large")
-        name, _, value = line.decode("latin-1").partition(":")
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    return int(parts[1]), headers
+async def _read_response(reader: asyncio.StreamReader, parser: http1.ResponseParser) -> http1.Response:
+    """Feed ``parser`` until the answer is whole; a connection that ends first is ``ConnectionClosed``.
 
-
-async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], limit: int) -> bytes:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = bytearray()
-        while True:
-            size_line = await reader.readline()
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise RemoteProtocolError("bad chunk size") from None
-            if size == 0:
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                return bytes(body)
-            if len(body) + size > limit:
-                raise PayloadTooBig(f"HTTP body over {limit} bytes")
-            body += await reader.readexactly(size)
-            await reader.readline()
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise RemoteProtocolError("bad Content-Length")
-        if int(length) > limit:
-            raise PayloadTooBig(f"HTTP body over {limit} bytes")
-        return await reader.readexactly(int(length))
-    body = bytearray()
-    while chunk := await reader.read(_READ_CHUNK):
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooBig(f"HTTP body over {limit} bytes")
-    return bytes(body)
+    Why ``ConnectionClosed`` and not the parser's ``IncompleteResponse``: to the SDK a cut
+    answer is a lost connection (reconnect), not a server that breaks HTTP.
+    """
+    try:
+        response = None
+        while response is None:
+            data = await reader.read(_READ_CHUNK)
+            response = parser.feed(data) if data else parser.feed_eof()
+    except http1.IncompleteResponse as exc:
+        raise ConnectionClosed(exc.reason) from None
+    return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,13 +161,8 @@ async def http_request(
             lines.append(f"Content-Length: {len(body)}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
-        status, answer_headers = await _read_head(reader)
-        while 100 <= status < 200:
-            status, answer_headers = await _read_head(reader)
-        data = await _read_body(reader, answer_headers, limit)
-        return HttpAnswer(status, answer_headers, data)
-    except asyncio.IncompleteReadError:
-        raise ConnectionClosed("the answer was cut short") from None
+        answer = await _read_response(reader, http1.ResponseParser(max_body=limit, max_line=_MAX_HEAD_LINE))
+        return HttpAnswer(answer.status, answer.headers, answer.body)
     finally:
         _close_writer(writer)
 
@@ -217,8 +176,14 @@ class WebSocket:
     """
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, max_message_bytes: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_message_bytes: int,
+        received: bytes = b"",
     ) -> None:
+        self._received = received  # bytes read with the handshake's head: the first frames
         self._reader = reader
         self._writer = writer
         self._parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=False)
@@ -253,9 +218,13 @@ class WebSocket:
             ]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             await writer.drain()
-            status, answer = await _read_head(reader)
-            if status != 101:
-                raise UpgradeRefused(status)
+            # head_only: whatever the status, its body is not ours to wait for, and after a
+            # 101 the bytes past the head are the server's first frames (kept in ``rest``).
+            parser = http1.ResponseParser(max_body=0, max_line=_MAX_HEAD_LINE, head_only=True)
+            response = await _read_response(reader, parser)
+            if response.status != 101:
+                raise UpgradeRefused(response.status)
+            answer = response.headers
             if answer.get("sec-websocket-accept", "").strip() != wsproto.accept_key(key):
                 raise RemoteProtocolError("wrong Sec-WebSocket-Accept")
             if "websocket" not in answer.get("upgrade", "").lower():
@@ -263,7 +232,7 @@ class WebSocket:
         except BaseException:
             _close_writer(writer)
             raise
-        return cls(reader, writer, max_message_bytes=max_message_bytes)
+        return cls(reader, writer, max_message_bytes=max_message_bytes, received=parser.rest)
 
     def send(self, data: str | bytes) -> None:
         """Send one message (text for ``str``, binary for ``bytes``), masked.
@@ -294,8 +263,9 @@ class WebSocket:
         while not self._ready:
             if self._closed:
                 raise ConnectionClosed("WebSocket closed")
+            chunk, self._received = self._received, b""
             try:
-                chunk = await self._reader.read(_READ_CHUNK)
+                chunk = chunk or await self._reader.read(_READ_CHUNK)
             except OSError as exc:
                 self.abort()
                 raise ConnectionClosed(f"transport error: {exc}") from None

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from roomcast.errors import RemoteProtocolError
+from roomcast.protocol import http1
+
 __all__ = ["Answer", "BadAnswer", "Unreachable", "get", "MAX_BODY"]
 
 MAX_BODY: Final = 1024 * 1024
 """The largest answer body read: a status document, not a download."""
-
-_MAX_HEADERS: Final = 100
 
 
 class Unreachable(Exception):
@@ -87,65 +88,26 @@ async def get(
                     await writer.wait_closed()
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g}s") from None
-    except (OSError, asyncio.IncompleteReadError) as exc:  # refused, reset, DNS, TLS, early EOF
+    except OSError as exc:  # refused, reset, DNS, TLS
         raise Unreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
-    except ValueError as exc:  # a line over the reader's limit
-        raise BadAnswer(str(exc)) from exc
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> Answer:
-    status, reason, headers = await _read_head(reader)
-    while 100 <= status < 200:  # interim answers
-        status, reason, headers = await _read_head(reader)
-    if status in (204, 304):
-        return Answer(status, reason, b"")
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return Answer(status, reason, await _read_chunked(reader))
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit() or int(length) > MAX_BODY:
-            raise BadAnswer(f"bad or too large Content-Length {length[:20]!r}")
-        return Answer(status, reason, await reader.readexactly(int(length)))
-    body = b""  # delimited by the end of the connection
-    while len(body) <= MAX_BODY and (chunk := await reader.read(65536)):
-        body += chunk
-    if len(body) > MAX_BODY:
-        raise BadAnswer(f"the body is over {MAX_BODY} bytes")
-    return Answer(status, reason, body)
+    """Feed the sans-I/O parser until the answer is whole; its errors become ours.
 
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
-    line = await reader.readline()
-    if not line:
-        raise Unreachable("the connection closed before an answer")
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise BadAnswer(f"not an HTTP/1.x status line: {line[:80]!r}")
-    reason = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n"):
-        if not line:
-            raise BadAnswer("the answer ended inside its headers")
-        if len(headers) >= _MAX_HEADERS:
-            raise BadAnswer("too many headers")
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), reason, headers
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = b""
-    while True:
-        size_text = (await reader.readline()).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadAnswer(f"bad chunk size {size_text[:20]!r}") from None
-        if size == 0:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
-                pass
-            return body
-        if len(body) + size > MAX_BODY:
-            raise BadAnswer(f"the body is over {MAX_BODY} bytes")
-        body += await reader.readexactly(size)
-        await reader.readline()  # the CRLF after each chunk
+    Why the split: no byte at all, or a cut inside the body, is the network (``Unreachable``,
+    worth retrying); anything else wrong is an upstream that does not answer HTTP properly.
+    """
+    parser = http1.ResponseParser(max_body=MAX_BODY)
+    try:
+        response = None
+        while response is None:
+            data = await reader.read(65536)
+            response = parser.feed(data) if data else parser.feed_eof()
+    except http1.IncompleteResponse as exc:
+        if isinstance(exc, http1.NoResponse) or exc.in_body:
+            raise Unreachable(exc.reason) from None
+        raise BadAnswer(exc.reason) from None
+    except RemoteProtocolError as exc:
+        raise BadAnswer(exc.reason) from None
+    return Answer(response.status, response.reason, response.body)

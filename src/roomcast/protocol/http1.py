@@ -1,0 +1,301 @@
+"""One HTTP/1.1 response, sans-I/O: the reader behind every HTTP client in roomcast.
+
+Owns the response side of RFC 9112 that our clients need (the publisher's async path, the
+task poller's ``GET``, the client SDK's long-polling and WebSocket handshake) and nothing
+else: no requests, no keep-alive, no content codings. Callers feed received bytes to
+:class:`ResponseParser`, call :meth:`~ResponseParser.feed_eof` when the peer closes, and get a
+:class:`Response` once the message is whole. Why one parser fed bytes rather than three
+``StreamReader`` loops: the rules (interim answers, framing, limits) then live and are tested
+in one place, byte by byte, without a socket.
+
+Which answers have a body (RFC 9112 §6.3):
+
+* interim ``1xx`` answers other than ``101`` are skipped; the next head is the answer;
+* ``101``, ``204`` and ``304`` end with their head; so does every answer when the parser is
+  made with ``head_only=True`` (an answer to ``HEAD``, or a WebSocket handshake, where only
+  the head matters and what follows it is not HTTP);
+* otherwise ``Transfer-Encoding: chunked`` (trailers are read and dropped), else
+  ``Content-Length``, else the body runs to the end of the connection.
+
+Whatever follows the message is kept in :attr:`ResponseParser.rest`: after a ``101`` those
+bytes are the first WebSocket frames, and losing them would lose messages.
+
+Errors are :class:`~roomcast.errors.RemoteProtocolError` with a ``reason`` that never quotes
+the peer's bytes: :class:`~roomcast.errors.PayloadTooBig` for a body over ``max_body``,
+:class:`IncompleteResponse` when the connection ends inside the message, and its subclass
+:class:`NoResponse` when it ends before a single byte (callers treat that as "unreachable":
+nothing was answered at all). After an error the parser is spent; drop it with the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Final
+
+from roomcast.errors import PayloadTooBig, RemoteProtocolError
+
+__all__ = ["Response", "ResponseParser", "IncompleteResponse", "NoResponse"]
+
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: (.*))?")
+_PREFIX: Final = b"HTTP/1."
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_MAX_LENGTH_DIGITS: Final = 18  # more digits than any sane limit; keeps int() cheap
+
+
+class IncompleteResponse(RemoteProtocolError):
+    """The connection ended inside the answer; ``in_body`` says whether the head was whole.
+
+    Why the flag: a cut in the head means the peer is not answering HTTP properly, while a
+    cut in the body is usually the network (a reset), worth retrying; callers decide.
+    """
+
+    def __init__(self, reason: str, *, in_body: bool) -> None:
+        super().__init__(reason)
+        self.in_body = in_body
+
+
+class NoResponse(IncompleteResponse):
+    """The connection ended before a single byte of an answer: nothing was answered."""
+
+    def __init__(self) -> None:
+        super().__init__("the connection closed before an answer", in_body=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One final answer: status, reason phrase, headers, whole body.
+
+    Header names are lower-cased; a repeated header's values are joined with ``", "``
+    (RFC 9110 §5.3), so a lookup never silently keeps only the last one.
+    """
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class _State(Enum):
+    STATUS = auto()
+    HEADERS = auto()
+    LENGTH = auto()  # a Content-Length body
+    CHUNK_SIZE = auto()
+    CHUNK_DATA = auto()
+    CHUNK_END = auto()  # the CRLF after a chunk's data
+    TRAILERS = auto()
+    UNTIL_EOF = auto()  # a body delimited by the end of the connection
+    DONE = auto()
+
+
+class ResponseParser:
+    """Reads one HTTP/1.x response from bytes fed in any pieces.
+
+    Args:
+        max_body: the largest body accepted, in bytes (``PayloadTooBig`` beyond it; a
+            ``Content-Length`` over it fails before the body is read).
+        max_headers: the most header lines in one head (and in the trailers).
+        max_line: the longest line (status, header, chunk size, trailer), its CRLF included.
+        head_only: the answer ends with its head whatever its headers say (an answer to
+            ``HEAD``; a WebSocket handshake, whose frames then start in :attr:`rest`).
+
+    Use::
+
+        parser = ResponseParser(max_body=1 << 20)
+        response = None
+        while response is None:
+            data = await reader.read(65536)
+            response = parser.feed(data) if data else parser.feed_eof()
+    """
+
+    __slots__ = ("_max_body", "_max_headers", "_max_line", "_head_only", "_buf", "_state", "_seen",
+                 "_status", "_reason", "_headers", "_lines", "_body", "_left", "response")
+
+    def __init__(self, *, max_body: int, max_headers: int = 100, max_line: int = 65536,
+                 head_only: bool = False) -> None:
+        self._max_body = max_body
+        self._max_headers = max_headers
+        self._max_line = max_line
+        self._head_only = head_only
+        self._buf = bytearray()
+        self._state = _State.STATUS
+        self._seen = False  # any byte at all: tells NoResponse from IncompleteResponse
+        self._status = 0
+        self._reason = ""
+        self._headers: dict[str, str] = {}
+        self._lines = 0  # header or trailer lines so far, against max_headers
+        self._body = bytearray()
+        self._left = 0  # bytes still due in a Content-Length body or the current chunk
+        self.response: Response | None = None
+        """The answer once it is whole; ``None`` until then."""
+
+    @property
+    def rest(self) -> bytes:
+        """The bytes received after the message (empty until :attr:`response` is set)."""
+        return bytes(self._buf) if self._state is _State.DONE else b""
+
+    def feed(self, data: bytes) -> Response | None:
+        """Take received bytes; the answer when they complete it, else ``None``.
+
+        Bytes fed after the answer is whole are added to :attr:`rest`.
+
+        Raises:
+            RemoteProtocolError: the bytes break HTTP/1.1 or a limit (``PayloadTooBig``).
+        """
+        if data:
+            self._seen = True
+            self._buf += data
+        if self._state is not _State.DONE:
+            self._run()
+        return self.response
+
+    def feed_eof(self) -> Response:
+        """The peer closed: complete a body delimited by the end of the connection.
+
+        Raises:
+            NoResponse: not a single byte came.
+            IncompleteResponse: the connection ended inside the head or the body.
+        """
+        if self.response is not None:
+            return self.response
+        if self._state is _State.UNTIL_EOF:
+            return self._finish()
+        if not self._seen:
+            raise NoResponse()
+        if self._state in (_State.STATUS, _State.HEADERS):
+            raise IncompleteResponse("the answer ended early, inside its head", in_body=False)
+        raise IncompleteResponse("the answer ended early, inside its body", in_body=True)
+
+    # -- the state machine ----------------------------------------------------------------
+    def _run(self) -> None:
+        """Advance while the buffer holds enough for the next step."""
+        while self._state is not _State.DONE:
+            state = self._state
+            if state is _State.LENGTH or state is _State.CHUNK_DATA:
+                taken = self._buf[: self._left]
+                del self._buf[: self._left]
+                self._body += taken
+                self._left -= len(taken)
+                if self._left:
+                    return
+                if state is _State.LENGTH:
+                    self._finish()
+                else:
+                    self._state = _State.CHUNK_END
+                continue
+            if state is _State.UNTIL_EOF:
+                self._body += self._buf
+                self._buf.clear()
+                self._check_body(0)
+                return
+            line = self._line()
+            if line is None:
+                return
+            if state is _State.STATUS:
+                self._status_line(line)
+            elif state is _State.HEADERS:
+                self._header_line(line)
+            elif state is _State.CHUNK_SIZE:
+                self._chunk_size(line)
+            elif state is _State.CHUNK_END:
+                if line:
+                    raise RemoteProtocolError("a chunk is longer than its size")
+                self._state = _State.CHUNK_SIZE
+            else:  # TRAILERS: read for their limit, then dropped (nothing here needs them)
+                if not line:
+                    self._finish()
+                else:
+                    self._count_line()
+
+    def _line(self) -> bytes | None:
+        """The next line without its CRLF (a bare LF is accepted), or ``None`` for more data."""
+        end = self._buf.find(b"\n", 0, self._max_line)
+        if end < 0:
+            if len(self._buf) >= self._max_line:
+                raise RemoteProtocolError(f"a line is over {self._max_line} bytes")
+            if self._state is _State.STATUS and not _PREFIX.startswith(self._buf[: len(_PREFIX)]):
+                raise RemoteProtocolError("not an HTTP/1.x status line")  # fail fast, no newline needed
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _status_line(self, line: bytes) -> None:
+        match = _STATUS_LINE.fullmatch(line)
+        if match is None:
+            raise RemoteProtocolError("not an HTTP/1.x status line")
+        self._status = int(match[1])
+        self._reason = (match[2] or b"").decode("latin-1").strip()
+        self._headers = {}
+        self._lines = 0
+        self._state = _State.HEADERS
+
+    def _count_line(self) -> None:
+        self._lines += 1
+        if self._lines > self._max_headers:
+            raise RemoteProtocolError(f"too many headers (over {self._max_headers})")
+
+    def _header_line(self, line: bytes) -> None:
+        if not line:
+            self._end_of_head()
+            return
+        self._count_line()
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:  # also refuses obsolete line folding
+            raise RemoteProtocolError("a header line without a valid name")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+
+    def _end_of_head(self) -> None:
+        """Choose how the body is delimited (RFC 9112 §6.3), or skip an interim answer."""
+        status, headers = self._status, self._headers
+        if 100 <= status < 200 and status != 101:
+            self._state = _State.STATUS  # interim: the real answer follows
+            return
+        if self._head_only or status in (101, 204, 304):
+            self._finish()
+            return
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if [c.strip().lower() for c in coding.split(",")] != ["chunked"]:
+                raise RemoteProtocolError("unsupported Transfer-Encoding (only chunked is read)")
+            self._state = _State.CHUNK_SIZE
+            return
+        length = headers.get("content-length")
+        if length is None:
+            self._state = _State.UNTIL_EOF
+            return
+        values = {v.strip() for v in length.split(",")}  # repeated identical values are allowed
+        value = values.pop()
+        if values or not value.isascii() or not value.isdigit():
+            raise RemoteProtocolError("bad Content-Length")
+        if len(value) > _MAX_LENGTH_DIGITS or int(value) > self._max_body:
+            raise PayloadTooBig(f"the body is over {self._max_body} bytes")
+        self._left = int(value)
+        self._state = _State.LENGTH
+
+    def _chunk_size(self, line: bytes) -> None:
+        size_text = line.split(b";", 1)[0].strip(b" \t")
+        if _HEX.fullmatch(size_text) is None:
+            raise RemoteProtocolError("bad chunk size")
+        size = int(size_text, 16)
+        if size == 0:
+            self._lines = 0
+            self._state = _State.TRAILERS
+            return
+        self._check_body(size)
+        self._left = size
+        self._state = _State.CHUNK_DATA
+
+    def _check_body(self, coming: int) -> None:
+        if len(self._body) + coming > self._max_body:
+            raise PayloadTooBig(f"the body is over {self._max_body} bytes")
+
+    def _finish(self) -> Response:
+        self._state = _State.DONE
+        self.response = Response(self._status, self._reason, self._headers, bytes(self._body))
+        self._body = bytearray()
+        return self.response
