@@ -24,15 +24,16 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 from roomcast.client.backoff import Backoff
 from roomcast.client.batcher import BatchHandler, ChangeBatcher
 from roomcast.client.connection import TRANSPORTS, EngineConnection
+from roomcast.client.dispatcher import Dispatcher
 from roomcast.client.listeners import Handler, ListenerSets
+from roomcast.client.outbox import OfflinePolicy, Outbox, Outgoing
 from roomcast.client.state import ClientState, StateChange, StateMachine
 from roomcast.client.subscriptions import RoomState, Subscriptions
 from roomcast.client.transport import parse_target
@@ -42,8 +43,6 @@ from roomcast.errors import (
     ConnectRefused,
     ConnectTimeout,
     LocalProtocolError,
-    OfflineBufferFull,
-    OfflineRefused,
     RemoteProtocolError,
     SubscribeRefused,
 )
@@ -65,15 +64,6 @@ SnapshotHandler: TypeAlias = Callable[[RoomState, Any], Awaitable[None] | None]
 META_QUERY = {"roomcast": "1"}
 _MAX_ROOM = 256
 _S = ClientState
-
-
-@dataclass(eq=False, slots=True)
-class _Outgoing:
-    """An emit waiting in the offline buffer (its ack future, if it asked for one)."""
-
-    event: str
-    args: tuple[Any, ...]
-    future: asyncio.Future[list[Any]] | None
 
 
 @dataclass(slots=True)
@@ -189,7 +179,7 @@ class Client:
         stable_after: float = 10.0,
         connect_timeout: float = 10.0,
         ack_timeout: float = 10.0,
-        offline: Literal["buffer", "refuse"] = "buffer",
+        offline: OfflinePolicy = "buffer",
         offline_limit: int = 1000,
         max_message_bytes: int = 10_000_000,
         headers: Mapping[str, str] | None = None,
@@ -198,10 +188,9 @@ class Client:
             raise ValueError("namespace must start with '/' and contain no ','")
         if not transports or any(t not in TRANSPORTS for t in transports):
             raise ValueError(f"transports must be a non-empty sequence of {TRANSPORTS}")
-        if offline not in ("buffer", "refuse"):
-            raise ValueError("offline must be 'buffer' or 'refuse'")
-        if connect_timeout <= 0 or ack_timeout <= 0 or stable_after < 0 or offline_limit < 0:
-            raise ValueError("timeouts must be > 0, stable_after and offline_limit >= 0")
+        if connect_timeout <= 0 or ack_timeout <= 0 or stable_after < 0:
+            raise ValueError("timeouts must be > 0 and stable_after >= 0")
+        self._outbox = Outbox(offline, offline_limit)
         self.url = url
         self.namespace = namespace
         self.target = parse_target(url, path)
@@ -211,8 +200,6 @@ class Client:
         self.stable_after = stable_after
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
-        self.offline = offline
-        self.offline_limit = offline_limit
         self.max_message_bytes = max_message_bytes
         self.headers = dict(headers or {})
         self._auth = auth
@@ -223,13 +210,11 @@ class Client:
         self._snapshot_handlers: list[tuple[str | None, SnapshotHandler]] = []
         self._batchers: list[ChangeBatcher] = []
         self._ack_ids = itertools.count()
-        self._offline: deque[_Outgoing] = deque()
         self._held: dict[str, list[_Held]] = {}  # rooms whose subscribe is in flight
         self._session: _Session | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._outcome: asyncio.Future[None] | None = None
-        self._jobs: asyncio.Queue[Coroutine[Any, Any, Any]] | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatcher = Dispatcher()
         self._pause_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._retries = 0
@@ -413,7 +398,7 @@ class Client:
     def _queue_snapshot(self, state: RoomState, snapshot: Any) -> None:
         for room, handler in list(self._snapshot_handlers):
             if room is None or room == state.room:
-                self._enqueue(_call_handler(handler, state, snapshot, f"snapshot of {state.room!r}"))
+                self._dispatcher.put(_call_handler(handler, state, snapshot, f"snapshot of {state.room!r}"))
 
     # -- emit -----------------------------------------------------------------------------
     async def emit(self, event: str, *args: Any, ack: bool = False, timeout: float | None = None) -> Any:
@@ -437,7 +422,7 @@ class Client:
             raise ConnectionClosed("client closed")
         future: asyncio.Future[list[Any]] | None = asyncio.get_running_loop().create_future() if ack else None
         session = self._session
-        entry: _Outgoing | None = None
+        entry: Outgoing | None = None
         if session is not None and self.state is _S.CONNECTED:
             self._send_event(session, event, args, future)
         else:
@@ -445,20 +430,16 @@ class Client:
                 sio.encode(SioPacket(SioType.EVENT, self.namespace, [event, *args]))
             except LocalProtocolError as exc:
                 raise ValueError(str(exc)) from None
-            if self.offline == "refuse":
-                raise OfflineRefused(f"not connected ({self.state}); emit of {event!r} refused")
-            if len(self._offline) >= self.offline_limit:
-                raise OfflineBufferFull(f"offline buffer full ({self.offline_limit} emits)")
-            entry = _Outgoing(event, args, future)
-            self._offline.append(entry)
+            entry = Outgoing(event, args, future)
+            self._outbox.add(entry, self.state.value)
         if future is None:
             return None
         try:
             async with asyncio.timeout(timeout if timeout is not None else self.ack_timeout):
                 return _unpack(await future)
         except TimeoutError:
-            if entry is not None and entry in self._offline:
-                self._offline.remove(entry)  # never send what the caller gave up on
+            if entry is not None:
+                self._outbox.discard(entry)  # never send what the caller gave up on
             raise AckTimeout(f"no ack for {event!r} within {timeout or self.ack_timeout} s") from None
 
     def _send_event(
@@ -495,10 +476,7 @@ class Client:
             logger.debug("dropped a %s packet: the connection is gone", packet.type.name)
 
     def _flush_offline(self, session: _Session) -> None:
-        while self._offline and self._session is session:
-            entry = self._offline.popleft()
-            if entry.future is not None and entry.future.done():
-                continue  # timed out while waiting
+        for entry in self._outbox.drain():
             self._send_event(session, entry.event, entry.args, entry.future)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -598,19 +576,8 @@ class Client:
             dropped = batcher.close()
             if dropped:
                 logger.info("close dropped %d pending changes", dropped)
-        while self._offline:
-            entry = self._offline.popleft()
-            if entry.future is not None and not entry.future.done():
-                entry.future.set_exception(ConnectionClosed("client closed"))
-        dispatcher, self._dispatcher = self._dispatcher, None
-        if dispatcher is not None and dispatcher is not asyncio.current_task():
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
-        elif dispatcher is not None:  # close() from a handler: end the loop after this job
-            dispatcher.cancel()
-        jobs, self._jobs = self._jobs, None
-        while jobs is not None and not jobs.empty():
-            jobs.get_nowait().close()  # never started: no "never awaited" warning
+        self._outbox.fail_all(ConnectionClosed("client closed"))
+        await self._dispatcher.aclose()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -664,9 +631,7 @@ class Client:
     async def _supervise(self) -> None:
         """Connect, serve, and after each loss decide: retry after a delay, or stop."""
         loop = asyncio.get_running_loop()
-        if self._dispatcher is None:
-            self._jobs = asyncio.Queue()
-            self._dispatcher = loop.create_task(self._dispatch_loop(), name="roomcast-client-dispatch")
+        self._dispatcher.start()
         while True:
             self._move(_S.CONNECTING)
             error: BaseException
@@ -881,29 +846,12 @@ class Client:
         # every later event, even ones already read from the socket, and each event is still
         # handled by exactly one set.
         if ack is None:
-            self._enqueue(self._dispatch(name, args))
+            self._dispatcher.put(self._dispatch(name, args))
         else:
-            self._enqueue(_acked(self._dispatch(name, [*args, ack]), ack))
+            self._dispatcher.put(_acked(self._dispatch(name, [*args, ack]), ack))
 
     async def _dispatch(self, name: str, args: list[Any]) -> int:
         return await self._listeners.dispatch(name, args)
-
-    def _enqueue(self, job: Coroutine[Any, Any, Any]) -> None:
-        if self._jobs is None:
-            job.close()
-            return
-        self._jobs.put_nowait(job)
-
-    async def _dispatch_loop(self) -> None:
-        """Run handlers one event at a time, in arrival order; nothing here ends the loop."""
-        jobs = self._jobs
-        assert jobs is not None
-        while True:
-            job = await jobs.get()
-            try:
-                await job
-            except Exception:
-                logger.exception("event dispatch failed")
 
     def __repr__(self) -> str:
         return f"<Client {self.url} {self.namespace} {self.state}>"
