@@ -26,6 +26,7 @@ class RawWebSocket(asyncio.Protocol):
         self.parser = wsproto.WebSocketParser(max_message_bytes=64 * 1024 * 1024, require_mask=False)
         self.messages: asyncio.Queue[str | bytes] = asyncio.Queue()
         self.close_code: int | None = None
+        self.close_reason = ""
         self.closed = asyncio.get_running_loop().create_future()
         self._handshake = asyncio.get_running_loop().create_future()
         self._buffer = b""
@@ -60,6 +61,7 @@ class RawWebSocket(asyncio.Protocol):
                 self.messages.put_nowait(payload.decode() if event.opcode == wsproto.OP_TEXT else payload)
             elif isinstance(event, wsproto.Close):
                 self.close_code = event.code
+                self.close_reason = event.reason
                 # answer like a browser does, then let the server end TCP
                 echo = 1000 if event.code in (1005, 1006) else event.code
                 self.send_raw(wsproto.close_frame(echo, mask=os.urandom(4)))

@@ -90,6 +90,26 @@ async def test_an_expiring_websocket_token_closes_the_connection_unless_refreshe
             refreshed.close()
 
 
+async def test_a_browser_refused_on_ws_learns_why_from_a_1008_close_not_a_hidden_401() -> None:
+    # Browsers hide the HTTP status of a refused handshake (the page only sees 1006, as for a
+    # dead server), so a handshake with an Origin is opened and closed with 1008 and the reason.
+    async with running(App(Hub(), Settings(jwt_secret=SECRET, cors_origins=("https://app.example",)))) as srv:
+        for bad, reason in ((None, "token required"), (token(exp_in=-5), "token expired")):
+            query = "" if bad is None else f"?token={bad}"
+            page = await open_websocket(srv.host, srv.port, f"/ws{query}", headers={
+                "Sec-WebSocket-Protocol": "roomcast.v1", "Origin": "https://app.example"})
+            try:
+                assert page.status == 101
+                assert await asyncio.wait_for(page.closed, 5) == 1008
+                assert page.close_reason == reason
+            finally:
+                page.close()
+        assert not srv.app.ws.connections  # nobody was let in
+        no_origin = await _ws(srv, None)  # other clients still get the plain HTTP answer
+        assert no_origin.status == 401
+        no_origin.close()
+
+
 async def test_sse_takes_the_token_from_the_query_and_checks_every_room() -> None:
     async with running(_app()) as srv:
         async with aiohttp.ClientSession() as http:

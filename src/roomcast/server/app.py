@@ -8,6 +8,9 @@ adapts ASGI messages to the same two calls. So both doors pass the same tests.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import hashlib
+import importlib.resources
 import logging
 from typing import Any
 
@@ -57,6 +60,26 @@ class EchoApp:
 
     def on_close(self, session: Session, reason: Disconnect) -> None:
         pass
+
+
+@functools.cache
+def _browser_module() -> tuple[bytes, str]:
+    """The browser module (DESIGN §7) and its ETag, read once per process from the package."""
+    body = importlib.resources.files("roomcast").joinpath("static/roomcast.js").read_bytes()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _serve_browser_module(request: HttpRequest) -> HttpResponse:
+    """``GET /roomcast.js``: revalidated on every use (``no-cache`` + ETag), so a deploy never
+    leaves a page on a stale module; public code, so any origin may import it."""
+    if request.method != "GET":
+        return api_error(405, "method_not_allowed", "use GET", [("Allow", "GET")])
+    body, etag = _browser_module()
+    headers = [("etag", etag), ("cache-control", "no-cache"), ("access-control-allow-origin", "*")]  # ASGI: lower case
+    seen = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
+    if etag in seen or "*" in seen:
+        return HttpResponse(304, b"", headers)
+    return HttpResponse(200, body, headers, "text/javascript; charset=utf-8")
 
 
 def _may_stop(conn: Connection, task: Task) -> bool:
@@ -187,6 +210,8 @@ class App:
             return json_error(413, 3, "Payload too large")
         if request.path == "/healthz":
             return HttpResponse(200, b"ok")
+        if request.path == "/roomcast.js":
+            return _serve_browser_module(request)
         if request.path == "/readyz":
             return HttpResponse(200, b"ready") if self._ready else HttpResponse(503, b"not ready")
         return json_error(404, 404, "Not found")

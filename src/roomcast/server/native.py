@@ -41,6 +41,7 @@ _STATUS = {
     200: "OK",
     204: "No Content",
     400: "Bad Request",
+    304: "Not Modified",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
@@ -63,7 +64,7 @@ class Router(Protocol):
 
 def _render(response: HttpResponse, keep_alive: bool) -> bytes:
     head = [f"HTTP/1.1 {response.status} {_STATUS.get(response.status, 'Unknown')}"]
-    if response.status != 204:
+    if response.status not in (204, 304):  # no body, so no length (RFC 9110 §8.6)
         head.append(f"Content-Type: {response.content_type}")
         head.append(f"Content-Length: {len(response.body)}")
     for name, value in response.headers:

@@ -243,6 +243,21 @@ def _auth_code(exc: AuthError) -> str:
     return "forbidden" if isinstance(exc, PermissionDenied) else "unauthorized"
 
 
+class _Refused:
+    """A browser's handshake whose token was refused: closed at once with 1008 and the reason."""
+
+    __slots__ = ()
+
+    def __init__(self, channel: WebSocketChannel, reason: str) -> None:
+        channel.close(1008, reason[:120])  # a close reason must fit in a control frame
+
+    def on_message(self, data: str | bytes) -> None:
+        pass  # nothing is read from a refused connection
+
+    def on_close(self, code: int) -> None:
+        pass
+
+
 class WsServer:
     """The ``/ws`` route.
 
@@ -283,6 +298,13 @@ class WsServer:
             try:
                 auth = self.authenticator.verify(token_from_request(request.headers, request.query))
             except AuthError as exc:
+                if "origin" in request.headers:
+                    # A browser: it hides the status of a refused handshake (the page sees
+                    # close code 1006, as for a dead server) and would retry for ever. Open,
+                    # then close with 1008 and the reason, which the page can read.
+                    reason = str(exc)
+                    return WebSocketAccept(lambda channel: _Refused(channel, reason),
+                                           subprotocol=wsjson.SUBPROTOCOL if offered else None)
                 return json_error(403 if isinstance(exc, PermissionDenied) else 401, 401, str(exc))
         return WebSocketAccept(
             lambda channel: self._open(channel, auth),
