@@ -142,6 +142,7 @@ def serve(
         click.echo(f"  SSE        {base}/sse?room=...")
         click.echo(f"  WebSocket  {base.replace('http', 'ws', 1)}/ws  (roomcast.v1)")
         click.echo(f"  API        {base}/api/  (OpenAPI: {base}/api/openapi.json)")
+        click.echo(f"  browser    {base}/roomcast.js  (ES module for pages on /ws or SSE)")
         click.echo(f"  health     {base}/healthz")
         click.echo(f"  readiness  {base}/readyz")
 
