@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from roomcast import _json
 from roomcast.client.transport import Target, UpgradeRefused, WebSocket, http_request
@@ -63,19 +63,23 @@ class Handshake:
         if not isinstance(data, dict):
             raise RemoteProtocolError("handshake is not a JSON object")
         sid, upgrades = data.get("sid"), data.get("upgrades", [])
-        numbers = [data.get(key) for key in ("pingInterval", "pingTimeout", "maxPayload")]
+        interval, timeout, max_payload = (data.get(key) for key in ("pingInterval", "pingTimeout", "maxPayload"))
         if not isinstance(sid, str) or not sid or not isinstance(upgrades, list):
             raise RemoteProtocolError("handshake without a sid")
-        if not all(type(n) is int and n >= 0 for n in numbers[:2]):
+        if not (_count(interval) and _count(timeout)):
             raise RemoteProtocolError("handshake without ping timing")
-        max_payload = numbers[2] if type(numbers[2]) is int and numbers[2] > 0 else 1_000_000
         return cls(
             sid,
             tuple(u for u in upgrades if isinstance(u, str)),
-            numbers[0] / 1000,  # type: ignore[operator]
-            numbers[1] / 1000,  # type: ignore[operator]
-            max_payload,
+            interval / 1000,
+            timeout / 1000,
+            max_payload if _count(max_payload) and max_payload > 0 else 1_000_000,
         )
+
+
+def _count(value: object) -> TypeGuard[int]:
+    """A non-negative JSON integer (``True`` is not one)."""
+    return type(value) is int and value >= 0
 
 
 class EngineConnection:
