@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from eventsource_page import PAGE, WAIT_MS
+from pageserver import serve_page
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # root, in a container
@@ -59,24 +59,8 @@ async def browser() -> AsyncIterator[Any]:
 @pytest.fixture
 async def page_origin() -> AsyncIterator[str]:
     """Serves the page at ``/`` on 127.0.0.1 with an ephemeral port; yields its origin."""
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
-
-    async def no_icon(request: web.Request) -> web.Response:
-        return web.Response(status=204)
-
-    site = web.Application()
-    site.router.add_get("/", index)
-    site.router.add_get("/favicon.ico", no_icon)
-    runner = web.AppRunner(site, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_page(lambda request: PAGE) as origin:
+        yield origin
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from pageserver import serve_page
 
 __all__ = ["PAGE", "WAIT_MS", "ModulePage", "page_server"]
 
@@ -83,24 +84,11 @@ window.ready = true;
 async def page_server() -> AsyncIterator[str]:
     """Serves ``PAGE`` at ``/?roomcast=<server url>`` on 127.0.0.1; yields its origin."""
 
-    async def index(request: web.Request) -> web.Response:
-        roomcast = html.escape(request.query["roomcast"], quote=True)
-        return web.Response(text=PAGE.replace("ROOMCAST", roomcast), content_type="text/html")
+    def render(request: web.Request) -> str:
+        return PAGE.replace("ROOMCAST", html.escape(request.query["roomcast"], quote=True))
 
-    async def no_icon(request: web.Request) -> web.Response:
-        return web.Response(status=204)
-
-    site = web.Application()
-    site.router.add_get("/", index)
-    site.router.add_get("/favicon.ico", no_icon)
-    runner = web.AppRunner(site, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_page(render) as origin:
+        yield origin
 
 
 class ModulePage:

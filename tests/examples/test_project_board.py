@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nodescenario import Observations, run_node_scenario
 from servers import uvicorn_running
 
 ROOT = Path(__file__).parents[2]
@@ -35,7 +35,6 @@ SUBPROCESS_TIMEOUT_S = 25.0
 TEST_TIMEOUT_S = 30.0
 BROWSER_WAIT_MS = 5_000
 
-Observations = list[dict[str, Any]]
 
 
 def load_example() -> ModuleType:
@@ -62,22 +61,8 @@ async def board() -> AsyncIterator[str]:
 async def run_scenario(url: str) -> Observations:
     if shutil.which("node") is None or not CLIENT.is_file():
         pytest.fail("needs node and tests/interop/node/node_modules (run `make test-deps`)")
-    options = json.dumps({"url": url, "timeoutMs": SCENARIO_TIMEOUT_MS})
-    process = await asyncio.create_subprocess_exec(
-        "node", str(SCENARIO), options, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(SUBPROCESS_TIMEOUT_S):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"board_scenario.mjs did not finish within {SUBPROCESS_TIMEOUT_S} s")
-    out = stdout.decode()
-    observations = [json.loads(line) for line in out.splitlines() if line.strip()]
-    if process.returncode != 0 or not observations or observations[-1]["type"] != "done":
-        pytest.fail(f"scenario failed (exit {process.returncode})\nstdout:\n{out}\nstderr:\n{stderr.decode()}")
-    return observations
+    return await run_node_scenario(SCENARIO, {"url": url, "timeoutMs": SCENARIO_TIMEOUT_MS},
+                                   timeout=SUBPROCESS_TIMEOUT_S)
 
 
 def section(observations: Observations, name: str) -> Observations:

@@ -10,18 +10,16 @@ acknowledged, so "published while away" is certain, not a race.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nodescenario import Observations, run_node_scenario
 from servers import RunningServer, running
 
 from roomcast.server.app import App
 
-Observations = list[dict[str, Any]]
 DRIVER_TIMEOUT_MS = 10_000
 SUBPROCESS_TIMEOUT_S = 20.0
 TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"], "polling+upgrade": ["polling", "websocket"]}
@@ -50,26 +48,8 @@ async def forgetful(make_app: Callable[..., App]) -> AsyncIterator[RunningServer
 async def run_scenario(node_dir: Path, **options: Any) -> Observations:
     """Run the driver to completion without blocking the loop the server runs on."""
     options.setdefault("timeoutMs", DRIVER_TIMEOUT_MS)
-    process = await asyncio.create_subprocess_exec(
-        "node",
-        "recovery_scenario.mjs",
-        json.dumps(options),
-        cwd=node_dir,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(SUBPROCESS_TIMEOUT_S):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"recovery_scenario.mjs did not finish within {SUBPROCESS_TIMEOUT_S} s")
-    out = stdout.decode()
-    observations = [json.loads(line) for line in out.splitlines() if line.strip()]
-    if process.returncode != 0 or not observations or observations[-1]["type"] != "done":
-        pytest.fail(f"scenario failed (exit {process.returncode})\nstdout:\n{out}\nstderr:\n{stderr.decode()}")
-    return observations
+    return await run_node_scenario(node_dir / "recovery_scenario.mjs", options, timeout=SUBPROCESS_TIMEOUT_S,
+                                   cwd=node_dir)
 
 
 def of_type(observations: Observations, kind: str) -> Observations:
