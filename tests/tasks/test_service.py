@@ -668,3 +668,11 @@ async def test_closing_the_service_ends_spawned_work_as_failed(hub: Hub, store: 
     await svc.aclose()
     stored = await store.get(task.id)
     assert stored is not None and stored.status is S.FAILED and stored.error == "producer was cancelled"
+
+
+def test_generated_ids_are_letters_and_digits_so_a_shell_never_reads_one_as_an_option() -> None:
+    from roomcast.tasks.service import new_task_id
+
+    ids = {new_task_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 12 and i.isascii() and i.isalnum() for i in ids)

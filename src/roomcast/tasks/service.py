@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import secrets
+import string
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
@@ -534,7 +535,7 @@ class TaskService:
         task_id: str | None,
     ) -> _Live:
         self._require_started()
-        task_id = secrets.token_urlsafe(9) if task_id is None else task_id
+        task_id = new_task_id() if task_id is None else task_id
         task = Task.new(task_id, kind, now=time.time(), title=title, owner=owner, deadline=deadline, metadata=metadata)
         if await self._store.get(task_id) is not None or task_id in self._live:
             raise TaskError(f"task {task_id!r} already exists")
@@ -771,6 +772,18 @@ def _summary(task: Task) -> dict[str, JSONValue]:
     data = task.to_json()
     del data["result"], data["metadata"]
     return data
+
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_task_id() -> str:
+    """12 random letters and digits (71 bits).
+
+    Not ``token_urlsafe``: its ``-`` and ``_`` let one id in 64 start with ``-``, which a
+    shell command (``roomcast tasks stop -x3…``) reads as an option.
+    """
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
 def _jsonable(value: object) -> JSONValue:
