@@ -282,8 +282,8 @@ async def test_tail_reconnects_by_itself_and_prints_what_it_missed_exactly_once(
             assert _last_event_id(await asyncio.wait_for(proxy.requests.get(), WAIT)) is None
             _snapshot_line(await tail.line(), "a", 0)
             _snapshot_line(await tail.line(), "b", 0)
-            epoch = (await publisher.apublish("a", "in-a", 1)).epoch
-            await publisher.apublish("b", "in-b", 1)
+            epochs = {"a": (await publisher.apublish("a", "in-a", 1)).epoch}
+            epochs["b"] = (await publisher.apublish("b", "in-b", 1)).epoch
             await _expect(tail, "in-a 1", "in-b 1")
 
             sent = {"a": 1, "b": 1}
@@ -299,7 +299,7 @@ async def test_tail_reconnects_by_itself_and_prints_what_it_missed_exactly_once(
                 cursor = decode_cursor(_last_event_id(head) or "")
                 before = {room: n - (2 if room == "a" else 1) for room, n in sent.items()}
                 assert {r: (p.epoch, p.offset) for r, p in cursor.items()} == {
-                    r: (epoch, n) for r, n in before.items()}
+                    r: (epochs[r], n) for r, n in before.items()}
                 await tail.note("reconnecting in")
                 proxy.gate.set()
                 await _expect(tail, *missed)  # replayed, room by room in the stream's order
@@ -319,7 +319,7 @@ async def test_tail_exits_0_when_the_rooms_are_finished() -> None:
         await app.hub.publish("job:1", "progress", 100)
         async with _cli("tail", "--url", srv.url, "job:1") as tail:
             _snapshot_line(await tail.line(), "job:1", 1)
-            app.hub.mark_terminal("job:1")  # the stream ends; its reconnect gets 204
+            await app.hub.mark_terminal("job:1")  # the stream ends; its reconnect gets 204
             assert await tail.exit_code() == 0
             assert await tail.rest() == []
             assert any("finished (204)" in line for line in tail.err_seen), tail.err_seen

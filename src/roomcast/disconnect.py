@@ -23,6 +23,7 @@ __all__ = [
     "NORMAL",
     "SHUTDOWN",
     "SLOW",
+    "INSUFFICIENT_STATE",
     "PING_TIMEOUT",
     "TRANSPORT_CLOSE",
     "SERVER_DISCONNECT",
@@ -53,6 +54,9 @@ class Disconnect:
 NORMAL = Disconnect(1000, "normal closure", reconnect=False)
 SHUTDOWN = Disconnect(3001, "server shutting down", reconnect=True)
 SLOW = Disconnect(3008, "slow consumer", reconnect=True)
+INSUFFICIENT_STATE = Disconnect(3009, "insufficient state", reconnect=True)
+"""The server cannot continue this connection's position exactly (a room's live stream broke and
+history no longer holds the gap); reconnecting recovers what history holds, or resets."""
 PING_TIMEOUT = Disconnect(3010, "ping timeout", reconnect=True)
 TRANSPORT_CLOSE = Disconnect(3011, "transport close", reconnect=True)
 SERVER_DISCONNECT = Disconnect(3012, "server namespace disconnect", reconnect=False)
@@ -67,6 +71,7 @@ ALL: tuple[Disconnect, ...] = (
     NORMAL,
     SHUTDOWN,
     SLOW,
+    INSUFFICIENT_STATE,
     PING_TIMEOUT,
     TRANSPORT_CLOSE,
     SERVER_DISCONNECT,

@@ -7,14 +7,17 @@ per publication (never per recipient) and are cheap for the garbage collector.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
-__all__ = ["RoomName", "ConnectionId", "JSONValue", "StreamPosition", "Publication"]
+__all__ = ["MAX_NAME_LENGTH", "RoomName", "ConnectionId", "JSONValue", "StreamPosition", "Publication", "Presence", "Subscription"]
 
 RoomName: TypeAlias = str
 ConnectionId: TypeAlias = str
 JSONValue: TypeAlias = Any
 """Anything orjson can serialise; ``bytes`` inside marks a Socket.IO binary attachment."""
+
+MAX_NAME_LENGTH: Final = 256
+"""The longest room or event name, in characters, on every transport and the API."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +43,47 @@ class Publication:
     data: tuple[JSONValue, ...]
     position: StreamPosition
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Who is in a room: how many connections, and the distinct users behind them (sorted).
+
+    Anonymous connections count in ``connections`` and not in ``users``.
+    """
+
+    room: RoomName
+    connections: int
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What a new subscriber of a room needs to be exactly in sync (``Hub.subscribe``).
+
+    Either ``recovered``: ``publications`` are exactly those after the position the
+    subscriber came back with; or not: ``snapshot`` is the room's state (``None`` without a
+    provider) and ``publications`` are those after the snapshot's position. Either way the
+    subscriber holds everything up to ``position`` once it has them, and every later
+    publication reaches it live, once.
+
+    Attributes:
+        room: the room.
+        position: where the subscriber stands after ``publications``.
+        recovered: whether the position it came back with was continued exactly.
+        snapshot: the room's state when not ``recovered``.
+        publications: what follows the snapshot (or the old position), oldest first.
+        terminal: the room will publish nothing more (a finished task's room).
+    """
+
+    room: RoomName
+    position: StreamPosition
+    recovered: bool
+    snapshot: Any = None
+    publications: tuple[Publication, ...] = ()
+    terminal: bool = False
+
+    @property
+    def base(self) -> StreamPosition:
+        """Where the snapshot (or the old position) stands: just before ``publications``."""
+        return StreamPosition(self.position.epoch, self.position.offset - len(self.publications))

@@ -44,54 +44,54 @@ async def test_offsets_count_1_2_3_per_room_independently() -> None:
     x2 = await b.publish("b", "ev", (), ts=1.0)
     assert [p.position.offset for p in (a1, a2, a3)] == [1, 2, 3]
     assert [p.position.offset for p in (x1, x2)] == [1, 2]
-    assert await b.position("a") == StreamPosition(b.epoch, 3)
-    assert await b.position("b") == StreamPosition(b.epoch, 2)
-    assert await b.position("never") == StreamPosition(b.epoch, 0)
+    assert await b.position("a") == a3.position
+    assert await b.position("b") == x2.position
+    assert (await b.position("never")).offset == 0
 
 
 async def test_publication_carries_what_was_published() -> None:
     b = MemoryBroker()
     pub = await b.publish("room", "chat", ("hi", {"n": 1}), ts=123.5)
-    assert pub == Publication("room", "chat", ("hi", {"n": 1}), StreamPosition(b.epoch, 1), 123.5)
+    assert pub == Publication("room", "chat", ("hi", {"n": 1}), StreamPosition(pub.position.epoch, 1), 123.5)
 
 
-async def test_one_epoch_per_broker_and_a_new_one_after_a_restart() -> None:
+async def test_each_room_has_its_own_epoch_and_a_restart_changes_every_one() -> None:
     b = MemoryBroker()
     pa = await b.publish("a", "ev", (), ts=1.0)
     pb = await b.publish("b", "ev", (), ts=1.0)
-    assert pa.position.epoch == pb.position.epoch == b.epoch
-    assert b.epoch  # non-empty
+    assert pa.position.epoch and pb.position.epoch and pa.position.epoch != pb.position.epoch
+    assert (await b.position("a")).epoch == pa.position.epoch  # stable while the stream lives
 
     restarted = MemoryBroker()
-    assert restarted.epoch != b.epoch
+    fresh = await restarted.position("a")
+    assert fresh.epoch != pa.position.epoch and fresh.offset == 0
     # a client holding the old position cannot be continued by the restarted broker
     result = await restarted.history("a", since=pa.position)
-    assert result == HistoryResult((), StreamPosition(restarted.epoch, 0), complete=False)
+    assert result == HistoryResult((), fresh, complete=False)
 
 
 async def test_history_returns_exactly_the_publications_after_an_offset() -> None:
     b = MemoryBroker()
     pubs = await publish_n(b, "r", 5)
     await publish_n(b, "other", 3)
-    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 2))
     assert result.complete
     assert result.publications == tuple(pubs[2:])
-    assert result.position == StreamPosition(b.epoch, 5)
+    assert result.position == StreamPosition((await b.position("r")).epoch, 5)
 
-    everything = await b.history("r", since=StreamPosition(b.epoch, 0))
+    everything = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 0))
     assert everything.complete and everything.publications == tuple(pubs)
 
 
 async def test_history_at_the_current_offset_is_complete_and_empty() -> None:
     b = MemoryBroker()
     await publish_n(b, "r", 3)
-    assert await b.history("r", since=StreamPosition(b.epoch, 3)) == HistoryResult(
-        (), StreamPosition(b.epoch, 3), complete=True
+    assert await b.history("r", since=StreamPosition((await b.position("r")).epoch, 3)) == HistoryResult(
+        (), StreamPosition((await b.position("r")).epoch, 3), complete=True
     )
-    # an unknown room at offset 0 is a fresh, complete stream
-    assert await b.history("new", since=StreamPosition(b.epoch, 0)) == HistoryResult(
-        (), StreamPosition(b.epoch, 0), complete=True
-    )
+    # an unknown room at offset 0 of its epoch is a fresh, complete stream
+    fresh = await b.position("new")
+    assert await b.history("new", since=fresh) == HistoryResult((), fresh, complete=True)
 
 
 @pytest.mark.parametrize(
@@ -107,13 +107,13 @@ async def test_history_at_the_current_offset_is_complete_and_empty() -> None:
 async def test_history_that_cannot_be_continued_is_incomplete(epoch: str | None, offset: int) -> None:
     b = MemoryBroker()
     await publish_n(b, "r", 3)
-    result = await b.history("r", since=StreamPosition(epoch or b.epoch, offset))
-    assert result == HistoryResult((), StreamPosition(b.epoch, 3), complete=False)
+    result = await b.history("r", since=StreamPosition(epoch or (await b.position("r")).epoch, offset))
+    assert result == HistoryResult((), StreamPosition((await b.position("r")).epoch, 3), complete=False)
 
 
 async def test_offset_ahead_of_an_unknown_room_is_incomplete() -> None:
     b = MemoryBroker()
-    result = await b.history("new", since=StreamPosition(b.epoch, 1))
+    result = await b.history("new", since=StreamPosition((await b.position("new")).epoch, 1))
     assert not result.complete
 
 
@@ -121,14 +121,14 @@ async def test_size_trimming_keeps_the_newest_and_reports_the_gap() -> None:
     b = MemoryBroker(history_size=3)
     pubs = await publish_n(b, "r", 5)  # history holds offsets 3, 4, 5
     for since in (0, 1):
-        result = await b.history("r", since=StreamPosition(b.epoch, since))
+        result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, since))
         assert not result.complete, since
         assert result.publications == ()
-        assert result.position == StreamPosition(b.epoch, 5)
+        assert result.position == StreamPosition((await b.position("r")).epoch, 5)
     # offset 2 needs 3, 4, 5: exactly what is kept
-    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 2))
     assert result.complete and result.publications == tuple(pubs[2:])
-    result = await b.history("r", since=StreamPosition(b.epoch, 4))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 4))
     assert result.complete and offsets(result) == [5]
 
 
@@ -139,21 +139,21 @@ async def test_age_trimming_drops_old_publications() -> None:
     fresh = await publish_n(b, "r", 2, ts=now + 3600)  # offsets 3, 4: well within the ttl
     assert [p.position.offset for p in old + fresh] == [1, 2, 3, 4]
 
-    result = await b.history("r", since=StreamPosition(b.epoch, 0))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 0))
     assert not result.complete and result.publications == ()
-    result = await b.history("r", since=StreamPosition(b.epoch, 1))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 1))
     assert not result.complete
-    result = await b.history("r", since=StreamPosition(b.epoch, 2))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 2))
     assert result.complete and result.publications == tuple(fresh)
 
 
 async def test_age_trimming_everything_expired() -> None:
     b = MemoryBroker(history_ttl=1.0)
     await publish_n(b, "r", 3, ts=time.time() - 3600)
-    result = await b.history("r", since=StreamPosition(b.epoch, 2))
-    assert result == HistoryResult((), StreamPosition(b.epoch, 3), complete=False)
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 2))
+    assert result == HistoryResult((), StreamPosition((await b.position("r")).epoch, 3), complete=False)
     # nothing was missed: still complete
-    result = await b.history("r", since=StreamPosition(b.epoch, 3))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 3))
     assert result.complete
 
 
@@ -162,9 +162,9 @@ async def test_history_size_zero_keeps_nothing() -> None:
     pubs = await publish_n(b, "r", 3)
     assert [p.position.offset for p in pubs] == [1, 2, 3]  # offsets still count
     for since in (0, 1, 2):
-        result = await b.history("r", since=StreamPosition(b.epoch, since))
-        assert result == HistoryResult((), StreamPosition(b.epoch, 3), complete=False)
-    assert (await b.history("r", since=StreamPosition(b.epoch, 3))).complete
+        result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, since))
+        assert result == HistoryResult((), StreamPosition((await b.position("r")).epoch, 3), complete=False)
+    assert (await b.history("r", since=StreamPosition((await b.position("r")).epoch, 3))).complete
 
 
 @pytest.mark.parametrize("kwargs", [{"history_size": -1}, {"history_ttl": -0.1}])
@@ -185,7 +185,7 @@ async def test_broker_delivers_synchronously_the_same_publication_it_returns() -
     # delivered inside the publisher's own task, not scheduled for later
     assert events.tasks == [asyncio.current_task()]
     # the history entry is the delivered object too (atomic history + publish)
-    result = await b.history("r", since=StreamPosition(b.epoch, 0))
+    result = await b.history("r", since=StreamPosition((await b.position("r")).epoch, 0))
     assert result.publications[0] is pub
 
 
@@ -209,4 +209,4 @@ async def test_publish_before_start_and_after_aclose_delivers_nothing_but_keeps_
     await b.aclose()
     await b.publish("r", "ev", (), ts=time.time())
     assert [p.position.offset for p in events.received] == [2]
-    assert offsets(await b.history("r", since=StreamPosition(b.epoch, 0))) == [1, 2, 3]
+    assert offsets(await b.history("r", since=StreamPosition((await b.position("r")).epoch, 0))) == [1, 2, 3]

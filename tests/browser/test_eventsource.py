@@ -158,11 +158,11 @@ async def test_terminal_rooms_end_the_stream_and_the_browser_stops_on_204(page: 
         stream = await BrowserStream.open(page, "tasks", sse_url(srv, tasks), ["done"])
         await stream.wait_events(2)  # the snapshots
         await srv.hub.publish("task:1", "done", {"result": 1})
-        srv.hub.mark_terminal("task:1")
+        await srv.hub.mark_terminal("task:1")
         await srv.hub.publish("task:2", "done", {"result": 2})
         await stream.wait_events(4)
         assert len(srv.app.sse.streams) == 1  # one room still open: the stream goes on
-        srv.hub.mark_terminal("task:2")
+        await srv.hub.mark_terminal("task:2")
 
         # The stream ends; the browser comes back after RETRY_MS with its cursor, gets 204,
         # and gives up: readyState CLOSED, without a word from the page's script.
@@ -207,7 +207,7 @@ async def test_what_a_finished_room_published_while_the_browser_was_away_still_a
         conn.disconnect(disconnect.TRANSPORT_CLOSE)
         await spy.until(lambda: not srv.app.sse.streams, "the dropped stream to end")
         await srv.hub.publish("task:1", "done", {"result": 1})  # the last word, while it is away
-        srv.hub.mark_terminal("task:1")
+        await srv.hub.mark_terminal("task:1")
         await spy.until(lambda: len(spy.requests) == 2, "the browser to reconnect by itself")
         spy.release()
 
@@ -223,7 +223,7 @@ async def test_a_first_visit_to_a_finished_room_gets_its_snapshot_and_the_browse
 ) -> None:
     async with serving(page_origin) as (srv, spy):
         await srv.hub.publish("task:9", "done", {"result": 9})
-        srv.hub.mark_terminal("task:9")
+        await srv.hub.mark_terminal("task:9")
         stream = await BrowserStream.open(page, "late", sse_url(srv, ["task:9"]), ["done"])
         await stream.wait_ready_state(CLOSED)
         (snapshot,) = await stream.events()  # the state, then the end: nothing more will come

@@ -13,7 +13,7 @@ from loopstep import yield_to_loop
 from roomcast import disconnect
 from roomcast.errors import ConnectionRefused
 from roomcast.hub import Hub
-from roomcast.types import StreamPosition
+from roomcast.types import StreamPosition, Subscription
 
 WAIT = 2.0  # seconds any asynchronous outcome may take before the test fails
 
@@ -102,13 +102,13 @@ async def test_remove_connection_clears_every_membership(hub: Hub, make_conn: Co
 
 
 async def test_publish_returns_increasing_offsets_per_room(hub: Hub) -> None:
-    epoch = hub.broker.epoch  # type: ignore[attr-defined]
+    epoch = (await hub.broker.position("a")).epoch
     assert [await hub.publish("a", "ev", i) for i in range(3)] == [
         StreamPosition(epoch, 1),
         StreamPosition(epoch, 2),
         StreamPosition(epoch, 3),
     ]
-    assert await hub.publish("b", "ev") == StreamPosition(epoch, 1)
+    assert (await hub.publish("b", "ev")).offset == 1
     assert await hub.publish("a", "ev") == StreamPosition(epoch, 4)
 
 
@@ -228,21 +228,16 @@ async def test_subscribe_without_provider_returns_none_snapshot_and_current_posi
     await hub.publish("r", "ev")
     await hub.publish("r", "ev")
     conn = make_conn()
-    reply = await hub.subscribe(conn, "r")
-    assert reply == {
-        "room": "r",
-        "epoch": hub.broker.epoch,  # type: ignore[attr-defined]
-        "offset": 2,
-        "recovered": False,
-        "snapshot": None,
-    }
+    sub = await hub.subscribe(conn, "r")
+    assert sub == Subscription("r", await hub.broker.position("r"), recovered=False, snapshot=None)
+    assert sub.position.offset == 2
     assert hub.members("r") == [conn]
     assert "r" in conn.rooms
 
 
 async def test_subscribe_to_a_fresh_room_starts_at_offset_0(hub: Hub, make_conn: ConnFactory) -> None:
-    reply = await hub.subscribe(make_conn(), "new")
-    assert reply["offset"] == 0 and reply["recovered"] is False
+    sub = await hub.subscribe(make_conn(), "new")
+    assert sub.position.offset == 0 and sub.recovered is False
 
 
 async def test_subscribe_uses_a_sync_snapshot_provider_by_glob(hub: Hub, make_conn: ConnFactory) -> None:
@@ -255,14 +250,14 @@ async def test_subscribe_uses_a_sync_snapshot_provider_by_glob(hub: Hub, make_co
 
     assert project_state.__name__ == "project_state"  # the decorator returns the provider
     conn = make_conn()
-    reply = await hub.subscribe(conn, "project:42")
-    assert reply["snapshot"] == {"room": "project:42", "tasks": [1, 2]}
-    assert reply["recovered"] is False
+    sub = await hub.subscribe(conn, "project:42")
+    assert sub.snapshot == {"room": "project:42", "tasks": [1, 2]}
+    assert sub.recovered is False
     assert asked == ["project:42"]
     assert hub.members("project:42") == [conn]
 
     other = await hub.subscribe(conn, "chat:1")
-    assert other["snapshot"] is None
+    assert other.snapshot is None
     assert asked == ["project:42"]
 
 
@@ -275,8 +270,8 @@ async def test_subscribe_awaits_an_async_snapshot_provider(hub: Hub, make_conn: 
         return f"state of {room}"
 
     conn = make_conn()
-    reply = await hub.subscribe(conn, "doc:7")
-    assert reply["snapshot"] == "state of doc:7"
+    sub = await hub.subscribe(conn, "doc:7")
+    assert sub.snapshot == "state of doc:7"
     assert hub.members("doc:7") == [conn]
 
 
@@ -284,8 +279,8 @@ async def test_first_matching_snapshot_pattern_wins(hub: Hub, make_conn: ConnFac
     hub.snapshot("a:special")(lambda room: "special")
     hub.snapshot("a:*")(lambda room: "generic")
     hub.snapshot("a:special")(lambda room: "never")
-    assert (await hub.subscribe(make_conn(), "a:special"))["snapshot"] == "special"
-    assert (await hub.subscribe(make_conn(), "a:other"))["snapshot"] == "generic"
+    assert (await hub.subscribe(make_conn(), "a:special")).snapshot == "special"
+    assert (await hub.subscribe(make_conn(), "a:other")).snapshot == "generic"
 
 
 async def test_publications_after_subscribe_arrive_and_earlier_ones_do_not(
@@ -294,8 +289,8 @@ async def test_publications_after_subscribe_arrive_and_earlier_ones_do_not(
     for i in range(3):
         await hub.publish("r", "ev", i)
     conn = make_conn()
-    reply = await hub.subscribe(conn, "r")
-    assert reply["offset"] == 3
+    sub = await hub.subscribe(conn, "r")
+    assert sub.position.offset == 3
     await hub.publish("r", "ev", 3)
     await hub.publish("r", "ev", 4)
     assert offsets_of(conn) == [4, 5]
@@ -318,10 +313,10 @@ async def test_subscribe_during_a_concurrent_publisher_misses_nothing_and_repeat
     async with asyncio.timeout(WAIT):
         await halfway.wait()
     conn = make_conn()
-    reply = await hub.subscribe(conn, "r")
+    sub = await hub.subscribe(conn, "r")
     async with asyncio.timeout(WAIT):
         await task
-    start = reply["offset"]
+    start = sub.position.offset
     assert total // 2 <= start < total
     assert offsets_of(conn) == list(range(start + 1, total + 1))
 
@@ -330,10 +325,10 @@ async def test_recovery_returns_exactly_the_missed_publications_in_order(
     hub: Hub, make_conn: ConnFactory
 ) -> None:
     first = make_conn()
-    reply = await hub.subscribe(first, "r")
+    sub = await hub.subscribe(first, "r")
     await hub.publish("r", "ev", "a")
     await hub.publish("r", "ev", "b")
-    epoch, seen = reply["epoch"], offsets_of(first)[-1]
+    epoch, seen = sub.position.epoch, offsets_of(first)[-1]
     assert seen == 2
 
     hub.remove_connection(first)  # the client drops ...
@@ -342,18 +337,11 @@ async def test_recovery_returns_exactly_the_missed_publications_in_order(
     await hub.publish("r", "missed", 3)
 
     again = make_conn()  # ... and comes back with what it last saw
-    reply = await hub.subscribe(again, "r", epoch=epoch, offset=seen)
-    assert reply == {
-        "room": "r",
-        "epoch": epoch,
-        "offset": 5,
-        "recovered": True,
-        "publications": [
-            {"event": "missed", "data": [1, "x"], "offset": 3},
-            {"event": "missed", "data": [2], "offset": 4},
-            {"event": "missed", "data": [3], "offset": 5},
-        ],
-    }
+    back = await hub.subscribe(again, "r", since=StreamPosition(epoch, seen))
+    assert (back.room, back.position, back.recovered, back.snapshot) == ("r", StreamPosition(epoch, 5), True, None)
+    assert [(p.event, p.data, p.position.offset) for p in back.publications] == [
+        ("missed", (1, "x"), 3), ("missed", (2,), 4), ("missed", (3,), 5)
+    ]
     assert again.written == []
     await hub.publish("r", "live")
     assert offsets_of(again) == [6]  # live stream continues right after the recovered ones
@@ -361,10 +349,10 @@ async def test_recovery_returns_exactly_the_missed_publications_in_order(
 
 async def test_recovery_at_the_current_offset_returns_nothing_missed(hub: Hub, make_conn: ConnFactory) -> None:
     await hub.publish("r", "ev")
-    reply = await hub.subscribe(make_conn(), "r", epoch=hub.broker.epoch, offset=1)  # type: ignore[attr-defined]
-    assert reply["recovered"] is True
-    assert reply["publications"] == []
-    assert reply["offset"] == 1
+    sub = await hub.subscribe(make_conn(), "r", since=await hub.broker.position("r"))
+    assert sub.recovered is True
+    assert sub.publications == ()
+    assert sub.position.offset == 1
 
 
 @pytest.mark.parametrize("stale", ["wrong-epoch", "ahead"])
@@ -374,17 +362,11 @@ async def test_unrecoverable_position_falls_back_to_the_snapshot(
     hub.snapshot("r")(lambda room: {"fresh": True})
     for _ in range(3):
         await hub.publish("r", "ev")
-    epoch = hub.broker.epoch  # type: ignore[attr-defined]
-    since = ("old-epoch", 1) if stale == "wrong-epoch" else (epoch, 99)
+    epoch = (await hub.broker.position("r")).epoch
+    since = StreamPosition("old-epoch", 1) if stale == "wrong-epoch" else StreamPosition(epoch, 99)
     conn = make_conn()
-    reply = await hub.subscribe(conn, "r", epoch=since[0], offset=since[1])
-    assert reply == {
-        "room": "r",
-        "epoch": epoch,
-        "offset": 3,
-        "recovered": False,
-        "snapshot": {"fresh": True},
-    }
+    sub = await hub.subscribe(conn, "r", since=since)
+    assert sub == Subscription("r", StreamPosition(epoch, 3), recovered=False, snapshot={"fresh": True})
     assert hub.members("r") == [conn]
 
 
@@ -398,8 +380,9 @@ async def test_recovery_after_history_was_trimmed_falls_back_to_the_snapshot() -
         for _ in range(5):
             await small.publish("r", "ev")
         conn = RecordingConnection("x", hub=small, encoder=CountingEncoder())
-        reply = await small.subscribe(conn, "r", epoch=small.broker.epoch, offset=1)  # type: ignore[attr-defined]
-        assert reply["recovered"] is False and reply["snapshot"] == "snap" and reply["offset"] == 5
+        epoch = (await small.broker.position("r")).epoch
+        sub = await small.subscribe(conn, "r", since=StreamPosition(epoch, 1))
+        assert sub.recovered is False and sub.snapshot == "snap" and sub.position.offset == 5
     finally:
         await small.aclose()
 
@@ -429,11 +412,11 @@ async def test_publication_during_an_async_snapshot_is_not_lost(hub: Hub, make_c
     await add("x")
     io_done.set()
     async with asyncio.timeout(WAIT):
-        reply = await subscribe
+        sub = await subscribe
     await add("y")
 
-    view = list(reply["snapshot"]) + [
-        encoded[2][0] for encoded in conn.written if encoded[-1] > reply["offset"]
+    view = list(sub.snapshot) + [p.data[0] for p in sub.publications] + [
+        encoded[2][0] for encoded in conn.written if encoded[-1] > sub.position.offset
     ]
     assert view == items == ["x", "y"]
 
@@ -458,7 +441,8 @@ async def test_publish_threadsafe_from_another_thread_delivers(hub: Hub, make_co
         await asyncio.to_thread(thread.join, WAIT)
     assert not thread.is_alive()
     assert "error" not in result, result.get("error")
-    assert result["position"] == StreamPosition(hub.broker.epoch, 1)  # type: ignore[attr-defined]
+    assert result["position"] == await hub.broker.position("jobs")
+    assert result["position"].offset == 1
     assert conn.written == [["enc", "done", (42,), 1]]
 
 
@@ -476,7 +460,7 @@ async def test_sync_callback_calling_publish_without_await_never_delivers(
     assert asyncio.iscoroutine(coro)
     coro.close()  # what happens to it eventually: it is dropped without ever running
     assert conn.written == []
-    assert await hub.broker.position("job") == StreamPosition(hub.broker.epoch, 0)  # type: ignore[attr-defined]
+    assert (await hub.broker.position("job")).offset == 0
 
 
 async def test_sync_callback_on_the_loop_thread_delivers_with_publish_threadsafe(

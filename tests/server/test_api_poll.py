@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tapbroker import TapBroker
 from aiohttp import web
 from servers import RunningServer, running
 from sseclient import open_sse
@@ -132,9 +133,10 @@ async def test_the_publisher_creates_a_polled_task_and_an_upstream_404_fails_it(
 
 
 async def test_shutdown_fails_a_followed_task_with_the_reason(upstream: Upstream) -> None:
-    app = App(Hub(), Settings())
+    tap = TapBroker()
+    app = App(Hub(broker=tap), Settings())
     failed: list[Any] = []
-    app.hub.add_publication_listener(
+    tap.taps.append(
         lambda p: failed.append(p.data[0]) if p.event == "task:failed" and p.room.startswith("task:") else None
     )
     async with running(app) as srv:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from tapbroker import TapBroker
 from aiohttp import web
 
 from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
@@ -109,7 +110,8 @@ class Published:
     def __init__(self, hub: Hub) -> None:
         self.seen: list[tuple[str, str, dict[str, Any]]] = []
         self._changed = asyncio.Event()
-        hub.add_publication_listener(self._record)
+        assert isinstance(hub.broker, TapBroker)
+        hub.broker.taps.append(self._record)
 
     def _record(self, publication: Publication) -> None:
         if publication.room.startswith("task:") and publication.data:
@@ -135,7 +137,7 @@ class Published:
 
 @pytest.fixture
 async def hub() -> AsyncIterator[Hub]:
-    h = Hub()
+    h = Hub(broker=TapBroker())
     await h.start()
     yield h
     await h.aclose()
@@ -154,7 +156,7 @@ async def service(hub: Hub) -> AsyncIterator[TaskService]:
 
 @pytest.fixture
 async def pollers(service: TaskService, hub: Hub) -> AsyncIterator[TaskPoller]:
-    p = TaskPoller(service, hub)
+    p = TaskPoller(service)
     yield p
     await p.aclose()
 

@@ -128,7 +128,7 @@ async def test_run_completes_and_publishes_every_change(
     assert listed[-1][1]["status"] == "completed"
     stored = await store.get("t1")
     assert stored is not None and stored.status is S.COMPLETED and stored.result == {"pages": 3}
-    assert hub.is_terminal(task_room("t1"))
+    assert await hub.is_terminal(task_room("t1"))
     assert (await service.get("t1")).to_json() == final
 
 
@@ -219,11 +219,12 @@ async def test_a_late_subscriber_gets_the_final_snapshot(hub: Hub, service: Task
     async with service.start("crawl", id="t1") as task:
         await task.complete({"answer": 42})
     late = recorder(hub, name="late")
-    reply = await hub.subscribe(late, task_room("t1"))
-    assert reply["snapshot"]["status"] == "completed"
-    assert reply["snapshot"]["result"] == {"answer": 42}
-    assert reply["snapshot"] == (await service.get("t1")).to_json()
-    assert (await hub.subscribe(late, task_room("nope")))["snapshot"] is None
+    sub = await hub.subscribe(late, task_room("t1"))
+    assert sub.snapshot["status"] == "completed"
+    assert sub.snapshot["result"] == {"answer": 42}
+    assert sub.snapshot == (await service.get("t1")).to_json()
+    assert sub.terminal  # nothing more will come
+    assert (await hub.subscribe(late, task_room("nope"))).snapshot is None
 
 
 # -- progress coalescing and threads -------------------------------------------------------
@@ -347,7 +348,7 @@ async def test_restart_fails_tasks_left_running(hub: Hub, tmp_path: Path) -> Non
         assert event == "task:failed" and data["error"] == INTERRUPTED_REASON
         assert names(rec.events(LIST_ROOM)) == ["task:failed"]
         assert rec.events(task_room("done")) == []
-        assert hub.is_terminal(task_room("running"))
+        assert await hub.is_terminal(task_room("running"))
         task = await second.get("running")
         assert task.status is S.FAILED and task.error == INTERRUPTED_REASON
         assert (await second.get("done")).status is S.CANCELLED

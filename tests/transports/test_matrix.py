@@ -181,10 +181,10 @@ class SseClient:
 
     async def unsubscribe(self, room: str) -> None:
         stack, _ = self.streams.pop(room)
-        members = self.srv.hub.presence(room)["connections"]
+        members = self.srv.hub.rooms().get(room, 0)
         await stack.aclose()
         async with asyncio.timeout(5):  # the server notices the stream closed
-            while self.srv.hub.presence(room)["connections"] == members:
+            while self.srv.hub.rooms().get(room, 0) == members:
                 await yield_to_loop()
 
     async def refusal(self, rooms: list[str]) -> str:
@@ -248,7 +248,7 @@ async def test_one_publication_reaches_subscribers_on_all_three_transports() -> 
         try:
             for client in clients:
                 await client.subscribe("board")
-            assert srv.hub.presence("board")["connections"] == 3
+            assert (await srv.hub.presence("board")).connections == 3
             await srv.hub.publish("board", "moved", {"card": 1})
             for client in clients:
                 assert await client.next_event() == ("moved", {"card": 1})
@@ -264,7 +264,7 @@ async def test_unsubscribe_stops_delivery(transport: str) -> None:
             await client.subscribe("board")
             await witness.subscribe("board")
             await client.unsubscribe("board")
-            assert srv.hub.presence("board")["connections"] == 1
+            assert (await srv.hub.presence("board")).connections == 1
             await srv.hub.publish("board", "after", 1)
             assert await witness.next_event() == ("after", 1)
             assert srv.hub.delivered == 1  # the witness only

@@ -20,7 +20,8 @@ from servers import RunningServer, running
 from roomcast import ConnectionRefused, _json
 from roomcast.hub.connection import Connection
 from roomcast.server.app import App
-from roomcast.transports.recovery import Recovery, Resume
+from roomcast.broker.memory import MemoryBroker
+from roomcast.transports.recovery import Recovery
 from roomcast.transports.socketio import SioSocket
 from roomcast.types import Publication, StreamPosition
 
@@ -174,11 +175,15 @@ async def test_events_carry_offsets_acks_and_calls_do_not(srv: RunningServer, ob
         assert news[:2] == ["news", {"n": 1}] and isinstance(news[2], str) and news[2] != first[2]
         assert await event(other, "/custom") == news  # one offset per publication, any namespace
 
-        await srv.hub.publish("elsewhere", "news", {"n": 2})  # no member here, still recorded
+        await srv.hub.publish("elsewhere", "news", {"n": 2})  # no socket has it: not in the trail
+        await srv.hub.publish("r", "news", {"n": 3})
+        later = await event(client)
+        assert recovery_of(srv).parse_offset(later[2]) == recovery_of(srv).parse_offset(news[2]) + 1
+        assert await event(other, "/custom") == later
         client.send('42["poke","after"]')
         poked = await event(client)
         assert poked[:2] == ["poked", "after"]
-        assert recovery_of(srv).parse_offset(poked[2]) == recovery_of(srv).parse_offset(news[2]) + 1  # the head
+        assert poked[2] == later[2]  # the head: everything written before it reached the client
 
         client.send('427["ask",21]')  # the server calls back: an event with an ack id
         question = await client.recv()
@@ -341,30 +346,52 @@ async def test_a_comeback_lost_before_it_is_accepted_can_come_back_again(
 
 
 async def test_a_gap_lost_during_the_connect_handler_gives_a_new_session(
+    make_app: Callable[..., App], observer: Observer
+) -> None:
+    """History is read again at acceptance: the client is told, never silently short."""
+    app = _install(make_app(recovery_window=WINDOW), observer)
+    app.hub.broker = MemoryBroker(history_size=2)
+    async with running(app) as srv:
+        client, body = await fresh(srv, observer, "r")
+        await srv.hub.publish("r", "news", {"n": 1})
+        seen = await event(client)
+        await lose(client, observer, body["sid"])
+        await srv.hub.publish("r", "news", {"n": 2})
+        observer.gate = asyncio.get_running_loop().create_future()
+        back = await open_websocket(srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket")
+        try:
+            await back.recv()
+            back.send("40" + _json.dumps_str({"token": "t", "pid": body["pid"], "offset": seen[2]}))
+            async with asyncio.timeout(5):
+                await observer.entered.wait()
+            for n in (3, 4):
+                await srv.hub.publish("r", "news", {"n": n})  # history keeps 2: #2, which it lacks, goes
+            observer.gate.set_result(None)
+            reply = connect_body(str(await back.recv()))
+            assert reply["pid"] != body["pid"]  # `socket.recovered` is false for the client
+            assert (await event(back))[0] == "welcome"  # and no replay before it
+            assert srv.hub.rooms() == {}
+            assert await call(back, 1, "echo", "alive") == ["alive"]
+        finally:
+            back.close()
+
+
+async def test_what_was_lost_in_flight_is_replayed_from_the_offset_the_client_has(
     srv: RunningServer, observer: Observer
 ) -> None:
-    """The record is checked again at acceptance: the client is told, never silently short."""
-    client, body = await fresh(srv, observer, "r")
-    await srv.hub.publish("r", "news", {"n": 1})
+    """Events written to the socket but never read are replayed from the client's offset."""
+    client, body = await fresh(srv, observer, "a", "b")
+    await srv.hub.publish("a", "news", {"n": 1})
     seen = await event(client)
+    for n, room in ((2, "b"), (3, "a"), (4, "b")):  # written to the socket, never read by the client
+        await srv.hub.publish(room, "news", {"n": n})
     await lose(client, observer, body["sid"])
-    await srv.hub.publish("r", "news", {"n": 2})
-    recovery_of(srv).capacity = 2  # what a busy server's record does to a slow handler
-    observer.gate = asyncio.get_running_loop().create_future()
-    back = await open_websocket(srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket")
+    back, reply = await connect(srv, {"token": "t", "pid": body["pid"], "offset": seen[2]})
     try:
-        await back.recv()
-        back.send("40" + _json.dumps_str({"token": "t", "pid": body["pid"], "offset": seen[2]}))
-        async with asyncio.timeout(5):
-            await observer.entered.wait()
-        for n in (3, 4):
-            await srv.hub.publish("elsewhere", "news", {"n": n})  # evicts #2, which it lacks
-        observer.gate.set_result(None)
-        reply = connect_body(str(await back.recv()))
-        assert reply["pid"] != body["pid"]  # `socket.recovered` is false for the client
-        assert (await event(back))[0] == "welcome"  # and no replay before it
-        assert srv.hub.rooms() == {}
-        assert await call(back, 1, "echo", "alive") == ["alive"]
+        assert connect_body(reply)["sid"] == body["sid"]
+        replayed = [(await event(back))[1]["n"] for _ in range(3)]
+        assert replayed == [2, 3, 4]  # in publication order, across rooms
+        assert (await event(back))[0] == "welcome"
     finally:
         back.close()
 
@@ -469,75 +496,76 @@ def _pub(room: str, n: int) -> Publication:
     return Publication(room, "news", (n,), StreamPosition("e", n), 0.0)
 
 
-def _lost(recovery: Recovery, *, rooms: tuple[str, ...], written: int, since: int = 0) -> None:
-    recovery.save("pid", sid="sid", namespace="/", rooms=rooms, data={}, since=since, written=written)
+def _lost(recovery: Recovery, *, rooms: dict[str, int], written: int, since: int = 0, pid: str = "pid") -> None:
+    positions = {room: StreamPosition("e", offset) for room, offset in rooms.items()}
+    recovery.save(pid, sid="sid", namespace="/", positions=positions, data={}, since=since, written=written)
 
 
-def test_the_record_is_bounded_by_count_and_age() -> None:
-    clock = Clock()
-    recovery = Recovery(10.0, capacity=3, clock=clock)
-    for n in range(1, 6):
-        recovery.record(_pub("r", n))
-    assert len(recovery) == 3 and recovery.first == 3 and recovery.head == 5
-    clock.now += 10.5
-    recovery.record(_pub("r", 6))
-    assert len(recovery) == 1 and recovery.first == 6
-    assert recovery.parse_offset(recovery.head_offset) == 6
+def _back(recovery: Recovery, seq: int | None, pid: str = "pid") -> dict[str, int] | None:
+    auth: dict[str, Any] = {"pid": pid}
+    if seq is not None:
+        auth["offset"] = f"{recovery.epoch}.{seq:x}"
+    resume = recovery.take("/", auth)
+    return None if resume is None else {room: p.offset for room, p in resume.positions.items()}
 
 
-def test_a_quiet_room_recovers_while_busy_rooms_cycle_the_record() -> None:
-    """Only what may have been lost in flight, and what came after the loss, must remain."""
-    recovery = Recovery(60.0, capacity=3, clock=Clock())
-    recovery.record(_pub("quiet", 1))
-    _lost(recovery, rooms=("quiet",), written=1)  # the client has #1: nothing in flight
-    for n in range(2, 4):
-        recovery.record(_pub("busy", n))
-    recovery.record(_pub("quiet", 4))
-    resume = recovery.take("/", {"pid": "pid", "offset": f"{recovery.epoch}.1"})
-    assert resume is not None
-    missed = recovery.missed(resume)
-    assert missed is not None and [e.seq for e in missed] == [4]
+def test_the_trail_numbers_each_publication_once_and_is_bounded() -> None:
+    recovery = Recovery(10.0, capacity=3, clock=Clock())
+    pub = _pub("r", 1)
+    assert recovery.stamp(pub) == recovery.stamp(pub) == (1, f"{recovery.epoch}.1")  # two encoders, one entry
+    for n in range(2, 6):
+        recovery.stamp(_pub("r", n))
+    assert len(recovery) == 3 and recovery.head == 5
+    assert recovery.parse_offset(recovery.head_offset) == 5
 
 
-def test_no_recovery_when_a_publication_it_may_lack_was_evicted() -> None:
+def test_a_client_with_everything_written_resumes_at_its_positions() -> None:
+    recovery = Recovery(60.0, clock=Clock())
+    for n in (1, 2):
+        recovery.stamp(_pub("r", n))
+    _lost(recovery, rooms={"r": 2, "quiet": 7}, written=2)
+    assert _back(recovery, 2) == {"r": 2, "quiet": 7}
+
+
+def test_what_was_written_but_not_received_moves_each_room_back() -> None:
+    recovery = Recovery(60.0, clock=Clock())
+    recovery.stamp(_pub("a", 1))  # seq 1: received
+    recovery.stamp(_pub("b", 5))  # seq 2: in flight
+    recovery.stamp(_pub("a", 2))  # seq 3: in flight
+    recovery.stamp(_pub("b", 6))  # seq 4: in flight
+    recovery.stamp(_pub("other", 1))  # seq 5: not this socket's room
+    _lost(recovery, rooms={"a": 2, "b": 6, "c": 3}, written=4)
+    assert _back(recovery, 1) == {"a": 1, "b": 4, "c": 3}
+
+
+def test_no_recovery_when_more_was_in_flight_than_the_trail_kept() -> None:
     recovery = Recovery(60.0, capacity=2, clock=Clock())
-    recovery.record(_pub("r", 1))
-    recovery.record(_pub("r", 2))
-    _lost(recovery, rooms=("r",), written=2)  # #2 written but the client only has #1
-    recovery.record(_pub("x", 3))
-    recovery.record(_pub("x", 4))  # evicts #2
-    assert recovery.take("/", {"pid": "pid", "offset": f"{recovery.epoch}.1"}) is None
+    for n in range(1, 5):
+        recovery.stamp(_pub("r", n))  # the trail keeps seq 3 and 4
+    _lost(recovery, rooms={"r": 4}, written=4)
+    assert _back(recovery, 1) is None  # seq 2 may be lost and nobody knows its room any more
     assert recovery.saved_sessions == 0  # claimed: gone either way
+    _lost(recovery, rooms={"r": 4}, written=4, pid="p2")
+    assert _back(recovery, 2, pid="p2") == {"r": 2}
 
 
-def test_no_recovery_when_what_came_after_the_loss_was_evicted() -> None:
-    recovery = Recovery(60.0, capacity=2, clock=Clock())
-    recovery.record(_pub("r", 1))
-    _lost(recovery, rooms=("r",), written=1)
-    for n in range(2, 5):
-        recovery.record(_pub("x", n))
-    assert recovery.take("/", {"pid": "pid", "offset": f"{recovery.epoch}.1"}) is None
-
-
-def test_an_offset_from_an_earlier_session_replays_from_this_one() -> None:
+def test_an_offset_from_an_earlier_session_is_floored_at_this_one() -> None:
     """The official client keeps its last offset across sessions; the session start floors it."""
     recovery = Recovery(60.0, clock=Clock())
-    recovery.record(_pub("r", 1))
-    recovery.record(_pub("r", 2))
-    _lost(recovery, rooms=("r",), written=0, since=2)
-    recovery.record(_pub("r", 3))
-    resume = recovery.take("/", {"pid": "pid", "offset": f"{recovery.epoch}.1"})
-    assert resume is not None and resume == Resume("pid", resume.saved, 2)
-    missed = recovery.missed(resume)
-    assert missed is not None and [e.seq for e in missed] == [3]
+    recovery.stamp(_pub("r", 1))
+    recovery.stamp(_pub("r", 2))
+    _lost(recovery, rooms={"r": 3}, written=3, since=2)
+    recovery.stamp(_pub("x", 1))
+    assert recovery.head == 3
+    assert _back(recovery, 1) == {"r": 3}  # seq 1 and 2 were before this session
 
 
 def test_sessions_expire_and_are_purged() -> None:
     clock = Clock()
     recovery = Recovery(5.0, clock=clock)
-    _lost(recovery, rooms=(), written=0)
+    _lost(recovery, rooms={}, written=0)
     clock.now += 5.0
-    recovery.save("other", sid="s2", namespace="/", rooms=(), data={}, since=0, written=0)
+    _lost(recovery, rooms={}, written=0, pid="other")
     assert recovery.saved_sessions == 1
     assert recovery.take("/", {"pid": "pid"}) is None
     assert recovery.take("/custom", {"pid": "other"}) is None  # another namespace's: left alone

@@ -19,6 +19,7 @@ from sseclient import open_sse
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.config import Settings
+from roomcast.types import Presence
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -147,8 +148,7 @@ async def test_presence_counts_distinct_users_and_announces_first_arrivals_and_l
                 assert (await _request(client, {"type": "subscribe", "id": 1, "room": "room:1"}))["type"] == "snapshot"
                 if i != 1:  # ann's second tab is not a new arrival
                     await announced()
-            assert srv.hub.presence("room:1") == {"room": "room:1", "connections": 4,
-                                                  "users": ["ann", "bob", "watcher"]}
+            assert await srv.hub.presence("room:1") == Presence("room:1", 4, ("ann", "bob", "watcher"))
             gone = asyncio.Event()
             forget = app.ws.forget
 
@@ -160,7 +160,7 @@ async def test_presence_counts_distinct_users_and_announces_first_arrivals_and_l
             tabs[0].close()
             async with asyncio.timeout(5):
                 await gone.wait()
-            assert srv.hub.presence("room:1")["connections"] == 3  # ann is still there in one tab
+            assert (await srv.hub.presence("room:1")).connections == 3  # ann is still there in one tab
             tabs[1].close()
             await announced()
             assert seen == [("presence:join", "watcher"), ("presence:join", "ann"), ("presence:join", "bob"),
@@ -189,7 +189,7 @@ async def test_socketio_needs_a_token_in_the_handshake_and_honours_its_grants() 
         try:
             ok = await client.call("subscribe", {"room": "doc:1"}, timeout=5)
             assert ok["recovered"] is False and ok["offset"] == 0
-            assert srv.hub.presence("doc:1")["users"] == ["ann"]
+            assert (await srv.hub.presence("doc:1")).users == ("ann",)
             assert await client.call("subscribe", {"room": "admin"}, timeout=5) == {
                 "error": "not allowed to subscribe 'admin'"}
             published = await client.call("publish", {"room": "doc:1", "event": "edit", "data": 1}, timeout=5)

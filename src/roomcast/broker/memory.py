@@ -1,7 +1,16 @@
 """``MemoryBroker``: one process, no other service; bounded per-room history in memory.
 
-Imports L0 and ``broker.base``. The epoch is random per broker instance: a restart loses
-history, so every room's epoch changes and clients recover with a fresh snapshot.
+Imports L0 and ``broker.base``. Delivery is synchronous (inside ``publish``), which the
+contract allows but never promises: the hub works the same over a broker that suspends.
+In one process a subscription costs nothing, so every publication is delivered, subscribed
+or not (the hub ignores rooms without local members): an application's plain ``conn.join``
+receives the next publication even if it never awaits the join. ``subscribe`` still
+matters: a followed room's stream is never freed.
+
+Every room's stream has its own random epoch, made when the stream is made. A stream is
+freed once it holds no history, nobody here subscribes to it and it was quiet for
+``history_ttl`` (``sweep``); a room that comes back gets a new stream and so a new epoch,
+never reused offsets. A restart loses every stream, so every epoch changes.
 """
 
 from __future__ import annotations
@@ -9,19 +18,26 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 
 from roomcast.broker.base import BrokerEvents, HistoryResult
-from roomcast.types import JSONValue, Publication, RoomName, StreamPosition
+from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
 __all__ = ["MemoryBroker"]
 
 
 class _RoomStream:
-    __slots__ = ("offset", "history")
+    __slots__ = ("epoch", "offset", "history", "touched")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
+        self.epoch = secrets.token_urlsafe(6)
         self.offset = 0
         self.history: deque[Publication] = deque()
+        self.touched = now
+
+    @property
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.epoch, self.offset)
 
 
 class MemoryBroker:
@@ -29,48 +45,68 @@ class MemoryBroker:
 
     Args:
         history_size: publications kept per room for recovery.
-        history_ttl: seconds a publication stays in history.
+        history_ttl: seconds a publication stays in history, and a quiet, empty stream
+            nobody follows is kept before it is freed.
+        clock: wall-clock seconds (a parameter so expiry can be tested exactly).
     """
 
-    def __init__(self, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
+    def __init__(
+        self, *, history_size: int = 1000, history_ttl: float = 300.0, clock: Callable[[], float] = time.time
+    ) -> None:
         if history_size < 0 or history_ttl < 0:
             raise ValueError("history_size and history_ttl must be >= 0")
-        self.epoch = secrets.token_urlsafe(6)
         self._history_size = history_size
         self._history_ttl = history_ttl
+        self._clock = clock
         self._streams: dict[RoomName, _RoomStream] = {}
+        self._subscribed: set[RoomName] = set()
+        self._terminal: set[RoomName] = set()
+        self._presence: dict[RoomName, dict[ConnectionId, str | None]] = {}
         self._events: BrokerEvents | None = None
+
+    @property
+    def streams(self) -> int:
+        """How many room streams are held (for tests and metrics)."""
+        return len(self._streams)
 
     async def start(self, events: BrokerEvents) -> None:
         self._events = events
 
+    async def aclose(self) -> None:
+        self._events = None
+
+    # -- publications -------------------------------------------------------------------
     async def publish(
         self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float
     ) -> Publication:
-        stream = self._streams.get(room)
-        if stream is None:
-            stream = self._streams[room] = _RoomStream()
+        stream = self._stream(room)
         stream.offset += 1
-        pub = Publication(room, event, data, StreamPosition(self.epoch, stream.offset), ts)
+        pub = Publication(room, event, data, StreamPosition(stream.epoch, stream.offset), ts)
         if self._history_size:
             history = stream.history
             history.append(pub)
             if len(history) > self._history_size:
                 history.popleft()
-        if self._events is not None:
-            self._events.on_publication(pub)
+        events = self._events
+        if events is not None:
+            events.on_publication(pub)
         return pub
 
+    async def subscribe(self, room: RoomName) -> None:
+        self._subscribed.add(room)
+
+    async def unsubscribe(self, room: RoomName) -> None:
+        self._subscribed.discard(room)
+
     async def position(self, room: RoomName) -> StreamPosition:
-        stream = self._streams.get(room)
-        return StreamPosition(self.epoch, stream.offset if stream else 0)
+        return self._stream(room).position
 
     async def history(self, room: RoomName, *, since: StreamPosition) -> HistoryResult:
-        stream = self._streams.get(room)
-        current = StreamPosition(self.epoch, stream.offset if stream else 0)
-        if since.epoch != self.epoch or since.offset > current.offset or since.offset < 0:
+        stream = self._stream(room)
+        current = stream.position
+        if since.epoch != stream.epoch or since.offset > current.offset or since.offset < 0:
             return HistoryResult((), current, complete=False)
-        if stream is None or since.offset == current.offset:
+        if since.offset == current.offset:
             return HistoryResult((), current, complete=True)
         self._trim(stream)
         history = stream.history
@@ -81,11 +117,60 @@ class MemoryBroker:
         pubs = tuple(history[i] for i in range(skip, len(history)))
         return HistoryResult(pubs, current, complete=True)
 
-    async def aclose(self) -> None:
-        self._events = None
+    def sweep(self) -> int:
+        """Trim every stream by age and free the quiet, empty ones nobody follows.
 
-    def _trim(self, stream: _RoomStream) -> None:
-        cutoff = time.time() - self._history_ttl
+        Returns:
+            How many streams were freed.
+        """
+        horizon = self._clock() - self._history_ttl
+        freed = [
+            room for room, stream in self._streams.items()
+            if room not in self._subscribed and not self._trim(stream) and stream.touched < horizon
+        ]
+        for room in freed:
+            del self._streams[room]
+        return len(freed)
+
+    def _stream(self, room: RoomName) -> _RoomStream:
+        now = self._clock()
+        stream = self._streams.get(room)
+        if stream is None:
+            stream = self._streams[room] = _RoomStream(now)
+        stream.touched = now
+        return stream
+
+    def _trim(self, stream: _RoomStream) -> int:
+        """Drop publications older than the history lifetime; returns how many are left."""
+        cutoff = self._clock() - self._history_ttl
         history = stream.history
         while history and history[0].ts < cutoff:
             history.popleft()
+        return len(history)
+
+    # -- room state ---------------------------------------------------------------------
+    async def mark_terminal(self, room: RoomName) -> None:
+        if room in self._terminal:
+            return
+        self._terminal.add(room)
+        events = self._events
+        if events is not None:
+            events.on_terminal(room)
+
+    async def is_terminal(self, room: RoomName) -> bool:
+        return room in self._terminal
+
+    async def add_presence(self, room: RoomName, client: ConnectionId, user: str | None) -> None:
+        self._presence.setdefault(room, {})[client] = user
+
+    async def remove_presence(self, room: RoomName, client: ConnectionId) -> None:
+        clients = self._presence.get(room)
+        if clients is not None:
+            clients.pop(client, None)
+            if not clients:
+                del self._presence[room]
+
+    async def presence(self, room: RoomName) -> Presence:
+        clients = self._presence.get(room, {})
+        users = sorted({user for user in clients.values() if user is not None})
+        return Presence(room, len(clients), tuple(users))

@@ -48,6 +48,7 @@ from roomcast.errors import (
 )
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.socketio import SioPacket, SioType
+from roomcast.types import MAX_NAME_LENGTH
 
 __all__ = ["Client", "Auth", "SnapshotHandler"]
 
@@ -62,7 +63,6 @@ SnapshotHandler: TypeAlias = Callable[[RoomState, Any], Awaitable[None] | None]
 """Called with a room's state and its snapshot: on a first subscribe and on every reset."""
 
 META_QUERY = {"roomcast": "1"}
-_MAX_ROOM = 256
 _S = ClientState
 
 
@@ -327,7 +327,7 @@ class Client:
             AckTimeout: no answer in time (the room stays and is retried on reconnect).
             ConnectionClosed: the client is closed.
         """
-        if not isinstance(room, str) or not 0 < len(room) <= _MAX_ROOM:
+        if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
             raise ValueError("room must be a string of 1-256 characters")
         if self.state is _S.CLOSED:
             raise ConnectionClosed("client closed")

@@ -6,6 +6,16 @@ an SSE stream and a plain WebSocket are all ``Connection`` objects to it.
 Fan-out (DESIGN §8): a publication is encoded once per encoder present in the room, then
 written to each member synchronously with no task, future or object per recipient. Members
 whose buffers are full are collected and disconnected as slow consumers after the loop.
+
+Subscribe (DESIGN §6, centrifuge's PubSubSync): join held → broker subscription ready →
+read history or the position and snapshot → merge what arrived live meanwhile by offset →
+release, in one loop step with the caller writing the ``Subscription``. It makes no
+assumption about when the broker delivers, so it is exact over a broker that suspends in
+every call and delivers later (``tests/broker/test_contract.py`` shows it).
+
+The broker's subscription follows local membership: a room's first member (held or live)
+subscribes the node to it, its last one leaving unsubscribes. Those calls, and presence
+updates, run in order per room in the background (``_chain``).
 """
 
 from __future__ import annotations
@@ -16,17 +26,17 @@ import fnmatch
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 from roomcast import disconnect
 from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
-from roomcast.errors import ConnectionClosed, LimitExceeded
+from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
-from roomcast.hub.rooms import Room
-from roomcast.types import ConnectionId, JSONValue, Publication, RoomName, StreamPosition
+from roomcast.hub.rooms import Pending, Room
+from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition, Subscription
 
 __all__ = ["Hub", "SnapshotProvider"]
 
@@ -37,7 +47,24 @@ SnapshotProvider = Callable[[RoomName], Any]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_SNAPSHOT_ATTEMPTS = 3
+_SYNC_ATTEMPTS = 3
+"""Reads of one subscription before giving up: a retry follows only a lost stream or an
+epoch that changed during the read, so a third one means the broker is failing."""
+
+
+class _Read:
+    """What one sync read of a room found, before the held publications are merged in."""
+
+    __slots__ = ("base", "recovered", "snapshot", "publications", "terminal")
+
+    def __init__(
+        self, base: StreamPosition, recovered: bool, snapshot: Any, publications: Sequence[Publication], terminal: bool
+    ) -> None:
+        self.base = base
+        self.recovered = recovered
+        self.snapshot = snapshot
+        self.publications = publications
+        self.terminal = terminal
 
 
 class Hub:
@@ -58,14 +85,14 @@ class Hub:
         self.connections: dict[ConnectionId, Connection] = {}
         self._rooms: dict[RoomName, Room] = {}
         self._snapshots: list[tuple[str, SnapshotProvider]] = []
-        self._publication_listeners: list[Callable[[Publication], None]] = []
-        self._terminal: set[RoomName] = set()
         self._presence_patterns: list[str] = []
+        self._chains: dict[RoomName, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self.delivered = 0
         self.slow_disconnects = 0
+        self.stream_losses = 0
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -78,6 +105,9 @@ class Hub:
         """Disconnect every connection and stop the broker."""
         for conn in list(self.connections.values()):
             conn.disconnect(disconnect.SHUTDOWN)
+        pending = [*self._chains.values(), *self._background]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
         await self.broker.aclose()
         self._loop = None
 
@@ -135,72 +165,163 @@ class Hub:
         for room in list(conn.rooms):
             self.leave(conn, room)
 
-    def join(self, conn: Connection, room: RoomName) -> None:
-        r = self._rooms.get(room)
-        if r is None:
-            r = self._rooms[room] = Room(room)
+    def join(self, conn: Connection, room: RoomName) -> asyncio.Future[None]:
+        """Make ``conn`` a live member of ``room`` now, with no snapshot or recovery.
+
+        Publications delivered to this node from now on reach it. Await the result to know
+        when the broker delivers the room here: a handler that joins, awaits, then sends
+        the room's state leaves no gap. Without the await, publications made before the
+        broker subscription is in place may not arrive; code that cares uses ``subscribe``.
+        """
+        r = self._room(room)
+        if conn in r.pending:
+            return self._ready(r)
         if r.add(conn):
             conn.rooms.add(room)
-            user = conn.user
-            if user is not None and r.users[user] == 1 and self._presence_patterns:
-                self._announce(room, "presence:join", user)
+            self._entered(conn, r)
+            self._arrived(conn, r)
+        return self._ready(r)
 
     def leave(self, conn: Connection, room: RoomName) -> None:
         r = self._rooms.get(room)
-        if r is not None and r.remove(conn):
-            conn.rooms.discard(room)
-            user = conn.user
-            if user is not None and user not in r.users and self._presence_patterns:
-                self._announce(room, "presence:leave", user)
-            if r.size == 0:
-                del self._rooms[room]
+        if r is None or not r.remove(conn):
+            return
+        conn.rooms.discard(room)
+        user = conn.user
+        if user is not None and user not in r.users and self._presence_patterns:
+            self._announce(room, "presence:leave", user)
+        if r.empty:
+            del self._rooms[room]
+        if self._loop is None:
+            return  # closed: the broker forgets this node's rooms and presence itself
+        self._chain(room, lambda: self.broker.remove_presence(room, conn.id))
+        if r.empty:
+            self._chain(room, lambda: self.broker.unsubscribe(room))
+
+    def position_of(self, conn: Connection, room: RoomName) -> StreamPosition | None:
+        """Where ``conn`` stands in ``room``'s stream: everything up to it was written to it.
+
+        ``None`` when it is not a member, or while it syncs (nothing of the room was written).
+        """
+        r = self._rooms.get(room)
+        if r is None:
+            return None
+        pending = r.pending.get(conn)
+        if pending is not None:
+            return pending.after
+        return r.position if r.has(conn) else None
+
+    def delivered_position(self, room: RoomName) -> StreamPosition | None:
+        """The last position of ``room`` this node has fanned out (``None``: no local members)."""
+        r = self._rooms.get(room)
+        return r.position if r is not None else None
+
+    def _room(self, room: RoomName) -> Room:
+        r = self._rooms.get(room)
+        if r is None:
+            r = self._rooms[room] = Room(room)
+        return r
+
+    def _entered(self, conn: Connection, r: Room) -> None:
+        room, user = r.name, conn.user
+        self._chain(room, lambda: self.broker.add_presence(room, conn.id, user))
+
+    def _arrived(self, conn: Connection, r: Room) -> None:
+        """Announce a user's first connection in ``r`` once it receives the room (after its
+        subscription, so the announcement reaches the newcomer too)."""
+        user = conn.user
+        if user is not None and r.users.get(user) == 1 and self._presence_patterns:
+            self._announce(r.name, "presence:join", user)
+
+    def _ready(self, r: Room) -> asyncio.Future[None]:
+        """The room's broker subscription, made (again, after a failure) when needed."""
+        ready = r.ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception() is not None)):
+            ready = r.ready = self._chain(r.name, lambda: self._subscribe_broker(r))
+        return ready
+
+    async def _subscribe_broker(self, r: Room) -> None:
+        await self.broker.subscribe(r.name)
+        position = await self.broker.position(r.name)
+        if r.position is None:
+            r.position = position  # the baseline: later publications are compared to it
+
+    def _chain(self, room: RoomName, call: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``call`` after every earlier broker call about ``room`` (subscribe before
+        unsubscribe before subscribe, presence add before remove)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the hub is not running; call start() first")
+        task = loop.create_task(_after(self._chains.get(room), call))
+        self._chains[room] = task
+        task.add_done_callback(lambda done: self._chain_done(room, done))
+        return task
+
+    def _chain_done(self, room: RoomName, task: asyncio.Task[None]) -> None:
+        if self._chains.get(room) is task:
+            del self._chains[room]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("broker call for room %r failed", room, exc_info=task.exception())
 
     # -- presence -----------------------------------------------------------------------
     def track_presence(self, pattern: str) -> None:
         """Publish ``presence:join`` / ``presence:leave`` ``{"room", "user"}`` to matching rooms.
 
-        Sent when a user's first connection joins a room and when its last one leaves, so a
-        user with three tabs open is one arrival, not three.
+        Sent when a user's first connection on this node joins a room and when its last one
+        leaves, so a user with three tabs open is one arrival, not three.
         """
         self._presence_patterns.append(pattern)
 
-    def presence(self, room: RoomName) -> dict[str, Any]:
-        """Who is in ``room`` here: ``{"room", "connections", "users"}`` (users sorted)."""
-        r = self._rooms.get(room)
-        if r is None:
-            return {"room": room, "connections": 0, "users": []}
-        return {"room": room, "connections": r.size, "users": sorted(r.users)}
+    async def presence(self, room: RoomName) -> Presence:
+        """Who is in ``room``, on every node (this node's own changes are counted)."""
+        chain = self._chains.get(room)
+        if chain is not None:
+            await asyncio.wait((chain,))
+        return await self.broker.presence(room)
 
     def _announce(self, room: RoomName, event: str, user: str) -> None:
         if not any(fnmatch.fnmatchcase(room, p) for p in self._presence_patterns):
             return
+        self._spawn(self.publish(room, event, {"room": room, "user": user}))
+
+    def _spawn(self, job: Coroutine[Any, Any, Any]) -> None:
         if self._loop is None:
+            job.close()  # closed hub: the job never runs, and says nothing about it
             return
-        task = self._loop.create_task(self.publish(room, event, {"room": room, "user": user}))
+        task = self._loop.create_task(_logged(job))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def mark_terminal(self, room: RoomName) -> None:
+    # -- terminal rooms -----------------------------------------------------------------
+    async def mark_terminal(self, room: RoomName) -> None:
         """Record that ``room`` will publish nothing more (a finished task's room).
 
-        Its members are told (``Connection.room_terminal``): an SSE stream whose rooms are
-        all terminal ends, and answers a reconnect with 204 so ``EventSource`` stops.
+        Its members are told (``Connection.room_terminal``) once its last publication
+        reached them: an SSE stream whose rooms are all terminal ends, and answers a
+        reconnect with 204 so ``EventSource`` stops.
         """
-        if room in self._terminal:
+        await self.broker.mark_terminal(room)
+
+    async def is_terminal(self, room: RoomName) -> bool:
+        return await self.broker.is_terminal(room)
+
+    def on_terminal(self, room: RoomName) -> None:
+        """The broker says ``room`` is finished (called after its last publication)."""
+        r = self._rooms.get(room)
+        if r is None or r.terminal:
             return
-        self._terminal.add(room)
-        for conn in self.members(room):
-            conn.room_terminal(room)
+        r.terminal = True
+        for group in list(r.groups.values()):
+            for conn in list(group):
+                conn.room_terminal(room)
 
-    def is_terminal(self, room: RoomName) -> bool:
-        return room in self._terminal
-
+    # -- local views ----------------------------------------------------------------------
     def rooms(self) -> dict[RoomName, int]:
-        """Every room with local members, and how many."""
-        return {name: room.size for name, room in self._rooms.items()}
+        """Every room with local members, and how many (syncing ones included)."""
+        return {name: room.size + len(room.pending) for name, room in self._rooms.items()}
 
     def users(self, room: RoomName) -> list[str]:
-        """The distinct users with a connection in ``room`` (anonymous ones are not counted)."""
+        """The distinct users with a connection in ``room`` here (anonymous ones are not counted)."""
         r = self._rooms.get(room)
         return sorted(r.users) if r is not None else []
 
@@ -234,24 +355,31 @@ class Hub:
             raise RuntimeError("the hub is not running; call publish_threadsafe after start()")
         return asyncio.run_coroutine_threadsafe(self.publish(room, event, *args), loop)
 
-    def add_publication_listener(self, listener: Callable[[Publication], None]) -> None:
-        """Call ``listener(publication)`` for every publication, before its fan-out.
-
-        Once per publication, whether or not the room has local members: for transports
-        that keep their own record of recent publications (Socket.IO connection state
-        recovery replays to a returning session what it missed while it had no socket).
-        A listener must be quick and must not raise.
-        """
-        self._publication_listeners.append(listener)
-
     def on_publication(self, publication: Publication) -> None:
         """Fan a publication out to local members (called by the broker)."""
-        self.published += 1
-        for listener in self._publication_listeners:
-            listener(publication)
         r = self._rooms.get(publication.room)
         if r is None:
+            return  # on its way when the room's last member left
+        if r.recovering is not None:
+            r.recovering.append(publication)  # the stream is being re-read: in order, after it
             return
+        position, last = publication.position, r.position
+        if last is not None and position.epoch != last.epoch:
+            self._reset(r, f"room {r.name!r} lost its history (new epoch)")
+            return
+        if last is not None and position.offset > last.offset + 1:
+            logger.warning("room %r: offset %d after %d, re-reading history", r.name, position.offset, last.offset)
+            self._recover(r, last, [publication])
+            return
+        if r.pending:
+            lost = r.feed(publication)
+            if lost is not None:
+                for conn in lost:
+                    self._drop(conn, r)
+        if last is not None and position.offset <= last.offset:
+            return  # delivered here before (a replay after a lost stream, or twice by the broker)
+        r.position = position
+        self.published += 1
         slow: list[Connection] | None = None
         for encoder, members in r.groups.items():
             try:
@@ -271,82 +399,184 @@ class Hub:
                 logger.info("disconnecting slow consumer %s", conn.id)
                 conn.disconnect(disconnect.SLOW)
 
+    # -- a broken live stream -------------------------------------------------------------
+    def on_stream_lost(self, rooms: Collection[RoomName] | None) -> None:
+        """The broker may have missed publications of ``rooms`` (``None``: all of them).
+
+        Each local room re-reads its history from the last position delivered here and
+        fans out what it missed; if history no longer holds it, the room's subscribers are
+        disconnected with ``INSUFFICIENT_STATE`` and recover (or reset) when they return.
+        """
+        self.stream_losses += 1
+        names: Iterable[RoomName] = list(self._rooms) if rooms is None else rooms
+        for name in names:
+            r = self._rooms.get(name)
+            if r is None:
+                continue
+            r.losses += 1  # a sync in progress reads again
+            if r.recovering is not None:
+                continue  # a re-read is under way; the losses count makes it read once more
+            base = r.position
+            catching_up = [p.after for p in r.pending.values() if p.after is not None]
+            if catching_up and (base is None or base.offset > min(a.offset for a in catching_up)):
+                base = min(catching_up, key=lambda a: a.offset)
+            if base is not None:
+                self._recover(r, base, [])
+
+    def _recover(self, r: Room, base: StreamPosition, held: list[Publication]) -> None:
+        r.recovering = held
+        r.position = base
+        self._spawn(self._reread(r, base))
+
+    async def _reread(self, r: Room, base: StreamPosition) -> None:
+        losses = r.losses
+        try:
+            result = await self.broker.history(r.name, since=base)
+        except Exception:
+            logger.exception("room %r: could not re-read history after a lost stream", r.name)
+            result = None
+        if self._rooms.get(r.name) is not r:
+            return
+        held, r.recovering = r.recovering or [], None
+        if result is None or not result.complete:
+            self._reset(r, f"room {r.name!r}: history no longer holds what the stream lost")
+            return
+        for pub in (*result.publications, *held):
+            self.on_publication(pub)
+        if r.losses != losses and r.position is not None and r.recovering is None:
+            self._recover(r, r.position, [])  # lost again while reading
+
+    def _reset(self, r: Room, why: str) -> None:
+        """Nobody in ``r`` can be continued exactly: disconnect them to recover or reset."""
+        logger.warning("%s; disconnecting its %d subscribers", why, r.size + len(r.pending))
+        for conn in r.members():
+            self._drop(conn, r)
+
+    def _drop(self, conn: Connection, r: Room) -> None:
+        self.leave(conn, r.name)
+        conn.disconnect(disconnect.INSUFFICIENT_STATE)
+
     # -- subscribe with snapshot or recovery ----------------------------------------------
-    async def subscribe(
-        self,
-        conn: Connection,
-        room: RoomName,
-        *,
-        epoch: str | None = None,
-        offset: int | None = None,
-    ) -> dict[str, Any]:
+    async def subscribe(self, conn: Connection, room: RoomName, *, since: StreamPosition | None = None) -> Subscription:
         """Join ``room`` and return what the subscriber needs to be exactly in sync.
 
-        With ``epoch`` and ``offset`` from an earlier subscription, the missed publications
-        are returned if history still holds all of them (``recovered: True``); otherwise the
-        room's snapshot (``recovered: False``). Membership starts in the same loop step as
-        the position is read, so the subscriber then gets every publication after
-        ``offset``: nothing twice, nothing skipped.
-
-        Returns:
-            ``{"room", "epoch", "offset", "recovered", "snapshot" | "publications"}``.
+        With ``since`` (a position from an earlier subscription) the missed publications
+        are returned if history still holds all of them (``recovered``); otherwise the
+        room's snapshot. The caller writes the ``Subscription`` before it next awaits:
+        live publications after ``Subscription.position`` reach ``conn`` through ``write``
+        from then on, nothing twice and nothing skipped.
 
         Raises:
-            LimitExceeded: ``conn`` already has ``max_rooms_per_connection`` other rooms.
-            ConnectionClosed: ``conn`` ended while the snapshot or history was awaited (it is
-                not joined: a closed connection left in a room would never be removed).
+            LimitExceeded: ``conn`` would have more than ``max_rooms_per_connection`` rooms
+                (counted before anything is awaited, so concurrent subscribes cannot pass it).
+            ConnectionClosed: ``conn`` ended, or left the room, while it was being synced.
+            BrokerError: the broker kept changing under the read.
         """
-        if room not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
-            raise LimitExceeded(f"at most {self.max_rooms_per_connection} rooms per connection")
-        if epoch is not None and offset is not None:
-            result = await self.broker.history(room, since=StreamPosition(epoch, offset))
-            if result.complete:
-                self._join_open(conn, room)
-                return {
-                    "room": room,
-                    "epoch": result.position.epoch,
-                    "offset": result.position.offset,
-                    "recovered": True,
-                    "publications": [
-                        {"event": p.event, "data": list(p.data), "offset": p.position.offset}
-                        for p in result.publications
-                    ],
-                }
-        # A publication landing while an async provider is suspended may be missing from
-        # its state; take the snapshot again until the position held still around it.
-        for _ in range(_SNAPSHOT_ATTEMPTS):
-            before = await self.broker.position(room)
-            state = await self._snapshot(room)
-            position = await self.broker.position(room)
-            if position == before:
-                self._join_open(conn, room)
-                return {
-                    "room": room,
-                    "epoch": position.epoch,
-                    "offset": position.offset,
-                    "recovered": False,
-                    "snapshot": state,
-                }
-        # Still moving: hand over the snapshot with what was published since it started,
-        # so the subscriber may see an update twice but never misses one.
-        result = await self.broker.history(room, since=before)
-        self._join_open(conn, room)
-        return {
-            "room": room,
-            "epoch": result.position.epoch,
-            "offset": result.position.offset,
-            "recovered": False,
-            "snapshot": state,
-            "publications": [
-                {"event": p.event, "data": list(p.data), "offset": p.position.offset}
-                for p in result.publications
-            ],
-        }
+        (sub,) = await self.subscribe_many(conn, ((room, since),))
+        return sub
 
-    def _join_open(self, conn: Connection, room: RoomName) -> None:
-        if conn.closed:
+    async def subscribe_many(
+        self, conn: Connection, requests: Iterable[tuple[RoomName, StreamPosition | None]]
+    ) -> list[Subscription]:
+        """``subscribe`` to several rooms at once, released together in one loop step.
+
+        For a transport whose one cursor resumes every room (SSE): no room's live
+        publications reach ``conn`` before every room's ``Subscription`` is written.
+        """
+        wanted = list(dict(requests).items())
+        new = sum(1 for room, _ in wanted if room not in conn.rooms)
+        if len(conn.rooms) + new > self.max_rooms_per_connection:
+            raise LimitExceeded(f"at most {self.max_rooms_per_connection} rooms per connection")
+        holds = []
+        for room, _ in wanted:  # held from here: live publications are kept from now on
+            if self._has(conn, room):
+                self.leave(conn, room)  # subscribing again: the new sync covers the gap
+            r = self._room(room)
+            holds.append(r.hold(conn))
+            conn.rooms.add(room)
+            self._entered(conn, r)
+        try:
+            reads = [await self._read(conn, room, since) for room, since in wanted]
+            for attempt in range(1, _SYNC_ATTEMPTS + 1):
+                merged = [self._merge(conn, room, hold, read) for (room, _), hold, read in zip(wanted, holds, reads)]
+                subs = [sub for sub in merged if sub is not None]
+                if len(subs) == len(merged):
+                    break
+                if attempt == _SYNC_ATTEMPTS:
+                    raise BrokerError(f"the broker kept changing while subscribing to {wanted[0][0]!r}")
+                for i, sub in enumerate(merged):  # a lost stream or a new epoch under the read
+                    if sub is None:
+                        room, since = wanted[i]
+                        holds[i].buffer, holds[i].losses = [], self._rooms[room].losses
+                        reads[i] = await self._read(conn, room, since)
+        except BaseException:
+            for room, _ in wanted:
+                self.leave(conn, room)
+            raise
+        for sub, hold in zip(subs, holds):
+            r = self._rooms[sub.room]
+            self._release(conn, r, hold, sub.position)
+            self._arrived(conn, r)
+        return subs
+
+    def _has(self, conn: Connection, room: RoomName) -> bool:
+        r = self._rooms.get(room)
+        return r is not None and r.has(conn)
+
+    async def _read(self, conn: Connection, room: RoomName, since: StreamPosition | None) -> _Read:
+        r = self._rooms.get(room)
+        if r is None or conn not in r.pending:
+            raise ConnectionClosed(f"connection {conn.id} left {room!r} while subscribing")
+        await asyncio.shield(self._ready(r))
+        broker = self.broker
+        read: _Read | None = None
+        if since is not None:
+            result = await broker.history(room, since=since)
+            if result.complete:
+                read = _Read(since, True, None, result.publications, False)
+        if read is None:
+            base = await broker.position(room)
+            read = _Read(base, False, await self._snapshot(room), (), False)
+        read.terminal = await broker.is_terminal(room)
+        if conn.closed or self._rooms.get(room) is not r or conn not in r.pending:
             raise ConnectionClosed(f"connection {conn.id} closed while subscribing to {room!r}")
-        self.join(conn, room)
+        return read
+
+    def _merge(self, conn: Connection, room: RoomName, hold: Pending, read: _Read) -> Subscription | None:
+        """The read plus what was held meanwhile, by offset; ``None`` if it must be read again."""
+        r = self._rooms.get(room)
+        if r is None or r.pending.get(conn) is not hold or conn.closed:
+            raise ConnectionClosed(f"connection {conn.id} closed while subscribing to {room!r}")
+        if r.losses != hold.losses:
+            return None
+        pubs = list(read.publications)
+        epoch, last = read.base.epoch, read.base.offset + len(pubs)
+        for pub in hold.buffer or ():
+            position = pub.position
+            if position.epoch != epoch or position.offset > last + 1:
+                return None
+            if position.offset == last + 1:
+                pubs.append(pub)
+                last += 1
+        return Subscription(
+            room,
+            StreamPosition(epoch, last),
+            read.recovered,
+            read.snapshot,
+            tuple(pubs),
+            read.terminal or r.terminal,
+        )
+
+    def _release(self, conn: Connection, r: Room, hold: Pending, position: StreamPosition) -> None:
+        """Live now if this node has delivered up to ``position``; else after it does."""
+        current = r.position
+        if current == position:
+            r.add(conn)
+            return
+        hold.buffer, hold.after = None, position
+        if current is not None and current.epoch == position.epoch and current.offset > position.offset:
+            logger.error("room %r delivered past a subscriber's merged position", r.name)
+            self._drop(conn, r)
 
     async def _snapshot(self, room: RoomName) -> Any:
         for pattern, provider in self._snapshots:
@@ -363,3 +593,19 @@ class Hub:
 
     def connect_handler(self, namespace: str) -> ConnectHandler | None:
         return self.handlers.connect_handler(namespace)
+
+
+async def _after(previous: asyncio.Task[None] | None, call: Callable[[], Awaitable[None]]) -> None:
+    if previous is not None and not previous.done():
+        await asyncio.wait((previous,))
+    await call()
+
+
+async def _logged(job: Coroutine[Any, Any, Any]) -> None:
+    """Run a background job; its failure is logged once here, never left unretrieved."""
+    try:
+        await job
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("background job failed")

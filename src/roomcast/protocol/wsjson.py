@@ -23,6 +23,7 @@ from typing import Any, Final, TypeAlias
 
 from roomcast import _json
 from roomcast.errors import LocalProtocolError, RemoteProtocolError
+from roomcast.types import MAX_NAME_LENGTH
 from roomcast.types import JSONValue
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "RequestId",
     "MAX_ID",
     "MAX_ID_LENGTH",
-    "MAX_NAME_LENGTH",
     "BAD_REQUEST",
     "UNKNOWN_TYPE",
     "UNAUTHORIZED",
@@ -64,8 +64,6 @@ MAX_ID: Final = 2**53 - 1
 """Integer ids must lie in ``[-MAX_ID, MAX_ID]``: a JavaScript client reads them back exactly."""
 MAX_ID_LENGTH: Final = 64
 """The longest string id, in characters."""
-MAX_NAME_LENGTH: Final = 256
-"""The longest room name, event name or epoch, in characters."""
 
 BAD_REQUEST: Final = "bad_request"
 UNKNOWN_TYPE: Final = "unknown_type"

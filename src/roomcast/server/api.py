@@ -27,13 +27,12 @@ from roomcast.tasks.model import TaskStatus
 from roomcast.tasks.poller import DEFAULT_DONE, DEFAULT_FAILED, PollSpec, TaskPoller
 from roomcast.tasks.service import TaskService
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
-from roomcast.types import StreamPosition
+from roomcast.types import MAX_NAME_LENGTH, StreamPosition
 
 __all__ = ["ApiServer", "OPENAPI"]
 
 logger = logging.getLogger("roomcast.api")
 
-MAX_NAME = 256
 MAX_BROADCAST_ROOMS = 1000
 
 Route = Callable[["ApiServer", HttpRequest], Awaitable[HttpResponse]]
@@ -48,8 +47,8 @@ def _ok(body: Any, status: int = 200) -> HttpResponse:
 
 
 def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise BadRequest(f"'{what}' must be a string of 1 to {MAX_NAME} characters")
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+        raise BadRequest(f"'{what}' must be a string of 1 to {MAX_NAME_LENGTH} characters")
     return value
 
 
@@ -200,7 +199,8 @@ class ApiServer:
         })
 
     async def presence(self, request: HttpRequest) -> HttpResponse:
-        return _ok(self.hub.presence(_name(request.query.get("room"), "room")))
+        presence = await self.hub.presence(_name(request.query.get("room"), "room"))
+        return _ok({"room": presence.room, "connections": presence.connections, "users": list(presence.users)})
 
     async def disconnect(self, request: HttpRequest) -> HttpResponse:
         body = _body(request)

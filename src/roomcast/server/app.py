@@ -144,7 +144,7 @@ class App:
             keep_days=settings.task_keep_days,
             keep_count=settings.task_keep_count,
         )
-        self.pollers = TaskPoller(self.tasks, self.hub)  # tasks that follow an upstream job's URL
+        self.pollers = TaskPoller(self.tasks)  # tasks that follow an upstream job's URL
         self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers)
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)

@@ -65,11 +65,10 @@ from urllib.parse import urlsplit
 
 from roomcast import _json
 from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
-from roomcast.hub import Hub
 from roomcast.tasks import _http
 from roomcast.tasks.model import TERMINAL, Task, TaskStatus, task_room
 from roomcast.tasks.service import TaskService
-from roomcast.types import JSONValue, Publication
+from roomcast.types import JSONValue
 
 __all__ = ["PollSpec", "PollFields", "TaskPoller", "CLOSED_REASON", "DEFAULT_DONE", "DEFAULT_FAILED"]
 
@@ -92,8 +91,6 @@ _SPEC_KEYS: Final = frozenset(
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS: Final = frozenset({"host", "connection", "content-length", "transfer-encoding"})
 _MAX_URL: Final = 2048
-_STOP_STATUSES: Final = frozenset({TaskStatus.STOPPING.value, *(s.value for s in TERMINAL)})
-_ROOM_PREFIX: Final = task_room("")
 
 
 # -- the spec --------------------------------------------------------------------------------
@@ -281,19 +278,18 @@ class TaskPoller:
     Args:
         service: the tasks to drive (``begin``, ``report``, ``complete``, ``fail``, ``time_out``,
             ``cancel``).
-        hub: the hub ``service`` publishes through: a stop request is seen there, at once.
         ssl_context: for ``https`` URLs; the default verifies against the system's CAs.
 
-    It listens to ``hub``'s publications for as long as the hub lives (a dictionary lookup
-    per publication to a ``task:`` room), so make one per hub, not one per task.
+    It listens to ``service``'s changes for as long as the service lives, so a stop request
+    is seen at once; make one per service, not one per task.
     """
 
-    def __init__(self, service: TaskService, hub: Hub, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, service: TaskService, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._service = service
         self._ssl = ssl_context
         self._watches: dict[str, _Watch] = {}
         self._closed = False
-        hub.add_publication_listener(self._on_publication)
+        service.add_listener(self._on_change)
 
     @property
     def following(self) -> frozenset[str]:
@@ -372,17 +368,13 @@ class TaskPoller:
 
     # -- one followed task ---------------------------------------------------------------
 
-    def _on_publication(self, publication: Publication) -> None:
-        """A hub listener: cancel the poller of a task whose room announces a stop or an end."""
-        if not self._watches or not publication.room.startswith(_ROOM_PREFIX) or not publication.data:
-            return
-        watch = self._watches.get(publication.room[len(_ROOM_PREFIX) :])
+    def _on_change(self, task: Task) -> None:
+        """A service listener: cancel the poller of a task that is stopping or has ended."""
+        watch = self._watches.get(task.id)
         if watch is None or watch.ending or watch.interrupted is not None:
             return
-        data = publication.data[0]
-        status = data.get("status") if isinstance(data, dict) else None
-        if isinstance(status, str) and status in _STOP_STATUSES:
-            watch.interrupted = status
+        if task.status is TaskStatus.STOPPING or task.is_terminal:
+            watch.interrupted = task.status.value
             if watch.runner is not None:
                 watch.runner.cancel()
 

@@ -206,6 +206,7 @@ class TaskService:
         self._list_rooms = frozenset(list_rooms)
         self._live: dict[str, _Live] = {}
         self._routes: builtins.list[Callable[[Task], Iterable[RoomName]]] = []
+        self._listeners: builtins.list[Callable[[Task], None]] = []
         self._spawned: set[asyncio.Task[Any]] = set()  # producers started by ``spawn``
         self._helpers: set[asyncio.Task[Any]] = set()  # flushers, timer callbacks: cancellable
         self._commits: set[asyncio.Task[Any]] = set()  # changes in flight: awaited, never cancelled
@@ -227,7 +228,7 @@ class TaskService:
         self._hub.snapshot(task_room("*"))(self._snapshot)
         for task in await self._store.mark_interrupted(INTERRUPTED_REASON, time.time()):
             await self._publish(task, event_for(TaskStatus.RUNNING, task.status, self._events_of(task)))
-            self._hub.mark_terminal(task_room(task.id))
+            await self._hub.mark_terminal(task_room(task.id))
         if self._keep_days is not None or self._keep_count is not None:
             await self.prune()
             self._helpers.add(asyncio.create_task(self._retention_loop()))
@@ -403,6 +404,11 @@ class TaskService:
         self._routes.append(fn)
         return fn
 
+    def add_listener(self, listener: Callable[[Task], None]) -> None:
+        """Call ``listener(task)`` after every status change this service makes, once it is
+        published (a poller learns of a stop or an end here). It must be quick and not raise."""
+        self._listeners.append(listener)
+
     async def spawn(
         self,
         kind: str,
@@ -573,8 +579,10 @@ class TaskService:
             if not stored:
                 await self._adopt_stored(live)
             await self._publish(new, event_for(old.status, new.status, self._events_of(new)))
+            for listener in self._listeners:
+                listener(new)
             if new.is_terminal:
-                self._hub.mark_terminal(task_room(new.id))
+                await self._hub.mark_terminal(task_room(new.id))
                 self._retire(live)
             return new
 

@@ -1,30 +1,29 @@
-"""Socket.IO connection state recovery: the record of recent publications and saved sessions.
+"""Socket.IO connection state recovery: saved sessions, and the trail that places a comeback.
 
 Imports only L0. This is the bookkeeping behind ``SocketIOServer(recovery_window=...)``, the
 protocol the official Node server implements as ``connectionStateRecovery`` (socket.io 4.6+):
 
 * every event the server sends carries, as its last argument, an *offset* string naming a
-  position in this record; the official client keeps the last one it saw;
+  point of the trail (below); the official client keeps the last one it saw;
 * the CONNECT reply carries a private session id ``pid`` beside ``sid``;
 * when a socket is lost for a transient reason its session (``sid``, rooms, ``data``) is saved
   under its ``pid``; a client that comes back within the window sends ``{pid, offset}`` in its
   CONNECT auth, gets the same ``sid`` and rooms back, and is sent every publication of its
   rooms that came after its offset.
 
-One record per server, not per namespace: hub rooms are shared by every namespace, and the
-hub reports each publication once (``Hub.add_publication_listener``), so an entry is made once
-per publication and never per recipient. Entries are numbered 1, 2, 3 ...; an offset is
-``"<epoch>.<number in hex>"``, the epoch being random per server so an offset from another
-process (or an earlier run) is never mistaken for a position here.
+Per saved session, its rooms and their ``(epoch, offset)`` positions: a comeback is a
+subscribe to each room from its position, served by each room's history (``Hub.subscribe``),
+so it works the same wherever history lives. What the client may lack beyond those positions
+is what was written to its socket but lost in flight. The client's offset names the last
+event it got: offsets are numbers of a per-server *trail* that records, once per publication
+written to Socket.IO sockets (never per recipient), its room and position. A saved session
+keeps the recent part of the trail for its rooms, so a comeback moves each room's position
+back to just before the first of its publications the client did not get.
 
-The record is bounded by count (``capacity``) and by age (``window``): after that, recovery
-is refused rather than incomplete. What a returning socket needs is smaller than "everything
-after its offset": besides the offset, a saved session remembers the number of the last
-publication *written* to the socket and the record's head when it was lost. Publications of
-its rooms up to the last written one may have been lost in flight and need the record from
-the offset on; after that, only what came after the loss is needed. So a client of a quiet
-room whose last event is older than the record still recovers on a busy server, as long as
-nothing it may have missed was evicted.
+An offset is ``"<epoch>.<number in hex>"``, the epoch being random per server so an offset
+from another process (or an earlier run) is never mistaken for a position here. The trail
+is bounded by count (``capacity``), sessions by age (``window``): a comeback whose in-flight
+loss reaches past what was kept is refused rather than incomplete.
 """
 
 from __future__ import annotations
@@ -35,17 +34,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Final, NamedTuple
 
-from roomcast.types import Publication, RoomName
+from roomcast.types import Publication, RoomName, StreamPosition
 
 __all__ = [
-    "Recovery", "Entry", "SavedSession", "Resume", "DEFAULT_CAPACITY", "RESERVED_AUTH_KEYS", "strip_reserved"
+    "Recovery", "Trail", "SavedSession", "Resume", "DEFAULT_CAPACITY", "RESERVED_AUTH_KEYS", "strip_reserved"
 ]
 
 DEFAULT_CAPACITY: Final = 10_000
-"""Publications kept for recovery when nothing else bounds them first (about 2-3 MB)."""
+"""Publications the trail remembers (about 1 MB)."""
+
+TRAIL_SPAN: Final = 1024
+"""Trail entries a saved session examines back from its last write: the in-flight loss a
+comeback can make up for (a socket's buffers hold far fewer events)."""
 
 RESERVED_AUTH_KEYS: Final = ("pid", "offset")
 """CONNECT auth keys the official client adds on reconnection; not the application's."""
@@ -53,13 +55,12 @@ RESERVED_AUTH_KEYS: Final = ("pid", "offset")
 _OFFSET_DIGITS: Final = re.compile(r"[0-9a-f]{1,15}")
 
 
-class Entry(NamedTuple):
-    """One recorded publication: its number, when it was recorded, and its offset string."""
+class Trail(NamedTuple):
+    """One publication written to Socket.IO sockets: its number, room and position."""
 
     seq: int
-    at: float
-    publication: Publication
-    offset: str
+    room: RoomName
+    position: StreamPosition
 
 
 @dataclass(slots=True)
@@ -69,40 +70,40 @@ class SavedSession:
     Attributes:
         sid: the socket id the client gets back.
         namespace: the namespace it was connected to (a session is restored only there).
-        rooms: its rooms when it was lost.
+        positions: its rooms, and where it stood in each when it was lost.
         data: its ``Connection.data``, handed over as is.
-        since: the record's head when the session first connected: a floor for offsets,
+        since: the trail's head when the session first connected: a floor for offsets,
             since the official client keeps its last offset across sessions.
-        written: the number of the last publication written to the socket.
-        left: the record's head when the socket was lost.
+        trail: the trail entries of its rooms up to its last write, oldest first.
+        covered: offsets at or after this number can be made up for from ``trail``.
         expires: the clock reading after which it is gone.
     """
 
     sid: str
     namespace: str
-    rooms: frozenset[RoomName]
+    positions: dict[RoomName, StreamPosition]
     data: dict[str, Any]
     since: int
-    written: int
-    left: int
+    trail: tuple[Trail, ...]
+    covered: int
     expires: float
 
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """A saved session claimed by a new connection, and where its replay starts."""
+    """A saved session claimed by a new connection, and where each of its rooms resumes."""
 
     pid: str
     saved: SavedSession
-    floor: int
+    positions: dict[RoomName, StreamPosition]
 
 
 class Recovery:
     """The recovery state of one Socket.IO server.
 
     Args:
-        window: seconds a lost session stays restorable, and a publication recorded.
-        capacity: most publications recorded.
+        window: seconds a lost session stays restorable.
+        capacity: publications the trail remembers.
         clock: monotonic seconds (a parameter so the bounds can be tested exactly).
     """
 
@@ -116,36 +117,30 @@ class Recovery:
         if not window > 0 or capacity < 1:
             raise ValueError("recovery needs window > 0 and capacity >= 1")
         self.window = window
-        self.capacity = capacity
         self.clock = clock
         self.epoch = secrets.token_urlsafe(6)
         self.head = 0
         self.head_offset = self._offset(0)
         self.last: Publication | None = None
-        self._entries: deque[Entry] = deque()
+        self._trail: deque[Trail] = deque(maxlen=capacity)
         self._sessions: dict[str, SavedSession] = {}
 
-    # -- the record ---------------------------------------------------------------------
-    def record(self, publication: Publication) -> None:
-        """Record ``publication`` (the hub's publication listener: once, before fan-out)."""
-        now = self.clock()
-        self.head = seq = self.head + 1
-        self.head_offset = offset = self._offset(seq)
-        self.last = publication
-        entries = self._entries
-        entries.append(Entry(seq, now, publication, offset))
-        if len(entries) > self.capacity:
-            entries.popleft()
-        self._trim(now)
+    # -- the trail ----------------------------------------------------------------------
+    def stamp(self, publication: Publication) -> tuple[int, str]:
+        """The number and offset string of ``publication``, numbered on its first write.
 
-    @property
-    def first(self) -> int:
-        """The number of the oldest publication still recorded (``head + 1`` when none)."""
-        entries = self._entries
-        return entries[0].seq if entries else self.head + 1
+        Every encoder of one fan-out asks in turn for the same publication, so it is
+        recorded once.
+        """
+        if publication is not self.last:
+            self.last = publication
+            self.head = seq = self.head + 1
+            self.head_offset = self._offset(seq)
+            self._trail.append(Trail(seq, publication.room, publication.position))
+        return self.head, self.head_offset
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._trail)
 
     def parse_offset(self, offset: object) -> int | None:
         """The publication number ``offset`` names, or None if it is not one of ours."""
@@ -160,12 +155,6 @@ class Recovery:
     def _offset(self, seq: int) -> str:
         return f"{self.epoch}.{seq:x}"
 
-    def _trim(self, now: float) -> None:
-        entries = self._entries
-        horizon = now - self.window
-        while entries and entries[0].at < horizon:
-            entries.popleft()
-
     # -- sessions -----------------------------------------------------------------------
     @property
     def saved_sessions(self) -> int:
@@ -178,21 +167,38 @@ class Recovery:
         *,
         sid: str,
         namespace: str,
-        rooms: Iterable[RoomName],
+        positions: Mapping[RoomName, StreamPosition],
         data: dict[str, Any],
         since: int,
         written: int,
     ) -> None:
-        """Keep a lost socket's session under ``pid`` for ``window`` seconds."""
+        """Keep a lost socket's session under ``pid`` for ``window`` seconds.
+
+        ``written`` is the number of the last publication written to the socket: what
+        follows it in the trail never reached the socket, so it is not in flight.
+        """
         now = self.clock()
         self._purge(now)
+        trail: list[Trail] = []
+        covered = self.head - len(self._trail)  # older entries were dropped from the trail
+        examined = 0
+        for entry in reversed(self._trail):
+            if entry.seq > written:
+                continue
+            if examined == TRAIL_SPAN:
+                covered = entry.seq
+                break
+            examined += 1
+            if entry.room in positions:
+                trail.append(entry)
+        trail.reverse()
         self._sessions.pop(pid, None)  # re-inserted last: the dict stays in expiry order
         self._sessions[pid] = SavedSession(
-            sid, namespace, frozenset(rooms), data, since, written, self.head, now + self.window
+            sid, namespace, dict(positions), data, since, tuple(trail), covered, now + self.window
         )
 
     def take(self, namespace: str, auth: Mapping[str, Any]) -> Resume | None:
-        """Claim the session a CONNECT's auth names, if it can be restored completely.
+        """Claim the session a CONNECT's auth names, if its client's place can be found.
 
         A session is claimed at most once: whatever the outcome it leaves the store (a new
         connection that ends before it is accepted hands it back with ``put_back``). A
@@ -213,32 +219,20 @@ class Recovery:
         seq = self.parse_offset(auth["offset"]) if "offset" in auth else 0
         if seq is None:
             return None
-        self._trim(now)
-        resume = Resume(pid, saved, max(seq, saved.since))
-        return resume if self._complete(resume) else None
+        got = max(seq, saved.since)
+        if got < saved.covered:
+            return None  # more was lost in flight than the session kept track of
+        positions = dict(saved.positions)
+        behind: set[RoomName] = set()
+        for entry in saved.trail:
+            if entry.seq > got and entry.room not in behind:
+                behind.add(entry.room)  # the first of this room's publications it lacks
+                positions[entry.room] = StreamPosition(entry.position.epoch, entry.position.offset - 1)
+        return Resume(pid, saved, positions)
 
     def put_back(self, resume: Resume) -> None:
         """Make a claimed session claimable again (its new connection never got accepted)."""
         self._sessions[resume.pid] = resume.saved
-
-    def missed(self, resume: Resume) -> list[Entry] | None:
-        """The publications ``resume``'s client missed, oldest first; None if some are gone.
-
-        Called when the new connection is accepted, so publications made while an ``async``
-        connect handler ran are included.
-        """
-        self._trim(self.clock())
-        if not self._complete(resume):
-            return None
-        rooms = resume.saved.rooms
-        skip = max(0, resume.floor - self.first + 1)
-        return [e for e in islice(self._entries, skip, None) if e.publication.room in rooms]
-
-    def _complete(self, resume: Resume) -> bool:
-        """Whether the record still holds every publication ``resume``'s client may lack."""
-        saved, floor = resume.saved, resume.floor
-        start = floor if floor < saved.written else max(floor, saved.left)
-        return start >= self.first - 1
 
     def _purge(self, now: float) -> None:
         sessions = self._sessions

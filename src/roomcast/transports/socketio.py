@@ -33,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from roomcast import disconnect
@@ -46,15 +47,15 @@ from roomcast.protocol import websocket as wsproto
 from roomcast.protocol.socketio import SioPacket, SioType
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.engineio import EngineIOServer, Outbound, Session
-from roomcast.transports.recovery import DEFAULT_CAPACITY, Entry, Recovery, Resume, strip_reserved
-from roomcast.types import Publication
+from roomcast.transports.builtins import Builtins
+from roomcast.transports.recovery import DEFAULT_CAPACITY, Recovery, Resume, strip_reserved
+from roomcast.types import Publication, StreamPosition, Subscription
 
-__all__ = ["SocketIOServer", "SioSocket", "SioEncoder", "Prepared"]
+__all__ = ["SocketIOServer", "SioSocket", "SioEncoder", "Prepared", "subscription_reply"]
 
 logger = logging.getLogger("roomcast.socketio")
 
 _INTERNAL_ERROR = {"error": "internal error"}
-MAX_NAME = 256
 
 _RECOVERABLE = frozenset(
     {disconnect.TRANSPORT_CLOSE, disconnect.NORMAL, disconnect.PING_TIMEOUT, disconnect.SHUTDOWN, disconnect.SLOW}
@@ -117,11 +118,8 @@ class SioEncoder:
         recovery = self.recovery
         if recovery is None:
             return self.encode_at(publication, None, 0)
-        if recovery.last is publication:  # recorded just before this fan-out
-            return self.encode_at(publication, recovery.head_offset, recovery.head)
-        # Not from the hub's fan-out, so not recorded: no offset to give; count it as the
-        # newest so a session lost meanwhile never claims less than it may lack.
-        return self.encode_at(publication, None, recovery.head)
+        seq, offset = recovery.stamp(publication)
+        return self.encode_at(publication, offset, seq)
 
     def encode_at(self, publication: Publication, offset: str | None, seq: int) -> Prepared:
         """Encode ``publication`` with ``offset`` appended as its last argument (if any)."""
@@ -177,7 +175,7 @@ class SioSocket(Connection):
         self.since = self.written = 0
         if resume is not None:
             saved = resume.saved
-            self.pid, self.since, self.written, self.data = resume.pid, saved.since, saved.written, saved.data
+            self.pid, self.since, self.data = resume.pid, saved.since, saved.data
         elif recovery is not None:
             self.pid, self.since = secrets.token_urlsafe(15), recovery.head
 
@@ -268,11 +266,16 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
 def _save(recovery: Recovery, sock: SioSocket) -> None:
     """Keep a transiently lost socket's session for its client to come back to."""
     if sock.accepted and sock.pid is not None and not sock.closed:
+        positions = {}
+        for room in sock.rooms:
+            position = sock.hub.position_of(sock, room)
+            if position is not None:  # a room still syncing was never answered: not the client's
+                positions[room] = position
         recovery.save(
             sock.pid,
             sid=sock.id,
             namespace=sock.namespace,
-            rooms=sock.rooms,
+            positions=positions,
             data=sock.data,
             since=sock.since,
             written=sock.written,
@@ -344,14 +347,16 @@ class SocketIOServer:
         self._encoders: dict[tuple[str, bool], SioEncoder] = {}
         self.authenticator = authenticator
         self.expiry = expiry
+        self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.builtins: dict[str, Any] = {
-            "subscribe": _subscribe, "unsubscribe": _unsubscribe, "publish": _publish, "refresh": self._refresh,
+            "subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "publish": self._publish,
+            "refresh": self._refresh,
         }
         self.engine: EngineIOServer | None = None
         self.recovery: Recovery | None = None
         if recovery_window > 0:
             self.recovery = Recovery(recovery_window, capacity=recovery_capacity)
-            hub.add_publication_listener(self.recovery.record)
+        self._comebacks: set[asyncio.Task[None]] = set()
 
     def encoder(self, namespace: str, *, meta: bool = False) -> SioEncoder:
         """The shared encoder of ``namespace`` (with or without room meta)."""
@@ -460,48 +465,68 @@ class SocketIOServer:
         self.hub.add_connection(sock)
         if sock.expiry is not None and sock.claims is not None:
             sock.expiry.watch(sock, sock.claims)
-        missed = self._restore(sock)
+        if sock.resume is None:
+            self._welcome(session, sock, ())
+        else:
+            task = asyncio.ensure_future(self._comeback(session, sock))
+            self._comebacks.add(task)
+            task.add_done_callback(self._comebacks.discard)
+
+    async def _comeback(self, session: Session, sock: SioSocket) -> None:
+        """Resubscribe a resumed socket's rooms from its positions, then welcome it.
+
+        Each room's history gives what the client missed (``Hub.subscribe_many``, released
+        as this coroutine goes on without awaiting), so the replay is exactly the gap and
+        later publications follow it live. If history no longer holds part of a gap, the
+        socket becomes a new session after all (new ``pid``, no rooms), and the client
+        learns it from ``recovered === false``.
+        """
+        resume = sock.resume
+        assert resume is not None
+        try:
+            subs = await self.hub.subscribe_many(sock, sorted(resume.positions.items()))
+        except ConnectionClosed:
+            return  # lost again before its comeback was accepted (saved again by on_close)
+        except Exception:
+            logger.exception("socket %s: could not restore its rooms", sock.id)
+            subs = []
+        sock.resume = None
+        if session.closed or sock.closed:
+            return
+        if len(subs) != len(resume.positions) or not all(sub.recovered for sub in subs):
+            logger.debug("socket %s: history no longer holds what it missed; new session", sock.id)
+            for room in list(sock.rooms):
+                sock.leave(room)
+            recovery = self.recovery
+            assert recovery is not None
+            sock.recovered = False
+            sock.pid, sock.since, sock.written = secrets.token_urlsafe(15), recovery.head, 0
+            subs = []
+        else:
+            logger.debug("socket %s recovered: %d rooms", sock.id, len(subs))
+        self._welcome(session, sock, subs)
+
+    def _welcome(self, session: Session, sock: SioSocket, subs: Iterable[Subscription]) -> None:
+        """The CONNECT reply, then what a comeback missed, then what a connect handler sent."""
         reply = {"sid": sock.id} if sock.pid is None else {"sid": sock.id, "pid": sock.pid}
         session.send_many(_eio_packets(SioPacket(SioType.CONNECT, sock.namespace, reply)))
         sock.accepted = True
-        if missed:
-            self._replay(sock, missed)
+        recovery = self.recovery
+        if recovery is not None:
+            encoder = self.encoder(sock.namespace, meta=wants_meta(session))
+            ok = True
+            missed = sorted((pub for sub in subs for pub in sub.publications), key=lambda pub: pub.ts)
+            for pub in missed:  # in publication order across rooms, as they were first sent
+                seq, offset = recovery.stamp(pub)
+                ok = sock.write(encoder.encode_at(pub, offset, seq)) and ok
+            if not ok:
+                sock.disconnect(disconnect.SLOW)
+                return
         early, sock._early = sock._early, []
         for packet in early:
             if sock.closed:
                 break
             sock._transmit(packet)
-
-    def _restore(self, sock: SioSocket) -> list[Entry] | None:
-        """Rejoin a resumed socket's rooms and return what it missed, in one loop step.
-
-        Nothing is published between this and the replay, so the replay is exactly the gap:
-        later publications reach the socket live, after it. If the record lost part of the
-        gap while an ``async`` connect handler ran, the socket becomes a new session after
-        all (new ``pid``, no rooms), and the client learns it from ``recovered === false``.
-        """
-        resume, recovery = sock.resume, self.recovery
-        if resume is None or recovery is None:
-            return None
-        sock.resume = None
-        missed = recovery.missed(resume)
-        if missed is None:
-            logger.debug("socket %s: history moved on during its connect handler; new session", sock.id)
-            sock.recovered = False
-            sock.pid, sock.since, sock.written = secrets.token_urlsafe(15), recovery.head, 0
-            return None
-        for room in resume.saved.rooms:
-            self.hub.join(sock, room)
-        logger.debug("socket %s recovered: %d rooms, %d missed", sock.id, len(resume.saved.rooms), len(missed))
-        return missed
-
-    def _replay(self, sock: SioSocket, missed: list[Entry]) -> None:
-        encoder = self.encoder(sock.namespace, meta=wants_meta(sock.session))
-        ok = True
-        for entry in missed:
-            ok = sock.write(encoder.encode_at(entry.publication, entry.offset, entry.seq)) and ok
-        if not ok:
-            sock.disconnect(disconnect.SLOW)
 
     def _refuse(self, session: Session, state: _SioState, sock: SioSocket, refused: ConnectionRefused) -> None:
         state.sockets.pop(sock.namespace, None)
@@ -532,20 +557,51 @@ class SocketIOServer:
                 on_error=lambda _: sock.ack(ack_id, _INTERNAL_ERROR),
             )
 
-    def _refresh(self, sock: SioSocket, request: Any = None, *_: Any) -> Any:
-        """Built-in ``refresh {token}``: a fresh token (same subject) keeps the socket open."""
-        if self.authenticator is None:
-            return {"ok": True}  # an open server: nothing expires
-        token = request.get("token") if isinstance(request, dict) else None
+    # -- the built-in events (transports.builtins), answered with acks ----------------------
+    async def _subscribe(self, sock: SioSocket, request: Any = None, *_: Any) -> Any:
+        """``subscribe {room, epoch?, offset?}``: ack with the snapshot or the recovered publications."""
+        if not isinstance(request, dict):
+            return {"error": "subscribe expects {room: string (1-256 chars), epoch?: string, offset?: integer}"}
+        epoch, offset = request.get("epoch"), request.get("offset")
+        since = None
+        if isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool):
+            since = StreamPosition(epoch, offset)
         try:
-            claims = self.authenticator.verify(token if isinstance(token, str) else None)
+            return subscription_reply(await self.calls.subscribe(sock, request.get("room"), since))
+        except (RemoteProtocolError, AuthError, LimitExceeded) as exc:
+            return {"error": _reason(exc)}
+        except ConnectionClosed:
+            return None  # it left while subscribing: nobody to answer
+
+    def _unsubscribe(self, sock: SioSocket, request: Any = None, *_: Any) -> Any:
+        """``unsubscribe {room}``."""
+        try:
+            room = self.calls.unsubscribe(sock, request.get("room") if isinstance(request, dict) else None)
+        except RemoteProtocolError:
+            return {"error": "unsubscribe expects {room: string}"}
+        return {"room": room}
+
+    async def _publish(self, sock: SioSocket, request: Any = None, *_: Any) -> Any:
+        """``publish {room, event, data?}`` (when the application has no ``publish`` handler):
+        to every member of the room, on every transport, if the token allows it."""
+        if not isinstance(request, dict):
+            return {"error": "publish expects {room: string, event: string, data?: any}"}
+        args = (request["data"],) if "data" in request else ()
+        try:
+            position = await self.calls.publish(sock, request.get("room"), request.get("event"), args)
+        except RemoteProtocolError:
+            return {"error": "publish expects {room: string, event: string, data?: any}"}
         except AuthError as exc:
             return {"error": str(exc)}
-        if sock.claims is not None and claims.subject != sock.claims.subject:
-            return {"error": "a refresh must be for the same subject"}
-        sock.claims = claims
-        if self.expiry is not None:
-            self.expiry.watch(sock, claims)
+        return {"room": request["room"], "epoch": position.epoch, "offset": position.offset}
+
+    def _refresh(self, sock: SioSocket, request: Any = None, *_: Any) -> Any:
+        """``refresh {token}``: a fresh token (same subject) keeps the socket open."""
+        token = request.get("token") if isinstance(request, dict) else None
+        try:
+            self.calls.refresh(sock, token)
+        except AuthError as exc:
+            return {"error": str(exc)}
         return {"ok": True}
 
     def _connect_timeout(self, session: Session) -> None:
@@ -555,44 +611,22 @@ class SocketIOServer:
             logger.debug("sid %s: no CONNECT within %ss", session.sid, self.connect_timeout)
             session.close(disconnect.CONNECT_TIMEOUT)
 
-async def _subscribe(conn: Connection, request: Any = None, *_: Any) -> Any:
-    """Built-in ``subscribe {room, epoch?, offset?}``: ack with snapshot or recovered publications."""
-    if not isinstance(request, dict) or not _room_name(request.get("room")):
-        return {"error": "subscribe expects {room: string (1-256 chars), epoch?: string, offset?: integer}"}
-    room = request["room"]
-    if conn.claims is not None and not conn.claims.may_subscribe(room):
-        return {"error": f"not allowed to subscribe {room!r}"}
-    epoch, offset = request.get("epoch"), request.get("offset")
-    if not isinstance(epoch, str) or not isinstance(offset, int) or isinstance(offset, bool):
-        epoch = offset = None
-    try:
-        return await conn.hub.subscribe(conn, room, epoch=epoch, offset=offset)
-    except LimitExceeded as exc:
-        return {"error": str(exc)}
-    except ConnectionClosed:
-        return None  # it left while subscribing: nobody to answer
+def subscription_reply(sub: Subscription) -> dict[str, Any]:
+    """The built-in ``subscribe``'s ack (docs/protocol.md §1): position, then the snapshot
+    and/or the publications that follow it."""
+    reply: dict[str, Any] = {
+        "room": sub.room, "epoch": sub.position.epoch, "offset": sub.position.offset, "recovered": sub.recovered,
+    }
+    if not sub.recovered:
+        reply["snapshot"] = sub.snapshot
+    if sub.recovered or sub.publications:
+        reply["publications"] = [
+            {"event": p.event, "data": list(p.data), "offset": p.position.offset} for p in sub.publications
+        ]
+    return reply
 
 
-def _unsubscribe(conn: Connection, request: Any = None, *_: Any) -> Any:
-    """Built-in ``unsubscribe {room}``."""
-    if not isinstance(request, dict) or not isinstance(request.get("room"), str):
-        return {"error": "unsubscribe expects {room: string}"}
-    conn.leave(request["room"])
-    return {"room": request["room"]}
-
-
-async def _publish(conn: Connection, request: Any = None, *_: Any) -> Any:
-    """Built-in ``publish {room, event, data?}`` (when the application has no ``publish``
-    handler): to every member of the room, on every transport, if the token allows it."""
-    if not isinstance(request, dict) or not _room_name(request.get("room")) or not _room_name(request.get("event")):
-        return {"error": "publish expects {room: string, event: string, data?: any}"}
-    room, event = request["room"], request["event"]
-    if conn.claims is not None and not conn.claims.may_publish(room):
-        return {"error": f"not allowed to publish {room!r}"}
-    args = (request["data"],) if "data" in request else ()
-    position = await conn.hub.publish(room, event, *args)
-    return {"room": room, "epoch": position.epoch, "offset": position.offset}
-
-
-def _room_name(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
+def _reason(exc: RemoteProtocolError | AuthError | LimitExceeded) -> str:
+    if isinstance(exc, RemoteProtocolError):
+        return "subscribe expects {room: string (1-256 chars), epoch?: string, offset?: integer}"
+    return str(exc)

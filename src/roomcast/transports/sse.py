@@ -11,13 +11,13 @@ the same for every member of the group and is built once, not per recipient.
 
 Opening a stream (``SseServer.handle``): bad rooms or a ``Last-Event-ID`` that does not
 parse → 400 with a JSON error; a reconnect whose rooms are all terminal and whose cursor
-already holds their last publication → 204 (so ``EventSource`` stops). A stream whose rooms
-are all terminal ends once it has delivered the snapshot or what its cursor missed. Then, room by room, ``Hub.subscribe`` with the cursor's position:
-the missed publications (``recovered``), an explicit ``event: reset`` with a fresh snapshot
-when history no longer holds them (never a silent gap), or ``event: snapshot`` for a room the
-cursor does not name. Live publications that land meanwhile wait in a per-stream list and
-follow once every room is synced, minus those the replay already carried: nothing twice,
-nothing skipped, and every ``id`` the client sees resumes correctly.
+already holds their last publication → 204 (so ``EventSource`` stops). Then every room is
+subscribed at once with the cursor's position (``Builtins.subscribe_many``): the missed
+publications (``recovered``), an explicit ``event: reset`` with a fresh snapshot when history
+no longer holds them (never a silent gap), or ``event: snapshot`` for a room the cursor does
+not name. The hub holds live publications back until every room's answer is written, so
+they follow it with nothing twice and nothing skipped, and every ``id`` the client sees
+resumes correctly. A stream whose rooms are all terminal ends once it has written that.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from roomcast.hub.hub import Hub
 from roomcast.protocol import sse
 from roomcast.protocol.wsjson import publication_data
 from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel, api_error, json_safe
+from roomcast.transports.builtins import Builtins, valid_name
 from roomcast.transports.expiry import ExpiryWatch
-from roomcast.types import Publication, RoomName, StreamPosition
+from roomcast.types import MAX_NAME_LENGTH, Publication, RoomName, StreamPosition, Subscription
 
 __all__ = ["SseServer", "SseConnection", "SseEncoder", "SseFrame"]
 
 logger = logging.getLogger("roomcast.sse")
 
-MAX_ROOM_NAME = 256
 _HEARTBEAT = sse.comment("ping")
 _WIDEST = StreamPosition("e" * 32, 2**63)
 
@@ -101,7 +101,7 @@ class SseEncoder:
 class SseConnection(Connection):
     """One open event stream (a hub ``Connection`` and the door's ``StreamHandler``)."""
 
-    __slots__ = ("channel", "server", "stream_rooms", "own", "pending", "sync_task")
+    __slots__ = ("channel", "server", "stream_rooms", "cursor", "finished", "sync_task")
 
     def __init__(
         self,
@@ -119,16 +119,12 @@ class SseConnection(Connection):
             self.claims, self.user = auth, auth.subject
         self.stream_rooms = rooms
         # What this client holds, room by room, while it syncs: the cursor it came back with.
-        self.own: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
-        self.pending: list[SseFrame] | None = []  # live frames held back until every room is synced
+        self.cursor: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
+        self.finished: set[RoomName] = set()
         self.sync_task: asyncio.Task[None] | None = None
 
     # -- the hub's side ---------------------------------------------------------------
     def write(self, encoded: SseFrame) -> bool:
-        pending = self.pending
-        if pending is not None:
-            pending.append(encoded)
-            return True
         return self.channel.write(encoded.data)
 
     def emit(self, event: str, *args: Any) -> None:
@@ -147,7 +143,8 @@ class SseConnection(Connection):
         self.channel.close()
 
     def room_terminal(self, room: RoomName) -> None:
-        if all(self.hub.is_terminal(r) for r in self.stream_rooms):
+        self.finished.add(room)
+        if self.finished.issuperset(self.stream_rooms):
             self.channel.close()  # everything there is to say was said
 
     # -- the door's side (StreamHandler) -----------------------------------------------
@@ -161,10 +158,9 @@ class SseConnection(Connection):
 
     # -- opening ------------------------------------------------------------------------
     async def sync(self) -> None:
-        """Bring every room up to date, then let the held-back live frames through."""
+        """Subscribe every room from the cursor, then write each room's answer at once."""
         try:
-            for room in self.stream_rooms:
-                await self._sync_room(room)
+            subs = await self.server.calls.subscribe_many(self, [(r, self.cursor.get(r)) for r in self.stream_rooms])
         except (asyncio.CancelledError, ConnectionClosed):
             return  # the stream ended while it synced
         except Exception:
@@ -172,45 +168,36 @@ class SseConnection(Connection):
             self._error("internal", "could not subscribe", reconnect=True)
             self.channel.close()
             return
-        pending, self.pending = self.pending, None
-        for frame in pending or ():
-            if _newer(frame.position, self.own.get(frame.room)):
-                self.channel.write(frame.data)
-        if all(self.hub.is_terminal(r) for r in self.stream_rooms):
+        # Released: from here to the end nothing awaits, so live frames follow these.
+        encoder = self.encoder
+        assert isinstance(encoder, SseEncoder)
+        for sub in subs:
+            self._write_subscription(sub)
+            if sub.terminal:
+                self.finished.add(sub.room)
+            delivered = self.hub.delivered_position(sub.room)
+            if delivered is not None and delivered.epoch == sub.position.epoch:
+                # The group's cursor moves on only as far as this node has delivered the room,
+                # so no other member is told it holds what is still on its way here.
+                encoder.advance(sub.room, min(delivered, sub.position, key=lambda p: p.offset))
+        if self.finished.issuperset(self.stream_rooms):
             self.channel.close()  # finished rooms: everything there is was said; a reconnect gets 204
 
-    async def _sync_room(self, room: RoomName) -> None:
-        held = self.own.get(room)
-        result = await self.hub.subscribe(
-            self, room, epoch=held.epoch if held else None, offset=held.offset if held else None
-        )
-        position = StreamPosition(result["epoch"], result["offset"])
-        assert isinstance(self.encoder, SseEncoder)
-        self.encoder.advance(room, position)
-        if result["recovered"]:
-            for pub in result["publications"]:
-                self._replay(room, result["epoch"], pub)
-            self.own[room] = position
-            return
-        # A fresh snapshot: the first time here, or history no longer holds what was missed.
-        missed = result.get("publications", [])
-        snapshot_at = StreamPosition(result["epoch"], missed[0]["offset"] - 1) if missed else position
-        self.own[room] = snapshot_at
-        body = {"room": room, "epoch": snapshot_at.epoch, "offset": snapshot_at.offset,
-                "snapshot": result.get("snapshot")}
-        kind = "reset" if held is not None else "snapshot"
-        self._write_own(sse.event_frame(_json.dumps_str(body), event=kind))
-        for pub in missed:  # published while the snapshot was being taken
-            self._replay(room, result["epoch"], pub)
-        self.own[room] = position
-
-    def _replay(self, room: RoomName, epoch: str, pub: dict[str, Any]) -> None:
-        self.own[room] = StreamPosition(epoch, pub["offset"])
-        self._write_own(sse.event_frame(_json.dumps_str(publication_data(tuple(pub["data"]))), event=pub["event"]))
+    def _write_subscription(self, sub: Subscription) -> None:
+        room, held = sub.room, self.cursor.get(sub.room)
+        if not sub.recovered:  # the first time here, or history no longer holds what was missed
+            base = sub.base
+            self.cursor[room] = base
+            body = {"room": room, "epoch": base.epoch, "offset": base.offset, "snapshot": sub.snapshot}
+            self._write_own(sse.event_frame(_json.dumps_str(body), event="reset" if held is not None else "snapshot"))
+        for pub in sub.publications:
+            self.cursor[room] = pub.position
+            self._write_own(sse.event_frame(_json.dumps_str(publication_data(pub.data)), event=pub.event))
+        self.cursor[room] = sub.position
 
     def _write_own(self, body: bytes) -> None:
         """Write ``body`` with this stream's own cursor (during sync it differs from the group's)."""
-        self.channel.write(sse.id_line(sse.encode_cursor(self.own)) + body)
+        self.channel.write(sse.id_line(sse.encode_cursor(self.cursor)) + body)
 
     def _error(self, code: str, message: str, *, reconnect: bool) -> None:
         body = {"code": code, "message": message, "reconnect": reconnect}
@@ -248,6 +235,7 @@ class SseServer:
         self.cors = cors if cors is not None else CorsPolicy()
         self.authenticator = authenticator
         self.expiry = expiry
+        self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.streams: set[SseConnection] = set()
         self.encoders: dict[tuple[RoomName, ...], SseEncoder] = {}
         self.ids = itertools.count(1)
@@ -283,7 +271,7 @@ class SseServer:
                 return api_error(403, "forbidden", str(exc), cors)
             except AuthError as exc:
                 return api_error(401, "unauthorized", str(exc), cors)
-        if last_id and all(self.hub.is_terminal(r) for r in rooms) and await self._caught_up(rooms, cursor):
+        if last_id and await self._finished(rooms, cursor):
             return HttpResponse(204, b"", cors)  # it has everything and nothing more will come
         return StreamAccept(
             lambda channel: self._open(channel, rooms, cursor, auth),
@@ -291,10 +279,11 @@ class SseServer:
             headers=[*cors, ("X-Accel-Buffering", "no")],
         )
 
-    async def _caught_up(self, rooms: tuple[RoomName, ...], cursor: dict[RoomName, StreamPosition]) -> bool:
-        """Whether the cursor already holds every room's last publication."""
+    async def _finished(self, rooms: tuple[RoomName, ...], cursor: dict[RoomName, StreamPosition]) -> bool:
+        """Whether every room is terminal and the cursor already holds its last publication."""
+        hub = self.hub
         for room in rooms:
-            if cursor.get(room) != await self.hub.broker.position(room):
+            if not await hub.is_terminal(room) or cursor.get(room) != await hub.broker.position(room):
                 return False
         return True
 
@@ -304,8 +293,8 @@ class SseServer:
         limit = self.hub.max_rooms_per_connection
         if len(rooms) > limit:
             return f"at most {limit} rooms per connection"
-        if any(not r or len(r) > MAX_ROOM_NAME for r in rooms):
-            return f"room names are 1 to {MAX_ROOM_NAME} characters"
+        if not all(valid_name(r) for r in rooms):
+            return f"room names are 1 to {MAX_NAME_LENGTH} characters"
         try:  # the cursor naming every room at its largest must still fit a Last-Event-ID
             sse.encode_cursor({r: _WIDEST for r in rooms})
         except LocalProtocolError:

@@ -8,9 +8,9 @@ WebSocket (``WsEncoder``: the JSON text and its ready frame); each event carries
 offset, so a client that reconnects subscribes with ``{epoch, offset}`` and gets exactly what
 it missed, or a fresh snapshot marked ``recovered: false``.
 
-A ``subscribe`` holds back the room's live events from the moment the hub joins the
-connection until the ``snapshot`` reply and any replay are written, then lets through those
-the replay did not carry: nothing twice, nothing skipped. Bad messages get an ``error``
+A ``subscribe`` is answered with the ``snapshot`` reply and any replay the moment the hub
+releases the subscription (``Builtins.subscribe``); the hub held the room's live events back
+until then, so they follow with nothing twice and nothing skipped. Bad messages get an ``error``
 reply with the request's id and the connection carries on; bytes that are not a message at
 all, or too big, close it with the code documented for that reason.
 """
@@ -30,6 +30,7 @@ from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol import wsjson
+from roomcast.transports.builtins import Builtins
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.base import (
     CorsPolicy,
@@ -40,7 +41,7 @@ from roomcast.transports.base import (
     json_error,
     json_safe,
 )
-from roomcast.types import Publication, RoomName
+from roomcast.types import Publication, RoomName, StreamPosition
 
 __all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared", "close_code"]
 
@@ -90,7 +91,7 @@ class WsEncoder:
 class WsConnection(Connection):
     """One plain WebSocket client (a hub ``Connection`` and the door's ``WebSocketHandler``)."""
 
-    __slots__ = ("channel", "server", "held", "tasks")
+    __slots__ = ("channel", "server", "tasks")
 
     def __init__(self, server: WsServer, channel: WebSocketChannel, auth: Any) -> None:
         super().__init__(f"ws-{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
@@ -98,16 +99,10 @@ class WsConnection(Connection):
         self.channel = channel
         if isinstance(auth, Claims):
             self.claims, self.user = auth, auth.subject
-        self.held: dict[RoomName, list[WsPrepared]] = {}  # live events of rooms being subscribed
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- the hub's side ---------------------------------------------------------------
     def write(self, encoded: WsPrepared) -> bool:
-        if self.held:
-            held = self.held.get(encoded.room)
-            if held is not None:
-                held.append(encoded)
-                return True
         channel = self.channel
         if channel.native_frames:
             return channel.send_frames(encoded.frames)
@@ -137,8 +132,7 @@ class WsConnection(Connection):
         elif isinstance(message, wsjson.Subscribe):
             self._spawn(self._subscribe(message))
         elif isinstance(message, wsjson.Unsubscribe):
-            self.held.pop(message.room, None)
-            self.leave(message.room)
+            self.server.calls.unsubscribe(self, message.room)
             self._send(wsjson.ack_message(message.id))
         elif isinstance(message, wsjson.Publish):
             self._spawn(self._publish(message))
@@ -153,52 +147,44 @@ class WsConnection(Connection):
         self.closed = True
         for task in self.tasks:
             task.cancel()
-        self.held.clear()
         self.hub.remove_connection(self)
         self.server.forget(self)
 
     # -- requests ---------------------------------------------------------------------
     async def _subscribe(self, message: wsjson.Subscribe) -> None:
         room = message.room
+        since = StreamPosition(message.epoch, message.offset) if message.epoch is not None and message.offset is not None else None
         try:
-            self.server.check(self.claims, "subscribe", room)
+            sub = await self.server.calls.subscribe(self, room, since)
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
             return
-        self.held[room] = []
-        try:
-            result = await self.hub.subscribe(self, room, epoch=message.epoch, offset=message.offset)
         except LimitExceeded as exc:
-            self.held.pop(room, None)
-            self._send(wsjson.error_message("limit", str(exc), message.id))
+            self._send(wsjson.error_message(wsjson.LIMIT, str(exc), message.id))
             return
         except ConnectionClosed:
             return  # it left while subscribing
         except Exception:
-            self.held.pop(room, None)
             logger.exception("subscribe to %r failed", room)
-            self._send(wsjson.error_message("internal", "could not subscribe", message.id))
+            self._send(wsjson.error_message(wsjson.INTERNAL, "could not subscribe", message.id))
             return
+        # Released: written before anything else, so live events follow the answer.
+        position = sub.position
         self._send(wsjson.snapshot_message(
-            message.id, room=room, epoch=result["epoch"], offset=result["offset"],
-            recovered=result["recovered"], snapshot=result.get("snapshot"),
+            message.id, room=room, epoch=position.epoch, offset=position.offset,
+            recovered=sub.recovered, snapshot=None if sub.recovered else sub.snapshot,
         ))
-        for pub in result.get("publications", ()):
+        for pub in sub.publications:
             self._send(wsjson.event_message(
-                pub["event"], wsjson.publication_data(tuple(pub["data"])), room=room, offset=pub["offset"]
+                pub.event, wsjson.publication_data(pub.data), room=room, offset=pub.position.offset
             ))
-        held = self.held.pop(room, [])
-        for prepared in held:
-            if prepared.offset > result["offset"]:
-                self.write(prepared)
 
     async def _publish(self, message: wsjson.Publish) -> None:
         try:
-            self.server.check(self.claims, "publish", message.room)
+            position = await self.server.calls.publish(self, message.room, message.event, (message.data,))
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
             return
-        position = await self.hub.publish(message.room, message.event, message.data)
         self._send(wsjson.ack_message(message.id, {"room": message.room, "epoch": position.epoch,
                                                     "offset": position.offset}))
 
@@ -222,7 +208,7 @@ class WsConnection(Connection):
 
     def _refresh(self, message: wsjson.Refresh) -> None:
         try:
-            self.claims = self.auth = self.server.refresh(self, message.token)
+            self.auth = self.server.calls.refresh(self, message.token)
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
             return
@@ -283,6 +269,7 @@ class WsServer:
         self.encoder = WsEncoder()
         self.authenticator = authenticator
         self.expiry = expiry
+        self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.connections: set[WsConnection] = set()
         self.ids = itertools.count(1)
         self.bad_messages = 0
@@ -323,23 +310,6 @@ class WsServer:
         self.connections.discard(conn)
         if self.expiry is not None:
             self.expiry.forget(conn)
-
-    def check(self, claims: Claims | None, action: Literal["subscribe", "publish"], room: RoomName) -> None:
-        """Raise ``PermissionDenied`` unless ``claims`` grant ``action`` on ``room`` (open: allowed)."""
-        if claims is not None:
-            require(claims, action, room)
-
-    def refresh(self, conn: WsConnection, token: str) -> Claims | None:
-        """A fresh token for ``conn``: same subject, and the expiry watch restarts from it."""
-        if self.authenticator is None:
-            return conn.claims  # an open server: nothing to refresh
-        claims = self.authenticator.verify(token)
-        old = conn.claims
-        if old is not None and old.subject != claims.subject:
-            raise PermissionDenied("a refresh must be for the same subject")
-        if self.expiry is not None:
-            self.expiry.watch(conn, claims)
-        return claims
 
     def close_all(self, reason: Disconnect) -> None:
         for conn in list(self.connections):
