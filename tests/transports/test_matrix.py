@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pytest
+from brokers import BROKERS, make_broker
 from rawclient import RawWebSocket, call, open_websocket, socketio_connect
 from loopstep import yield_to_loop
 from servers import RunningServer, running
 from sseclient import SseStream, open_sse
 
-from roomcast.broker.memory import MemoryBroker
 from roomcast.hub.hub import Hub
 from roomcast.protocol import sse
 from roomcast.server.app import App
@@ -73,9 +73,12 @@ class SocketIOClient:
             request.update(epoch=at.epoch, offset=at.offset)
         self.acks += 1
         [result] = await call(self.ws, self.acks, "subscribe", request)
-        for pub in result.get("publications", []):
+        publications = result.get("publications", [])
+        for pub in publications:
             self.pending.append((pub["event"], _data(pub["data"])))
-        return Synced(result["epoch"], result["offset"], result["recovered"], result.get("snapshot"))
+        # The ack's offset is the room's position after its publications; a snapshot stands before them.
+        base = result["offset"] - (0 if result["recovered"] else len(publications))
+        return Synced(result["epoch"], base, result["recovered"], result.get("snapshot"))
 
     async def next_event(self) -> tuple[str, Any]:
         if self.pending:
@@ -210,8 +213,8 @@ async def connect(kind: str, srv: RunningServer) -> Client:
     return SseClient(srv)
 
 
-def _app(history_size: int = 100) -> App:
-    hub = Hub(broker=MemoryBroker(history_size=history_size))
+def _app(kind: str, history_size: int = 100) -> App:
+    hub = Hub(broker=make_broker(kind, history_size=history_size))
     boards: dict[str, list[str]] = {"board": ["card-1"]}
 
     @hub.snapshot("*")
@@ -223,12 +226,19 @@ def _app(history_size: int = 100) -> App:
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
-    return kind
+    name: str = request.param
+    return name
 
 
-async def test_subscribe_gives_the_snapshot_then_every_publication_in_order(transport: str) -> None:
-    async with running(_app()) as srv:
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> str:
+    """Every test runs over each broker: the memory one, and one that delivers later."""
+    name: str = request.param
+    return name
+
+
+async def test_subscribe_gives_the_snapshot_then_every_publication_in_order(transport: str, broker: str) -> None:
+    async with running(_app(broker)) as srv:
         client = await connect(transport, srv)
         try:
             synced = await client.subscribe("board")
@@ -242,8 +252,8 @@ async def test_subscribe_gives_the_snapshot_then_every_publication_in_order(tran
             await client.close()
 
 
-async def test_one_publication_reaches_subscribers_on_all_three_transports() -> None:
-    async with running(_app()) as srv:
+async def test_one_publication_reaches_subscribers_on_all_three_transports(broker: str) -> None:
+    async with running(_app(broker)) as srv:
         clients = [await connect(kind, srv) for kind in TRANSPORTS]
         try:
             for client in clients:
@@ -257,8 +267,8 @@ async def test_one_publication_reaches_subscribers_on_all_three_transports() -> 
                 await client.close()
 
 
-async def test_unsubscribe_stops_delivery(transport: str) -> None:
-    async with running(_app()) as srv:
+async def test_unsubscribe_stops_delivery(transport: str, broker: str) -> None:
+    async with running(_app(broker)) as srv:
         client, witness = await connect(transport, srv), await connect("ws", srv)
         try:
             await client.subscribe("board")
@@ -273,8 +283,8 @@ async def test_unsubscribe_stops_delivery(transport: str) -> None:
             await witness.close()
 
 
-async def test_a_reconnect_with_a_position_recovers_exactly_what_was_missed(transport: str) -> None:
-    async with running(_app()) as srv:
+async def test_a_reconnect_with_a_position_recovers_exactly_what_was_missed(transport: str, broker: str) -> None:
+    async with running(_app(broker)) as srv:
         first = await connect(transport, srv)
         synced = await first.subscribe("board")
         await srv.hub.publish("board", "n", 1)
@@ -293,8 +303,8 @@ async def test_a_reconnect_with_a_position_recovers_exactly_what_was_missed(tran
             await second.close()
 
 
-async def test_a_gap_history_no_longer_holds_gives_a_fresh_snapshot(transport: str) -> None:
-    async with running(_app(history_size=2)) as srv:
+async def test_a_gap_history_no_longer_holds_gives_a_fresh_snapshot(transport: str, broker: str) -> None:
+    async with running(_app(broker, history_size=2)) as srv:
         client = await connect(transport, srv)
         try:
             synced = await client.subscribe("board")
@@ -309,8 +319,8 @@ async def test_a_gap_history_no_longer_holds_gives_a_fresh_snapshot(transport: s
             await client.close()
 
 
-async def test_rooms_past_the_limit_are_refused_with_a_reason(transport: str) -> None:
-    app = _app()
+async def test_rooms_past_the_limit_are_refused_with_a_reason(transport: str, broker: str) -> None:
+    app = _app(broker)
     app.hub.max_rooms_per_connection = 2
     async with running(app) as srv:
         client = await connect(transport, srv)
@@ -318,3 +328,38 @@ async def test_rooms_past_the_limit_are_refused_with_a_reason(transport: str) ->
             assert await client.refusal(["r1", "r2", "r3"]) == "at most 2 rooms per connection"
         finally:
             await client.close()
+
+
+async def test_subscribing_while_publications_pour_in_gives_each_one_exactly_once(transport: str, broker: str) -> None:
+    """The hub's subscribe sync, end to end: clients subscribe at different moments of a
+    stream of publications, and each gets its snapshot's position and then every later
+    publication once, in order, whatever the broker's delivery timing."""
+    total, clients = 60, 3
+    async with running(_app(broker)) as srv:
+        started = asyncio.Event()
+
+        async def publish() -> None:
+            for n in range(1, total + 1):
+                await srv.hub.publish("board", "n", n)
+                if n == 5:
+                    started.set()
+                await yield_to_loop()
+
+        task = asyncio.create_task(publish())
+        async with asyncio.timeout(10):
+            await started.wait()
+        joined = []
+        try:
+            for _ in range(clients):
+                client = await connect(transport, srv)
+                joined.append((client, await client.subscribe("board")))
+            async with asyncio.timeout(10):
+                await task
+            for client, synced in joined:
+                assert synced.offset < total
+                got = [await client.next_event() for _ in range(total - synced.offset)]
+                assert got == [("n", n) for n in range(synced.offset + 1, total + 1)]
+        finally:
+            task.cancel()
+            for client, _ in joined:
+                await client.close()

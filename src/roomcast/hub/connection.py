@@ -12,6 +12,7 @@ outbound buffer is over its limit, and the hub then disconnects it as a slow con
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 from roomcast.disconnect import Disconnect
@@ -77,9 +78,16 @@ class Connection:
         return f"<{type(self).__name__} {self.id} {self.namespace}>"
 
     # -- the application's API -------------------------------------------------------
-    def join(self, room: RoomName) -> None:
-        """Become a member of ``room`` and receive its publications from now on."""
-        self.hub.join(self, room)
+    def join(self, room: RoomName) -> asyncio.Future[None]:
+        """Become a member of ``room`` and receive its publications from now on.
+
+        Await the result to know that the broker delivers the room to this node: a handler
+        that joins, awaits, then sends the room's state leaves no gap (with a broker that
+        delivers later, such as Redis, publications made before that may not arrive).
+        Without the await it is the plain join of code that does not care. For the state
+        and the tail in one exact step, subscribe instead (``Hub.subscribe``).
+        """
+        return self.hub.join(self, room)
 
     def leave(self, room: RoomName) -> None:
         """Stop receiving ``room``'s publications."""

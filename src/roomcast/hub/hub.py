@@ -48,8 +48,8 @@ SnapshotProvider = Callable[[RoomName], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SYNC_ATTEMPTS = 3
-"""Reads of one subscription before giving up: a retry follows only a lost stream or an
-epoch that changed during the read, so a third one means the broker is failing."""
+"""Reads of one subscription before giving up: a retry follows only an epoch that changed
+during the read, so a third one means the broker is failing."""
 
 
 class _Read:
@@ -413,23 +413,19 @@ class Hub:
             r = self._rooms.get(name)
             if r is None:
                 continue
-            r.losses += 1  # a sync in progress reads again
             if r.recovering is not None:
-                continue  # a re-read is under way; the losses count makes it read once more
-            base = r.position
-            catching_up = [p.after for p in r.pending.values() if p.after is not None]
-            if catching_up and (base is None or base.offset > min(a.offset for a in catching_up)):
-                base = min(catching_up, key=lambda a: a.offset)
-            if base is not None:
-                self._recover(r, base, [])
+                r.relost = True  # a re-read is under way: read once more after it
+                continue
+            if r.position is not None:  # else the broker subscription is still being made
+                self._recover(r, r.position, [])
 
     def _recover(self, r: Room, base: StreamPosition, held: list[Publication]) -> None:
+        """Hold ``r``'s live publications (``held`` first) and re-read history after ``base``."""
         r.recovering = held
-        r.position = base
         self._spawn(self._reread(r, base))
 
     async def _reread(self, r: Room, base: StreamPosition) -> None:
-        losses = r.losses
+        r.relost = False
         try:
             result = await self.broker.history(r.name, since=base)
         except Exception:
@@ -443,7 +439,7 @@ class Hub:
             return
         for pub in (*result.publications, *held):
             self.on_publication(pub)
-        if r.losses != losses and r.position is not None and r.recovering is None:
+        if r.relost and r.position is not None and r.recovering is None:
             self._recover(r, r.position, [])  # lost again while reading
 
     def _reset(self, r: Room, why: str) -> None:
@@ -504,10 +500,10 @@ class Hub:
                     break
                 if attempt == _SYNC_ATTEMPTS:
                     raise BrokerError(f"the broker kept changing while subscribing to {wanted[0][0]!r}")
-                for i, sub in enumerate(merged):  # a lost stream or a new epoch under the read
+                for i, sub in enumerate(merged):  # the room's epoch changed under the read
                     if sub is None:
                         room, since = wanted[i]
-                        holds[i].buffer, holds[i].losses = [], self._rooms[room].losses
+                        holds[i].buffer = []
                         reads[i] = await self._read(conn, room, since)
         except BaseException:
             for room, _ in wanted:
@@ -547,8 +543,6 @@ class Hub:
         r = self._rooms.get(room)
         if r is None or r.pending.get(conn) is not hold or conn.closed:
             raise ConnectionClosed(f"connection {conn.id} closed while subscribing to {room!r}")
-        if r.losses != hold.losses:
-            return None
         pubs = list(read.publications)
         epoch, last = read.base.epoch, read.base.offset + len(pubs)
         for pub in hold.buffer or ():

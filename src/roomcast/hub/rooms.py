@@ -25,12 +25,11 @@ __all__ = ["Room", "Pending"]
 class Pending:
     """A subscriber on its way in: syncing (``buffer``), then catching up (``after``)."""
 
-    __slots__ = ("buffer", "after", "losses")
+    __slots__ = ("buffer", "after")
 
-    def __init__(self, losses: int) -> None:
+    def __init__(self) -> None:
         self.buffer: list[Publication] | None = []
         self.after: StreamPosition | None = None
-        self.losses = losses  # the room's stream losses when the sync began
 
 
 class Room:
@@ -46,12 +45,13 @@ class Room:
         ready: the broker subscription; done once the broker delivers this room here.
         terminal: the broker said the room is finished.
         recovering: while the hub re-reads history after a lost stream, live publications
-            wait here; ``None`` otherwise.
-        losses: how many times the room's live stream was reported lost.
+            wait here; ``None`` otherwise. The re-read is fanned out like live publications,
+            so held subscribers get what the stream lost in their buffers too.
+        relost: the stream was lost again during a re-read: read once more after it.
     """
 
     __slots__ = (
-        "name", "groups", "size", "users", "pending", "position", "ready", "terminal", "recovering", "losses"
+        "name", "groups", "size", "users", "pending", "position", "ready", "terminal", "recovering", "relost"
     )
 
     def __init__(self, name: RoomName) -> None:
@@ -64,7 +64,7 @@ class Room:
         self.ready: asyncio.Future[None] | None = None
         self.terminal = False
         self.recovering: list[Publication] | None = None
-        self.losses = 0
+        self.relost = False
 
     @property
     def empty(self) -> bool:
@@ -89,7 +89,7 @@ class Room:
 
     def hold(self, conn: Connection) -> Pending:
         """Start holding ``conn`` back while it syncs (it must not be a member)."""
-        pending = self.pending[conn] = Pending(self.losses)
+        pending = self.pending[conn] = Pending()
         self._count(conn, 1)
         return pending
 

@@ -168,8 +168,10 @@ class WsConnection(Connection):
             logger.exception("subscribe to %r failed", room)
             self._send(wsjson.error_message(wsjson.INTERNAL, "could not subscribe", message.id))
             return
-        # Released: written before anything else, so live events follow the answer.
-        position = sub.position
+        # Released: written before anything else, so live events follow the answer. Its
+        # offset is where the client stands once it applied what follows: recovered, after
+        # the replay; otherwise the snapshot's own (docs/protocol.md, recovery flow).
+        position = sub.position if sub.recovered else sub.base
         self._send(wsjson.snapshot_message(
             message.id, room=room, epoch=position.epoch, offset=position.offset,
             recovered=sub.recovered, snapshot=None if sub.recovered else sub.snapshot,
