@@ -590,3 +590,24 @@ async def test_a_connection_that_ends_during_an_async_snapshot_is_not_left_in_th
     with pytest.raises(ConnectionClosed):
         await subscribing
     assert hub.members("slow:1") == [] and "slow:1" not in hub.rooms()
+
+
+async def test_the_rooms_limit_holds_across_concurrent_subscribes(hub: Hub, make_conn: ConnFactory) -> None:
+    """A slot is taken before the snapshot is awaited: 50 subscribes sent at once, limit 5."""
+    from roomcast.errors import LimitExceeded
+
+    release = asyncio.Event()
+
+    @hub.snapshot("task:*")
+    async def slow(room: str) -> str:
+        await release.wait()
+        return "state"
+
+    hub.max_rooms_per_connection = 5
+    conn = make_conn()
+    attempts = [asyncio.ensure_future(hub.subscribe(conn, f"task:{n}")) for n in range(50)]
+    await yield_to_loop()
+    release.set()
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    assert sum(isinstance(r, LimitExceeded) for r in results) == 45
+    assert len(conn.rooms) == 5 and len(hub.rooms()) == 5
