@@ -15,6 +15,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import Any
 
 from loopstep import yield_to_loop
 
@@ -101,10 +102,11 @@ class AsyncBroker:
         self._events = None
 
     async def publish(
-        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float
+        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
+        encoded: tuple[Any, ...] | None = None,
     ) -> Publication:
         await self._suspend()
-        pub = await self.storage.publish(room, event, data, ts=ts)  # appends, does not suspend
+        pub = await self.storage.publish(room, event, data, ts=ts, encoded=encoded)  # appends, does not suspend
         self._enqueue(room, pub)
         await self._suspend()  # the reply crosses the network too
         return pub

@@ -7,6 +7,7 @@ it serves), so tests that watch what a service publishes tap the broker they run
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from roomcast.broker.memory import MemoryBroker
 from roomcast.types import JSONValue, Publication, RoomName
@@ -21,8 +22,9 @@ class TapBroker(MemoryBroker):
         super().__init__(**limits)  # type: ignore[arg-type]
         self.taps: list[Callable[[Publication], None]] = []
 
-    async def publish(self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float) -> Publication:
-        pub = await super().publish(room, event, data, ts=ts)
+    async def publish(self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
+                      encoded: tuple[Any, ...] | None = None) -> Publication:
+        pub = await super().publish(room, event, data, ts=ts, encoded=encoded)
         for tap in self.taps:
             tap(pub)
         return pub

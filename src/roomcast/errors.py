@@ -12,6 +12,7 @@ Owns every exception the package raises on purpose; imports nothing but the stdl
     ├── ConnectionRefused             a connect handler refused the client (message sent to it)
     ├── InvalidState                  an operation that the current state forbids (also AssertionError)
     ├── LimitExceeded                 a configured limit was reached (rooms per connection ...)
+    ├── InvalidPublication            no transport could deliver it (also ValueError): refused
     ├── AuthError
     │   ├── Unauthorized              no or bad credentials
     │   └── PermissionDenied          good credentials, not allowed to do this
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionRefused",
     "InvalidState",
     "LimitExceeded",
+    "InvalidPublication",
     "AuthError",
     "Unauthorized",
     "PermissionDenied",
@@ -126,6 +128,12 @@ class Unauthorized(AuthError):
 
 class PermissionDenied(AuthError):
     """Valid credentials that do not grant this operation."""
+
+
+class InvalidPublication(RoomcastError, ValueError):
+    """A publication no transport could deliver: a reserved or malformed event name, or data
+    that is not JSON or is nested too deep. Refused before anything is stored or acknowledged;
+    the message is safe to send to the client that asked."""
 
 
 class BrokerError(RoomcastError):

@@ -43,6 +43,9 @@ class Publication:
     data: tuple[JSONValue, ...]
     position: StreamPosition
     ts: float
+    encoded: tuple[Any, ...] | None = None
+    """``data`` serialised once when it was published (``orjson.Fragment`` per argument),
+    for every encoder to embed as it is; ``None`` when it needs ``json_safe`` (binary)."""
 
 
 @dataclass(frozen=True, slots=True)

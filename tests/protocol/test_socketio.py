@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roomcast import _json
 from roomcast.errors import LocalProtocolError, PayloadTooBig, RemoteProtocolError
 from roomcast.protocol.socketio import (
     MAX_ACK_ID,
@@ -293,8 +294,10 @@ def test_decode_rejects_text_while_attachments_pending() -> None:
     assert not decoder.awaiting_attachments
 
 
-def test_decode_handles_deep_nesting_without_recursion_error() -> None:
-    depth = 1000
+def test_decode_accepts_the_shared_depth_limit_and_refuses_deeper() -> None:
+    """One nesting limit (``_json.MAX_DEPTH``) for decoders and encoders: what is accepted
+    can be published and encoded by every transport; deeper is refused, not acknowledged."""
+    depth = _json.MAX_DEPTH - 2  # the argument array and the placeholder object add one each
     wire = '51-["a",' + "[" * depth + PH0 + "]" * depth + "]"
     decoder = Decoder()
     assert decoder.feed(wire) is None
@@ -304,6 +307,9 @@ def test_decode_handles_deep_nesting_without_recursion_error() -> None:
     for _ in range(depth - 1):
         node = node[0]
     assert node == [b"!"]
+    for deeper in (depth + 2, 1000):
+        with pytest.raises(RemoteProtocolError):
+            Decoder().feed('42["a",' + "[" * deeper + "]" * deeper + "]")
 
 
 @pytest.mark.parametrize(

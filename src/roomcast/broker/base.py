@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
@@ -108,9 +108,14 @@ class Broker(RoomState, Protocol):
         """Begin delivering the publications of subscribed rooms to ``events``."""
 
     async def publish(
-        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float
+        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
+        encoded: tuple[Any, ...] | None = None,
     ) -> Publication:
-        """Append to history and deliver to every node subscribed to ``room`` (atomic)."""
+        """Append to history and deliver to every node subscribed to ``room`` (atomic).
+
+        ``encoded`` is ``data`` serialised once by the hub (``Publication.encoded``); a broker
+        that moves publications between processes sends those bytes as they are.
+        """
 
     async def subscribe(self, room: RoomName) -> None:
         """Deliver ``room``'s publications to this node from now on (see "Subscribe before

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from roomcast.broker.base import BrokerEvents, HistoryResult
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
@@ -77,11 +78,12 @@ class MemoryBroker:
 
     # -- publications -------------------------------------------------------------------
     async def publish(
-        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float
+        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
+        encoded: tuple[Any, ...] | None = None,
     ) -> Publication:
         stream = self._stream(room)
         stream.offset += 1
-        pub = Publication(room, event, data, StreamPosition(stream.epoch, stream.offset), ts)
+        pub = Publication(room, event, data, StreamPosition(stream.epoch, stream.offset), ts, encoded)
         if self._history_size:
             history = stream.history
             history.append(pub)

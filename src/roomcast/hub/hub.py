@@ -35,6 +35,7 @@ from roomcast.broker.memory import MemoryBroker
 from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
+from roomcast.hub.publication import prepare
 from roomcast.hub.rooms import Pending, Room
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition, Subscription
 
@@ -335,8 +336,13 @@ class Hub:
 
         Returns:
             The publication's position in the room's stream.
+
+        Raises:
+            InvalidPublication: no transport could deliver it (``hub.publication``): a
+                reserved event name, or data that is not JSON or is nested too deep.
         """
-        pub = await self.broker.publish(room, event, args, ts=time.time())
+        encoded = prepare(event, args)
+        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded)
         return pub.position
 
     def publish_threadsafe(

@@ -66,7 +66,6 @@ _PLAIN: Final = {SioType.BINARY_EVENT: SioType.EVENT, SioType.BINARY_ACK: SioTyp
 _BINARY: Final = (bytes, bytearray, memoryview)
 _DIGITS: Final = re.compile(r"[0-9]+")
 _ENCODE_KIND: Final = {int(t): _PLAIN.get(t, t) for t in SioType}
-_MAX_DEPTH: Final = 255  # orjson refuses to serialise deeper structures anyway
 _NOT_JSON: Final = "payload is not JSON-serialisable"
 
 
@@ -107,7 +106,7 @@ def _deconstruct(obj: Any, out: list[bytes], depth: int = 0) -> Any:
     if isinstance(obj, _BINARY):
         out.append(bytes(obj))
         return {"_placeholder": True, "num": len(out) - 1}
-    if depth > _MAX_DEPTH:
+    if depth > _json.MAX_DEPTH:
         raise LocalProtocolError("payload nested too deeply")
     if isinstance(obj, (list, tuple)):
         return [_deconstruct(item, out, depth + 1) for item in obj]

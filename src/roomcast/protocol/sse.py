@@ -24,6 +24,7 @@ from roomcast.types import StreamPosition
 
 __all__ = [
     "CONTENT_TYPE",
+    "RESERVED_EVENTS",
     "MAX_CURSOR_LENGTH",
     "event_frame",
     "id_line",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 CONTENT_TYPE: Final = "text/event-stream"
+RESERVED_EVENTS: Final = frozenset({"snapshot", "reset", "error"})
+"""Event names roomcast itself sends on an SSE stream (and ``/ws`` clients expect from it):
+a publication may not use them, or ``EventSource`` pages would take it for roomcast's own."""
 
 MAX_CURSOR_LENGTH: Final = 8192
 """The longest cursor :func:`decode_cursor` accepts, and so the longest one we may send."""

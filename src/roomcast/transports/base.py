@@ -7,7 +7,6 @@ WebSocket as a ``WebSocketChannel``. So every transport runs unchanged behind ei
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +26,6 @@ __all__ = [
     "CorsPolicy",
     "json_error",
     "api_error",
-    "json_safe",
     "build_request",
 ]
 
@@ -122,24 +120,6 @@ def api_error(status: int, code: str, message: str, headers: list[tuple[str, str
     """
     body = _json.dumps({"error": {"code": code, "message": message}})
     return HttpResponse(status, body, headers or [], "application/json")
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with what JSON cannot carry made carriable, for the JSON transports.
-
-    Socket.IO publications may hold binary attachments, which SSE and ``roomcast.v1`` carry as
-    ``{"$binary": "<base64>"}``; text with lone surrogates (not UTF-8) has them replaced. The
-    encoders call this only after a first attempt failed, so ordinary data pays nothing.
-    """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$binary": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict):
-        return {json_safe(k) if isinstance(k, str) else k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 class WebSocketChannel(Protocol):

@@ -39,7 +39,9 @@ from typing import Any
 from roomcast import disconnect
 from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, token_from_request
-from roomcast.errors import AuthError, ConnectionClosed, ConnectionRefused, LimitExceeded, RemoteProtocolError
+from roomcast.errors import (
+    AuthError, ConnectionClosed, ConnectionRefused, InvalidPublication, LimitExceeded, RemoteProtocolError,
+)
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import socketio as sio
@@ -122,8 +124,13 @@ class SioEncoder:
         return self.encode_at(publication, offset, seq)
 
     def encode_at(self, publication: Publication, offset: str | None, seq: int) -> Prepared:
-        """Encode ``publication`` with ``offset`` appended as its last argument (if any)."""
-        args: tuple[Any, ...] = publication.data
+        """Encode ``publication`` with ``offset`` appended as its last argument (if any).
+
+        Its data was serialised when it was published (``Publication.encoded``); binary
+        attachments, which JSON cannot carry, go the packet way.
+        """
+        encoded = publication.encoded
+        args: tuple[Any, ...] = publication.data if encoded is None else encoded
         if self.meta:
             position = publication.position
             meta = {"$room": publication.room, "$epoch": position.epoch, "$offset": position.offset}
@@ -591,7 +598,7 @@ class SocketIOServer:
             position = await self.calls.publish(sock, request.get("room"), request.get("event"), args)
         except RemoteProtocolError:
             return {"error": "publish expects {room: string, event: string, data?: any}"}
-        except AuthError as exc:
+        except (AuthError, InvalidPublication) as exc:
             return {"error": str(exc)}
         return {"room": request["room"], "epoch": position.epoch, "offset": position.offset}
 

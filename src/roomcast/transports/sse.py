@@ -35,7 +35,7 @@ from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import sse
 from roomcast.protocol.wsjson import publication_data
-from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel, api_error, json_safe
+from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel, api_error
 from roomcast.transports.builtins import Builtins, valid_name
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.types import MAX_NAME_LENGTH, Publication, RoomName, StreamPosition, Subscription
@@ -59,10 +59,16 @@ class SseFrame:
         self.data = data
 
 
-def _safe_event_name(event: str) -> str:
-    """An SSE ``event:`` field cannot hold a line break: such a name is replaced by spaces."""
-    safe: str = json_safe(event)
-    return safe.replace("\r", " ").replace("\n", " ")
+def event_body(publication: Publication) -> bytes:
+    """A publication as an SSE event without its ``id`` (live and replayed alike).
+
+    Its data was serialised when it was published (``Publication.encoded``); only data that
+    needs ``json_safe`` (binary attachments, lone surrogates) is serialised here.
+    """
+    encoded = publication.encoded
+    if encoded is not None:
+        return sse.event_frame(_json.dumps_str(publication_data(encoded)), event=publication.event)
+    return sse.event_frame(_json.dumps_str(_json.json_safe(publication_data(publication.data))), event=publication.event)
 
 
 def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
@@ -89,11 +95,7 @@ class SseEncoder:
 
     def encode(self, publication: Publication) -> SseFrame:
         self.advance(publication.room, publication.position)
-        data = publication_data(publication.data)
-        try:
-            body = sse.event_frame(_json.dumps_str(data), event=publication.event)
-        except (LocalProtocolError, TypeError):  # binary attachments, lone surrogates, bad names
-            body = sse.event_frame(_json.dumps_str(json_safe(data)), event=_safe_event_name(publication.event))
+        body = event_body(publication)
         cursor = sse.encode_cursor(self.positions)
         return SseFrame(publication.room, publication.position, sse.id_line(cursor) + body)
 
@@ -192,7 +194,7 @@ class SseConnection(Connection):
             self._write_own(sse.event_frame(_json.dumps_str(body), event="reset" if held is not None else "snapshot"))
         for pub in sub.publications:
             self.cursor[room] = pub.position
-            self._write_own(sse.event_frame(_json.dumps_str(publication_data(pub.data)), event=pub.event))
+            self._write_own(event_body(pub))
         self.cursor[room] = sub.position
 
     def _write_own(self, body: bytes) -> None:

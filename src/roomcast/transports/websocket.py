@@ -22,10 +22,10 @@ import itertools
 import logging
 from typing import Any, Literal
 
-from roomcast import disconnect
+from roomcast import _json, disconnect
 from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, Claims, require, token_from_request
-from roomcast.errors import AuthError, ConnectionClosed, LimitExceeded, LocalProtocolError, PermissionDenied
+from roomcast.errors import AuthError, ConnectionClosed, InvalidPublication, LimitExceeded, PermissionDenied
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
@@ -39,7 +39,6 @@ from roomcast.transports.base import (
     WebSocketAccept,
     WebSocketChannel,
     json_error,
-    json_safe,
 )
 from roomcast.types import Publication, RoomName, StreamPosition
 
@@ -79,13 +78,15 @@ class WsEncoder:
     __slots__ = ()
 
     def encode(self, publication: Publication) -> WsPrepared:
-        data = wsjson.publication_data(publication.data)
+        """Live and replayed alike. The data was serialised when it was published
+        (``Publication.encoded``); only data that needs ``json_safe`` is serialised here."""
+        encoded = publication.encoded
+        if encoded is not None:
+            data = wsjson.publication_data(encoded)
+        else:
+            data = _json.json_safe(wsjson.publication_data(publication.data))
         room, offset = publication.room, publication.position.offset
-        try:
-            message = wsjson.event_message(publication.event, data, room=room, offset=offset)
-        except (LocalProtocolError, TypeError):  # binary attachments, lone surrogates
-            message = wsjson.event_message(json_safe(publication.event), json_safe(data), room=room, offset=offset)
-        return WsPrepared(room, offset, message)
+        return WsPrepared(room, offset, wsjson.event_message(publication.event, data, room=room, offset=offset))
 
 
 class WsConnection(Connection):
@@ -176,16 +177,18 @@ class WsConnection(Connection):
             message.id, room=room, epoch=position.epoch, offset=position.offset,
             recovered=sub.recovered, snapshot=None if sub.recovered else sub.snapshot,
         ))
+        encoder = self.server.encoder
         for pub in sub.publications:
-            self._send(wsjson.event_message(
-                pub.event, wsjson.publication_data(pub.data), room=room, offset=pub.position.offset
-            ))
+            self._send(encoder.encode(pub).message)
 
     async def _publish(self, message: wsjson.Publish) -> None:
         try:
             position = await self.server.calls.publish(self, message.room, message.event, (message.data,))
         except AuthError as exc:
             self._send(wsjson.error_message(_auth_code(exc), str(exc), message.id))
+            return
+        except InvalidPublication as exc:
+            self._send(wsjson.error_message(wsjson.BAD_REQUEST, str(exc), message.id))
             return
         self._send(wsjson.ack_message(message.id, {"room": message.room, "epoch": position.epoch,
                                                     "offset": position.offset}))
