@@ -509,3 +509,20 @@ def test_decoder_never_raises_anything_else(inputs: list[str | bytes]) -> None:
         if result is not None:
             assert result.type in (T.CONNECT, T.DISCONNECT, T.EVENT, T.ACK, T.CONNECT_ERROR)
             assert result.namespace.startswith("/")
+
+
+def test_placeholders_are_bounded_in_count_and_in_what_they_expand_to() -> None:
+    """One attachment named by thousands of placeholders would become thousands of copies."""
+    many = ",".join([PH0] * 3000)
+    decoder = Decoder(max_attachments=10, max_expanded_bytes=1_000_000)
+    assert decoder.feed(f'51-["publish",[{many}]]') is None
+    with pytest.raises(PayloadTooBig):
+        decoder.feed(b"x" * 100_000)
+    ten = ",".join([PH0] * 10)
+    small = Decoder(max_attachments=10, max_expanded_bytes=250_000)
+    assert small.feed(f'51-["a",[{ten}]]') is None
+    with pytest.raises(PayloadTooBig):
+        small.feed(b"x" * 100_000)  # ten copies of 100 KB: past 250 KB
+    assert small.feed(f'51-["a",[{PH0},{PH0}]]') is None
+    packet = small.feed(b"x" * 100_000)
+    assert packet is not None and packet.data[1] == [b"x" * 100_000] * 2  # within both bounds

@@ -115,12 +115,21 @@ def _deconstruct(obj: Any, out: list[bytes], depth: int = 0) -> Any:
     return obj
 
 
-def _reconstruct(data: Any, buffers: list[bytes]) -> None:
+def _reconstruct(data: Any, buffers: list[bytes], *, max_placeholders: int, max_bytes: int) -> None:
     """Replace the placeholders in decoded JSON ``data`` by ``buffers``, in place.
 
-    Iterative because the JSON parser accepts nesting deeper than Python's recursion limit.
+    Several placeholders may name one attachment (the official parser allows it), but what
+    they expand to is bounded: at most ``max_placeholders`` of them, and ``max_bytes`` of
+    attachment bytes in all. Unbounded, one 100 KB attachment named by 3,000 placeholders
+    becomes 300 MB once every JSON transport base64-encodes each occurrence. Iterative, so
+    deep data costs no Python recursion.
+
+    Raises:
+        RemoteProtocolError: a placeholder names no attachment.
+        PayloadTooBig: past either bound.
     """
     count = len(buffers)
+    placeholders = expanded = 0
     stack: list[Any] = [data]
     while stack:
         node = stack.pop()
@@ -132,6 +141,12 @@ def _reconstruct(data: Any, buffers: list[bytes]) -> None:
                     num = value.get("num")
                     if type(num) is not int or not 0 <= num < count:
                         raise RemoteProtocolError("invalid attachment placeholder")
+                    placeholders += 1
+                    expanded += len(buffers[num])
+                    if placeholders > max_placeholders or expanded > max_bytes:
+                        raise PayloadTooBig(
+                            f"attachments expand past {max_placeholders} placeholders or {max_bytes} bytes"
+                        )
                     node[key] = buffers[num]
                 else:
                     stack.append(value)
@@ -228,11 +243,13 @@ class Decoder:
     packet, or None while a binary packet still waits for its attachments.
     """
 
-    __slots__ = ("_max_attachments", "_pending", "_buffers", "_expected")
+    __slots__ = ("_max_attachments", "_max_expanded", "_pending", "_buffers", "_expected")
 
-    def __init__(self, *, max_attachments: int = 10) -> None:
-        """Create a decoder; ``max_attachments`` caps what one packet may announce."""
+    def __init__(self, *, max_attachments: int = 10, max_expanded_bytes: int = 1_000_000) -> None:
+        """Create a decoder; ``max_attachments`` caps what one packet may announce and how
+        many placeholders may name them, ``max_expanded_bytes`` what they expand to."""
         self._max_attachments = max_attachments
+        self._max_expanded = max_expanded_bytes
         self._pending: SioPacket | None = None
         self._buffers: list[bytes] = []
         self._expected = 0
@@ -281,7 +298,7 @@ class Decoder:
             return None
         buffers = self._buffers
         self._reset()
-        _reconstruct(pending.data, buffers)
+        _reconstruct(pending.data, buffers, max_placeholders=self._max_attachments, max_bytes=self._max_expanded)
         return pending
 
     def _decode_text(self, text: str) -> SioPacket | None:
@@ -329,7 +346,7 @@ class Decoder:
             raise RemoteProtocolError(error)
         packet = SioPacket(kind, namespace, data, ack_id)
         if attachments == 0:
-            _reconstruct(data, [])
+            _reconstruct(data, [], max_placeholders=self._max_attachments, max_bytes=self._max_expanded)
         elif attachments > 0:
             self._pending = packet
             self._expected = attachments
