@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
-from roomcast.server.native import serve
+from roomcast.server.native import DoorCounters, serve
+from roomcast.server.runner import door_limits
 
 
 @dataclass
@@ -18,6 +19,7 @@ class RunningServer:
     app: App
     host: str
     port: int
+    counters: DoorCounters = field(default_factory=DoorCounters)
 
     @property
     def hub(self) -> Hub:
@@ -33,10 +35,11 @@ async def running(app: App) -> AsyncIterator[RunningServer]:
     """Serve ``app`` on the native door at 127.0.0.1:0 for the duration of the block."""
     s = app.settings
     await app.startup()
-    server = await serve(app, "127.0.0.1", 0, max_body_bytes=s.max_payload, max_buffer_bytes=s.max_buffer_bytes)
+    counters = DoorCounters()
+    server = await serve(app, "127.0.0.1", 0, limits=door_limits(s), counters=counters)
     host, port = server.sockets[0].getsockname()[:2]
     try:
-        yield RunningServer(app, host, port)
+        yield RunningServer(app, host, port, counters)
     finally:
         server.close()
         await app.shutdown()

@@ -185,8 +185,11 @@ async def test_slow_sse_consumer_is_disconnected_with_a_reason() -> None:
                 while srv.hub.slow_disconnects == 0:
                     await srv.hub.publish("flood", "blob", payload)
                     await yield_to_loop()  # the coalescer flushes at the end of the iteration
-            assert srv.hub.rooms().get("flood") is None
+            assert srv.hub.rooms().get("flood") is None  # out of the room at once
             stream.response.connection.transport.resume_reading()  # type: ignore[union-attr]
+            rest = await stream.until_end()  # it reads its way to the documented goodbye
+            assert rest and rest[-1].event == "error" and rest[-1].json()["message"] == "slow consumer"
+            assert srv.counters.slow_goodbyes == 1 and srv.counters.slow_aborts == 0
 
 
 async def test_the_asgi_door_serves_the_same_stream() -> None:

@@ -26,7 +26,15 @@ class Settings:
         ping_timeout: seconds a client has to answer a ping.
         max_payload: largest message or POST body accepted, in bytes.
         connect_timeout: seconds a Socket.IO session may stay without a namespace.
-        max_buffer_bytes: outbound bytes buffered per connection before it is a slow consumer.
+        max_buffer_bytes: outbound bytes buffered per connection before it is a slow consumer
+            (publications) or cut (anything else): the hard output limit.
+        output_high_water: outbound bytes waiting past which the native door stops reading
+            from that client until it reads (responses, pongs, polling payloads).
+        max_request_line: longest request target in bytes (414 past it).
+        max_header_bytes: most bytes of request head (431 past it).
+        max_headers: most header lines in one request (431 past it).
+        request_timeout: seconds a request's head and body may take to arrive (408).
+        keepalive_timeout: seconds an idle keep-alive HTTP connection is kept open.
         recovery_window: seconds a Socket.IO session lost to a transient failure (transport
             closed, ping timeout, slow consumer, shutdown) can be resumed by its client: the
             official server's ``connectionStateRecovery`` (its ``maxDisconnectionDuration``
@@ -72,6 +80,12 @@ class Settings:
     max_payload: int = 1_000_000
     connect_timeout: float = 45.0
     max_buffer_bytes: int = 4_000_000
+    output_high_water: int = 1_000_000
+    max_request_line: int = 8192
+    max_header_bytes: int = 65_536
+    max_headers: int = 100
+    request_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
     recovery_window: float = 0.0
     log_level: str = "info"
     engineio_echo: bool = False

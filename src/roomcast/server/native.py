@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httptools
@@ -32,7 +33,7 @@ from roomcast.transports.base import (
     json_error,
 )
 
-__all__ = ["Router", "HttpProtocol", "NativeWebSocket", "NativeStream", "CoalescedOutput", "WriteCoalescer", "serve"]
+__all__ = ["Router", "DoorLimits", "DoorCounters", "HttpProtocol", "NativeWebSocket", "NativeStream", "CoalescedOutput", "WriteCoalescer", "serve"]
 
 logger = logging.getLogger("roomcast.native")
 
@@ -46,9 +47,13 @@ _STATUS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
     426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -60,6 +65,53 @@ class Router(Protocol):
     async def http(self, request: HttpRequest) -> HttpResponse | StreamAccept: ...
 
     def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DoorLimits:
+    """What one connection to the native door may cost; docs/limits.md is the table.
+
+    Attributes:
+        max_body_bytes: largest request body (413), and largest WebSocket message (1009).
+        max_buffer_bytes: outbound bytes a connection may have waiting before it is cut (the
+            hard limit; for publications, the slow-consumer limit).
+        output_high_water: outbound bytes waiting past which the door stops reading from
+            that client (and serving its pipelined requests) until it reads: the limit for
+            responses, pongs and polling payloads, which the client itself asks for.
+        max_request_line: longest request target, in bytes (414).
+        max_header_bytes: most bytes of request head, request line included (431).
+        max_headers: most header lines in one request (431).
+        request_timeout: seconds a request's head and body may take to arrive (408).
+        keepalive_timeout: seconds an idle keep-alive connection is kept open.
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_buffer_bytes: int = 4_000_000
+    output_high_water: int = 1_000_000
+    max_request_line: int = 8192
+    max_header_bytes: int = 65_536
+    max_headers: int = 100
+    request_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+
+
+@dataclass(slots=True)
+class DoorCounters:
+    """What the door refused or cut, for operators (one per server)."""
+
+    refused_heads: int = 0
+    timeouts: int = 0
+    output_cut: int = 0
+    slow_goodbyes: int = 0
+    slow_aborts: int = 0
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request the door will not take."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 def _render(response: HttpResponse, keep_alive: bool) -> bytes:
@@ -86,11 +138,12 @@ class WriteCoalescer:
     latency beyond the current iteration.
     """
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_scheduled", "counters")
 
-    def __init__(self) -> None:
+    def __init__(self, counters: DoorCounters | None = None) -> None:
         self._dirty: list[CoalescedOutput] = []
         self._scheduled = False
+        self.counters = counters if counters is not None else DoorCounters()  # the server's, shared
 
     def mark(self, output: CoalescedOutput) -> None:
         self._dirty.append(output)
@@ -114,7 +167,7 @@ class CoalescedOutput:
     buffer over ``high_water``: the hub then disconnects a slow consumer.
     """
 
-    __slots__ = ("transport", "high_water", "coalescer", "closing", "_out", "_over", "_lost")
+    __slots__ = ("transport", "high_water", "coalescer", "closing", "_out", "_over", "_lost", "_goodbye")
 
     def __init__(self, transport: asyncio.Transport, *, high_water: int, coalescer: WriteCoalescer | None) -> None:
         self.transport = transport
@@ -124,6 +177,7 @@ class CoalescedOutput:
         self._out: bytes | list[bytes] | None = None
         self._over = False
         self._lost = False
+        self._goodbye: asyncio.TimerHandle | None = None
 
     def write(self, data: bytes) -> bool:
         if self.closing:
@@ -153,6 +207,34 @@ class CoalescedOutput:
             transport.write(out)
         self._over = transport.get_write_buffer_size() > self.high_water
 
+    def say_goodbye(self) -> None:
+        """Close a slow consumer with its goodbye (already queued) behind what it has not read.
+
+        The transport closes once the client reads it all; a client that does not read is
+        aborted after ``SLOW_GOODBYE_SECONDS``, so its buffer is freed within a bounded time.
+        """
+        self.flush()
+        self.closing = True
+        self.transport.close()
+        self._goodbye = asyncio.get_running_loop().call_later(SLOW_GOODBYE_SECONDS, self._abort_slow)
+
+    def _abort_slow(self) -> None:
+        self._goodbye = None
+        if not self._lost:
+            self.coalescer.counters.slow_aborts += 1
+            self.transport.abort()
+
+    def _ended(self) -> None:
+        """The connection is gone: a pending goodbye reached the client's side."""
+        if self._goodbye is not None:
+            self._goodbye.cancel()
+            self._goodbye = None
+            self.coalescer.counters.slow_goodbyes += 1
+
+
+SLOW_GOODBYE_SECONDS = 2.0
+"""How long a slow consumer has to read its way to the goodbye before it is aborted."""
+
 
 class NativeStream(CoalescedOutput):
     """A streaming HTTP response (a ``StreamChannel``), delimited by closing the connection."""
@@ -167,8 +249,7 @@ class NativeStream(CoalescedOutput):
         if self.closing:
             return
         if self._over:
-            self.closing = True
-            self.transport.abort()  # a slow consumer: do not wait behind what it never read
+            self.say_goodbye()  # a slow consumer: its `event: error` waits behind what it has not read
             return
         self.flush()
         self.closing = True
@@ -178,6 +259,7 @@ class NativeStream(CoalescedOutput):
         if self._lost:
             return
         self._lost = self.closing = True
+        self._ended()
         if self.handler is not None:
             self.handler.on_close()
 
@@ -222,9 +304,8 @@ class NativeWebSocket(CoalescedOutput):
             self.closing = True
             return
         if self._over:
-            # A slow consumer: a close frame would queue behind what it never read.
-            self.closing = True
-            transport.abort()
+            self.write(wsproto.close_frame(code, reason))
+            self.say_goodbye()  # a slow consumer: the close frame waits behind what it has not read
             return
         self.flush()
         self.closing = True
@@ -248,7 +329,7 @@ class NativeWebSocket(CoalescedOutput):
                     payload = event.data
                     handler.on_message(payload.decode() if event.opcode == wsproto.OP_TEXT else payload)
             elif isinstance(event, wsproto.Ping):
-                if not self.closing:
+                if not self.closing:  # an answer the client asked for: the door's output limits hold it
                     self.transport.write(wsproto.serialize_frame(wsproto.OP_PONG, event.data))
             elif isinstance(event, wsproto.Close):
                 if not self.closing:
@@ -264,6 +345,7 @@ class NativeWebSocket(CoalescedOutput):
             return
         self._lost = True
         self.closing = True
+        self._ended()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self.handler is not None:
@@ -276,41 +358,51 @@ class HttpProtocol(asyncio.Protocol):
     Slotted, with its keep-alive queue made on first use and its HTTP parser and header
     buffers dropped once upgraded: an idle WebSocket keeps only what it still needs
     (docs/performance.md, idle memory per connection).
+
+    Every limit of ``DoorLimits`` is held here, before the request reaches the router: the
+    head is counted as it arrives (httptools would otherwise gather an endless header in
+    quadratic time), a request must arrive within ``request_timeout``, an idle keep-alive
+    connection is closed after ``keepalive_timeout``, and past ``output_high_water`` of
+    unread output the door stops reading from the client and serving its pipelined requests
+    (asyncio's ``pause_writing``), cutting it past ``max_buffer_bytes``.
     """
 
     __slots__ = (
-        "router", "max_body_bytes", "max_buffer_bytes", "coalescer", "transport", "parser", "ws", "stream",
-        "_url", "_headers", "_body", "_body_size", "_pending", "_upgrade", "_task", "_too_big",
+        "router", "limits", "coalescer", "transport", "parser", "ws", "stream",
+        "_url", "_url_size", "_headers", "_head_size", "_in_head", "_stall", "_progress", "_body", "_body_size", "_pending", "_upgrade",
+        "_task", "_too_big", "_timer", "_paused", "_drained",
     )
 
-    def __init__(
-        self,
-        router: Router,
-        *,
-        max_body_bytes: int,
-        max_buffer_bytes: int,
-        coalescer: WriteCoalescer | None = None,
-    ) -> None:
+    def __init__(self, router: Router, *, limits: DoorLimits, coalescer: WriteCoalescer | None = None) -> None:
         self.router = router
+        self.limits = limits
         self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
-        self.max_body_bytes = max_body_bytes
-        self.max_buffer_bytes = max_buffer_bytes
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.ws: NativeWebSocket | None = None
         self.stream: NativeStream | None = None
-        self._url = b""
+        self._url: list[bytes] = []
+        self._url_size = 0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = True
+        self._stall = 0
+        self._progress = False
         self._body: list[bytes] = []
         self._body_size = 0
         self._pending: deque[tuple[HttpRequest, bool]] | None = None
         self._upgrade: HttpRequest | None = None
         self._task: asyncio.Task[None] | None = None
         self._too_big = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=self.limits.output_high_water)  # type: ignore[attr-defined]
+        self._arm(self.limits.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
@@ -318,16 +410,32 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.parser is None or self.stream is not None:
             return  # answered and closing, or streaming a response: nothing more to read
+        self._progress = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self._start_websocket(data[offset:])
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._refuse_with(refused.response)
+            else:
+                logger.exception("HTTP parser callback failed")
+                self._reply_and_close(json_error(500, 500, "Internal server error"))
         except httptools.HttpParserError as exc:
             logger.debug("bad HTTP request: %s", exc)
             self._reply_and_close(json_error(400, 3, "Bad request"))
+        else:
+            # httptools gathers a header line in one growing string, so a line that never ends
+            # would cost quadratic time: bytes fed with no parser progress count, and end it.
+            if self._in_head and self.parser is not None:
+                self._stall = 0 if self._progress else self._stall + len(data)
+                if self._stall > self.limits.max_header_bytes:
+                    self._refuse(431, f"a request head line is longer than {self.limits.max_header_bytes} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         if self.ws is not None:
             self.ws.connection_lost()
         if self.stream is not None:
@@ -335,29 +443,68 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is not None:
             self._task.cancel()
         self._pending = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.cancel()
+
+    def pause_writing(self) -> None:
+        """Past ``output_high_water`` of unread output: stop reading from this client."""
+        self._paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._url = b""
+        self._progress = True
+        self._url, self._url_size = [], 0
         self._headers = []
+        self._head_size = 0
+        self._in_head = True
         self._body = []
         self._body_size = 0
         self._too_big = False
+        self._arm(self.limits.request_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._progress = True
+        self._url_size += len(url)
+        if self._url_size > self.limits.max_request_line:
+            raise _Refused(json_error(414, 3, f"the request target is longer than {self.limits.max_request_line} bytes"))
+        self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._progress = True
+        headers = self._headers
+        if len(headers) >= self.limits.max_headers:
+            raise _Refused(json_error(431, 3, f"more than {self.limits.max_headers} header lines"))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_header_bytes:
+            raise _Refused(json_error(431, 3, f"the headers are larger than {self.limits.max_header_bytes} bytes"))
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stall = 0
+        for name, value in self._headers:
+            if name.lower() == b"expect" and value.lower() == b"100-continue":
+                self._continue()
+                return
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self.max_body_bytes:
+        if self._body_size > self.limits.max_body_bytes:
             self._too_big = True
         elif not self._too_big:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._disarm()
         parser = self.parser
         assert parser is not None  # httptools calls back only from feed_data
         request = self._build(parser)
@@ -371,9 +518,50 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is None:
             self._task = asyncio.ensure_future(self._serve_pending())
 
+    # -- limits -------------------------------------------------------------------------
+    def _continue(self) -> None:
+        """``Expect: 100-continue``: go ahead if the announced body is acceptable, 413 if not."""
+        transport = self.transport
+        if transport is None or self.parser is None:
+            return
+        length = next((v for n, v in self._headers if n.lower() == b"content-length"), b"")
+        if length.isdigit() and int(length) > self.limits.max_body_bytes:
+            raise _Refused(json_error(413, 3, f"the body may be at most {self.limits.max_body_bytes} bytes"))
+        transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._refuse_with(json_error(status, 3, message))
+
+    def _refuse_with(self, response: HttpResponse) -> None:
+        self.coalescer.counters.refused_heads += 1
+        logger.debug("refused a request: %d", response.status)
+        self._reply_and_close(response)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.ws is not None or self.stream is not None:
+            return
+        if self._task is not None:
+            return  # a request is being answered: the timer starts again after it
+        self.coalescer.counters.timeouts += 1
+        if self._in_head and self._head_size or not self._in_head:
+            self._reply_and_close(json_error(408, 3, "the request did not arrive in time"))
+        else:
+            transport.close()  # an idle keep-alive connection (or one that never spoke)
+
     # -- requests ---------------------------------------------------------------------
     def _build(self, parser: httptools.HttpRequestParser) -> HttpRequest:
-        url = httptools.parse_url(self._url)
+        url = httptools.parse_url(b"".join(self._url))
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return build_request(
             parser.get_method().decode(),
@@ -394,17 +582,28 @@ class HttpProtocol(asyncio.Protocol):
                 except Exception:
                     logger.exception("request %s %s failed", request.method, request.path)
                     response = json_error(500, 500, "Internal server error")
-                if self.transport is None or self.transport.is_closing():
+                transport = self.transport
+                if transport is None or transport.is_closing():
                     return
                 if isinstance(response, StreamAccept):
                     self._start_stream(response)
                     return
-                self.transport.write(_render(response, keep_alive))
+                transport.write(_render(response, keep_alive))
                 if not keep_alive:
-                    self.transport.close()
+                    transport.close()
                     return
+                if transport.get_write_buffer_size() > self.limits.max_buffer_bytes:
+                    self.coalescer.counters.output_cut += 1
+                    transport.abort()  # it asks and never reads: past the hard limit
+                    return
+                if self._paused:  # serve the next pipelined request once it reads this
+                    self._drained = asyncio.get_running_loop().create_future()
+                    await self._drained
         finally:
             self._task = None
+            if self.ws is None and self.stream is None and self.parser is not None and not self._pending:
+                # the next request has begun arriving: it has the request timeout; else idle
+                self._arm(self.limits.request_timeout if self._in_head and self._url_size else self.limits.keepalive_timeout)
 
     def _start_stream(self, accept: StreamAccept) -> None:
         """Send the head of a streaming response; the body is whatever the transport writes."""
@@ -416,7 +615,8 @@ class HttpProtocol(asyncio.Protocol):
                 f"Content-Type: {accept.content_type}", "Cache-Control: no-cache", "Connection: close"]
         head.extend(f"{name}: {value}" for name, value in accept.headers)
         transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        stream = self.stream = NativeStream(transport, high_water=self.max_buffer_bytes, coalescer=self.coalescer)
+        self._disarm()
+        stream = self.stream = NativeStream(transport, high_water=self.limits.max_buffer_bytes, coalescer=self.coalescer)
         stream.handler = accept.start(stream)
 
     def _reply_and_close(self, response: HttpResponse) -> None:
@@ -428,7 +628,8 @@ class HttpProtocol(asyncio.Protocol):
         request, self._upgrade = self._upgrade, None
         # From here on this connection speaks frames: drop the HTTP parser and its buffers.
         self.parser = None
-        self._url, self._headers, self._body = b"", [], []
+        self._url, self._headers, self._body = [], [], []
+        self._disarm()
         transport = self.transport
         if request is None or transport is None:
             self._reply_and_close(json_error(400, 3, "Bad request"))
@@ -449,8 +650,8 @@ class HttpProtocol(asyncio.Protocol):
         transport.write(wsproto.handshake_response(accept_key, subprotocol=decision.subprotocol))
         ws = self.ws = NativeWebSocket(
             transport,
-            max_message_bytes=self.max_body_bytes,
-            high_water=self.max_buffer_bytes,
+            max_message_bytes=self.limits.max_body_bytes,
+            high_water=self.limits.max_buffer_bytes,
             coalescer=self.coalescer,
         )
         ws.handler = decision.start(ws)
@@ -463,20 +664,18 @@ async def serve(
     host: str,
     port: int,
     *,
-    max_body_bytes: int = 1_000_000,
-    max_buffer_bytes: int = 4_000_000,
+    limits: DoorLimits | None = None,
+    counters: DoorCounters | None = None,
     backlog: int = 2048,
     **kwargs: Any,
 ) -> asyncio.Server:
-    """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port)."""
+    """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port).
+
+    ``counters``, when given, is where the door counts what it refused or cut.
+    """
     loop = asyncio.get_running_loop()
-    coalescer = WriteCoalescer()  # one per server: one flush per loop iteration for all its sockets
+    door = limits if limits is not None else DoorLimits()
+    coalescer = WriteCoalescer(counters)  # one per server: one flush per loop iteration for all its sockets
     return await loop.create_server(
-        lambda: HttpProtocol(
-            router, max_body_bytes=max_body_bytes, max_buffer_bytes=max_buffer_bytes, coalescer=coalescer
-        ),
-        host,
-        port,
-        backlog=backlog,
-        **kwargs,
+        lambda: HttpProtocol(router, limits=door, coalescer=coalescer), host, port, backlog=backlog, **kwargs
     )

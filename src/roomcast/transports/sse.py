@@ -143,6 +143,7 @@ class SseConnection(Connection):
             return
         self._error("disconnect", reason.reason, reconnect=reason.reconnect)
         self.channel.close()
+        self.hub.remove_connection(self)  # out of its rooms now, not when the goodbye is read
 
     def room_terminal(self, room: RoomName) -> None:
         self.finished.add(room)

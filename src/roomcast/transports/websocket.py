@@ -119,6 +119,7 @@ class WsConnection(Connection):
     def disconnect(self, reason: Disconnect) -> None:
         if not self.closed:
             self.channel.close(close_code(reason), reason.reason)
+            self.hub.remove_connection(self)  # out of its rooms now, not when the close frame is read
 
     # -- the door's side (WebSocketHandler) ----------------------------------------------
     def on_message(self, data: str | bytes) -> None:
