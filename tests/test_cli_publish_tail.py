@@ -332,7 +332,7 @@ async def test_tail_exits_1_when_the_server_ends_the_stream_for_good() -> None:
         conn_id = next(iter(app.sse.streams)).id
         reader, writer = await asyncio.open_connection(srv.host, srv.port)  # the API, as a backend would call it
         body = json.dumps({"connection": conn_id}).encode()
-        writer.write(b"POST /api/disconnect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(b"POST /api/disconnect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         writer.close()

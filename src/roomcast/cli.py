@@ -86,6 +86,10 @@ def main() -> None:
 @click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
               help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
                    "API answers loopback clients only.")
+@click.option("--poll-allow", "poll_allow", envvar="ROOMCAST_POLL_ALLOW", multiple=True, show_envvar=True,
+              help="URL prefix the server may fetch for a task created with 'poll', e.g. "
+                   "https://api.example.com/jobs/, or '*' for any; repeat for several. None given: any "
+                   "with --api-key, none without. In the variable, separate them with spaces.")
 def serve(
     host: str,
     port: int,
@@ -107,6 +111,7 @@ def serve(
     task_keep_days: float,
     task_keep_count: int,
     api_key: str | None,
+    poll_allow: tuple[str, ...],
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
     if ping_interval <= 0 or ping_timeout <= 0 or sse_heartbeat <= 0:
@@ -126,6 +131,7 @@ def serve(
         jwt_audience=jwt_audience,
         jwt_issuer=jwt_issuer,
         api_key=api_key,
+        poll_allow=poll_allow or None,
         recovery_window=recovery_window,
         task_db=task_db,
         task_stop_grace=task_stop_grace,

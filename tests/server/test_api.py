@@ -77,7 +77,9 @@ async def test_refusals_are_json_errors_with_the_right_status() -> None:
         cases: list[tuple[str, str, dict[str, Any], int, str]] = [
             ("POST", "/api/publish", {"key": None, "json": {"room": "a", "event": "e"}}, 401, "API key required"),
             ("POST", "/api/publish", {"key": "wrong", "json": {"room": "a", "event": "e"}}, 401, "invalid API key"),
-            ("POST", "/api/publish", {"data": b"{not json"}, 400, "not valid JSON"),
+            ("POST", "/api/publish", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400,
+             "not valid JSON"),
+            ("POST", "/api/publish", {"data": b'{"room":"a","event":"e"}'}, 415, "Content-Type: application/json"),
             ("POST", "/api/publish", {"json": [1]}, 400, "JSON object"),
             ("POST", "/api/publish", {"json": {"event": "e"}}, 400, "'room'"),
             ("POST", "/api/publish", {"json": {"room": "a", "event": ""}}, 400, "'event'"),

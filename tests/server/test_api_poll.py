@@ -2,7 +2,8 @@
 
 A real roomcast server (native door) and a real upstream (``aiohttp.web``) on 127.0.0.1, both
 in the test's loop. The upstream answers from a queue the test fills, the test waits on the
-task's SSE room: no sleeps.
+task's SSE room: no sleeps. The server runs keyless, so it follows no URL unless told: it is
+given the upstream's prefix (``poll_allow``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Upstream:
         self.requests = 0
         self.hit = asyncio.Event()
         self.url = ""
+        self.prefix = ""  # what --poll-allow names for this upstream
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -52,7 +54,8 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
-    up.url = f"http://{host}:{port}/job/7"
+    up.prefix = f"http://{host}:{port}/job/"
+    up.url = f"{up.prefix}7"
     yield up
     for _ in range(8):  # release handlers still waiting for an answer
         up.replies.put_nowait((503, None))
@@ -60,8 +63,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 @pytest.fixture
-async def srv() -> AsyncIterator[RunningServer]:
-    async with running(App(Hub(), Settings())) as s:
+async def srv(upstream: Upstream) -> AsyncIterator[RunningServer]:
+    async with running(App(Hub(), Settings(poll_allow=(upstream.prefix,)))) as s:
         yield s
 
 
@@ -134,7 +137,7 @@ async def test_the_publisher_creates_a_polled_task_and_an_upstream_404_fails_it(
 
 async def test_shutdown_fails_a_followed_task_with_the_reason(upstream: Upstream) -> None:
     tap = TapBroker()
-    app = App(Hub(broker=tap), Settings())
+    app = App(Hub(broker=tap), Settings(poll_allow=(upstream.prefix,)))
     failed: list[Any] = []
     tap.taps.append(
         lambda p: failed.append(p.data[0]) if p.event == "task:failed" and p.room.startswith("task:") else None

@@ -99,3 +99,20 @@ async def test_binary_and_lone_surrogates_are_still_published() -> None:
             assert (await stream.next()).json() == {"$binary": "AQI="}
             await srv.hub.publish("feed", "text", "a\ud800b")
             assert (await stream.next()).json() == "a?b"  # replaced, on every transport alike
+
+
+async def test_the_api_refuses_a_poison_publication_with_400() -> None:
+    import aiohttp
+
+    app = App(Hub(), Settings())
+    async with running(app) as srv, aiohttp.ClientSession() as http:
+        for body in ({"room": "feed", "event": "x", "data": nested(300)},
+                     {"room": "feed", "event": "x", "data": nested(_json.MAX_DEPTH + 5)},
+                     {"room": "feed", "event": "disconnect", "data": 1},
+                     {"rooms": ["feed", "other"], "event": "connect"}):
+            path = "/api/broadcast" if "rooms" in body else "/api/publish"
+            async with http.post(srv.url + path, data=json.dumps(body),
+                                 headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 400, body
+                assert (await response.json())["error"]["code"] == "bad_request"
+        assert (await srv.hub.broker.position("feed")).offset == 0

@@ -2,14 +2,30 @@
 
 Imports L0–L4. For application backends, not browsers: every route needs the API key
 (``Authorization: Bearer <key>`` or ``X-API-Key``), compared in constant time. With no key
-configured the API answers loopback clients only, so a development server is usable from
-the same machine and never from the network by accident. Errors are JSON
-``{"error": {"code", "message"}}`` with the status that says what went wrong; the OpenAPI
-document (``GET /api/openapi.json``, no key needed) describes every route.
+configured the API answers local programs only, so a development server is usable from the
+same machine and never from the network by accident. A loopback peer address alone does not
+prove that (403 otherwise, naming ``--api-key``):
+
+* a request with forwarding headers (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``…) came
+  through a proxy on this host, e.g. an nginx that makes the server public;
+* a ``Host`` other than ``localhost``, ``127.x.x.x`` or ``[::1]`` is a browser that was sent
+  here by a DNS-rebinding name;
+* an ``Origin`` other than a loopback one is a page on another site (CSRF).
+
+Every ``POST`` body must be ``Content-Type: application/json`` (415 otherwise), keyed or not: a
+page can send ``text/plain`` anywhere without asking, but a JSON body makes the browser ask
+first (a CORS preflight, which this API never grants). Authorization comes before anything
+about the resource: a refused request never learns whether a task exists.
+
+Errors are JSON ``{"error": {"code", "message"}}`` with the status that says what went wrong;
+query parameters are parsed strictly (a bad one is a 400, never a 500). The OpenAPI document
+(``GET /api/openapi.json``, no key needed) describes every route.
 
 ``POST /api/tasks`` with a ``"poll"`` spec makes the server GET the URL it names
-(``roomcast.tasks.poller``): whoever holds the key can point the server at any address it can
-reach, one more reason the key is for trusted backends only.
+(``roomcast.tasks.poller``), so the URLs are limited to ``poll_allow`` (``--poll-allow``): URL
+prefixes or ``*``. By default a keyed server follows any URL (the key holder is a trusted
+backend) and a keyless one none, since any local program could otherwise make the server
+fetch internal addresses for it.
 """
 
 from __future__ import annotations
@@ -18,14 +34,16 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from roomcast import _json, disconnect
-from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
+from roomcast.errors import InvalidPublication, InvalidTransition, TaskError, TaskNotFound
 from roomcast.hub.hub import Hub
 from roomcast.tasks.model import TaskStatus
 from roomcast.tasks.poller import DEFAULT_DONE, DEFAULT_FAILED, PollSpec, TaskPoller
 from roomcast.tasks.service import TaskService
+from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
 from roomcast.types import MAX_NAME_LENGTH, StreamPosition
 
@@ -34,6 +52,13 @@ __all__ = ["ApiServer", "OPENAPI"]
 logger = logging.getLogger("roomcast.api")
 
 MAX_BROADCAST_ROOMS = 1000
+MAX_OFFSET: Final = 2**63 - 1
+"""The largest ``since`` offset: what a signed 64-bit counter (Redis streams, SQLite) holds."""
+
+FORWARDING_HEADERS: Final = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP")
+"""Headers a reverse proxy adds: their presence means the loopback peer is not the client."""
+
+_KEYLESS = "no API key is configured (--api-key), so the API answers loopback clients only"
 
 Route = Callable[["ApiServer", HttpRequest], Awaitable[HttpResponse]]
 
@@ -71,14 +96,102 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _loopback_authority(authority: str) -> bool:
+    """Whether ``host[:port]`` (a ``Host`` header, an origin's authority) names this machine:
+    ``localhost``, ``127.x.x.x`` or ``[::1]``. Anything else, even a name that resolves to
+    127.0.0.1, is how a DNS-rebinding page reaches a loopback server, so it does not count.
+    Parsed by hand, strictly: ``urlsplit`` lets ``[::1]x`` or ``127.0.0.1/x`` through."""
+    host, port = authority, ""
+    if authority.startswith("["):
+        host, bracket, rest = authority[1:].partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            return False
+        port = rest[1:]
+    elif ":" in authority:
+        host, _, port = authority.partition(":")
+    if port and not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        return False
+    return host.lower() == "localhost" or _is_loopback(host)
+
+
+def _loopback_origin(origin: str) -> bool:
+    """Whether a browser ``Origin`` is a page served from this machine (``null`` is not)."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and origin == f"{parts.scheme}://{parts.netloc}"
+            and _loopback_authority(parts.netloc))
+
+
+def _is_json(content_type: str) -> bool:
+    """``application/json``, with parameters (``; charset=utf-8``) or not."""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def _integer(request: HttpRequest, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """Query parameter ``name`` as an integer from ``minimum`` to ``maximum``; absent: ``default``.
+
+    ASCII digits only, their count bounded before ``int`` sees them: ``str.isdigit`` accepts
+    ``²`` (which ``int`` refuses) and ``int`` refuses over 4300 digits; either was a 500.
+    """
+    text = request.query.get(name)
+    if text is None:
+        return default
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(maximum)) or not (
+        minimum <= int(digits or "0") <= maximum
+    ):
+        raise BadRequest(f"'{name}' must be an integer from {minimum} to {maximum}")
+    return int(digits or "0")
+
+
+PollPrefix = tuple[str, str, int, str]
+"""An allowed poll URL prefix: scheme, host (lower case), port, path."""
+
+
+def _poll_prefix(entry: str) -> PollPrefix:
+    """Parse one ``--poll-allow`` entry; ``ValueError`` (naming the flag) if it is not a URL prefix."""
+    refused = ValueError(f"--poll-allow: {entry!r} is not '*' nor an http(s) URL prefix "
+                         "such as https://api.example.com/jobs/")
+    try:
+        parts = urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        raise refused from None
+    host = parts.hostname
+    if (parts.scheme not in ("http", "https") or not host or parts.username is not None
+            or parts.password is not None or "?" in entry or "#" in entry):
+        raise refused
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80), parts.path
+
+
+def _under(url: str, prefixes: tuple[PollPrefix, ...]) -> bool:
+    """Whether ``url`` (a valid ``PollSpec`` URL) is under one of ``prefixes``: same scheme, host
+    and port, and a path that starts with the prefix's. A path with ``.`` or ``..`` segments
+    (percent-encoded or behind a backslash too) is under none, as the upstream would resolve it
+    out of the prefix."""
+    parts = urlsplit(url)
+    segments = unquote(parts.path).replace("\\", "/").split("/")
+    if "." in segments or ".." in segments:
+        return False
+    origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    return any(origin == prefix[:3] and parts.path.startswith(prefix[3]) for prefix in prefixes)
+
+
 class ApiServer:
     """The ``/api/`` routes.
 
     Args:
         hub: the hub to publish to and inspect.
-        api_key: the key backends present; ``None``: loopback clients only.
+        api_key: the key backends present; ``None``: local clients only (see the module).
         tasks: serves ``/api/tasks``; ``None``: no task routes.
         pollers: follows the upstream jobs of tasks created with ``"poll"``; ``None``: refused.
+        poll_allow: the URL prefixes (or ``"*"``) a ``"poll"`` spec may name; ``None``: any
+            with an ``api_key``, none without.
+
+    Raises:
+        ValueError: a ``poll_allow`` entry is not ``*`` nor an http(s) URL prefix.
     """
 
     def __init__(
@@ -88,11 +201,16 @@ class ApiServer:
         api_key: str | None = None,
         tasks: TaskService | None = None,
         pollers: TaskPoller | None = None,
+        poll_allow: tuple[str, ...] | None = None,
     ) -> None:
         self.hub = hub
         self.api_key = api_key or None
         self.tasks = tasks
         self.pollers = pollers
+        if poll_allow is None:
+            poll_allow = ("*",) if self.api_key is not None else ()
+        self.poll_any = "*" in poll_allow
+        self.poll_prefixes = tuple(_poll_prefix(entry) for entry in poll_allow if entry != "*")
         self.refused = 0
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
@@ -118,12 +236,16 @@ class ApiServer:
             return refused
         if request.body_too_large:
             return api_error(413, "too_large", "the body is over the size limit")
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and request.body and not _is_json(content_type):
+            return api_error(415, "unsupported_media_type", "send the body as JSON with Content-Type: "
+                             f"application/json, not {content_type[:100] or 'none'!r}")
         try:
             response: HttpResponse = await (
                 handler(self, request, task_id) if task_id is not None else handler(self, request)
             )
             return response
-        except BadRequest as exc:
+        except (BadRequest, InvalidPublication) as exc:  # a publication no transport could deliver
             return api_error(400, "bad_request", str(exc))
         except TaskNotFound as exc:
             return api_error(404, "not_found", str(exc))
@@ -134,9 +256,7 @@ class ApiServer:
 
     def _check_key(self, request: HttpRequest) -> HttpResponse | None:
         if self.api_key is None:
-            if _is_loopback(request.client[0]):
-                return None
-            return api_error(403, "forbidden", "no API key is configured: the API answers loopback clients only")
+            return self._check_local(request)
         presented = request.headers.get("x-api-key")
         authorization = request.headers.get("authorization", "")
         if presented is None and authorization[:7].lower() == "bearer ":
@@ -146,6 +266,23 @@ class ApiServer:
         if not hmac.compare_digest(presented.encode(), self.api_key.encode()):
             return api_error(401, "unauthorized", "invalid API key")
         return None
+
+    @staticmethod
+    def _check_local(request: HttpRequest) -> HttpResponse | None:
+        """Without a key: a program on this machine, talking to the server directly. Each refusal
+        says why, so whoever meets one behind a proxy or in a browser knows to set a key."""
+        headers = request.headers
+        if not _is_loopback(request.client[0]):
+            problem = "this client is not on this machine"
+        elif forwarded := [name for name in FORWARDING_HEADERS if name.lower() in headers]:
+            problem = f"this request came through a proxy ({', '.join(forwarded)})"
+        elif not _loopback_authority(headers.get("host", "")):
+            problem = f"Host {headers.get('host', '')[:100]!r} is not localhost, 127.x.x.x or [::1]"
+        elif "origin" in headers and not _loopback_origin(headers["origin"]):
+            problem = f"the page at origin {headers['origin'][:100]!r} is not served from this machine"
+        else:
+            return None
+        return api_error(403, "forbidden", f"{_KEYLESS}: {problem}; set --api-key to serve others")
 
     # -- routes -------------------------------------------------------------------------
     async def publish(self, request: HttpRequest) -> HttpResponse:
@@ -181,12 +318,10 @@ class ApiServer:
 
     async def history(self, request: HttpRequest) -> HttpResponse:
         room = _name(request.query.get("room"), "room")
-        since_text = request.query.get("since", "0")
-        if not since_text.isdigit():
-            raise BadRequest("'since' must be a non-negative integer offset")
+        since = _integer(request, "since", 0, minimum=0, maximum=MAX_OFFSET)
         current = await self.hub.broker.position(room)
         epoch = request.query.get("epoch") or current.epoch
-        result = await self.hub.broker.history(room, since=StreamPosition(epoch, int(since_text)))
+        result = await self.hub.broker.history(room, since=StreamPosition(epoch, since))
         return _ok({
             "room": room,
             "epoch": result.position.epoch,
@@ -242,10 +377,20 @@ class ApiServer:
             if self.pollers is None:
                 raise BadRequest("this server does not follow upstream jobs ('poll')")
             poll = PollSpec.from_json(body["poll"])
+            self._check_poll_url(poll.url)
         task = await self._service().create(kind, title=title, owner=owner, deadline=deadline, metadata=metadata)
         if poll is not None and self.pollers is not None:
             task = await self.pollers.follow(task.id, poll)
         return _ok(task.to_json(), 201)
+
+    def _check_poll_url(self, url: str) -> None:
+        """The server fetches ``url`` for whoever asked, so only URLs under ``--poll-allow``."""
+        if self.poll_any or _under(url, self.poll_prefixes):
+            return
+        if not self.poll_prefixes:
+            raise BadRequest(f"poll URL {url[:100]!r} is not allowed: this server follows no upstream URLs "
+                             "(without --api-key none by default); list the allowed prefixes with --poll-allow")
+        raise BadRequest(f"poll URL {url[:100]!r} is not allowed: it is under no --poll-allow prefix")
 
     async def list_tasks(self, request: HttpRequest) -> HttpResponse:
         query = request.query
@@ -256,11 +401,9 @@ class ApiServer:
                 statuses = [TaskStatus(s) for s in status.split(",")]
             except ValueError:
                 raise BadRequest(f"'status' must be among {', '.join(s.value for s in TaskStatus)}") from None
-        limit = query.get("limit", "50")
-        if not limit.isdigit():
-            raise BadRequest("'limit' must be a positive integer")
+        limit = _integer(request, "limit", DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE)
         tasks, cursor = await self._service().list(
-            status=statuses, kind=query.get("kind"), owner=query.get("owner"), limit=int(limit),
+            status=statuses, kind=query.get("kind"), owner=query.get("owner"), limit=limit,
             cursor=query.get("cursor"),
         )
         return _ok({"tasks": [t.to_json() for t in tasks], "next_cursor": cursor})
@@ -345,7 +488,8 @@ _POLL_SPEC = {
     "required": ["url"],
     "additionalProperties": False,
     "properties": {
-        "url": {"type": "string", "format": "uri", "description": "http(s), no credentials (use headers)"},
+        "url": {"type": "string", "format": "uri", "description": "http(s), no credentials (use headers); "
+                "under a --poll-allow prefix (by default any with an API key, none without)"},
         "interval": {"type": "number", "exclusiveMinimum": 0, "default": 2},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 3600, "description": "seconds in all"},
         "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 10},
@@ -366,7 +510,8 @@ OPENAPI: dict[str, Any] = {
         "title": "roomcast backend API",
         "version": "1",
         "description": "Publish to rooms and inspect them from application backends. Every route but this "
-        "document needs the API key; with none configured, loopback clients only.",
+        "document needs the API key; with none configured, loopback clients only, directly (no proxy "
+        "headers, a loopback Host, no foreign Origin). POST bodies are application/json.",
     },
     "components": {
         "securitySchemes": {
@@ -386,9 +531,10 @@ OPENAPI: dict[str, Any] = {
         "responses": {
             f"E{status}": {"description": text, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for status, text in [(400, "Bad request"), (401, "Missing or invalid API key"),
-                                 (403, "Not allowed from this address"), (404, "No such task"),
-                                 (405, "Method not allowed"), (409, "The task's state forbids this change"),
-                                 (413, "Body too large")]
+                                 (403, "No API key configured, and not a direct local client"),
+                                 (404, "No such task"), (405, "Method not allowed"),
+                                 (409, "The task's state forbids this change"), (413, "Body too large"),
+                                 (415, "The body is not Content-Type: application/json")]
         },
     },
     "security": [{"bearer": []}, {"apiKey": []}],
@@ -399,7 +545,8 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["room", "event"],
                 "properties": {"room": {"type": "string"}, "event": {"type": "string"}, "data": {}}}}}},
             "responses": {"200": {"description": "Its position in the room's stream", "content": {
-                _JSON: {"schema": {"$ref": "#/components/schemas/Position"}}}}, **_error_responses(400, 401, 403, 413)},
+                _JSON: {"schema": {"$ref": "#/components/schemas/Position"}}}},
+                **_error_responses(400, 401, 403, 413, 415)},
         }},
         "/api/broadcast": {"post": {
             "summary": "Publish one event to several rooms",
@@ -409,7 +556,7 @@ OPENAPI: dict[str, Any] = {
                                "event": {"type": "string"}, "data": {}}}}}},
             "responses": {"200": {"description": "One position per room", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"results": {"type": "array", "items": {
-                    "$ref": "#/components/schemas/Position"}}}}}}}, **_error_responses(400, 401, 403, 413)},
+                    "$ref": "#/components/schemas/Position"}}}}}}}, **_error_responses(400, 401, 403, 413, 415)},
         }},
         "/api/rooms": {"get": {
             "summary": "Rooms with members in this process, with connection and user counts",
@@ -422,7 +569,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "A room's publications after an offset, while history holds them",
             "parameters": [
                 {"name": "room", "in": "query", "required": True, "schema": {"type": "string"}},
-                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                             "maximum": MAX_OFFSET}},
                 {"name": "epoch", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {"200": {"description": "complete is false when history no longer holds them all",
@@ -445,10 +593,14 @@ OPENAPI: dict[str, Any] = {
                              "kind": {"type": "string"}, "title": {"type": "string"}, "owner": {"type": "string"},
                              "deadline": {"type": "number"}, "metadata": {"type": "object"},
                              "poll": {"$ref": "#/components/schemas/PollSpec"}}}}}},
-                     "responses": {"201": {"description": "The task, with its id"}, **_error_responses(400, 401, 403)}},
+                     "responses": {"201": {"description": "The task, with its id"},
+                                   **_error_responses(400, 401, 403, 413, 415)}},
             "get": {"summary": "Tasks, newest first, filtered by status (comma-separated), kind, owner",
-                    "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
-                                   for n in ("status", "kind", "owner", "cursor", "limit")],
+                    "parameters": [*({"name": n, "in": "query", "schema": {"type": "string"}}
+                                     for n in ("status", "kind", "owner", "cursor")),
+                                   {"name": "limit", "in": "query", "schema": {
+                                       "type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
+                                       "default": DEFAULT_PAGE_SIZE}}],
                     "responses": {"200": {"description": "{tasks, next_cursor}"}, **_error_responses(400, 401, 403)}},
         },
         "/api/tasks/{id}": {"get": {"summary": "One task", "parameters": [_TASK_ID],
@@ -456,7 +608,8 @@ OPENAPI: dict[str, Any] = {
         **{f"/api/tasks/{{id}}/{action}": {"post": {
             "summary": summary, "parameters": [_TASK_ID],
             "requestBody": {"content": {_JSON: {"schema": {"type": "object", "properties": fields}}}},
-            "responses": {"200": {"description": "The task after the change"}, **_error_responses(400, 401, 403),
+            "responses": {"200": {"description": "The task after the change"},
+                          **_error_responses(400, 401, 403, 413, 415),
                           "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}},
         }} for action, summary, fields in [
             ("progress", "Report progress (0-100), step, message; starts a pending task",
@@ -473,7 +626,7 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"connection": {"type": "string"}, "user": {"type": "string"}}}}}},
             "responses": {"200": {"description": "How many were disconnected", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"disconnected": {"type": "integer"}}}}}},
-                **_error_responses(400, 401, 403)},
+                **_error_responses(400, 401, 403, 413, 415)},
         }},
     },
 }

@@ -145,7 +145,8 @@ class App:
             keep_count=settings.task_keep_count,
         )
         self.pollers = TaskPoller(self.tasks)  # tasks that follow an upstream job's URL
-        self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers)
+        self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers,
+                             poll_allow=settings.poll_allow)
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
         self._ready = False
@@ -218,13 +219,22 @@ class App:
 
     async def _task_events(self, request: HttpRequest) -> HttpResponse | StreamAccept:
         """``GET /tasks/{id}/events``: one task's snapshot, progress and end over SSE, then the
-        stream ends; a reconnect after the end gets 204 (the room is terminal)."""
+        stream ends; a reconnect after the end gets 204 (the room is terminal).
+
+        The SSE server decides first (method, origin, token, the right to subscribe to the
+        task's room), and only a stream it would open is checked for a task behind it: a
+        refused client gets the same 401 or 403 whether the task exists or not, so it cannot
+        probe task ids. Nothing runs before the door starts the accepted stream.
+        """
         task_id = request.path[len("/tasks/") : -len("/events")]
+        answer = await self.sse.handle(request, (task_room(task_id),))
+        if not isinstance(answer, StreamAccept):
+            return answer  # refused, or 204 for a finished task's reconnect
         try:
             await self.tasks.get(task_id)
         except TaskError:
-            return api_error(404, "not_found", f"no task {task_id!r}")
-        return await self.sse.handle(request, (task_room(task_id),))
+            return api_error(404, "not_found", f"no task {task_id!r}", self.sse.cors.headers(request))
+        return answer
 
     async def _client_stop(self, conn: Connection, request: Any = None, *_: Any) -> Any:
         """The ``task:stop {id}`` event (Socket.IO, or ``emit`` on ``/ws``): a stop button.

@@ -60,8 +60,12 @@ class Settings:
         jwt_leeway: seconds of clock skew allowed on ``exp``.
         api_key: the key backends present to ``/api/``; without one the API answers
             loopback clients only.
-        task_db: the SQLite file tasks are kept in (``:memory:``: gone with the process; the
-            CLI defaults to a file, so finished tasks survive a restart).
+        poll_allow: URL prefixes (``https://api.example.com/jobs/``) or ``"*"`` that a task's
+            ``"poll"`` spec may name, since the server fetches them; ``None``: any URL with an
+            ``api_key``, none without one (any local program could make it fetch for them).
+        task_db: the SQLite file tasks are kept in, relative to the working directory, as
+            ``roomcast serve`` defaults to, so finished tasks survive a restart
+            (``":memory:"``: gone with the process).
         task_stop_grace: seconds a task's producer has to acknowledge a stop before the task
             is marked ``cancelled`` anyway.
         task_events: event-name aliases per task kind (``roomcast.tasks.model.TaskEvents``),
@@ -97,7 +101,8 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_leeway: float = 0.0
     api_key: str | None = field(default=None, repr=False)
-    task_db: str = ":memory:"
+    poll_allow: tuple[str, ...] | None = None
+    task_db: str = "roomcast-tasks.db"
     task_stop_grace: float = 5.0
     task_events: Mapping[str, TaskEvents] = field(default_factory=dict)
     task_list_rooms: tuple[str, ...] = ()
