@@ -103,10 +103,10 @@ class AsyncBroker:
 
     async def publish(
         self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-        encoded: tuple[Any, ...] | None = None,
+        encoded: tuple[bytes, ...] | None = None, binary: bool = False,
     ) -> Publication:
         await self._suspend()
-        pub = await self.storage.publish(room, event, data, ts=ts, encoded=encoded)  # appends, does not suspend
+        pub = await self.storage.publish(room, event, data, ts=ts, encoded=encoded, binary=binary)  # appends, does not suspend
         self._enqueue(room, pub)
         await self._suspend()  # the reply crosses the network too
         return pub

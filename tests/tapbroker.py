@@ -23,8 +23,8 @@ class TapBroker(MemoryBroker):
         self.taps: list[Callable[[Publication], None]] = []
 
     async def publish(self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-                      encoded: tuple[Any, ...] | None = None) -> Publication:
-        pub = await super().publish(room, event, data, ts=ts, encoded=encoded)
+                      encoded: tuple[bytes, ...] | None = None, binary: bool = False) -> Publication:
+        pub = await super().publish(room, event, data, ts=ts, encoded=encoded, binary=binary)
         for tap in self.taps:
             tap(pub)
         return pub

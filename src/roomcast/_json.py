@@ -4,8 +4,8 @@ orjson is used for speed (the fan-out path encodes once per publication, the rec
 decodes every inbound event). ``dumps`` returns ``bytes``; ``dumps_str`` is for text frames.
 
 One nesting limit, ``MAX_DEPTH``, holds in both directions: ``loads`` refuses deeper input
-and ``fragment`` (what a publication's data is serialised with, once, when it is published)
-refuses deeper data. So nothing a client sends, and nothing a publication carries, is too
+and ``dumps_checked`` (what a publication's data is serialised with, once, when it is
+published) refuses deeper data. So nothing a client sends, and nothing a publication carries, is too
 deep for an encoder: orjson's encoder stops at 254 levels, and the transports' envelopes
 add at most two.
 """
@@ -18,7 +18,8 @@ from typing import Any, Final
 import orjson
 
 __all__ = [
-    "MAX_DEPTH", "dumps", "dumps_str", "loads", "fragment", "json_safe", "JSONDecodeError", "JSONEncodeError"
+    "MAX_DEPTH", "dumps", "dumps_str", "loads", "dumps_checked", "embed", "json_safe", "JSONDecodeError",
+    "JSONEncodeError",
 ]
 
 JSONDecodeError = orjson.JSONDecodeError
@@ -57,14 +58,21 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return value
 
 
-def fragment(value: Any) -> orjson.Fragment:
-    """``value`` serialised once, for encoders to embed as it is (``orjson.Fragment``).
+def dumps_checked(value: Any) -> bytes:
+    """Serialise ``value`` within ``MAX_DEPTH``: a publication's data, once, when it is published.
 
     Raises:
         JSONEncodeError: ``value`` is nested deeper than ``MAX_DEPTH``, or is not JSON
             (bytes, a str with lone surrogates, another type): see ``json_safe``.
     """
-    return orjson.Fragment(_padded(value)[_PAD:-_PAD])
+    return _padded(value)[_PAD:-_PAD]
+
+
+def embed(encoded: tuple[bytes, ...]) -> tuple[orjson.Fragment, ...]:
+    """Serialised values (``dumps_checked``) as ``orjson.Fragment``s, which ``dumps`` copies
+    into its output as they are: each encoder builds its envelope without serialising the
+    data again."""
+    return tuple(orjson.Fragment(raw) for raw in encoded)
 
 
 def json_safe(value: Any) -> Any:

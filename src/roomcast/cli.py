@@ -33,6 +33,9 @@ def main() -> None:
     """roomcast: rooms over Socket.IO for Python backends."""
 
 
+_DEFAULTS = Settings()  # the flags default to what Settings() holds: one source for both
+
+
 @main.command()
 @click.option("--host", envvar="ROOMCAST_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
               help="Address to listen on.")
@@ -83,6 +86,18 @@ def main() -> None:
 @click.option("--task-keep-count", envvar="ROOMCAST_TASK_KEEP_COUNT", type=click.IntRange(min=0), default=10_000,
               show_default=True, show_envvar=True,
               help="Keep at most this many finished tasks, the newest (0: no limit).")
+@click.option("--history-size", envvar="ROOMCAST_HISTORY_SIZE", type=click.IntRange(min=0),
+              default=_DEFAULTS.history_size, show_default=True, show_envvar=True,
+              help="Publications kept per room for recovery (0: none).")
+@click.option("--history-ttl", envvar="ROOMCAST_HISTORY_TTL", type=click.FloatRange(min=0),
+              default=_DEFAULTS.history_ttl, show_default=True, show_envvar=True,
+              help="Seconds a publication stays in history; a quiet room nobody follows is freed after it.")
+@click.option("--history-room-bytes", envvar="ROOMCAST_HISTORY_ROOM_BYTES", type=click.IntRange(min=0),
+              default=_DEFAULTS.history_room_bytes, show_default=True, show_envvar=True,
+              help="Bytes of history kept per room.")
+@click.option("--history-bytes", envvar="ROOMCAST_HISTORY_BYTES", type=click.IntRange(min=0),
+              default=_DEFAULTS.history_bytes, show_default=True, show_envvar=True,
+              help="Bytes of history kept in all rooms together; past it the oldest go first.")
 @click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
               help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
                    "API answers loopback clients only.")
@@ -110,6 +125,10 @@ def serve(
     task_list_rooms: tuple[str, ...],
     task_keep_days: float,
     task_keep_count: int,
+    history_size: int,
+    history_ttl: float,
+    history_room_bytes: int,
+    history_bytes: int,
     api_key: str | None,
     poll_allow: tuple[str, ...],
 ) -> None:
@@ -130,6 +149,10 @@ def serve(
         jwt_public_key_file=jwt_public_key_file,
         jwt_audience=jwt_audience,
         jwt_issuer=jwt_issuer,
+        history_size=history_size,
+        history_ttl=history_ttl,
+        history_room_bytes=history_room_bytes,
+        history_bytes=history_bytes,
         api_key=api_key,
         poll_allow=poll_allow or None,
         recovery_window=recovery_window,

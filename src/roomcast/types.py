@@ -43,9 +43,18 @@ class Publication:
     data: tuple[JSONValue, ...]
     position: StreamPosition
     ts: float
-    encoded: tuple[Any, ...] | None = None
-    """``data`` serialised once when it was published (``orjson.Fragment`` per argument),
-    for every encoder to embed as it is; ``None`` when it needs ``json_safe`` (binary)."""
+    encoded: tuple[bytes, ...] | None = None
+    """``data`` serialised once when it was published, one JSON text per argument, for every
+    encoder to embed as it is (and a broker to send as it is); with ``binary``, in
+    ``json_safe``'s form. ``None`` only for publications made outside ``Hub.publish``."""
+    binary: bool = False
+    """``data`` holds binary attachments (Socket.IO sends them from ``data``)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes the publication costs in history: its event name and serialised data."""
+        encoded = self.encoded
+        return len(self.event) + (sum(map(len, encoded)) if encoded is not None else 64 * len(self.data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from loopstep import yield_to_loop
 
 from roomcast.broker.base import HistoryResult
 from roomcast.broker.memory import MemoryBroker
@@ -210,3 +211,87 @@ async def test_publish_before_start_and_after_aclose_delivers_nothing_but_keeps_
     await b.publish("r", "ev", (), ts=time.time())
     assert [p.position.offset for p in events.received] == [2]
     assert offsets(await b.history("r", since=StreamPosition((await b.position("r")).epoch, 0))) == [1, 2, 3]
+
+
+# -- bounds: count, age, bytes per room, bytes in all; freeing ------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _payload(n: int) -> tuple[bytes, ...]:
+    return (b'"' + b"x" * n + b'"',)
+
+
+async def test_a_room_nobody_follows_keeps_at_most_its_bytes() -> None:
+    """500 publications of 900 KB to a room nobody follows: history keeps 10 MB, not 450."""
+    b = MemoryBroker(history_room_bytes=10_000_000)
+    for _ in range(500):
+        await b.publish("blobs", "blob", ("x",), ts=time.time(), encoded=_payload(900_000))
+    assert b.history_bytes <= 10_000_000
+    kept = await b.history("blobs", since=StreamPosition((await b.position("blobs")).epoch, 489))
+    assert kept.complete and len(kept.publications) == 11  # the newest, whole
+
+
+async def test_the_global_cap_drops_the_oldest_publications_of_any_room_first() -> None:
+    b = MemoryBroker(history_bytes=1_000_000)
+    for room in ("old", "middle", "new"):
+        for _ in range(4):
+            await b.publish(room, "blob", ("x",), ts=time.time(), encoded=_payload(100_000))
+    assert b.history_bytes <= 1_000_000
+    for _ in range(4):
+        await b.publish("newest", "blob", ("x",), ts=time.time(), encoded=_payload(100_000))
+    assert b.history_bytes <= 1_000_000
+    old = await b.history("old", since=StreamPosition((await b.position("old")).epoch, 0))
+    newest = await b.history("newest", since=StreamPosition((await b.position("newest")).epoch, 0))
+    assert not old.complete and newest.complete and len(newest.publications) == 4
+
+
+async def test_100000_one_off_rooms_leave_nothing_behind_once_they_expire() -> None:
+    """Published once each, marked finished, and forgotten after their lifetime; twice, with
+    no growth the second time (tracemalloc, not RSS)."""
+    import gc
+    import tracemalloc
+
+    clock = Clock()
+    b = MemoryBroker(history_ttl=300.0, clock=clock)
+    empty = {"streams": 0, "publications": 0, "order": 0, "bytes": 0, "terminal": 0, "presence": 0}
+
+    async def cycle() -> None:
+        for n in range(100_000):
+            await b.publish(f"job:{n}", "done", ({"n": n},), ts=clock.now, encoded=(b'{"n":%d}' % n,))
+            if n % 10 == 0:
+                await b.mark_terminal(f"job:{n}")
+        assert b.held()["streams"] == 100_000
+        clock.now += 301
+        assert b.sweep() == 100_000
+        assert b.held() == empty
+
+    tracemalloc.start()
+    try:
+        await cycle()
+        gc.collect()
+        first = tracemalloc.get_traced_memory()[0]
+        await cycle()
+        gc.collect()
+        second = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert second - first < 1_000_000, f"grew {second - first} bytes in a second cycle"
+
+
+async def test_the_sweep_runs_by_itself_once_started() -> None:
+    clock = Clock()
+    b = MemoryBroker(history_ttl=1.0, sweep_interval=0.01, clock=clock)
+    await b.start(RecordingEvents())
+    try:
+        await b.publish("once", "ev", (), ts=clock.now)
+        clock.now += 2
+        async with asyncio.timeout(5):
+            while b.streams:
+                await yield_to_loop()
+    finally:
+        await b.aclose()

@@ -109,12 +109,13 @@ class Broker(RoomState, Protocol):
 
     async def publish(
         self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-        encoded: tuple[Any, ...] | None = None,
+        encoded: tuple[bytes, ...] | None = None, binary: bool = False,
     ) -> Publication:
         """Append to history and deliver to every node subscribed to ``room`` (atomic).
 
-        ``encoded`` is ``data`` serialised once by the hub (``Publication.encoded``); a broker
-        that moves publications between processes sends those bytes as they are.
+        ``encoded`` and ``binary`` are ``data`` serialised once by the hub
+        (``Publication.encoded``, ``Publication.binary``); a broker that moves publications
+        between processes sends those bytes as they are.
         """
 
     async def subscribe(self, room: RoomName) -> None:

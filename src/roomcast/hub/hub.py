@@ -341,8 +341,8 @@ class Hub:
             InvalidPublication: no transport could deliver it (``hub.publication``): a
                 reserved event name, or data that is not JSON or is nested too deep.
         """
-        encoded = prepare(event, args)
-        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded)
+        encoded, binary = prepare(event, args)
+        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary)
         return pub.position
 
     def publish_threadsafe(

@@ -3,7 +3,7 @@
 Imports L0 and L1 (each protocol's reserved names). Why a gate: a publication is appended to
 history and acknowledged with an offset before any encoder sees it, so one that no
 transport can encode would be acknowledged and then delivered to nobody, and would break
-every recovery that replays it. Here its data is serialised once (``_json.fragment``, within
+every recovery that replays it. Here its data is serialised once (``_json.dumps_checked``, within
 the shared depth limit), which both proves it encodable and saves each encoder the work.
 """
 
@@ -22,12 +22,13 @@ RESERVED_EVENTS: Final = socketio.RESERVED_EVENTS | sse.RESERVED_EVENTS
 """Names no publication may use: Socket.IO's own events, and those roomcast sends on SSE."""
 
 
-def prepare(event: object, args: tuple[JSONValue, ...]) -> tuple[Any, ...] | None:
+def prepare(event: object, args: tuple[JSONValue, ...]) -> tuple[tuple[bytes, ...], bool]:
     """Check a publication and serialise its data once.
 
     Returns:
-        One ``orjson.Fragment`` per argument, or ``None`` when the data is deliverable only
-        through ``_json.json_safe`` (binary attachments, lone surrogates).
+        Each argument serialised (``Publication.encoded``), and whether the data holds
+        binary attachments (``Publication.binary``: then the bytes are ``json_safe``'s form,
+        for the JSON transports, and Socket.IO sends the attachments from ``data``).
 
     Raises:
         InvalidPublication: a reserved or malformed event name, or data that is not JSON or
@@ -43,18 +44,18 @@ def prepare(event: object, args: tuple[JSONValue, ...]) -> tuple[Any, ...] | Non
         except UnicodeEncodeError:
             raise InvalidPublication("the event name is not valid UTF-8") from None
     try:
-        return tuple(_json.fragment(arg) for arg in args)
+        return tuple(_json.dumps_checked(arg) for arg in args), False
     except _json.JSONEncodeError:
         pass
     try:  # binary attachments or lone surrogates: what json_safe makes of them must encode
-        safe = tuple(_json.fragment(_json.json_safe(arg)) for arg in args)
+        safe = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in args)
     except _json.JSONEncodeError:
         raise InvalidPublication(
             f"the data is not JSON, or is nested deeper than {_json.MAX_DEPTH} levels"
         ) from None
-    # Socket.IO carries binary as attachments, so such data stays as it is; text with lone
-    # surrogates is carried with them replaced, by every transport alike.
-    return None if _has_binary(args) else safe
+    # Socket.IO carries binary as attachments; text with lone surrogates is carried with
+    # them replaced, by every transport alike.
+    return safe, _has_binary(args)
 
 
 def _has_binary(value: Any) -> bool:

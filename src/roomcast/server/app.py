@@ -16,6 +16,7 @@ from typing import Any
 
 from roomcast.auth import AuthConfig, Authenticator
 from roomcast.disconnect import Disconnect
+from roomcast.broker.memory import MemoryBroker
 from roomcast.hub.hub import Hub
 from roomcast.transports.base import (
     CorsPolicy,
@@ -103,8 +104,16 @@ class App:
     """
 
     def __init__(self, hub: Hub | None = None, settings: Settings | None = None) -> None:
-        self.hub = hub if hub is not None else Hub()
         self.settings = settings = settings if settings is not None else Settings()
+        if hub is None:
+            broker = MemoryBroker(
+                history_size=settings.history_size,
+                history_ttl=settings.history_ttl,
+                history_room_bytes=settings.history_room_bytes,
+                history_bytes=settings.history_bytes,
+            )
+            hub = Hub(broker=broker)
+        self.hub = hub
         cors = CorsPolicy(settings.cors_origins)
         config = AuthConfig.from_values(
             secret=settings.jwt_secret,
@@ -119,6 +128,7 @@ class App:
         self.socketio = SocketIOServer(
             self.hub,
             connect_timeout=settings.connect_timeout,
+            max_expanded_bytes=settings.max_payload,
             recovery_window=settings.recovery_window,
             authenticator=self.authenticator,
             expiry=self.expiry,

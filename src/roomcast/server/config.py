@@ -35,6 +35,11 @@ class Settings:
         max_headers: most header lines in one request (431 past it).
         request_timeout: seconds a request's head and body may take to arrive (408).
         keepalive_timeout: seconds an idle keep-alive HTTP connection is kept open.
+        history_size: publications kept per room for recovery.
+        history_ttl: seconds a publication stays in history; a quiet room nobody follows is
+            freed after it, and comes back under a new epoch.
+        history_room_bytes: bytes of history kept per room (event names and data).
+        history_bytes: bytes of history kept in all rooms together (the oldest go first).
         recovery_window: seconds a Socket.IO session lost to a transient failure (transport
             closed, ping timeout, slow consumer, shutdown) can be resumed by its client: the
             official server's ``connectionStateRecovery`` (its ``maxDisconnectionDuration``
@@ -90,6 +95,10 @@ class Settings:
     max_headers: int = 100
     request_timeout: float = 10.0
     keepalive_timeout: float = 60.0
+    history_size: int = 1000
+    history_ttl: float = 300.0
+    history_room_bytes: int = 10_000_000
+    history_bytes: int = 256_000_000
     recovery_window: float = 0.0
     log_level: str = "info"
     engineio_echo: bool = False

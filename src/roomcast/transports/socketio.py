@@ -36,7 +36,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from roomcast import disconnect
+from roomcast import _json, disconnect
 from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, token_from_request
 from roomcast.errors import (
@@ -130,7 +130,7 @@ class SioEncoder:
         attachments, which JSON cannot carry, go the packet way.
         """
         encoded = publication.encoded
-        args: tuple[Any, ...] = publication.data if encoded is None else encoded
+        args: tuple[Any, ...] = publication.data if encoded is None or publication.binary else _json.embed(encoded)
         if self.meta:
             position = publication.position
             meta = {"$room": publication.room, "$epoch": position.epoch, "$offset": position.offset}
@@ -301,8 +301,8 @@ def _reject(session: Session, why: str) -> None:
 class _SioState:
     __slots__ = ("decoder", "sockets", "connect_timer")
 
-    def __init__(self, max_attachments: int) -> None:
-        self.decoder = sio.Decoder(max_attachments=max_attachments)
+    def __init__(self, max_attachments: int, max_expanded_bytes: int) -> None:
+        self.decoder = sio.Decoder(max_attachments=max_attachments, max_expanded_bytes=max_expanded_bytes)
         self.sockets: dict[str, SioSocket] = {}
         self.connect_timer: asyncio.TimerHandle | None = None
 
@@ -325,7 +325,8 @@ class SocketIOServer:
     Args:
         hub: rooms and handlers.
         connect_timeout: seconds a session may stay without any connected namespace.
-        max_attachments: binary attachments accepted per packet.
+        max_attachments: binary attachments accepted per packet, and placeholders naming them.
+        max_expanded_bytes: attachment bytes the placeholders of one packet may expand to.
         recovery_window: seconds a lost session stays restorable; 0 disables recovery.
         recovery_capacity: most publications kept for recovery.
         authenticator: when given, every namespace CONNECT needs a valid token (the
@@ -341,6 +342,7 @@ class SocketIOServer:
         *,
         connect_timeout: float = 45.0,
         max_attachments: int = 10,
+        max_expanded_bytes: int = 1_000_000,
         recovery_window: float = 0.0,
         recovery_capacity: int = DEFAULT_CAPACITY,
         authenticator: Authenticator | None = None,
@@ -351,6 +353,7 @@ class SocketIOServer:
         self.hub = hub
         self.connect_timeout = connect_timeout
         self.max_attachments = max_attachments
+        self.max_expanded_bytes = max_expanded_bytes
         self._encoders: dict[tuple[str, bool], SioEncoder] = {}
         self.authenticator = authenticator
         self.expiry = expiry
@@ -375,7 +378,7 @@ class SocketIOServer:
 
     # -- EngineIOApp --------------------------------------------------------------------
     def on_open(self, session: Session) -> None:
-        state = session.state = _SioState(self.max_attachments)
+        state = session.state = _SioState(self.max_attachments, self.max_expanded_bytes)
         state.connect_timer = asyncio.get_running_loop().call_later(
             self.connect_timeout, self._connect_timeout, session
         )

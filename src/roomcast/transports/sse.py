@@ -62,12 +62,12 @@ class SseFrame:
 def event_body(publication: Publication) -> bytes:
     """A publication as an SSE event without its ``id`` (live and replayed alike).
 
-    Its data was serialised when it was published (``Publication.encoded``); only data that
-    needs ``json_safe`` (binary attachments, lone surrogates) is serialised here.
+    Its data was serialised when it was published (``Publication.encoded``) and is embedded
+    as it is.
     """
     encoded = publication.encoded
     if encoded is not None:
-        return sse.event_frame(_json.dumps_str(publication_data(encoded)), event=publication.event)
+        return sse.event_frame(_json.dumps_str(publication_data(_json.embed(encoded))), event=publication.event)
     return sse.event_frame(_json.dumps_str(_json.json_safe(publication_data(publication.data))), event=publication.event)
 
 

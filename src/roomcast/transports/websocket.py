@@ -79,10 +79,10 @@ class WsEncoder:
 
     def encode(self, publication: Publication) -> WsPrepared:
         """Live and replayed alike. The data was serialised when it was published
-        (``Publication.encoded``); only data that needs ``json_safe`` is serialised here."""
+        (``Publication.encoded``) and is embedded as it is."""
         encoded = publication.encoded
         if encoded is not None:
-            data = wsjson.publication_data(encoded)
+            data = wsjson.publication_data(_json.embed(encoded))
         else:
             data = _json.json_safe(wsjson.publication_data(publication.data))
         room, offset = publication.room, publication.position.offset
