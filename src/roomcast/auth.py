@@ -48,11 +48,12 @@ Expiry of long-lived connections
 --------------------------------
 
 ``Authenticator.verify`` checks ``exp`` once, at connect. A WebSocket or SSE stream can outlive
-its token, so the transports close it when ``Claims.seconds_left(now)`` (plus the configured
-``leeway``) runs out; the client reconnects with a fresh token.
+its token, so the transports close it when ``Claims.expires_at`` (plus the configured
+``leeway``) passes (``transports.expiry``); the client reconnects with a fresh token.
 
-With no secret and no public key the server is *open*: ``verify`` gives every client
-``ANONYMOUS_OPEN`` (all rooms), which is meant for development and is logged by the server.
+With no secret and no public key the server is *open*: it makes no ``Authenticator`` at all
+(one refuses an open configuration), so transports skip verification and grants; that is
+meant for development and is logged by the server.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ from roomcast.types import RoomName
 
 __all__ = [
     "Claims",
-    "ANONYMOUS_OPEN",
     "AuthConfig",
     "Authenticator",
     "token_from_request",
@@ -121,29 +121,6 @@ class Claims:
     def may_publish(self, room: RoomName) -> bool:
         """Whether some ``publish`` pattern matches ``room`` (case-sensitive glob)."""
         return any(fnmatchcase(room, pattern) for pattern in self.publish)
-
-    def seconds_left(self, now: float) -> float | None:
-        """Seconds until ``exp`` (negative once past), or None if the token never expires.
-
-        Transports use it to close a connection that outlives its token; ``now`` is passed
-        in so that they (and tests) decide which clock counts.
-        """
-        if self.expires_at is None:
-            return None
-        return self.expires_at - now
-
-
-ANONYMOUS_OPEN = Claims(
-    subject=None,
-    expires_at=None,
-    subscribe=("*",),
-    publish=("*",),
-    raw=MappingProxyType({}),
-)
-"""What an open server (no secret, no public key) gives every client: every room, no user.
-
-For development only; the server logs that it runs open.
-"""
 
 
 @dataclass(frozen=True)
@@ -202,7 +179,7 @@ class AuthConfig:
 
     @property
     def open(self) -> bool:
-        """Whether no key is configured, i.e. every client is let in as ``ANONYMOUS_OPEN``."""
+        """Whether no key is configured: the server then runs open, with no ``Authenticator``."""
         return self.secret is None and self.public_key is None
 
     @classmethod
@@ -250,6 +227,8 @@ class Authenticator:
     __slots__ = ("config", "_key", "_algorithms")
 
     def __init__(self, config: AuthConfig) -> None:
+        if config.open:
+            raise ValueError("an open configuration (no secret, no public key) needs no Authenticator")
         self.config = config
         self._key: Any = config.secret
         self._algorithms: list[str] = list(config.algorithms)
@@ -295,8 +274,6 @@ class Authenticator:
                 expired or not yet valid token, or malformed ``sub``/``rooms`` claims.
         """
         config = self.config
-        if config.open:
-            return ANONYMOUS_OPEN
         if not token:
             raise Unauthorized("token required")
         try:

@@ -33,6 +33,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "TOKEN_EXPIRED",
     "ALL",
+    "websocket_close_code",
 ]
 
 
@@ -81,3 +82,20 @@ ALL: tuple[Disconnect, ...] = (
     CONNECT_TIMEOUT,
     TOKEN_EXPIRED,
 )
+
+
+_WEBSOCKET_STANDARD: dict[Disconnect, int] = {
+    NORMAL: 1000,
+    SHUTDOWN: 1001,
+    POLICY: 1008,
+    TOKEN_EXPIRED: 1008,
+    TOO_BIG: 1009,
+}
+
+
+def websocket_close_code(reason: Disconnect) -> int:
+    """The WebSocket close code for ``reason``, on every WebSocket the server closes (``/ws``
+    and Socket.IO's): the RFC 6455 code where the RFC has one (normal 1000, going away 1001,
+    policy 1008, too big 1009), else the reason's own code from the table above, whose range
+    tells the client whether to reconnect. docs/protocol.md has the table."""
+    return _WEBSOCKET_STANDARD.get(reason, reason.code)

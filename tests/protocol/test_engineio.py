@@ -17,7 +17,6 @@ from roomcast.protocol.engineio import (
     decode_ws,
     encode_polling,
     encode_ws,
-    message_text,
     open_payload,
 )
 
@@ -68,11 +67,6 @@ def test_decode_ws_rejects_bad_frames(frame: str) -> None:
         decode_ws(frame)
     assert type(info.value) is RemoteProtocolError
     assert frame[1:] not in info.value.reason or not frame[1:]
-
-
-def test_message_text() -> None:
-    assert message_text('2["a"]') == '42["a"]'
-    assert message_text("hello") == encode_ws(Packet(T.MESSAGE, "hello"))
 
 
 POLLING_EXAMPLES = [

@@ -31,7 +31,6 @@ __all__ = [
     "encode_polling",
     "decode_polling",
     "open_payload",
-    "message_text",
 ]
 
 
@@ -89,21 +88,6 @@ def _decode_text(text: str) -> Packet:
     if packet_type is None:
         raise RemoteProtocolError("unknown Engine.IO packet type")
     return Packet(packet_type, text[1:])
-
-
-def message_text(data: str) -> str:
-    """Return the text form of a ``MESSAGE`` packet carrying ``data``.
-
-    Why: the fan-out path builds one frame for thousands of recipients; this skips the
-    :class:`Packet` allocation and the checks of :func:`encode_ws`.
-
-    Args:
-        data: the message text (for Socket.IO: an encoded Socket.IO packet).
-
-    Returns:
-        ``"4" + data``, valid both as a WebSocket frame and as one polling packet.
-    """
-    return "4" + data
 
 
 def encode_ws(packet: Packet) -> str | bytes:

@@ -52,13 +52,6 @@ logger = logging.getLogger("roomcast.engineio")
 Outbound = str | bytes
 """One Engine.IO packet ready to go: text in WebSocket form (``"42[...]"``) or binary bytes."""
 
-_WS_CLOSE_CODES = {
-    disconnect.BAD_REQUEST: 1002,
-    disconnect.TOO_BIG: 1009,
-    disconnect.POLICY: 1008,
-    disconnect.SHUTDOWN: 1001,
-}
-"""The WebSocket close code (RFC 6455 §7.4.1) for a session's close reason; 1000 otherwise."""
 
 _PING = "2"
 _NOOP = "6"
@@ -404,7 +397,7 @@ class EngineIOServer:
                 # The client's own CLOSE releases its poll with NOOP; a server close with CLOSE.
                 session.queue = [_NOOP] if event.reason is disconnect.NORMAL else []
                 poll.set_result(None)
-            code = _WS_CLOSE_CODES.get(event.reason, 1000)
+            code = disconnect.websocket_close_code(event.reason)
             for ws in (session.ws, session.probe):
                 if ws is not None:
                     ws.close(code, event.reason.reason)

@@ -42,23 +42,9 @@ from roomcast.transports.base import (
 )
 from roomcast.types import Publication, RoomName, StreamPosition
 
-__all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared", "close_code"]
+__all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared"]
 
 logger = logging.getLogger("roomcast.ws")
-
-_CLOSE_CODES = {
-    disconnect.NORMAL: 1000,
-    disconnect.SHUTDOWN: 1001,
-    disconnect.POLICY: 1008,
-    disconnect.TOKEN_EXPIRED: 1008,
-    disconnect.TOO_BIG: 1009,
-}
-
-
-def close_code(reason: Disconnect) -> int:
-    """The WebSocket close code for ``reason`` (docs/protocol.md has the table)."""
-    return _CLOSE_CODES.get(reason, reason.code)
-
 
 class WsPrepared:
     """A publication as every plain WebSocket writes it: JSON text and its ready frame."""
@@ -118,7 +104,7 @@ class WsConnection(Connection):
 
     def disconnect(self, reason: Disconnect) -> None:
         if not self.closed:
-            self.channel.close(close_code(reason), reason.reason)
+            self.channel.close(disconnect.websocket_close_code(reason), reason.reason)
             self.hub.remove_connection(self)  # out of its rooms now, not when the close frame is read
 
     # -- the door's side (WebSocketHandler) ----------------------------------------------
