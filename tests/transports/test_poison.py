@@ -116,3 +116,29 @@ async def test_the_api_refuses_a_poison_publication_with_400() -> None:
                 assert response.status == 400, body
                 assert (await response.json())["error"]["code"] == "bad_request"
         assert (await srv.hub.broker.position("feed")).offset == 0
+
+
+async def test_a_failing_request_is_answered_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that fails under a /ws publish: the client gets an error, the log one line with
+    the connection, and asyncio never reports an unretrieved task exception."""
+    from tapbroker import TapBroker
+
+    from roomcast.errors import BrokerUnavailable
+
+    broker = TapBroker()
+
+    def down(_: Any) -> None:
+        raise BrokerUnavailable("the broker is down")
+
+    broker.taps.append(down)
+    async with running(App(Hub(broker=broker), Settings())) as srv:
+        ws = await open_websocket(srv.host, srv.port, "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"})
+        try:
+            ws.send(json.dumps({"type": "publish", "id": 1, "room": "feed", "event": "x", "data": 1}))
+            reply = json.loads(await ws.recv())
+            assert (reply["type"], reply["code"]) == ("error", "internal")
+        finally:
+            ws.close()
+    failures = [r for r in caplog.records if "a request failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

@@ -214,7 +214,18 @@ class WsConnection(Connection):
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        """A request's task ended: a failure is logged once, with the connection, and the
+        client is told rather than left waiting (never "Task exception was never retrieved")."""
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("connection %s: a request failed", self.id, exc_info=exc)
+            self._send(wsjson.error_message(wsjson.INTERNAL, "the request failed"))
 
 
 def _auth_code(exc: AuthError) -> str:
