@@ -9,7 +9,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test install test-deps bench conformance-server conformance lint types clean
+.PHONY: run test install test-deps bench soak conformance-server conformance lint types clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # BENCH_ARGS="--reps 5 --servers roomcast,node" narrows or widens a run.
 bench: $(BENCH_STAMP) $(BENCH_NODE)/node_modules/.package-lock.json
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# 15 minutes against a real server: churn on every transport, fan-out, tasks, slow and hostile
+# clients, one restart (bench/soak.py); SOAK_MINUTES=3 for a shorter run.
+SOAK_MINUTES ?= 15
+soak: $(STAMP)
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 test: test-deps
 	$(VENV)/bin/lint-imports
