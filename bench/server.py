@@ -22,7 +22,7 @@ from roomcast.server.conformance import register_demo_events
 
 def build(port: int) -> App:
     """The benchmark app: production defaults, any origin, the demo events."""
-    settings = Settings(host="127.0.0.1", port=port, cors_origins=("*",), log_level="warning")
+    settings = Settings(host="127.0.0.1", port=port, cors_origins=("*",), log_level="warning", task_db=":memory:")
     hub = Hub()
     register_demo_events(hub)
     return App(hub, settings)

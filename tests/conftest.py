@@ -29,13 +29,31 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own empty directory.
+
+    ``Settings()`` keeps tasks in ``roomcast-tasks.db`` relative to the working directory,
+    as ``roomcast serve`` does, and dozens of tests build ``App(hub, Settings(...))``
+    in-process: from the repository root they would all write that file into the working
+    tree and see each other's tasks (and a previous run's). Here each gets a file of its
+    own that goes with ``tmp_path``. Paths in tests are built from ``__file__``, never from
+    the working directory; a subprocess that needs the repository passes ``cwd=`` itself.
+    """
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def make_app() -> Callable[..., App]:
-    """Build an App with the demo events (echo, join, publish, drop) and custom settings."""
+    """Build an App with the demo events (echo, join, publish, drop) and custom settings.
+
+    Tasks are kept in memory unless a test passes ``task_db``: no file, nothing shared.
+    """
 
     def build(**settings: object) -> App:
         hub = Hub()
         register_demo_events(hub)
+        settings.setdefault("task_db", ":memory:")
         return App(hub, Settings(**settings))  # type: ignore[arg-type]
 
     return build

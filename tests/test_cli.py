@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import queue
 import signal
@@ -11,6 +13,13 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from roomcast import cli
+from roomcast.server.config import Settings
 
 
 def _serve(
@@ -146,3 +155,31 @@ def test_bad_task_event_alias_is_refused_with_a_reason() -> None:
     )
     assert result.returncode == 2
     assert "--task-event" in result.stderr and "EVENT must be one of" in result.stderr
+
+
+def test_settings_defaults_are_what_serve_builds_with_no_flag_and_no_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Embedding roomcast (``App()``, ``RoomcastApp()``) and running ``roomcast serve`` must
+    give the same server: every ``Settings`` field, including those the CLI has no flag for."""
+    built: list[Settings] = []
+
+    def capture(*, settings: Settings) -> object:
+        built.append(settings)
+        return object()
+
+    # serve's own code builds the Settings; the App (which would open the task file) and the
+    # server loop are the only things replaced, and logging is left as the test runner set it.
+    monkeypatch.setattr(cli, "App", capture)
+    monkeypatch.setattr(cli, "run", lambda app, **_: None)
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith("ROOMCAST_")}
+    result = CliRunner().invoke(cli.main, ["serve"], env=unset, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [from_cli] = built
+
+    def values(settings: Settings) -> dict[str, Any]:
+        return {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+
+    assert values(from_cli) == values(Settings())
+    assert Settings().task_db == "roomcast-tasks.db"  # the file finished tasks outlive a restart in

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import pytest
+from loopstep import yield_to_loop
 
 from roomcast.client.batcher import Change, ChangeBatcher, ChangeBuffer
 
@@ -354,6 +355,101 @@ async def test_close_during_a_handler_call_lets_it_finish_and_drops_the_rest() -
     assert rec.active == 0  # the call in progress was not cancelled: it returned
     assert clock.set(100.0) == 0
     assert [[c.key for c in b] for _, b in rec.batches] == [["a"]]
+
+
+async def test_clear_drops_pending_cancels_the_planned_hand_over_and_batching_carries_on() -> None:
+    clock = FakeClock()
+    rec = Recorder(clock)
+    batcher = make(clock, rec, debounce=0.5, window=5.0, max_wait=10.0)
+    for i in range(40):  # a stream that never goes quiet, from 0.0 to 3.9: due at 4.4
+        clock.set(i / 10)
+        batcher.add(f"stale{i % 3}", "update", i)
+    assert await clock.parked() == pytest.approx(4.4)
+    assert batcher.clear() == 3
+    assert len(batcher) == 0 and not batcher.closed
+    assert all(fut.cancelled() for _, fut in clock.sleepers)  # the planned hand-over is gone
+    assert clock.set(4.4) == 0 and rec.batches == []
+    # The next changes start a batch of their own: its window counts from its first change
+    # (4.5), not from the dropped batch's (0.0), and only they are handed over.
+    for i in range(45, 100):
+        await clock.advance_to(i / 10)
+        batcher.add(f"k{i}", "update", i)
+        await clock.parked()
+    await clock.advance_to(10.0)
+    assert rec.times == [9.5]
+    assert [c.data for c in rec.batches[0][1]] == list(range(45, 95))
+    assert batcher.clear() == 5  # 9.5 .. 9.9
+    assert clock.set(100.0) == 0 and len(rec.batches) == 1
+    await yield_to_loop()  # the cancelled driver ends
+    assert clock.sleepers == []  # no driver left behind
+    assert batcher.clear() == 0  # nothing pending: nothing to do
+
+
+async def test_clear_during_a_handler_call_lets_it_finish_and_a_later_change_follows() -> None:
+    clock = FakeClock()
+    rec = Recorder(clock, blocking=True)
+    batcher = make(clock, rec)
+    batcher.add("a", "update")
+    await clock.parked()
+    await clock.advance_to(0.5)
+    await rec.next_batch(1)  # the driver is inside the handler with ["a"]
+    batcher.add("b", "update")
+    assert batcher.clear() == 1
+    clock.set(1.0)
+    batcher.add("c", "update")  # while the call still runs: for the batch after it
+    await yield_to_loop()
+    assert clock.sleepers == []  # no second driver: the one in the handler takes "c" later
+    rec.gate.set()
+    assert await clock.parked() == 1.5  # the same driver went on: no second one started
+    await clock.advance_to(1.5)
+    await rec.next_batch(2)
+    assert [[c.key for c in b] for _, b in rec.batches] == [["a"], ["c"]]
+    assert rec.active == 0 and rec.most_active == 1  # not cancelled, never two at once
+
+
+async def test_clear_then_flush_waits_for_the_call_in_progress_and_hands_over_nothing() -> None:
+    clock = FakeClock()
+    rec = Recorder(clock, blocking=True)
+    batcher = make(clock, rec)
+    batcher.add("a", "update")
+    await clock.parked()
+    await clock.advance_to(0.5)
+    await rec.next_batch(1)
+    batcher.add("b", "update")
+    assert batcher.clear() == 1
+    flushing = asyncio.create_task(batcher.flush())
+    await yield_to_loop()
+    assert not flushing.done()  # waits for the call in progress to return
+    rec.gate.set()
+    async with asyncio.timeout(WAIT):
+        await flushing
+    assert rec.active == 0 and [[c.key for c in b] for _, b in rec.batches] == [["a"]]
+
+
+async def test_clear_while_held_drops_and_stays_held() -> None:
+    clock = FakeClock()
+    rec = Recorder(clock)
+    batcher = make(clock, rec)
+    batcher.hold()
+    batcher.add("a", "update")
+    assert batcher.clear() == 1 and batcher.held
+    batcher.add("b", "update")
+    clock.set(30.0)
+    assert rec.batches == []  # still held
+    batcher.release()
+    await rec.next_batch(1)
+    assert rec.batches == [(30.0, [Change("b", "update")])]
+
+
+async def test_clear_after_close_drops_nothing_and_does_not_reopen() -> None:
+    clock = FakeClock()
+    rec = Recorder(clock)
+    batcher = make(clock, rec)
+    batcher.add("a", "update")
+    assert batcher.close() == 1
+    assert batcher.clear() == 0 and batcher.closed
+    batcher.add("b", "update")  # still ignored
+    assert len(batcher) == 0 and clock.sleepers == []
 
 
 async def test_a_failing_handler_is_logged_and_batching_carries_on(

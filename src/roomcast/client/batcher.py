@@ -130,7 +130,7 @@ class ChangeBuffer:
         return batch
 
     def clear(self) -> int:
-        """Drop everything pending (a close); returns how many changes were dropped."""
+        """Drop everything pending (a clear or a close); returns how many changes were dropped."""
         count = len(self._pending)
         self._pending.clear()
         return count
@@ -169,7 +169,7 @@ class ChangeBatcher:
     - **Isolation.** A handler that raises is logged with its traceback; the batch is not
       retried and batching carries on.
     - ``hold()`` keeps every change and hands nothing over until ``release()``;
-      ``close()`` drops what is pending and stops.
+      ``clear()`` drops what is pending and carries on; ``close()`` drops it and stops.
 
     Call ``add`` and the other methods from the event loop's thread; ``add`` needs a
     running loop (it starts the driver task when a batch begins).
@@ -246,6 +246,31 @@ class ChangeBatcher:
         self._held = False
         self._ensure_driver()
 
+    def clear(self) -> int:
+        """Drop everything pending but keep batching: later ``add`` calls work as before.
+
+        For changes that went stale before they were handed over: the application has just
+        replaced its whole state (a room was reset and came with a fresh snapshot, the app
+        came back to the foreground and re-read everything), so applying them would only
+        redo or undo what the new state already says. Unlike ``flush()`` nothing reaches
+        the handler; unlike ``close()`` the batcher stays open.
+
+        The hand-over planned for the dropped batch is cancelled with it, so the next
+        change starts a batch of its own, with its own debounce, window and ``max_wait``.
+        A handler call in progress is not cancelled (its batch was handed over before the
+        clear); a change added meanwhile goes to the batch after it. ``hold()`` stays in
+        effect. Call ``await flush()`` after ``clear()`` to also wait until a handler call
+        in progress has returned (it then has nothing to hand over).
+
+        Returns:
+            How many pending changes (keys) were dropped.
+        """
+        dropped = self._buffer.clear()
+        self._stop_waiting_driver()
+        if dropped:
+            logger.debug("batcher cleared: dropped %d pending changes", dropped)
+        return dropped
+
     def close(self) -> int:
         """Drop everything pending and stop; later ``add`` calls are ignored.
 
@@ -256,15 +281,23 @@ class ChangeBatcher:
         """
         self._closed = True
         dropped = self._buffer.clear()
-        task, self._task = self._task, None
-        if task is not None and not self._driver_calling:
-            # Cancel a driver that sleeps or waits for the lock, never one inside the
-            # handler: cancelling the application's code half-way would be worse than
-            # letting one last call finish. That driver sees ``closed`` when it returns.
-            task.cancel()
+        self._stop_waiting_driver()
         if dropped:
             logger.debug("batcher closed: dropped %d pending changes", dropped)
         return dropped
+
+    def _stop_waiting_driver(self) -> None:
+        """Cancel the driver if it sleeps or waits for the lock, after the buffer was emptied.
+
+        Never one inside the handler: cancelling the application's code half-way would be
+        worse than letting the call finish. That driver looks at the buffer (and ``closed``)
+        again when the call returns, and goes on with what was added meanwhile, or ends;
+        it stays ``_task`` until then, so an ``add`` meanwhile never starts a second one.
+        """
+        task = self._task
+        if task is not None and not self._driver_calling:
+            self._task = None
+            task.cancel()
 
     def _ensure_driver(self) -> None:
         if self._task is None and not self._held and not self._closed and self._buffer:
@@ -303,8 +336,8 @@ class ChangeBatcher:
                 slept_until = None
                 waited_for_handler = waited_for_handler or self._lock.locked()
                 async with self._lock:
-                    # A flush() or close() may have emptied or replaced the batch while we
-                    # waited for the lock: then look again.
+                    # A flush(), clear() or close() may have emptied or replaced the batch
+                    # while we waited for the lock: then look again.
                     if self._closed or self._buffer.due_at() != due:
                         continue
                     now = max(self._clock(), due)

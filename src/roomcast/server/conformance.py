@@ -62,6 +62,7 @@ def build_app(*, host: str = "127.0.0.1", port: int = 3000) -> App:
         host=host,
         port=port,
         cors_origins=("*",),
+        task_db=":memory:",  # a test server: nothing to keep, and no file in the working directory
         ping_interval=0.3,
         ping_timeout=0.2,
         max_payload=1_000_000,
