@@ -11,6 +11,7 @@ Owns every exception the package raises on purpose; imports nothing but the stdl
     │       └── PayloadTooBig         the peer sent more than the configured limit
     ├── ConnectionRefused             a connect handler refused the client (message sent to it)
     ├── InvalidState                  an operation that the current state forbids (also AssertionError)
+    │   └── ShuttingDown              refused because the server is shutting down (the API: 503)
     ├── LimitExceeded                 a configured limit was reached (rooms per connection ...)
     ├── InvalidPublication            no transport could deliver it (also ValueError): refused
     ├── AuthError
@@ -47,6 +48,7 @@ __all__ = [
     "PayloadTooBig",
     "ConnectionRefused",
     "InvalidState",
+    "ShuttingDown",
     "LimitExceeded",
     "InvalidPublication",
     "AuthError",
@@ -112,6 +114,17 @@ class ConnectionRefused(RoomcastError):
 
 class InvalidState(RoomcastError, AssertionError):
     """The operation is not allowed in the current state (e.g. sending on a closed session)."""
+
+
+class ShuttingDown(InvalidState):
+    """Refused because the server (or its task service) is shutting down: nothing was
+    published, stored or changed.
+
+    Why a class of its own: this refusal is temporary and not the caller's fault, so the
+    API answers it with 503 (retry against the next process), where any other
+    ``InvalidState`` is a bug in the caller. Raised instead of acknowledging work that could
+    no longer reach a subscriber or the store.
+    """
 
 
 class LimitExceeded(RoomcastError):

@@ -611,3 +611,18 @@ async def test_the_rooms_limit_holds_across_concurrent_subscribes(hub: Hub, make
     results = await asyncio.gather(*attempts, return_exceptions=True)
     assert sum(isinstance(r, LimitExceeded) for r in results) == 45
     assert len(conn.rooms) == 5 and len(hub.rooms()) == 5
+
+
+async def test_a_closed_hub_refuses_publications_instead_of_acknowledging_them() -> None:
+    from roomcast.errors import ShuttingDown
+
+    hub = Hub()
+    await hub.start()
+    await hub.aclose()
+    with pytest.raises(ShuttingDown):
+        await hub.publish("r", "ev", 1)
+    await hub.start()  # started again: publishing again
+    try:
+        assert (await hub.publish("r", "ev", 1)).offset == 1
+    finally:
+        await hub.aclose()

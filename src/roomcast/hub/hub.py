@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from roomcast import disconnect
 from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
-from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded
+from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded, ShuttingDown
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
 from roomcast.hub.publication import prepare
@@ -94,16 +94,19 @@ class Hub:
         self.delivered = 0
         self.slow_disconnects = 0
         self.stream_losses = 0
+        self._closing = False
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         """Bind to the running loop and start the broker. Idempotent."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            self._closing = False
             await self.broker.start(self)
 
     async def aclose(self) -> None:
-        """Disconnect every connection and stop the broker."""
+        """Refuse publications from now on, disconnect every connection and stop the broker."""
+        self._closing = True
         for conn in list(self.connections.values()):
             conn.disconnect(disconnect.SHUTDOWN)
         pending = [*self._chains.values(), *self._background]
@@ -281,6 +284,8 @@ class Hub:
         return await self.broker.presence(room)
 
     def _announce(self, room: RoomName, event: str, user: str) -> None:
+        if self._closing:
+            return  # everyone is leaving: nobody is left to tell
         if not any(fnmatch.fnmatchcase(room, p) for p in self._presence_patterns):
             return
         self._spawn(self.publish(room, event, {"room": room, "user": user}))
@@ -340,7 +345,11 @@ class Hub:
         Raises:
             InvalidPublication: no transport could deliver it (``hub.publication``): a
                 reserved event name, or data that is not JSON or is nested too deep.
+            ShuttingDown: the hub is closing; its subscribers are gone, so nothing is
+                published rather than acknowledged for nobody.
         """
+        if self._closing:
+            raise ShuttingDown(f"the hub is closing: {event!r} to {room!r} was not published")
         encoded, binary = prepare(event, args)
         pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary)
         return pub.position
