@@ -98,6 +98,29 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option("--history-bytes", envvar="ROOMCAST_HISTORY_BYTES", type=click.IntRange(min=0),
               default=_DEFAULTS.history_bytes, show_default=True, show_envvar=True,
               help="Bytes of history kept in all rooms together; past it the oldest go first.")
+@click.option("--max-connections", envvar="ROOMCAST_MAX_CONNECTIONS", type=click.IntRange(min=0),
+              default=_DEFAULTS.max_connections, show_default=True, show_envvar=True,
+              help="Most connections held at once; one more is answered 503 and closed (0: no limit). "
+                   "Keep it below the open-file limit (ulimit -n).")
+@click.option("--max-connections-per-address", envvar="ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS",
+              type=click.IntRange(min=0), default=_DEFAULTS.max_connections_per_address, show_default=True,
+              show_envvar=True,
+              help="Most connections from one client IP address; one more is answered 429 and closed. "
+                   "0 (off): behind a proxy every client has the proxy's address.")
+@click.option("--ws-ping-interval", envvar="ROOMCAST_WS_PING_INTERVAL", type=click.FloatRange(min=0),
+              default=_DEFAULTS.ws_ping_interval, show_default=True, show_envvar=True,
+              help="Seconds between the WebSocket pings sent on /ws, to find clients that vanished (0: none).")
+@click.option("--ws-ping-timeout", envvar="ROOMCAST_WS_PING_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
+              default=_DEFAULTS.ws_ping_timeout, show_default=True, show_envvar=True,
+              help="Seconds a /ws client has to answer a ping (a pong or any message) before it is closed "
+                   "with 3010.")
+@click.option("--max-messages-per-second", envvar="ROOMCAST_MAX_MESSAGES_PER_SECOND", type=click.FloatRange(min=0),
+              default=_DEFAULTS.max_messages_per_second, show_default=True, show_envvar=True,
+              help="Messages a client may send per second, on average, on /ws and Socket.IO; past it and "
+                   "--message-burst the connection is closed with 3013 (0: no limit).")
+@click.option("--message-burst", envvar="ROOMCAST_MESSAGE_BURST", type=click.IntRange(min=1),
+              default=_DEFAULTS.message_burst, show_default=True, show_envvar=True,
+              help="Messages a client may send at once before --max-messages-per-second applies.")
 @click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
               help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
                    "API answers loopback clients only.")
@@ -129,6 +152,12 @@ def serve(
     history_ttl: float,
     history_room_bytes: int,
     history_bytes: int,
+    max_connections: int,
+    max_connections_per_address: int,
+    ws_ping_interval: float,
+    ws_ping_timeout: float,
+    max_messages_per_second: float,
+    message_burst: int,
     api_key: str | None,
     poll_allow: tuple[str, ...],
 ) -> None:
@@ -153,6 +182,12 @@ def serve(
         history_ttl=history_ttl,
         history_room_bytes=history_room_bytes,
         history_bytes=history_bytes,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+        ws_ping_interval=ws_ping_interval,
+        ws_ping_timeout=ws_ping_timeout,
+        max_messages_per_second=max_messages_per_second,
+        message_burst=message_burst,
         api_key=api_key,
         poll_allow=poll_allow or None,
         recovery_window=recovery_window,

@@ -27,6 +27,7 @@ __all__ = [
     "PING_TIMEOUT",
     "TRANSPORT_CLOSE",
     "SERVER_DISCONNECT",
+    "RATE_LIMITED",
     "BAD_REQUEST",
     "TOO_BIG",
     "POLICY",
@@ -61,6 +62,10 @@ history no longer holds the gap); reconnecting recovers what history holds, or r
 PING_TIMEOUT = Disconnect(3010, "ping timeout", reconnect=True)
 TRANSPORT_CLOSE = Disconnect(3011, "transport close", reconnect=True)
 SERVER_DISCONNECT = Disconnect(3012, "server namespace disconnect", reconnect=False)
+RATE_LIMITED = Disconnect(3013, "rate limited", reconnect=True)
+"""The client sent messages faster than ``Settings.max_messages_per_second`` (past its burst);
+it may come back, with backoff, and send slower. Transient, so a client with one bad burst
+recovers by offset like after any cut; a flood is bounded by the connection limits anyway."""
 BAD_REQUEST = Disconnect(3501, "bad request", reconnect=False)
 TOO_BIG = Disconnect(3502, "message too big", reconnect=False)
 POLICY = Disconnect(3503, "policy violation", reconnect=False)
@@ -76,6 +81,7 @@ ALL: tuple[Disconnect, ...] = (
     PING_TIMEOUT,
     TRANSPORT_CLOSE,
     SERVER_DISCONNECT,
+    RATE_LIMITED,
     BAD_REQUEST,
     TOO_BIG,
     POLICY,

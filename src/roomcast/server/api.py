@@ -38,7 +38,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from roomcast import _json, disconnect
-from roomcast.errors import InvalidPublication, InvalidTransition, TaskError, TaskNotFound
+from roomcast.errors import InvalidPublication, InvalidTransition, ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub.hub import Hub
 from roomcast.tasks.model import TaskStatus
 from roomcast.tasks.poller import DEFAULT_DONE, DEFAULT_FAILED, PollSpec, TaskPoller
@@ -212,6 +212,18 @@ class ApiServer:
         self.poll_any = "*" in poll_allow
         self.poll_prefixes = tuple(_poll_prefix(entry) for entry in poll_allow if entry != "*")
         self.refused = 0
+        self.accepting = True
+
+    def stop_accepting(self) -> None:
+        """Answer every ``POST`` with 503 from now on: the server is shutting down.
+
+        Called first by ``App.shutdown``. Why every ``POST``: each publishes or changes a
+        task, and from here on a publication may reach no subscriber (they are about to be
+        disconnected) and a report may be acknowledged after the task service's last write.
+        A 503 tells the caller nothing was done and to retry against the next process.
+        Reads still answer.
+        """
+        self.accepting = False
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         path, method = request.path.rstrip("/") or "/", request.method
@@ -241,10 +253,14 @@ class ApiServer:
             return api_error(415, "unsupported_media_type", "send the body as JSON with Content-Type: "
                              f"application/json, not {content_type[:100] or 'none'!r}")
         try:
+            if request.method == "POST" and not self.accepting:
+                raise ShuttingDown("the server is shutting down; nothing was published or changed")
             response: HttpResponse = await (
                 handler(self, request, task_id) if task_id is not None else handler(self, request)
             )
             return response
+        except ShuttingDown as exc:  # here or from the task service: retry against the next process
+            return api_error(503, "shutting_down", str(exc), [("Retry-After", "1")])
         except (BadRequest, InvalidPublication) as exc:  # a publication no transport could deliver
             return api_error(400, "bad_request", str(exc))
         except TaskNotFound as exc:
@@ -534,7 +550,8 @@ OPENAPI: dict[str, Any] = {
                                  (403, "No API key configured, and not a direct local client"),
                                  (404, "No such task"), (405, "Method not allowed"),
                                  (409, "The task's state forbids this change"), (413, "Body too large"),
-                                 (415, "The body is not Content-Type: application/json")]
+                                 (415, "The body is not Content-Type: application/json"),
+                                 (503, "The server is shutting down: nothing was done; retry")]
         },
     },
     "security": [{"bearer": []}, {"apiKey": []}],
@@ -546,7 +563,7 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"room": {"type": "string"}, "event": {"type": "string"}, "data": {}}}}}},
             "responses": {"200": {"description": "Its position in the room's stream", "content": {
                 _JSON: {"schema": {"$ref": "#/components/schemas/Position"}}}},
-                **_error_responses(400, 401, 403, 413, 415)},
+                **_error_responses(400, 401, 403, 413, 415, 503)},
         }},
         "/api/broadcast": {"post": {
             "summary": "Publish one event to several rooms",
@@ -556,7 +573,7 @@ OPENAPI: dict[str, Any] = {
                                "event": {"type": "string"}, "data": {}}}}}},
             "responses": {"200": {"description": "One position per room", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"results": {"type": "array", "items": {
-                    "$ref": "#/components/schemas/Position"}}}}}}}, **_error_responses(400, 401, 403, 413, 415)},
+                    "$ref": "#/components/schemas/Position"}}}}}}}, **_error_responses(400, 401, 403, 413, 415, 503)},
         }},
         "/api/rooms": {"get": {
             "summary": "Rooms with members in this process, with connection and user counts",
@@ -594,7 +611,7 @@ OPENAPI: dict[str, Any] = {
                              "deadline": {"type": "number"}, "metadata": {"type": "object"},
                              "poll": {"$ref": "#/components/schemas/PollSpec"}}}}}},
                      "responses": {"201": {"description": "The task, with its id"},
-                                   **_error_responses(400, 401, 403, 413, 415)}},
+                                   **_error_responses(400, 401, 403, 413, 415, 503)}},
             "get": {"summary": "Tasks, newest first, filtered by status (comma-separated), kind, owner",
                     "parameters": [*({"name": n, "in": "query", "schema": {"type": "string"}}
                                      for n in ("status", "kind", "owner", "cursor")),
@@ -609,7 +626,7 @@ OPENAPI: dict[str, Any] = {
             "summary": summary, "parameters": [_TASK_ID],
             "requestBody": {"content": {_JSON: {"schema": {"type": "object", "properties": fields}}}},
             "responses": {"200": {"description": "The task after the change"},
-                          **_error_responses(400, 401, 403, 413, 415),
+                          **_error_responses(400, 401, 403, 413, 415, 503),
                           "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}},
         }} for action, summary, fields in [
             ("progress", "Report progress (0-100), step, message; starts a pending task",
@@ -626,7 +643,7 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"connection": {"type": "string"}, "user": {"type": "string"}}}}}},
             "responses": {"200": {"description": "How many were disconnected", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"disconnected": {"type": "integer"}}}}}},
-                **_error_responses(400, 401, 403, 413, 415)},
+                **_error_responses(400, 401, 403, 413, 415, 503)},
         }},
     },
 }

@@ -7,6 +7,7 @@ adapts ASGI messages to the same two calls. So both doors pass the same tests.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import functools
 import hashlib
@@ -132,6 +133,8 @@ class App:
             recovery_window=settings.recovery_window,
             authenticator=self.authenticator,
             expiry=self.expiry,
+            max_messages_per_second=settings.max_messages_per_second,
+            message_burst=settings.message_burst,
         )
         self.engine = self._engine(self.socketio, cors)
         self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
@@ -143,7 +146,10 @@ class App:
             authenticator=self.authenticator,
             expiry=self.expiry,
         )
-        self.ws = WsServer(self.hub, cors=cors, authenticator=self.authenticator, expiry=self.expiry)
+        self.ws = WsServer(self.hub, cors=cors, authenticator=self.authenticator, expiry=self.expiry,
+                           ping_interval=settings.ws_ping_interval, ping_timeout=settings.ws_ping_timeout,
+                           max_messages_per_second=settings.max_messages_per_second,
+                           message_burst=settings.message_burst)
         self.task_store = SqliteTaskStore(settings.task_db)
         self.tasks = self.hub.tasks = TaskService(
             self.hub,
@@ -160,6 +166,7 @@ class App:
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
         self._ready = False
+        self._shutdown: asyncio.Task[None] | None = None
 
     def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
         s = self.settings
@@ -173,6 +180,12 @@ class App:
         )
 
     async def startup(self) -> None:
+        """Start the hub, open the task store and end the tasks a previous process left.
+
+        Raises:
+            TaskError: the task database is held by another running server (one server per
+                ``--task-db`` file, ``SqliteTaskStore``), or is from a newer roomcast.
+        """
         if self.authenticator is None:
             logger.warning(
                 "running OPEN: no JWT secret or public key configured, so every client may "
@@ -181,22 +194,46 @@ class App:
         else:
             logger.info("clients need a valid token (%s)", ", ".join(self.authenticator.algorithms))
         await self.hub.start()
-        await self.task_store.open()
-        await self.tasks.open()  # tasks a previous run left running are failed, and say so
+        try:
+            await self.task_store.open()  # first: a second server on the file stops here
+            await self.tasks.open()  # tasks a previous run left running are failed, and say so
+        except BaseException:
+            await self.task_store.aclose()  # releases the file for the server that may follow
+            await self.hub.aclose()
+            raise
         self._ready = True
 
     async def shutdown(self, reason: Disconnect | None = None) -> None:
+        """Stop accepting, then flush, then close. Idempotent: a second call waits for the first.
+
+        Why this order: the API used to answer 200 for a publication or a task report that
+        arrived after the subscribers had been disconnected, so it reached nobody, and the
+        task service dropped the progress it had acknowledged but not yet written. Now:
+
+        1. not ready, and the API refuses every POST with 503 (``ShuttingDown``): whatever is
+           acknowledged from here on has nowhere to go;
+        2. pollers, then the task service, end: their last changes and every pending
+           coalesced progress are stored and published while subscribers still listen;
+        3. then the transports disconnect every client, the hub closes, and the store
+           closes (its last commit, then the lock a next server waits for).
+        """
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shut_down(reason))
+        await self._shutdown
+
+    async def _shut_down(self, reason: Disconnect | None) -> None:
         from roomcast import disconnect
 
         self._ready = False
+        self.api.stop_accepting()
+        await self.pollers.aclose()  # before the service: their tasks are failed, and say why
+        await self.tasks.aclose()
         for engine in (self.engine, self.echo):
             if engine is not None:
                 engine.close_all(reason or disconnect.SHUTDOWN)
         self.sse.close_all(reason or disconnect.SHUTDOWN)
         self.ws.close_all(reason or disconnect.SHUTDOWN)
         self.expiry.close()
-        await self.pollers.aclose()  # before the service: their tasks are failed, and say why
-        await self.tasks.aclose()
         await self.hub.aclose()
         await self.task_store.aclose()
 

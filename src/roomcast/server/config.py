@@ -35,6 +35,29 @@ class Settings:
         max_headers: most header lines in one request (431 past it).
         request_timeout: seconds a request's head and body may take to arrive (408).
         keepalive_timeout: seconds an idle keep-alive HTTP connection is kept open.
+        max_connections: most connections the native door holds at once, on every route;
+            one more is answered ``503`` with a JSON error and closed as it is accepted, so
+            the process stays under its open-file limit (set that limit above this one) and
+            memory (about 5 KiB per idle connection). 0: no limit.
+        max_connections_per_address: most connections from one client IP address; one more
+            is answered ``429`` and closed. 0, the default, is off: behind a reverse proxy or
+            load balancer every client arrives from the proxy's address (roomcast does not
+            trust forwarded headers), so this limit would then be one for all clients. Set it
+            when clients connect directly.
+        ws_ping_interval: seconds between the WebSocket pings the server sends on ``/ws``, so
+            a client that vanished without closing (a half-open socket: a laptop lid, a
+            dropped mobile link) is found and its resources freed. Browsers and WebSocket
+            libraries answer pings by themselves. Native door only: behind the ASGI door the
+            host pings (uvicorn's ``--ws-ping-interval``). 0 turns pings off.
+        ws_ping_timeout: seconds a ``/ws`` client has to answer a ping, with a pong or any
+            message, before it is closed with ``3010`` (ping timeout).
+        max_messages_per_second: messages a client may send per second, on average, on
+            ``/ws`` and Socket.IO (each WebSocket message, Socket.IO packet or binary
+            attachment, whatever its size); past it and its burst the connection is closed
+            with ``3013`` (rate limited). 0 turns the limit off.
+        message_burst: messages a client may send at once before the rate applies; above
+            the 100 rooms a connection may hold, so a reconnect that subscribes again to
+            all of them at once fits.
         history_size: publications kept per room for recovery.
         history_ttl: seconds a publication stays in history; a quiet room nobody follows is
             freed after it, and comes back under a new epoch.
@@ -95,6 +118,12 @@ class Settings:
     max_headers: int = 100
     request_timeout: float = 10.0
     keepalive_timeout: float = 60.0
+    max_connections: int = 25_000
+    max_connections_per_address: int = 0
+    ws_ping_interval: float = 25.0
+    ws_ping_timeout: float = 20.0
+    max_messages_per_second: float = 100.0
+    message_burst: int = 200
     history_size: int = 1000
     history_ttl: float = 300.0
     history_room_bytes: int = 10_000_000

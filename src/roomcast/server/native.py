@@ -33,7 +33,7 @@ from roomcast.transports.base import (
     json_error,
 )
 
-__all__ = ["Router", "DoorLimits", "DoorCounters", "HttpProtocol", "NativeWebSocket", "NativeStream", "CoalescedOutput", "WriteCoalescer", "serve"]
+__all__ = ["Router", "DoorLimits", "DoorCounters", "ConnectionGate", "HttpProtocol", "NativeWebSocket", "NativeStream", "CoalescedOutput", "WriteCoalescer", "serve"]
 
 logger = logging.getLogger("roomcast.native")
 
@@ -53,6 +53,7 @@ _STATUS = {
     414: "URI Too Long",
     415: "Unsupported Media Type",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -83,6 +84,9 @@ class DoorLimits:
         max_headers: most header lines in one request (431).
         request_timeout: seconds a request's head and body may take to arrive (408).
         keepalive_timeout: seconds an idle keep-alive connection is kept open.
+        max_connections: most connections held at once (503 past it); 0: no limit.
+        max_connections_per_address: most connections from one client IP address (429 past
+            it); 0: no limit (behind a proxy every client has the proxy's address).
     """
 
     max_body_bytes: int = 1_000_000
@@ -93,6 +97,8 @@ class DoorLimits:
     max_headers: int = 100
     request_timeout: float = 10.0
     keepalive_timeout: float = 60.0
+    max_connections: int = 25_000
+    max_connections_per_address: int = 0
 
 
 @dataclass(slots=True)
@@ -104,6 +110,8 @@ class DoorCounters:
     output_cut: int = 0
     slow_goodbyes: int = 0
     slow_aborts: int = 0
+    refused_connections: int = 0  # past max_connections: 503
+    refused_per_address: int = 0  # past max_connections_per_address: 429
 
 
 class _Refused(Exception):
@@ -331,6 +339,12 @@ class NativeWebSocket(CoalescedOutput):
             elif isinstance(event, wsproto.Ping):
                 if not self.closing:  # an answer the client asked for: the door's output limits hold it
                     self.transport.write(wsproto.serialize_frame(wsproto.OP_PONG, event.data))
+            elif isinstance(event, wsproto.Pong):
+                # the answer to a transport's keep-alive ping (``/ws``): a handler that pings
+                # has ``on_pong``; the others (Engine.IO pings in its own packets) ignore it
+                on_pong = getattr(handler, "on_pong", None)
+                if on_pong is not None:
+                    on_pong()
             elif isinstance(event, wsproto.Close):
                 if not self.closing:
                     self.flush()
@@ -352,6 +366,62 @@ class NativeWebSocket(CoalescedOutput):
             self.handler.on_close(1006)
 
 
+class ConnectionGate:
+    """The door's connections, counted in all and per client address (one per server).
+
+    Why at TCP accept: a connection costs a file descriptor and memory from the moment it is
+    accepted, whatever it then does (idles, sends a slowloris head, opens a WebSocket that
+    never speaks), so counting it there bounds them all before a byte is parsed. Past
+    ``DoorLimits.max_connections`` a new connection is answered ``503``, past
+    ``max_connections_per_address`` ``429`` (each a JSON error, rendered once here), and
+    closed; ``DoorCounters`` counts both. Per address only while that limit is on: the map
+    then holds one entry per address with a connection open.
+    """
+
+    __slots__ = ("max_total", "max_per_address", "counters", "open", "per_address", "_full", "_crowded")
+
+    def __init__(self, limits: DoorLimits, counters: DoorCounters) -> None:
+        self.max_total = limits.max_connections
+        self.max_per_address = limits.max_connections_per_address
+        self.counters = counters
+        self.open = 0
+        self.per_address: dict[str, int] = {}
+        self._full = _render(json_error(
+            503, 503, f"the server holds its most connections ({self.max_total}); try again later"), keep_alive=False)
+        self._crowded = _render(json_error(
+            429, 429, f"at most {self.max_per_address} connections per client address"), keep_alive=False)
+
+    def admit(self, address: str) -> bytes | None:
+        """Count a new connection from ``address``, or return the answer that turns it away."""
+        per_address, held = self.max_per_address, 0
+        if per_address:
+            held = self.per_address.get(address, 0)
+            if held >= per_address:
+                self.counters.refused_per_address += 1
+                return self._crowded
+        if self.max_total and self.open >= self.max_total:
+            self.counters.refused_connections += 1
+            return self._full
+        if per_address:
+            self.per_address[address] = held + 1
+        self.open += 1
+        return None
+
+    def release(self, address: str) -> None:
+        """A connection ``admit`` counted has ended."""
+        self.open -= 1
+        if self.max_per_address:
+            held = self.per_address.pop(address) - 1
+            if held:
+                self.per_address[address] = held
+
+
+TURN_AWAY_SECONDS = 1.0
+"""How long a connection turned away at the gate is still read (and what it sends dropped)
+after its answer, unless it closes first: closing a socket with unread input resets it, and a
+reset can destroy the answer before the client reads it."""
+
+
 class HttpProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 requests, possibly upgraded to a WebSocket.
 
@@ -368,15 +438,24 @@ class HttpProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
-        "router", "limits", "coalescer", "transport", "parser", "ws", "stream",
+        "router", "limits", "coalescer", "gate", "_address", "transport", "parser", "ws", "stream",
         "_url", "_url_size", "_headers", "_head_size", "_in_head", "_stall", "_progress", "_body", "_body_size", "_pending", "_upgrade",
         "_task", "_too_big", "_timer", "_paused", "_drained",
     )
 
-    def __init__(self, router: Router, *, limits: DoorLimits, coalescer: WriteCoalescer | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        limits: DoorLimits,
+        coalescer: WriteCoalescer | None = None,
+        gate: ConnectionGate | None = None,
+    ) -> None:
         self.router = router
         self.limits = limits
         self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
+        self.gate = gate if gate is not None else ConnectionGate(limits, self.coalescer.counters)
+        self._address: str | None = None  # set while the gate counts this connection
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.ws: NativeWebSocket | None = None
@@ -401,6 +480,13 @@ class HttpProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""  # a Unix socket: ""
+        refusal = self.gate.admit(address)
+        if refusal is not None:
+            self._turn_away(refusal)
+            return
+        self._address = address
         transport.set_write_buffer_limits(high=self.limits.output_high_water)  # type: ignore[attr-defined]
         self._arm(self.limits.request_timeout)
 
@@ -436,6 +522,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._address is not None:
+            self.gate.release(self._address)
+            self._address = None
         if self.ws is not None:
             self.ws.connection_lost()
         if self.stream is not None:
@@ -528,6 +617,23 @@ class HttpProtocol(asyncio.Protocol):
         if length.isdigit() and int(length) > self.limits.max_body_bytes:
             raise _Refused(json_error(413, 3, f"the body may be at most {self.limits.max_body_bytes} bytes"))
         transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _turn_away(self, answer: bytes) -> None:
+        """Answer a connection the gate refused and close it, parsing nothing it sends.
+
+        The answer and a FIN go out at once; what the client sends meanwhile (its request
+        was probably on its way) is read and dropped until it closes, or for at most
+        ``TURN_AWAY_SECONDS`` (``connection_lost`` cancels that timer).
+        """
+        transport = self.transport
+        assert transport is not None
+        self.parser = None  # data_received then drops everything
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = asyncio.get_running_loop().call_later(TURN_AWAY_SECONDS, transport.abort)
+        else:  # TLS: no half-close
+            transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
         self._refuse_with(json_error(status, 3, message))
@@ -676,6 +782,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     door = limits if limits is not None else DoorLimits()
     coalescer = WriteCoalescer(counters)  # one per server: one flush per loop iteration for all its sockets
+    gate = ConnectionGate(door, coalescer.counters)  # one per server: its connection limits
     return await loop.create_server(
-        lambda: HttpProtocol(router, limits=door, coalescer=coalescer), host, port, backlog=backlog, **kwargs
+        lambda: HttpProtocol(router, limits=door, coalescer=coalescer, gate=gate), host, port, backlog=backlog, **kwargs
     )

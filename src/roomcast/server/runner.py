@@ -29,6 +29,8 @@ def door_limits(settings: Settings) -> DoorLimits:
         max_headers=settings.max_headers,
         request_timeout=settings.request_timeout,
         keepalive_timeout=settings.keepalive_timeout,
+        max_connections=settings.max_connections,
+        max_connections_per_address=settings.max_connections_per_address,
     )
 
 

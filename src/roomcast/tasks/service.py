@@ -18,6 +18,12 @@ time. Why each piece is here:
 * **Stop is cooperative, then forced.** ``request_stop`` publishes ``stopping`` at once and
   cancels an in-process producer; one that does not end within ``stop_grace`` is marked
   ``cancelled`` anyway, so a stuck producer cannot keep a dashboard spinning for ever.
+* **What is acknowledged is stored, or refused.** A status change is stored before its
+  caller gets it back (so an acknowledged end survives a crash of the process). Progress is
+  acknowledged when recorded and stored coalesced, so a crash may lose the last
+  ``progress_interval`` of it; a graceful close (``aclose``) loses none: it refuses new work
+  with ``ShuttingDown``, lets the changes under way finish, then writes and publishes every
+  pending progress before it returns, and refuses whatever arrives after that last write.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coro
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
+from roomcast.errors import InvalidTransition, ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub import Hub
 from roomcast.tasks.model import (
     DEFAULT_EVENTS,
@@ -134,6 +140,7 @@ class TaskHandle:
         Raises:
             InvalidProgress: ``progress`` is not a finite number from 0 to 100.
             InvalidTransition: the task has ended (stopped by grace, timed out, completed).
+            ShuttingDown: the service has made its last write (``aclose``); not recorded.
             RuntimeError: called from another thread (use ``progress_threadsafe``).
         """
         self._service._progress(self._live, progress, step, message)
@@ -212,6 +219,12 @@ class TaskService:
         self._commits: set[asyncio.Task[Any]] = set()  # changes in flight: awaited, never cancelled
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
+        # ``aclose`` in two steps: ``_closing`` refuses new work (creating, loading a task),
+        # ``_sealed`` also refuses progress and changes, once the last write pass has begun:
+        # anything accepted after it could be acknowledged and never stored.
+        self._closing = False
+        self._sealed = False
+        self._closer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -256,8 +269,27 @@ class TaskService:
                 logger.exception("task retention pass failed")
 
     async def aclose(self) -> None:
-        """Cancel spawned producers (their tasks end failed), timers and flushers; wait for
-        changes already under way to be stored."""
+        """Stop accepting, finish what was accepted, then write the last progress. Idempotent.
+
+        In this order, so that nothing acknowledged is lost and nothing is acknowledged late:
+
+        1. new work is refused with ``ShuttingDown`` (``create``, ``start``, ``spawn``, and
+           every update by id: ``report``, ``complete``, ``request_stop`` ...);
+        2. spawned producers are cancelled (their tasks end failed, stored and published) and
+           timers are cancelled; changes under way are awaited;
+        3. every pending coalesced progress is stored and published (its subscribers are
+           still connected if the hub is still open), after which progress and changes are
+           refused too;
+        4. flushers and timer callbacks are cancelled.
+
+        The store and the hub are left open: their owner closes them after this.
+        """
+        if self._closer is None:
+            self._closer = asyncio.ensure_future(self._close())
+        await self._closer
+
+    async def _close(self) -> None:
+        self._closing = True
         for job in list(self._spawned):
             job.cancel()
         await asyncio.gather(*self._spawned, return_exceptions=True)
@@ -265,9 +297,35 @@ class TaskService:
             for timer in live.timers:
                 timer.cancel()
             live.timers.clear()
+        await self._settle()
+        self._sealed = True  # synchronously before the pass: no progress can slip in behind it
+        for live in list(self._live.values()):
+            await self._flush_last(live)
+        await self._settle()  # a change that got past the gates just before the seal
         for helper in list(self._helpers):
             helper.cancel()
-        await asyncio.gather(*self._helpers, *self._commits, return_exceptions=True)
+        await asyncio.gather(*self._helpers, return_exceptions=True)
+
+    async def _settle(self) -> None:
+        """Wait for every change under way, including those that start while waiting."""
+        while pending := [job for job in self._commits if not job.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _flush_last(self, live: _Live) -> None:
+        """Store and publish the task's pending progress, if any, as ``aclose`` ends.
+
+        Under the task's lock, so a flusher that is writing right now finishes first. One
+        task's failure is logged and does not keep the others' progress from being written.
+        """
+        async with live.lock:
+            if not live.dirty or live.task.is_terminal:
+                return
+            try:
+                await self._flush_locked(live)
+            except InvalidTransition:
+                pass  # ended elsewhere (another writer): the stored end is the truth
+            except Exception:
+                logger.exception("could not store the last progress of task %s", live.task.id)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -469,6 +527,7 @@ class TaskService:
 
         Raises:
             TaskNotFound, InvalidProgress, InvalidTransition: nothing changes then.
+            ShuttingDown: ``aclose`` has begun; nothing is recorded or acknowledged.
         """
         live = await self._load(task_id)
         if live.task.status is TaskStatus.PENDING:
@@ -541,6 +600,7 @@ class TaskService:
         task_id: str | None,
     ) -> _Live:
         self._require_started()
+        self._refuse_if_closing()
         task_id = new_task_id() if task_id is None else task_id
         task = Task.new(task_id, kind, now=time.time(), title=title, owner=owner, deadline=deadline, metadata=metadata)
         if await self._store.get(task_id) is not None or task_id in self._live:
@@ -557,7 +617,13 @@ class TaskService:
         return live
 
     async def _change(self, live: _Live, change: Change) -> Task:
-        """Apply ``change`` in a task of its own; a cancelled caller does not stop it."""
+        """Apply ``change`` in a task of its own; a cancelled caller does not stop it.
+
+        Raises:
+            ShuttingDown: ``aclose`` has made its last write pass; nothing was changed.
+        """
+        if self._sealed:
+            raise _shutting_down(live.task.id)
         job = self._require_started().create_task(self._apply(live, change))
         self._commits.add(job)
         job.add_done_callback(self._job_done)
@@ -615,6 +681,8 @@ class TaskService:
     def _progress(self, live: _Live, progress: float | None, step: str | None, message: str | None) -> None:
         if threading.get_ident() != self._thread:
             raise RuntimeError("progress() must run on the event loop's thread; use progress_threadsafe()")
+        if self._sealed:  # the last write pass has begun: this value would never be stored
+            raise _shutting_down(live.task.id)
         live.task = live.task.progress_to(time.time(), progress, step, message)
         live.dirty = True
         if live.flusher is None:
@@ -631,6 +699,8 @@ class TaskService:
             self._progress(live, progress, step, message)
         except InvalidTransition:
             logger.debug("progress for task %s arrived after it ended", live.task.id)
+        except ShuttingDown:
+            logger.debug("progress for task %s arrived after the service closed", live.task.id)
 
     async def _flusher(self, live: _Live) -> None:
         """Publish the task's latest progress once ``progress_interval`` has passed."""
@@ -677,13 +747,19 @@ class TaskService:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _load(self, task_id: str) -> _Live:
-        """The live record of a task, loading it from the store if this process has none."""
+        """The live record of a task, loading it from the store if this process has none.
+
+        The gate of every update by id: refused with ``ShuttingDown`` once ``aclose`` began
+        (checked again after the store read, which ``aclose`` may have overtaken).
+        """
+        self._refuse_if_closing(task_id)
         live = self._live.get(task_id)
         if live is not None:
             return live
         task = await self._store.get(task_id)
         if task is None:
             raise TaskNotFound(task_id)
+        self._refuse_if_closing(task_id)
         live = self._live.get(task_id)  # another caller may have loaded it meanwhile
         if live is not None:
             return live
@@ -709,8 +785,8 @@ class TaskService:
         async def fire() -> None:
             try:
                 await action(live)
-            except InvalidTransition:
-                pass  # it ended another way first
+            except (InvalidTransition, ShuttingDown):
+                pass  # it ended another way first, or the service is closing
 
         timer = self._require_started().call_later(delay, lambda: self._spawn(fire()))
         live.timers.append(timer)
@@ -763,6 +839,10 @@ class TaskService:
         task = await self._store.get(task_id)
         return None if task is None else task.to_json()
 
+    def _refuse_if_closing(self, task_id: str | None = None) -> None:
+        if self._closing:
+            raise _shutting_down(task_id)
+
     def _require_started(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             raise RuntimeError("the task service is not running; await start() first")
@@ -773,6 +853,11 @@ class TaskService:
         current = asyncio.current_task()
         if current is not None:
             current.uncancel()
+
+
+def _shutting_down(task_id: str | None) -> ShuttingDown:
+    what = "nothing was changed" if task_id is None else f"task {task_id} was not changed"
+    return ShuttingDown(f"the task service is shutting down; {what}")
 
 
 def _summary(task: Task) -> dict[str, JSONValue]:

@@ -88,7 +88,9 @@ class TaskStore(Protocol):
 
         Call once at startup, before any producer runs: whatever was pending or running
         belonged to a process that is gone, and its subscribers are owed a terminal event.
-        The caller publishes the returned tasks.
+        The caller publishes the returned tasks. So a store must not open while another
+        live process writes to the same storage (``SqliteTaskStore`` locks its file): this
+        would fail that process's running tasks behind its back.
         """
 
     async def aclose(self) -> None:

@@ -25,9 +25,25 @@ survives a crash of the process (what ``mark_interrupted`` is for) and readers n
 the writer; the last commits before a power cut may be lost, which a task list can afford.
 ``":memory:"`` (the default) keeps everything in this process, for tests and demos.
 
-One process per file. ``mark_interrupted`` assumes every non-terminal task in the file was
-left by a process that has exited. Several live server processes sharing one file would
-fail each other's running tasks at startup: scale out with the Redis store instead.
+One process per file, enforced. ``mark_interrupted`` assumes every non-terminal task in the
+file was left by a process that has exited: a second server opening a live server's file
+would fail that server's running tasks. So a file store takes an exclusive, non-blocking
+lock on a lock file beside the database (``tasks.db.lock``) before it opens the database,
+holds it until ``aclose``, and a second store is refused at once with a ``TaskError`` that
+names the holder's pid. Why this lock and not another:
+
+* ``flock`` (``msvcrt.locking`` on Windows) belongs to the open file, so the kernel
+  releases it whenever the process ends, SIGKILL included: no stale lock after a crash, no
+  pid file to clean up, no "is that pid still us?" guess;
+* a separate file, not the database: SQLite takes POSIX ``fcntl`` locks on the database,
+  which our own descriptor on it would disturb (closing any descriptor of a file drops all
+  of a process's ``fcntl`` locks on it), and over NFS Linux emulates ``flock`` with
+  ``fcntl`` locks, which would then collide with SQLite's own;
+* not SQLite's ``locking_mode=EXCLUSIVE``: it also shuts out readers (a ``sqlite3`` shell,
+  a backup), and the second server would learn of it only when a query timed out, as
+  "database is locked";
+* the lock file is never deleted: removing it would let a newcomer lock a fresh file while
+  the old holder still locks the unlinked one.
 
 Schema versioning uses ``PRAGMA user_version``: 0 is an empty file, each entry of
 ``_MIGRATIONS`` moves it up by one inside one transaction, and a file from a newer roomcast
@@ -40,7 +56,9 @@ import asyncio
 import base64
 import binascii
 import builtins
+import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -117,8 +135,9 @@ class SqliteTaskStore:
     """A ``TaskStore`` in one SQLite database, driven from one worker thread.
 
     The database is opened lazily by the first call; ``await open()`` at startup surfaces a
-    bad path or a too-new schema there instead. Always ``await aclose()``: it closes the
-    connection (checkpointing the WAL) and lets the worker thread end.
+    bad path, a too-new schema or a file another server holds there instead. Always ``await
+    aclose()``: it closes the connection (checkpointing the WAL), releases the file's lock
+    (see the module: one process per file) and lets the worker thread end.
 
     Args:
         path: a file (created if missing) or ``":memory:"``.
@@ -131,6 +150,7 @@ class SqliteTaskStore:
         self._busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomcast-tasks")
         self._conn: sqlite3.Connection | None = None  # only ever touched on the worker thread
+        self._lock: int | None = None  # the lock file's descriptor while held; worker thread too
         self._closed = False  # only ever touched on the event loop
 
     def __repr__(self) -> str:
@@ -142,8 +162,10 @@ class SqliteTaskStore:
         """Open the database and bring its schema up to date (otherwise the first call does).
 
         Raises:
-            TaskError: the file holds a schema from a newer roomcast.
+            TaskError: another process has the file open (its lock is held), or the file
+                holds a schema from a newer roomcast.
             sqlite3.Error: the file cannot be opened or is not a database.
+            OSError: the lock file beside it cannot be created.
         """
         await self._run(lambda conn: None)
 
@@ -268,13 +290,92 @@ class SqliteTaskStore:
 
     def _call(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._conn is None:
-            self._conn = _connect(self._path, self._busy_timeout_s)
+            if self._lock is None and self._path not in _PRIVATE:
+                self._lock = _lock_exclusively(self._path)
+            try:
+                self._conn = _connect(self._path, self._busy_timeout_s)
+            except BaseException:
+                self._unlock()
+                raise
         return job(self._conn)
 
     def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        try:
+            if self._conn is not None:
+                self._conn.close()  # the last commit and the WAL checkpoint, before another may open
+                self._conn = None
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
+
+
+_PRIVATE = (":memory:", "")
+"""Paths that name a database private to its connection: nothing to share, nothing to lock."""
+
+
+def _lock_exclusively(path: str) -> int:
+    """Lock ``{path}.lock`` for this process; returns its descriptor, locked while open.
+
+    Non-blocking: a second server is told at once, not after a timeout. The holder writes
+    its pid into the file so the refusal can say who it is.
+
+    Raises:
+        TaskError: another process (or another store in this one) holds the lock.
+    """
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    try:
+        if not _try_lock(fd):
+            holder = _read_holder(fd)
+            by = f" (pid {holder})" if holder else ""
+            raise TaskError(
+                f"task database {path!r} is in use by another roomcast server{by}: one server per "
+                f"task database, since a server fails every unfinished task it finds at start. Stop "
+                f"that server or give this one a file of its own (lock held on {lock_path!r})"
+            )
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_holder(fd: int) -> str | None:
+    """The pid the lock's holder wrote, if it can be read (Windows hides a locked byte)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks bytes from the current position
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
 
 def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:

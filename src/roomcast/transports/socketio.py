@@ -50,6 +50,7 @@ from roomcast.protocol.socketio import SioPacket, SioType
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.engineio import EngineIOServer, Outbound, Session
 from roomcast.transports.builtins import Builtins
+from roomcast.transports.ratelimit import MessageRate, TokenBucket
 from roomcast.transports.recovery import DEFAULT_CAPACITY, Recovery, Resume, strip_reserved
 from roomcast.types import Publication, StreamPosition, Subscription
 
@@ -299,12 +300,13 @@ def _reject(session: Session, why: str) -> None:
 
 
 class _SioState:
-    __slots__ = ("decoder", "sockets", "connect_timer")
+    __slots__ = ("decoder", "sockets", "connect_timer", "bucket")
 
-    def __init__(self, max_attachments: int, max_expanded_bytes: int) -> None:
+    def __init__(self, max_attachments: int, max_expanded_bytes: int, bucket: TokenBucket | None = None) -> None:
         self.decoder = sio.Decoder(max_attachments=max_attachments, max_expanded_bytes=max_expanded_bytes)
         self.sockets: dict[str, SioSocket] = {}
         self.connect_timer: asyncio.TimerHandle | None = None
+        self.bucket = bucket  # the session's inbound message allowance (None: no limit)
 
 class SocketIOServer:
     """The Socket.IO layer: an ``EngineIOApp`` that maps packets onto the hub.
@@ -334,6 +336,11 @@ class SocketIOServer:
             ``?token=``); a bad one gets ``CONNECT_ERROR`` with the reason. Its claims'
             grants then govern the built-in ``subscribe`` and ``publish``.
         expiry: disconnects a socket whose token expired unless it sent ``refresh``.
+        max_messages_per_second, message_burst: the inbound message rate of one session
+            (``transports.ratelimit``), over WebSocket and polling alike: each Engine.IO
+            message counts, a Socket.IO packet or one of its binary attachments. Past it the
+            session is closed with ``RATE_LIMITED``; ``rate.cut`` counts them.
+            ``max_messages_per_second=0`` turns it off.
     """
 
     def __init__(
@@ -347,6 +354,8 @@ class SocketIOServer:
         recovery_capacity: int = DEFAULT_CAPACITY,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
+        max_messages_per_second: float = 100.0,
+        message_burst: int = 200,
     ) -> None:
         if recovery_window < 0:
             raise ValueError("recovery_window must be >= 0")
@@ -367,6 +376,7 @@ class SocketIOServer:
         if recovery_window > 0:
             self.recovery = Recovery(recovery_window, capacity=recovery_capacity)
         self._comebacks: set[asyncio.Task[None]] = set()
+        self.rate = MessageRate(max_messages_per_second, message_burst)
 
     def encoder(self, namespace: str, *, meta: bool = False) -> SioEncoder:
         """The shared encoder of ``namespace`` (with or without room meta)."""
@@ -378,7 +388,7 @@ class SocketIOServer:
 
     # -- EngineIOApp --------------------------------------------------------------------
     def on_open(self, session: Session) -> None:
-        state = session.state = _SioState(self.max_attachments, self.max_expanded_bytes)
+        state = session.state = _SioState(self.max_attachments, self.max_expanded_bytes, self.rate.bucket())
         state.connect_timer = asyncio.get_running_loop().call_later(
             self.connect_timeout, self._connect_timeout, session
         )
@@ -399,6 +409,11 @@ class SocketIOServer:
 
     def on_message(self, session: Session, data: str | bytes) -> None:
         state: _SioState = session.state
+        bucket = state.bucket
+        if bucket is not None and not bucket.take():  # counted by the bucket, once
+            logger.debug("sid %s: more than %g messages/s, cut", session.sid, bucket.rate.per_second)
+            session.close(disconnect.RATE_LIMITED)
+            return
         try:
             packet = state.decoder.feed(data)
         except RemoteProtocolError as exc:

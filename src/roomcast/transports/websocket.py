@@ -31,6 +31,8 @@ from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol import wsjson
 from roomcast.transports.builtins import Builtins
+from roomcast.transports.deadlines import DeadlineWheel
+from roomcast.transports.ratelimit import MessageRate
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.base import (
     CorsPolicy,
@@ -45,6 +47,13 @@ from roomcast.types import Publication, RoomName, StreamPosition
 __all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared"]
 
 logger = logging.getLogger("roomcast.ws")
+
+_PING = wsproto.serialize_frame(wsproto.OP_PING, b"")
+"""The keep-alive ping, built once: the same bytes for every connection."""
+
+_PING_RESOLUTION = 0.05
+"""Seconds per tick of the ping wheel: pings need no finer timing, and coarser ticks wake the
+loop less often when many connections are due."""
 
 class WsPrepared:
     """A publication as every plain WebSocket writes it: JSON text and its ready frame."""
@@ -76,9 +85,13 @@ class WsEncoder:
 
 
 class WsConnection(Connection):
-    """One plain WebSocket client (a hub ``Connection`` and the door's ``WebSocketHandler``)."""
+    """One plain WebSocket client (a hub ``Connection`` and the door's ``WebSocketHandler``).
 
-    __slots__ = ("channel", "server", "tasks")
+    ``bucket`` is its inbound message allowance (``None`` without a rate limit); ``heard``,
+    ``ping_tick`` and ``pinged_at`` are its keep-alive state, kept by ``WsServer``.
+    """
+
+    __slots__ = ("channel", "server", "tasks", "bucket", "heard", "ping_tick", "pinged_at")
 
     def __init__(self, server: WsServer, channel: WebSocketChannel, auth: Any) -> None:
         super().__init__(f"ws-{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
@@ -87,6 +100,10 @@ class WsConnection(Connection):
         if isinstance(auth, Claims):
             self.claims, self.user = auth, auth.subject
         self.tasks: set[asyncio.Task[None]] = set()
+        self.bucket = server.rate.bucket()
+        self.heard = False  # a pong or a message arrived since the last ping
+        self.ping_tick: int | None = None  # filed in the server's ping wheel
+        self.pinged_at: float | None = None  # loop time of the ping awaiting an answer
 
     # -- the hub's side ---------------------------------------------------------------
     def write(self, encoded: WsPrepared) -> bool:
@@ -104,11 +121,18 @@ class WsConnection(Connection):
 
     def disconnect(self, reason: Disconnect) -> None:
         if not self.closed:
+            self.server.stop_pinging(self)
             self.channel.close(disconnect.websocket_close_code(reason), reason.reason)
             self.hub.remove_connection(self)  # out of its rooms now, not when the close frame is read
 
     # -- the door's side (WebSocketHandler) ----------------------------------------------
     def on_message(self, data: str | bytes) -> None:
+        self.heard = True
+        bucket = self.bucket
+        if bucket is not None and not bucket.take():  # counted by the bucket, once
+            logger.debug("connection %s: more than %g messages/s, cut", self.id, bucket.rate.per_second)
+            self.disconnect(disconnect.RATE_LIMITED)
+            return
         try:
             message = wsjson.decode(data)
         except wsjson.WsJsonError as exc:
@@ -128,6 +152,10 @@ class WsConnection(Connection):
             self._emit(message)
         elif isinstance(message, wsjson.Refresh):
             self._refresh(message)
+
+    def on_pong(self) -> None:
+        """The native door read a pong: the client is alive (see ``WsServer``'s pings)."""
+        self.heard = True
 
     def on_close(self, code: int) -> None:
         if self.closed:
@@ -257,6 +285,24 @@ class WsServer:
             ``?token=``) and ``refresh`` messages; grants are checked per subscribe and
             publish. Open (``auth`` stays ``None``) when not given.
         expiry: closes a connection whose token expired unless it sent a fresh one.
+        ping_interval: seconds between keep-alive pings; 0 sends none.
+        ping_timeout: seconds a client has to answer a ping (a pong or any message) before it
+            is closed with ``PING_TIMEOUT`` (3010).
+        max_messages_per_second, message_burst: the inbound message rate of one connection
+            (``transports.ratelimit``); past it the connection is closed with ``RATE_LIMITED``
+            (3013). ``max_messages_per_second=0`` turns it off.
+
+    Keep-alive: a client that vanished without a close (a half-open socket) would otherwise
+    hold its rooms and buffers until TCP gave up, which can be hours. Every ``ping_interval``
+    the server sends a WebSocket ping; whatever the client sends next (the pong its WebSocket
+    stack sends by itself, or a message) sets ``heard``, an attribute store per message; if
+    nothing came within ``ping_timeout`` it is closed (so with a timeout longer than the
+    interval, pings go every ``ping_timeout``: the next one follows the verdict on the last).
+    Nothing is re-filed per message or pong. One ``DeadlineWheel`` serves every
+    connection's next ping or answer deadline. Native door only (``native_frames``): an ASGI
+    host has no ping message and pings its WebSockets itself.
+
+    Counted for operators: ``ping_timeouts``, ``rate.cut``, ``bad_messages``.
     """
 
     def __init__(
@@ -266,6 +312,10 @@ class WsServer:
         cors: CorsPolicy | None = None,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
+        ping_interval: float = 25.0,
+        ping_timeout: float = 20.0,
+        max_messages_per_second: float = 100.0,
+        message_burst: int = 200,
     ) -> None:
         self.hub = hub
         self.cors = cors if cors is not None else CorsPolicy()
@@ -276,6 +326,11 @@ class WsServer:
         self.connections: set[WsConnection] = set()
         self.ids = itertools.count(1)
         self.bad_messages = 0
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._pings: DeadlineWheel[WsConnection] = DeadlineWheel(self._ping_due, resolution=_PING_RESOLUTION)
+        self.ping_timeouts = 0
+        self.rate = MessageRate(max_messages_per_second, message_burst)
 
     def handle_websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:
         if not self.cors.allowed(request):
@@ -305,15 +360,49 @@ class WsServer:
         conn = WsConnection(self, channel, auth)
         self.connections.add(conn)
         self.hub.add_connection(conn)
+        if self.ping_interval > 0 and channel.native_frames:
+            conn.ping_tick = self._pings.file(conn, asyncio.get_running_loop().time() + self.ping_interval)
         if self.expiry is not None and auth is not None:
             self.expiry.watch(conn, auth)
         return conn
 
     def forget(self, conn: WsConnection) -> None:
         self.connections.discard(conn)
+        self.stop_pinging(conn)
         if self.expiry is not None:
             self.expiry.forget(conn)
 
     def close_all(self, reason: Disconnect) -> None:
         for conn in list(self.connections):
             conn.disconnect(reason)
+        self._pings.close()
+
+    # -- keep-alive ---------------------------------------------------------------------
+    def stop_pinging(self, conn: WsConnection) -> None:
+        """No more pings or answer deadline for ``conn`` (it is closing or gone)."""
+        if conn.ping_tick is not None:
+            self._pings.cancel(conn, conn.ping_tick)
+            conn.ping_tick = None
+
+    def _ping_due(self, conn: WsConnection, tick: int) -> None:
+        """The wheel's callback: send the next ping, or judge the answer to the last one."""
+        if conn.ping_tick != tick or conn.closed:
+            return  # superseded, or gone
+        conn.ping_tick = None
+        now = asyncio.get_running_loop().time()
+        pinged_at = conn.pinged_at
+        if pinged_at is None:
+            conn.heard = False
+            conn.pinged_at = now
+            if not conn.channel.send_frames(_PING):
+                conn.disconnect(disconnect.SLOW)
+                return
+            # a tick late rather than early: the wheel may fire up to one tick before the time
+            conn.ping_tick = self._pings.file(conn, now + self.ping_timeout + _PING_RESOLUTION)
+        elif conn.heard:
+            conn.pinged_at = None
+            conn.ping_tick = self._pings.file(conn, max(now, pinged_at + self.ping_interval))
+        else:
+            self.ping_timeouts += 1
+            logger.debug("connection %s: no answer to a ping in %gs", conn.id, self.ping_timeout)
+            conn.disconnect(disconnect.PING_TIMEOUT)
