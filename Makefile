@@ -53,12 +53,19 @@ soak: $(STAMP)
 	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 test: test-deps
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
+
+# Formats and fixes what ruff can; `make test` checks both.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format src tests bench examples
+	$(VENV)/bin/ruff check --fix src tests bench examples
 
 conformance-server: $(STAMP)
 	$(PY) -m roomcast.server.conformance --host 127.0.0.1 --port 3000

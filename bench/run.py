@@ -317,23 +317,44 @@ def ratio(results: dict[str, dict[str, list[float]]], key: str, a: str, b: str) 
 
 
 def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], labels: dict[str, str]) -> None:
-    pairs = [(a, b) for a, b in (("roomcast", "node"), ("roomcast", "python-socketio"), ("roomcast-asgi", "node"),
-                                 ("bare-asgi", "node")) if a in servers and b in servers]
+    pairs = [
+        (a, b)
+        for a, b in (
+            ("roomcast", "node"),
+            ("roomcast", "python-socketio"),
+            ("roomcast-asgi", "node"),
+            ("bare-asgi", "node"),
+        )
+        if a in servers and b in servers
+    ]
     header = ["metric", *servers, *(f"{a}/{b}" for a, b in pairs)]
     rows = []
     for metric in METRICS:
         if not any(results[s].get(metric.key) for s in servers):
             continue  # a scenario this run left out
         label = labels.get(metric.key, metric.label)
-        rows.append([f"{label} [{metric.unit}]", *(cell(results[s].get(metric.key, [])) for s in servers),
-                     *(ratio(results, metric.key, a, b) for a, b in pairs)])
+        rows.append(
+            [
+                f"{label} [{metric.unit}]",
+                *(cell(results[s].get(metric.key, [])) for s in servers),
+                *(ratio(results, metric.key, a, b) for a, b in pairs),
+            ]
+        )
     for key in INFO:
         if not any(results[s].get(key) for s in servers):
             continue
-        rows.append([key.replace("_", " ") + " [cores]", *(cell(results[s].get(key, [])) for s in servers),
-                     *("" for _ in pairs)])
+        rows.append(
+            [
+                key.replace("_", " ") + " [cores]",
+                *(cell(results[s].get(key, [])) for s in servers),
+                *("" for _ in pairs),
+            ]
+        )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r: list[Any]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     print(line(header))
     print("  ".join("-" * w for w in widths))
     for row in rows:
@@ -345,10 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                        help="comma-separated, from: " + ", ".join(SERVERS))
-    parser.add_argument("--scenarios",
-                        default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns")
+    parser.add_argument(
+        "--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated, from: " + ", ".join(SERVERS)
+    )
+    parser.add_argument(
+        "--scenarios", default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns"
+    )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
 
@@ -360,10 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     conn_targets = scale["conns"]["targets"]
     limit = max_idle_connections()
     if conn_targets[-1] > limit:
-        print(f"note: the open-file limit allows {limit + FD_HEADROOM} descriptors per process; "
-              f"the large idle-connection step uses {limit} instead of {conn_targets[-1]}", file=sys.stderr)
+        print(
+            f"note: the open-file limit allows {limit + FD_HEADROOM} descriptors per process; "
+            f"the large idle-connection step uses {limit} instead of {conn_targets[-1]}",
+            file=sys.stderr,
+        )
         conn_targets[-1] = limit
     n1, n2 = conn_targets
+
     def at_rate(key: str) -> str:
         p = scale[key]
         return f"{p['subs'] * p['rate']:,} deliveries/s ({p['subs']} subs × {p['rate']}/s)"
@@ -396,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {s: defaultdict(list) for s in servers}
     failures: list[str] = []
     for rep in range(args.reps):
-        order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+        order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
         for scenario in chosen:
             for server in order:
                 if scenario in ONLY_ROOMCAST and server not in ROOMCAST_SERVERS:
@@ -411,12 +438,17 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in measured.items():
                     results[server][key].append(value)
                 shown = ", ".join(f"{k}={fmt(v)}" for k, v in measured.items())
-                print(f"  rep {rep + 1} {scenario:<11} {server:<16} {time.monotonic() - started:5.1f} s  {shown}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  rep {rep + 1} {scenario:<11} {server:<16} {time.monotonic() - started:5.1f} s  {shown}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     print()
-    print(f"roomcast benchmark: {args.reps} repetition(s), scale {args.scale}, "
-          f"{os.cpu_count()} cores, server on core 0, load generator on core 1")
+    print(
+        f"roomcast benchmark: {args.reps} repetition(s), scale {args.scale}, "
+        f"{os.cpu_count()} cores, server on core 0, load generator on core 1"
+    )
     print_table(results, servers, labels)
     if failures:
         print("\nfailed runs:\n  " + "\n  ".join(failures))

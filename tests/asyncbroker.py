@@ -15,7 +15,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection
-from typing import Any
 
 from loopstep import yield_to_loop
 
@@ -102,11 +101,19 @@ class AsyncBroker:
         self._events = None
 
     async def publish(
-        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-        encoded: tuple[bytes, ...] | None = None, binary: bool = False,
+        self,
+        room: RoomName,
+        event: str,
+        data: tuple[JSONValue, ...],
+        *,
+        ts: float,
+        encoded: tuple[bytes, ...] | None = None,
+        binary: bool = False,
     ) -> Publication:
         await self._suspend()
-        pub = await self.storage.publish(room, event, data, ts=ts, encoded=encoded, binary=binary)  # appends, does not suspend
+        pub = await self.storage.publish(
+            room, event, data, ts=ts, encoded=encoded, binary=binary
+        )  # appends, does not suspend
         self._enqueue(room, pub)
         await self._suspend()  # the reply crosses the network too
         return pub

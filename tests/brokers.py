@@ -22,7 +22,11 @@ BROKERS = ["memory", "async"]
 
 
 def make_broker(
-    kind: str, *, history_size: int = 1000, history_ttl: float = 300.0, clock: Callable[[], float] = time.time,
+    kind: str,
+    *,
+    history_size: int = 1000,
+    history_ttl: float = 300.0,
+    clock: Callable[[], float] = time.time,
     seed: int = 0,
 ) -> Any:
     """A fresh broker of ``kind`` with the given history bounds."""

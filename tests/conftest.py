@@ -21,7 +21,6 @@ from roomcast.server.app import App  # noqa: E402
 from roomcast.server.config import Settings  # noqa: E402
 from roomcast.server.conformance import register_demo_events  # noqa: E402
 
-
 # Developers' runs explore new examples each time; CI replays a fixed set, so a landing is
 # judged on the code, not on which examples the dice picked that run.
 settings.register_profile("ci", derandomize=True)

@@ -17,11 +17,16 @@ import pytest
 Observations = list[dict[str, Any]]
 
 
-async def run_node_scenario(script: Path, options: dict[str, Any], *, timeout: float,
-                            cwd: Path | None = None) -> Observations:
+async def run_node_scenario(
+    script: Path, options: dict[str, Any], *, timeout: float, cwd: Path | None = None
+) -> Observations:
     process = await asyncio.create_subprocess_exec(
-        "node", str(script), json.dumps(options), cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "node",
+        str(script),
+        json.dumps(options),
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(timeout):

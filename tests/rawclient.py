@@ -154,5 +154,5 @@ async def call(client: RawWebSocket, ack_id: int, event: str, *args: Any) -> lis
     while True:
         message = await client.recv()
         if isinstance(message, str) and message.startswith(prefix):
-            result: list[Any] = _json.loads(message[len(prefix):])
+            result: list[Any] = _json.loads(message[len(prefix) :])
             return result

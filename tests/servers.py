@@ -60,8 +60,9 @@ async def uvicorn_running(asgi_app: Any) -> AsyncIterator[str]:
             if not self.should_exit:
                 self.ready.set()
 
-    config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        asgi_app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", timeout_graceful_shutdown=2
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -7,7 +7,6 @@ it serves), so tests that watch what a service publishes tap the broker they run
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from roomcast.broker.memory import MemoryBroker
 from roomcast.types import JSONValue, Publication, RoomName
@@ -22,8 +21,16 @@ class TapBroker(MemoryBroker):
         super().__init__(**limits)  # type: ignore[arg-type]
         self.taps: list[Callable[[Publication], None]] = []
 
-    async def publish(self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-                      encoded: tuple[bytes, ...] | None = None, binary: bool = False) -> Publication:
+    async def publish(
+        self,
+        room: RoomName,
+        event: str,
+        data: tuple[JSONValue, ...],
+        *,
+        ts: float,
+        encoded: tuple[bytes, ...] | None = None,
+        binary: bool = False,
+    ) -> Publication:
         pub = await super().publish(room, event, data, ts=ts, encoded=encoded, binary=binary)
         for tap in self.taps:
             tap(pub)

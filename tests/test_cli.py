@@ -116,18 +116,24 @@ def test_serve_without_a_key_says_it_runs_open_and_with_one_refuses_clients_with
 
 
 def _post(base: str, path: str, body: dict[str, object]) -> dict[str, object]:
-    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}{path}", data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=5) as r:
         answer: dict[str, object] = json.loads(r.read())
         return answer
 
 
 def test_task_event_aliases_from_the_environment_and_list_rooms_from_flags() -> None:
-    proc, base = _serve("--task-list-room", "kind",
-                        env={"ROOMCAST_TASK_EVENT": "crawl.progress=crawl_progress crawl.cancelled=crawl:stopped "
-                                                    "crawl.stopping=crawl:stopping",
-                             "ROOMCAST_TASK_DB": ":memory:"})
+    proc, base = _serve(
+        "--task-list-room",
+        "kind",
+        env={
+            "ROOMCAST_TASK_EVENT": "crawl.progress=crawl_progress crawl.cancelled=crawl:stopped "
+            "crawl.stopping=crawl:stopping",
+            "ROOMCAST_TASK_DB": ":memory:",
+        },
+    )
     try:
         with urllib.request.urlopen(f"{base}/sse?room=tasks:kind:crawl", timeout=5) as stream:
             task = _post(base, "/api/tasks", {"kind": "crawl", "title": "site"})
@@ -140,9 +146,16 @@ def test_task_event_aliases_from_the_environment_and_list_rooms_from_flags() -> 
                 line = stream.readline().decode()
                 assert line, "the stream ended early"
                 if line.startswith("event: "):
-                    events.append(line[len("event: "):].strip())
+                    events.append(line[len("event: ") :].strip())
         # Aliased names for kind crawl, several in one variable; the others keep their defaults.
-        assert events == ["snapshot", "task:created", "task:updated", "crawl_progress", "crawl:stopping", "crawl:stopped"]
+        assert events == [
+            "snapshot",
+            "task:created",
+            "task:updated",
+            "crawl_progress",
+            "crawl:stopping",
+            "crawl:stopped",
+        ]
         assert other["kind"] == "index"
     finally:
         assert _stop(proc) == 0
@@ -151,7 +164,9 @@ def test_task_event_aliases_from_the_environment_and_list_rooms_from_flags() -> 
 def test_bad_task_event_alias_is_refused_with_a_reason() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "roomcast", "serve", "--task-event", "crawl.progresss=x"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "--task-event" in result.stderr and "EVENT must be one of" in result.stderr

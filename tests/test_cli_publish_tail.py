@@ -46,14 +46,20 @@ class Cli:
         self.err: asyncio.Queue[str | None] = asyncio.Queue()
         self.err_seen: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
-        self._pumps = [asyncio.create_task(self._pump(proc.stdout, self.out, None)),
-                       asyncio.create_task(self._pump(proc.stderr, self.err, self.err_seen))]
+        self._pumps = [
+            asyncio.create_task(self._pump(proc.stdout, self.out, None)),
+            asyncio.create_task(self._pump(proc.stderr, self.err, self.err_seen)),
+        ]
 
     @classmethod
     async def start(cls, *args: str, env: dict[str, str] | None = None) -> Cli:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "roomcast", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "roomcast",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         return cls(proc)
@@ -127,7 +133,12 @@ async def _serve(*args: str) -> AsyncIterator[str]:
 
 async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "roomcast", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "roomcast",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -243,8 +254,10 @@ class Proxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self.links.append(up_writer)
         up_writer.write(head)
-        for task in (asyncio.create_task(self._pipe(reader, up_writer)),
-                     asyncio.create_task(self._pipe(up_reader, writer))):
+        for task in (
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ):
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -299,7 +312,8 @@ async def test_tail_reconnects_by_itself_and_prints_what_it_missed_exactly_once(
                 cursor = decode_cursor(_last_event_id(head) or "")
                 before = {room: n - (2 if room == "a" else 1) for room, n in sent.items()}
                 assert {r: (p.epoch, p.offset) for r, p in cursor.items()} == {
-                    r: (epochs[r], n) for r, n in before.items()}
+                    r: (epochs[r], n) for r, n in before.items()
+                }
                 await tail.note("reconnecting in")
                 proxy.gate.set()
                 await _expect(tail, *missed)  # replayed, room by room in the stream's order
@@ -332,8 +346,10 @@ async def test_tail_exits_1_when_the_server_ends_the_stream_for_good() -> None:
         conn_id = next(iter(app.sse.streams)).id
         reader, writer = await asyncio.open_connection(srv.host, srv.port)  # the API, as a backend would call it
         body = json.dumps({"connection": conn_id}).encode()
-        writer.write(b"POST /api/disconnect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        writer.write(
+            b"POST /api/disconnect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         writer.close()
         line = await tail.line()

@@ -40,8 +40,12 @@ class Run:
 
 async def _roomcast(*args: str, env: dict[str, str] | None = None) -> Run:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "roomcast", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "roomcast",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     try:
@@ -71,16 +75,33 @@ async def test_list_prints_one_line_per_task_and_filters() -> None:
 
         everything = await _roomcast("tasks", "list", env=env)
         assert everything.code == 0, everything.err
-        assert sorted(everything.lines) == sorted([
-            f"{crawl['id']} running 40 crawl example.com front page",
-            f"{pending['id']} pending - index",
-            f"{done['id']} completed 100 crawl done",
-        ])
+        assert sorted(everything.lines) == sorted(
+            [
+                f"{crawl['id']} running 40 crawl example.com front page",
+                f"{pending['id']} pending - index",
+                f"{done['id']} completed 100 crawl done",
+            ]
+        )
 
         # flags instead of the environment; filters combine
-        running_crawls = await _roomcast("tasks", "list", "--url", srv.url, "--api-key", KEY,
-                                         "--status", "running", "--status", "pending", "--kind", "crawl")
-        assert (running_crawls.code, running_crawls.lines) == (0, [f"{crawl['id']} running 40 crawl example.com front page"])
+        running_crawls = await _roomcast(
+            "tasks",
+            "list",
+            "--url",
+            srv.url,
+            "--api-key",
+            KEY,
+            "--status",
+            "running",
+            "--status",
+            "pending",
+            "--kind",
+            "crawl",
+        )
+        assert (running_crawls.code, running_crawls.lines) == (
+            0,
+            [f"{crawl['id']} running 40 crawl example.com front page"],
+        )
         bobs = await _roomcast("tasks", "list", "--owner", "bob", "--limit", "1", env=env)
         assert bobs.code == 0 and len(bobs.lines) == 1 and bobs.lines[0].split()[0] in {pending["id"], done["id"]}
         none = await _roomcast("tasks", "list", "--kind", "nothing-of-this-kind", env=env)

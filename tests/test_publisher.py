@@ -64,7 +64,9 @@ async def _scripted(answer: Callable[[asyncio.StreamReader], Awaitable[bytes | N
 
 async def _request_then(reader: asyncio.StreamReader, reply: bytes) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
     await reader.readexactly(length)
     return reply
 
@@ -142,8 +144,9 @@ async def test_a_separate_process_publishes_with_only_the_url_and_key() -> None:
             "r = Publisher(sys.argv[1], api_key=sys.argv[2]).publish('cron', 'nightly', {'ok': True})\n"
             "print(r.offset)"
         )
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, srv.url, KEY,
-                                                    stdout=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, srv.url, KEY, stdout=asyncio.subprocess.PIPE
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0 and out.strip() == b"1"
         assert (await stream.next()).json() == {"ok": True}
@@ -156,7 +159,10 @@ async def test_a_wrong_or_missing_key_is_a_401_publish_error() -> None:
             with pytest.raises(PublishError) as refused:
                 await call()
             assert (refused.value.status, refused.value.code, refused.value.message) == (
-                401, "unauthorized", "invalid API key")
+                401,
+                "unauthorized",
+                "invalid API key",
+            )
         with pytest.raises(PublishError) as refused:
             await Publisher(srv.url).apublish("a", "e")
         assert refused.value.status == 401 and "API key required" in refused.value.message
@@ -206,27 +212,35 @@ async def test_a_server_that_never_answers_times_out_as_unreachable() -> None:
 
 async def test_answers_that_are_not_roomcasts_own() -> None:
     gateway = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 12\r\n\r\nupstream off"
-    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
-               b"14\r\n{\"room\":\"a\",\"epoch\":\r\n10\r\n\"E\",\"offset\":41}\r\n0\r\n\r\n")
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        b'14\r\n{"room":"a","epoch":\r\n10\r\n"E","offset":41}\r\n0\r\n\r\n'
+    )
     close_delimited = b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"room":"a","epoch":"E","offset":42}'
-    wrong_shape = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}'
+    wrong_shape = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
     not_http = b"SSH-2.0-OpenSSH_9.6\r\n"
-    async with (_scripted(lambda r: _request_then(r, gateway)) as gw,
-                _scripted(lambda r: _request_then(r, chunked)) as ch,
-                _scripted(lambda r: _request_then(r, close_delimited)) as cd,
-                _scripted(lambda r: _request_then(r, wrong_shape)) as ws,
-                _scripted(lambda r: _request_then(r, not_http)) as nh):
+    async with (
+        _scripted(lambda r: _request_then(r, gateway)) as gw,
+        _scripted(lambda r: _request_then(r, chunked)) as ch,
+        _scripted(lambda r: _request_then(r, close_delimited)) as cd,
+        _scripted(lambda r: _request_then(r, wrong_shape)) as ws,
+        _scripted(lambda r: _request_then(r, not_http)) as nh,
+    ):
         for use_thread in (True, False):
+
             async def call(url: str) -> PublishResult:
                 publisher = Publisher(url)
-                if use_thread:
+                if use_thread:  # noqa: B023 - called within this iteration
                     return await asyncio.to_thread(publisher.publish, "a", "e")
                 return await publisher.apublish("a", "e")
 
             assert await call(ch) == PublishResult("a", "E", 41)
             assert await call(cd) == PublishResult("a", "E", 42)
-            for url, status, code, text in [(gw, 502, "http_error", "upstream off"), (ws, 200, "bad_response", "lacks"),
-                                            (nh, 0, "bad_response", "did not answer HTTP")]:
+            for url, status, code, text in [
+                (gw, 502, "http_error", "upstream off"),
+                (ws, 200, "bad_response", "lacks"),
+                (nh, 0, "bad_response", "did not answer HTTP"),
+            ]:
                 with pytest.raises(PublishError) as failed:
                     await call(url)
                 assert (failed.value.status, failed.value.code) == (status, code), failed.value
@@ -251,19 +265,24 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roomcast test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -308,8 +327,10 @@ async def test_https_with_a_private_ca_and_refusal_of_an_unknown_certificate(tmp
         assert (await asyncio.to_thread(publisher.publish, "tls", "e", 1)).offset == 1
         assert (await publisher.apublish("tls", "e", 2)).offset == 2
         default_trust = Publisher(url, api_key=KEY)
-        for call in (lambda: asyncio.to_thread(default_trust.publish, "tls", "e"),
-                     lambda: default_trust.apublish("tls", "e")):
+        for call in (
+            lambda: asyncio.to_thread(default_trust.publish, "tls", "e"),
+            lambda: default_trust.apublish("tls", "e"),
+        ):
             with pytest.raises(PublishError) as failed:
                 await call()
             assert (failed.value.status, failed.value.code) == (0, "unreachable")

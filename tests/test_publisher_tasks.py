@@ -42,9 +42,15 @@ async def _events_to_end(stream: SseStream) -> list[tuple[str, Any]]:
 async def test_a_sync_worker_learns_of_a_stop_from_its_report_and_the_task_ends_cancelled() -> None:
     async with _server(task_stop_grace=GRACE) as srv:
         worker = Publisher(srv.url, api_key=KEY)
-        task = await asyncio.to_thread(worker.create_task, "crawl", title="example.com", owner="ann",
-                                       metadata={"depth": 2})
-        assert (task["status"], task["kind"], task["title"], task["owner"]) == ("pending", "crawl", "example.com", "ann")
+        task = await asyncio.to_thread(
+            worker.create_task, "crawl", title="example.com", owner="ann", metadata={"depth": 2}
+        )
+        assert (task["status"], task["kind"], task["title"], task["owner"]) == (
+            "pending",
+            "crawl",
+            "example.com",
+            "ann",
+        )
         assert task["metadata"] == {"depth": 2} and task["progress"] is None
         tid = task["id"]
         async with open_sse(srv.url, [f"task:{tid}"]) as stream:

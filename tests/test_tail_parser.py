@@ -28,7 +28,7 @@ def test_fields_comments_and_blank_line_dispatch() -> None:
     parser, events = _feed_all(
         b"retry: 2000\n\n"
         b": ping\n\n"
-        b"id: c1\nevent: snapshot\ndata: {\"room\":\"a\"}\n\n"
+        b'id: c1\nevent: snapshot\ndata: {"room":"a"}\n\n'
         b"data: plain\n\n"
         b"event: x\nunknown: field\ndata\n\n"
     )
@@ -55,8 +55,8 @@ def test_id_rules() -> None:
         b"id: first\n\n"  # an id alone dispatches nothing but becomes the last id
         b"data: 1\n\n"
         b"id: bad\x00id\ndata: 2\n\n"  # an id with NUL is ignored
-        b"id\ndata: 3\n\n"  # an empty id resets it
-        , last_id="from-before",
+        b"id\ndata: 3\n\n",  # an empty id resets it
+        last_id="from-before",
     )
     assert [(e.data, e.id) for e in events] == [("1", "first"), ("2", "first"), ("3", "")]
     assert parser.last_id == ""
@@ -91,9 +91,9 @@ def test_a_line_without_end_over_the_limit_is_refused() -> None:
 
 
 _STREAM = (
-    b"retry: 100\r\n\r\n: ping\n\nid: A\nevent: snapshot\ndata: {\"a\":1}\n\n"
+    b'retry: 100\r\n\r\n: ping\n\nid: A\nevent: snapshot\ndata: {"a":1}\n\n'
     b"id: B\r\nevent: m\r\ndata: [1,\r\ndata: 2]\r\n\r\n"
-    b"event: error\rdata: {\"reconnect\":false}\r\r"
+    b'event: error\rdata: {"reconnect":false}\r\r'
 ) + "data: ünïcödé\n\n".encode()
 
 
@@ -102,12 +102,16 @@ def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(_STREAM)]
     _, chunked = _feed_all(*(_STREAM[a:b] for a, b in zip(bounds, bounds[1:])))
     _, whole = _feed_all(_STREAM)
-    assert chunked == whole == [
-        SseEvent("snapshot", '{"a":1}', "A"),
-        SseEvent("m", "[1,\n2]", "B"),
-        SseEvent("error", '{"reconnect":false}', "B"),
-        SseEvent("message", "ünïcödé", "B"),
-    ]
+    assert (
+        chunked
+        == whole
+        == [
+            SseEvent("snapshot", '{"a":1}', "A"),
+            SseEvent("m", "[1,\n2]", "B"),
+            SseEvent("error", '{"reconnect":false}', "B"),
+            SseEvent("message", "ünïcödé", "B"),
+        ]
+    )
 
 
 class _Top(random.Random):

@@ -22,8 +22,7 @@ import uvicorn
 Send = Any
 rooms: dict[str, list[Send]] = {}
 
-OPEN = "0" + json.dumps({"sid": "", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000,
-                         "maxPayload": 1000000})
+OPEN = "0" + json.dumps({"sid": "", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000})
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Send) -> None:
@@ -67,8 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
-                log_level="warning", backlog=2048)
+    uvicorn.run(
+        app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning", backlog=2048
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args()
-    uvicorn.run(build(), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
-                log_level="warning", backlog=2048)
+    uvicorn.run(
+        build(), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning", backlog=2048
+    )
 
 
 if __name__ == "__main__":

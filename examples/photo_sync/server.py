@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(host=args.host, port=args.port, log_level=args.log_level, task_db=":memory:")
     server = LibraryServer(args.data, settings)
-    run(server.app, on_ready=lambda host, port: print(f"photo library server listening on http://{host}:{port}",
-                                                      flush=True))
+    run(
+        server.app,
+        on_ready=lambda host, port: print(f"photo library server listening on http://{host}:{port}", flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -53,11 +53,27 @@ __all__ = ["LocalLibrary", "PhotoSync", "EVENT_CHANGES", "LEGACY_EVENTS", "V1_EV
 
 logger = logging.getLogger("photo_sync")
 
-LEGACY_EVENTS = ("on_upload_success", "on_asset_delete", "on_asset_trash", "on_asset_restore",
-                 "on_asset_update", "on_asset_stack_update", "on_asset_hidden", "on_config_update",
-                 "on_new_release")
-V1_EVENTS = ("AssetUploadReadyV1", "AssetEditReadyV1", "on_asset_delete", "on_asset_trash",
-             "on_asset_restore", "on_asset_hidden", "on_config_update", "on_new_release")
+LEGACY_EVENTS = (
+    "on_upload_success",
+    "on_asset_delete",
+    "on_asset_trash",
+    "on_asset_restore",
+    "on_asset_update",
+    "on_asset_stack_update",
+    "on_asset_hidden",
+    "on_config_update",
+    "on_new_release",
+)
+V1_EVENTS = (
+    "AssetUploadReadyV1",
+    "AssetEditReadyV1",
+    "on_asset_delete",
+    "on_asset_trash",
+    "on_asset_restore",
+    "on_asset_hidden",
+    "on_config_update",
+    "on_new_release",
+)
 
 
 def _ids(value: Any) -> list[str]:
@@ -74,8 +90,7 @@ EVENT_CHANGES: dict[str, Callable[[Any], list[Change]]] = {
     "on_asset_trash": lambda ids: [Change(f"asset:{i}:trashed", "trash") for i in _ids(ids)],
     "on_asset_restore": lambda ids: [Change(f"asset:{i}:trashed", "restore") for i in _ids(ids)],
     "on_asset_hidden": lambda ids: [Change(f"asset:{i}:hidden", "hidden") for i in _ids(ids)],
-    "on_asset_stack_update": lambda stack: [Change(f"asset:{i}:stack", "stack", stack["id"])
-                                            for i in stack["assets"]],
+    "on_asset_stack_update": lambda stack: [Change(f"asset:{i}:stack", "stack", stack["id"]) for i in stack["assets"]],
     "on_config_update": lambda config: [Change("config", "setting", config)],
     "on_new_release": lambda release: [Change("release", "setting", release)],
 }
@@ -127,8 +142,10 @@ class LocalLibrary:
         elif kind == "delete":
             self.db.execute("DELETE FROM assets WHERE id = ?", (asset_id,))
         elif kind == "update":  # the content only: flags are keys of their own
-            self.db.execute("INSERT INTO assets (id, data) VALUES (?, ?)"
-                            " ON CONFLICT (id) DO UPDATE SET data = excluded.data", (asset_id, json.dumps(data)))
+            self.db.execute(
+                "INSERT INTO assets (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                (asset_id, json.dumps(data)),
+            )
         elif kind in ("trash", "restore"):
             self.db.execute("UPDATE assets SET trashed = ? WHERE id = ?", (kind == "trash", asset_id))
         elif kind == "hidden":
@@ -144,8 +161,10 @@ class LocalLibrary:
         Raises:
             KeyError, TypeError, AttributeError: ``state`` is not a library; nothing changed.
         """
-        assets = [(asset_id, json.dumps(a["data"]), bool(a["trashed"]), bool(a["hidden"]), a["stack"])
-                  for asset_id, a in state["assets"].items()]
+        assets = [
+            (asset_id, json.dumps(a["data"]), bool(a["trashed"]), bool(a["hidden"]), a["stack"])
+            for asset_id, a in state["assets"].items()
+        ]
         settings = [(key, json.dumps(value)) for key, value in state["settings"].items()]
         with self.db:
             self.db.execute("DELETE FROM assets")
@@ -155,8 +174,7 @@ class LocalLibrary:
 
     def assets(self) -> dict[str, dict[str, Any]]:
         rows = self.db.execute("SELECT id, data, trashed, hidden, stack FROM assets")
-        return {i: {"data": json.loads(d), "trashed": bool(t), "hidden": bool(h), "stack": s}
-                for i, d, t, h, s in rows}
+        return {i: {"data": json.loads(d), "trashed": bool(t), "hidden": bool(h), "stack": s} for i, d, t, h, s in rows}
 
     def settings(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM settings")}
@@ -214,8 +232,11 @@ class PhotoSync:
         nothing over; it waits for a batch being applied, so that batch cannot land on
         top of the snapshot.
         """
-        if not (isinstance(snapshot, dict) and isinstance(snapshot.get("assets"), dict)
-                and isinstance(snapshot.get("settings"), dict)):
+        if not (
+            isinstance(snapshot, dict)
+            and isinstance(snapshot.get("assets"), dict)
+            and isinstance(snapshot.get("settings"), dict)
+        ):
             # Not the library server (a plain `roomcast serve`): nothing to re-sync from, so
             # the pending changes are the best there is; they go in, before what follows.
             logger.warning("room %r gave no library snapshot: missed events cannot be caught up", state.room)
@@ -226,8 +247,12 @@ class PhotoSync:
         self.library.replace(snapshot)
         self.snapshots += 1
         self.dropped += dropped
-        logger.info("room %r: library replaced by a snapshot of %d assets (%d pending changes dropped)",
-                    state.room, len(snapshot["assets"]), dropped)
+        logger.info(
+            "room %r: library replaced by a snapshot of %d assets (%d pending changes dropped)",
+            state.room,
+            len(snapshot["assets"]),
+            dropped,
+        )
 
     def use_v1(self) -> None:
         """The server speaks the newer events from now on: switch, atomically."""

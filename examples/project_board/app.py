@@ -179,8 +179,9 @@ async def start_crawl(
     pid: str, pages: int = Query(20, ge=1, le=100_000), delay: float = Query(0.1, ge=0, le=10)
 ) -> dict[str, str]:
     project = project_or_404(pid)
-    task = await tasks.spawn("crawl", lambda t: crawl(t, pages, delay), title=f"Crawl {project.name}",
-                             metadata={"project": pid})
+    task = await tasks.spawn(
+        "crawl", lambda t: crawl(t, pages, delay), title=f"Crawl {project.name}", metadata={"project": pid}
+    )
     project.crawl = task.id
     return {"id": task.id, "room": f"task:{task.id}"}
 

@@ -5,13 +5,14 @@ The public API is re-exported here; everything else is reachable through its mod
 
 from __future__ import annotations
 
+from roomcast.broker.memory import MemoryBroker
 from roomcast.disconnect import Disconnect
 from roomcast.errors import (
     ConnectionRefused,
+    InvalidTransition,
     PayloadTooBig,
     ProtocolError,
     PublishError,
-    InvalidTransition,
     RemoteProtocolError,
     RoomcastError,
     TaskError,
@@ -19,7 +20,6 @@ from roomcast.errors import (
 )
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
-from roomcast.broker.memory import MemoryBroker
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.asgi import RoomcastApp

@@ -18,7 +18,14 @@ from typing import Any, Final
 import orjson
 
 __all__ = [
-    "MAX_DEPTH", "dumps", "dumps_str", "loads", "dumps_checked", "embed", "json_safe", "JSONDecodeError",
+    "MAX_DEPTH",
+    "dumps",
+    "dumps_str",
+    "loads",
+    "dumps_checked",
+    "embed",
+    "json_safe",
+    "JSONDecodeError",
     "JSONEncodeError",
 ]
 

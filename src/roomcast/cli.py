@@ -37,97 +37,274 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 
 
 @main.command()
-@click.option("--host", envvar="ROOMCAST_HOST", default="127.0.0.1", show_default=True, show_envvar=True,
-              help="Address to listen on.")
-@click.option("--port", envvar="ROOMCAST_PORT", type=int, default=8000, show_default=True, show_envvar=True,
-              help="TCP port (0 picks a free one).")
-@click.option("--cors-origin", "cors_origins", envvar="ROOMCAST_CORS_ORIGIN", multiple=True, show_envvar=True,
-              help="Browser origin allowed to connect; repeat for several, '*' for any. "
-                   "None given: same-origin only. In the variable, separate origins with spaces.")
-@click.option("--ping-interval", envvar="ROOMCAST_PING_INTERVAL", type=float, default=25.0, show_default=True,
-              show_envvar=True, help="Seconds between Engine.IO pings.")
-@click.option("--ping-timeout", envvar="ROOMCAST_PING_TIMEOUT", type=float, default=20.0, show_default=True,
-              show_envvar=True, help="Seconds a client has to answer a ping.")
-@click.option("--max-payload", envvar="ROOMCAST_MAX_PAYLOAD", type=click.IntRange(min=1), default=1_000_000,
-              show_default=True, show_envvar=True, help="Largest message or POST body accepted, in bytes.")
-@click.option("--log-level", envvar="ROOMCAST_LOG_LEVEL", default="info", show_default=True, show_envvar=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-@click.option("--sse-heartbeat", envvar="ROOMCAST_SSE_HEARTBEAT", type=float, default=15.0, show_default=True,
-              show_envvar=True, help="Seconds between heartbeat comments on SSE streams.")
-@click.option("--jwt-secret", envvar="ROOMCAST_JWT_SECRET", show_envvar=True, default=None,
-              help="HS256 secret: every client then needs a valid token. Without it (or a public "
-                   "key) the server runs open and says so.")
-@click.option("--jwt-public-key", "jwt_public_key_file", envvar="ROOMCAST_JWT_PUBLIC_KEY", show_envvar=True,
-              default=None, type=click.Path(exists=True, dir_okay=False),
-              help="PEM file of the public key for RS256 / ES256 tokens.")
-@click.option("--jwt-audience", envvar="ROOMCAST_JWT_AUDIENCE", show_envvar=True, default=None,
-              help="Required 'aud' claim.")
-@click.option("--jwt-issuer", envvar="ROOMCAST_JWT_ISSUER", show_envvar=True, default=None,
-              help="Required 'iss' claim.")
-@click.option("--recovery-window", envvar="ROOMCAST_RECOVERY_WINDOW", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, show_envvar=True,
-              help="Seconds a dropped Socket.IO session stays recoverable (connection state recovery, as "
-                   "the official server's connectionStateRecovery); 0 turns it off.")
-@click.option("--task-db", envvar="ROOMCAST_TASK_DB", show_envvar=True, default="roomcast-tasks.db",
-              show_default=True, help="SQLite file the tasks are kept in (':memory:' keeps none across restarts).")
-@click.option("--task-stop-grace", envvar="ROOMCAST_TASK_STOP_GRACE", type=click.FloatRange(min=0), default=5.0,
-              show_default=True, show_envvar=True,
-              help="Seconds a task's producer has to acknowledge a stop before it is marked cancelled anyway.")
-@click.option("--task-event", "task_events", envvar="ROOMCAST_TASK_EVENT", multiple=True, show_envvar=True,
-              help="Alias a task event name for one kind: KIND.EVENT=NAME, e.g. crawl.progress=crawl_progress "
-                   "(EVENT: created, progress, stopping, cancelled, completed, failed, timed_out, updated). "
-                   "Repeat for several; in the variable, separate them with spaces.")
-@click.option("--task-list-room", "task_list_rooms", envvar="ROOMCAST_TASK_LIST_ROOM", multiple=True,
-              show_envvar=True, type=click.Choice(["kind", "owner"]),
-              help="Also publish task summaries to tasks:kind:{kind} and/or tasks:owner:{owner}.")
-@click.option("--task-keep-days", envvar="ROOMCAST_TASK_KEEP_DAYS", type=click.FloatRange(min=0), default=30.0,
-              show_default=True, show_envvar=True,
-              help="Delete finished tasks older than this many days (0 keeps them for ever).")
-@click.option("--task-keep-count", envvar="ROOMCAST_TASK_KEEP_COUNT", type=click.IntRange(min=0), default=10_000,
-              show_default=True, show_envvar=True,
-              help="Keep at most this many finished tasks, the newest (0: no limit).")
-@click.option("--history-size", envvar="ROOMCAST_HISTORY_SIZE", type=click.IntRange(min=0),
-              default=_DEFAULTS.history_size, show_default=True, show_envvar=True,
-              help="Publications kept per room for recovery (0: none).")
-@click.option("--history-ttl", envvar="ROOMCAST_HISTORY_TTL", type=click.FloatRange(min=0),
-              default=_DEFAULTS.history_ttl, show_default=True, show_envvar=True,
-              help="Seconds a publication stays in history; a quiet room nobody follows is freed after it.")
-@click.option("--history-room-bytes", envvar="ROOMCAST_HISTORY_ROOM_BYTES", type=click.IntRange(min=0),
-              default=_DEFAULTS.history_room_bytes, show_default=True, show_envvar=True,
-              help="Bytes of history kept per room.")
-@click.option("--history-bytes", envvar="ROOMCAST_HISTORY_BYTES", type=click.IntRange(min=0),
-              default=_DEFAULTS.history_bytes, show_default=True, show_envvar=True,
-              help="Bytes of history kept in all rooms together; past it the oldest go first.")
-@click.option("--max-connections", envvar="ROOMCAST_MAX_CONNECTIONS", type=click.IntRange(min=0),
-              default=_DEFAULTS.max_connections, show_default=True, show_envvar=True,
-              help="Most connections held at once; one more is answered 503 and closed (0: no limit). "
-                   "Keep it below the open-file limit (ulimit -n).")
-@click.option("--max-connections-per-address", envvar="ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS",
-              type=click.IntRange(min=0), default=_DEFAULTS.max_connections_per_address, show_default=True,
-              show_envvar=True,
-              help="Most connections from one client IP address; one more is answered 429 and closed. "
-                   "0 (off): behind a proxy every client has the proxy's address.")
-@click.option("--ws-ping-interval", envvar="ROOMCAST_WS_PING_INTERVAL", type=click.FloatRange(min=0),
-              default=_DEFAULTS.ws_ping_interval, show_default=True, show_envvar=True,
-              help="Seconds between the WebSocket pings sent on /ws, to find clients that vanished (0: none).")
-@click.option("--ws-ping-timeout", envvar="ROOMCAST_WS_PING_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
-              default=_DEFAULTS.ws_ping_timeout, show_default=True, show_envvar=True,
-              help="Seconds a /ws client has to answer a ping (a pong or any message) before it is closed "
-                   "with 3010.")
-@click.option("--max-messages-per-second", envvar="ROOMCAST_MAX_MESSAGES_PER_SECOND", type=click.FloatRange(min=0),
-              default=_DEFAULTS.max_messages_per_second, show_default=True, show_envvar=True,
-              help="Messages a client may send per second, on average, on /ws and Socket.IO; past it and "
-                   "--message-burst the connection is closed with 3013 (0: no limit).")
-@click.option("--message-burst", envvar="ROOMCAST_MESSAGE_BURST", type=click.IntRange(min=1),
-              default=_DEFAULTS.message_burst, show_default=True, show_envvar=True,
-              help="Messages a client may send at once before --max-messages-per-second applies.")
-@click.option("--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
-              help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
-                   "API answers loopback clients only.")
-@click.option("--poll-allow", "poll_allow", envvar="ROOMCAST_POLL_ALLOW", multiple=True, show_envvar=True,
-              help="URL prefix the server may fetch for a task created with 'poll', e.g. "
-                   "https://api.example.com/jobs/, or '*' for any; repeat for several. None given: any "
-                   "with --api-key, none without. In the variable, separate them with spaces.")
+@click.option(
+    "--host",
+    envvar="ROOMCAST_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    show_envvar=True,
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    envvar="ROOMCAST_PORT",
+    type=int,
+    default=8000,
+    show_default=True,
+    show_envvar=True,
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    envvar="ROOMCAST_CORS_ORIGIN",
+    multiple=True,
+    show_envvar=True,
+    help="Browser origin allowed to connect; repeat for several, '*' for any. "
+    "None given: same-origin only. In the variable, separate origins with spaces.",
+)
+@click.option(
+    "--ping-interval",
+    envvar="ROOMCAST_PING_INTERVAL",
+    type=float,
+    default=25.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between Engine.IO pings.",
+)
+@click.option(
+    "--ping-timeout",
+    envvar="ROOMCAST_PING_TIMEOUT",
+    type=float,
+    default=20.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a client has to answer a ping.",
+)
+@click.option(
+    "--max-payload",
+    envvar="ROOMCAST_MAX_PAYLOAD",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    show_envvar=True,
+    help="Largest message or POST body accepted, in bytes.",
+)
+@click.option(
+    "--log-level",
+    envvar="ROOMCAST_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--sse-heartbeat",
+    envvar="ROOMCAST_SSE_HEARTBEAT",
+    type=float,
+    default=15.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between heartbeat comments on SSE streams.",
+)
+@click.option(
+    "--jwt-secret",
+    envvar="ROOMCAST_JWT_SECRET",
+    show_envvar=True,
+    default=None,
+    help="HS256 secret: every client then needs a valid token. Without it (or a public "
+    "key) the server runs open and says so.",
+)
+@click.option(
+    "--jwt-public-key",
+    "jwt_public_key_file",
+    envvar="ROOMCAST_JWT_PUBLIC_KEY",
+    show_envvar=True,
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM file of the public key for RS256 / ES256 tokens.",
+)
+@click.option(
+    "--jwt-audience", envvar="ROOMCAST_JWT_AUDIENCE", show_envvar=True, default=None, help="Required 'aud' claim."
+)
+@click.option(
+    "--jwt-issuer", envvar="ROOMCAST_JWT_ISSUER", show_envvar=True, default=None, help="Required 'iss' claim."
+)
+@click.option(
+    "--recovery-window",
+    envvar="ROOMCAST_RECOVERY_WINDOW",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a dropped Socket.IO session stays recoverable (connection state recovery, as "
+    "the official server's connectionStateRecovery); 0 turns it off.",
+)
+@click.option(
+    "--task-db",
+    envvar="ROOMCAST_TASK_DB",
+    show_envvar=True,
+    default="roomcast-tasks.db",
+    show_default=True,
+    help="SQLite file the tasks are kept in (':memory:' keeps none across restarts).",
+)
+@click.option(
+    "--task-stop-grace",
+    envvar="ROOMCAST_TASK_STOP_GRACE",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a task's producer has to acknowledge a stop before it is marked cancelled anyway.",
+)
+@click.option(
+    "--task-event",
+    "task_events",
+    envvar="ROOMCAST_TASK_EVENT",
+    multiple=True,
+    show_envvar=True,
+    help="Alias a task event name for one kind: KIND.EVENT=NAME, e.g. crawl.progress=crawl_progress "
+    "(EVENT: created, progress, stopping, cancelled, completed, failed, timed_out, updated). "
+    "Repeat for several; in the variable, separate them with spaces.",
+)
+@click.option(
+    "--task-list-room",
+    "task_list_rooms",
+    envvar="ROOMCAST_TASK_LIST_ROOM",
+    multiple=True,
+    show_envvar=True,
+    type=click.Choice(["kind", "owner"]),
+    help="Also publish task summaries to tasks:kind:{kind} and/or tasks:owner:{owner}.",
+)
+@click.option(
+    "--task-keep-days",
+    envvar="ROOMCAST_TASK_KEEP_DAYS",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    show_envvar=True,
+    help="Delete finished tasks older than this many days (0 keeps them for ever).",
+)
+@click.option(
+    "--task-keep-count",
+    envvar="ROOMCAST_TASK_KEEP_COUNT",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    show_envvar=True,
+    help="Keep at most this many finished tasks, the newest (0: no limit).",
+)
+@click.option(
+    "--history-size",
+    envvar="ROOMCAST_HISTORY_SIZE",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.history_size,
+    show_default=True,
+    show_envvar=True,
+    help="Publications kept per room for recovery (0: none).",
+)
+@click.option(
+    "--history-ttl",
+    envvar="ROOMCAST_HISTORY_TTL",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.history_ttl,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a publication stays in history; a quiet room nobody follows is freed after it.",
+)
+@click.option(
+    "--history-room-bytes",
+    envvar="ROOMCAST_HISTORY_ROOM_BYTES",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.history_room_bytes,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of history kept per room.",
+)
+@click.option(
+    "--history-bytes",
+    envvar="ROOMCAST_HISTORY_BYTES",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.history_bytes,
+    show_default=True,
+    show_envvar=True,
+    help="Bytes of history kept in all rooms together; past it the oldest go first.",
+)
+@click.option(
+    "--max-connections",
+    envvar="ROOMCAST_MAX_CONNECTIONS",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.max_connections,
+    show_default=True,
+    show_envvar=True,
+    help="Most connections held at once; one more is answered 503 and closed (0: no limit). "
+    "Keep it below the open-file limit (ulimit -n).",
+)
+@click.option(
+    "--max-connections-per-address",
+    envvar="ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.max_connections_per_address,
+    show_default=True,
+    show_envvar=True,
+    help="Most connections from one client IP address; one more is answered 429 and closed. "
+    "0 (off): behind a proxy every client has the proxy's address.",
+)
+@click.option(
+    "--ws-ping-interval",
+    envvar="ROOMCAST_WS_PING_INTERVAL",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.ws_ping_interval,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between the WebSocket pings sent on /ws, to find clients that vanished (0: none).",
+)
+@click.option(
+    "--ws-ping-timeout",
+    envvar="ROOMCAST_WS_PING_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.ws_ping_timeout,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a /ws client has to answer a ping (a pong or any message) before it is closed with 3010.",
+)
+@click.option(
+    "--max-messages-per-second",
+    envvar="ROOMCAST_MAX_MESSAGES_PER_SECOND",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.max_messages_per_second,
+    show_default=True,
+    show_envvar=True,
+    help="Messages a client may send per second, on average, on /ws and Socket.IO; past it and "
+    "--message-burst the connection is closed with 3013 (0: no limit).",
+)
+@click.option(
+    "--message-burst",
+    envvar="ROOMCAST_MESSAGE_BURST",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.message_burst,
+    show_default=True,
+    show_envvar=True,
+    help="Messages a client may send at once before --max-messages-per-second applies.",
+)
+@click.option(
+    "--api-key",
+    envvar="ROOMCAST_API_KEY",
+    show_envvar=True,
+    default=None,
+    help="Key backends present to /api/ (Authorization: Bearer or X-API-Key). Without one the "
+    "API answers loopback clients only.",
+)
+@click.option(
+    "--poll-allow",
+    "poll_allow",
+    envvar="ROOMCAST_POLL_ALLOW",
+    multiple=True,
+    show_envvar=True,
+    help="URL prefix the server may fetch for a task created with 'poll', e.g. "
+    "https://api.example.com/jobs/, or '*' for any; repeat for several. None given: any "
+    "with --api-key, none without. In the variable, separate them with spaces.",
+)
 def serve(
     host: str,
     port: int,
@@ -225,17 +402,30 @@ def _task_aliases(specs: tuple[str, ...]) -> dict[str, TaskEvents]:
 
 
 _url_option = click.option(
-    "--url", envvar="ROOMCAST_URL", default="http://127.0.0.1:8000", show_default=True, show_envvar=True,
-    help="Base URL of the running roomcast server.")
+    "--url",
+    envvar="ROOMCAST_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    show_envvar=True,
+    help="Base URL of the running roomcast server.",
+)
 
 
 _api_key_option = click.option(
-    "--api-key", envvar="ROOMCAST_API_KEY", show_envvar=True, default=None,
-    help="The server's API key; without one, only a server on this machine answers.")
+    "--api-key",
+    envvar="ROOMCAST_API_KEY",
+    show_envvar=True,
+    default=None,
+    help="The server's API key; without one, only a server on this machine answers.",
+)
 
 _timeout_option = click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-    help="Seconds to wait for the server.")
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the server.",
+)
 
 
 def _publisher(url: str, api_key: str | None, timeout: float) -> Publisher:
@@ -286,8 +476,13 @@ def publish(room: str, event: str, data_json: str | None, url: str, api_key: str
             result = publisher.publish(room, event, data)
     except PublishError as exc:
         _refused(exc)
-    click.echo(json.dumps({"room": result.room, "epoch": result.epoch, "offset": result.offset},
-                          separators=(",", ":"), ensure_ascii=False))
+    click.echo(
+        json.dumps(
+            {"room": result.room, "epoch": result.epoch, "offset": result.offset},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+    )
 
 
 @main.group()
@@ -299,16 +494,28 @@ _TASK_STATUSES = [status.value for status in TaskStatus]
 
 
 @tasks.command("list")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(_TASK_STATUSES),
-              help="Only tasks in this status; repeat for several.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(_TASK_STATUSES),
+    help="Only tasks in this status; repeat for several.",
+)
 @click.option("--kind", default=None, help="Only tasks of this kind.")
 @click.option("--owner", default=None, help="Only this owner's tasks.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many tasks.")
 @_url_option
 @_api_key_option
 @_timeout_option
-def tasks_list(statuses: tuple[str, ...], kind: str | None, owner: str | None, limit: int, url: str,
-               api_key: str | None, timeout: float) -> None:
+def tasks_list(
+    statuses: tuple[str, ...],
+    kind: str | None,
+    owner: str | None,
+    limit: int,
+    url: str,
+    api_key: str | None,
+    timeout: float,
+) -> None:
     """One line per task, newest first: '<id> <status> <progress or -> <kind> <title>'."""
     publisher = _publisher(url, api_key, timeout)
     try:
@@ -363,13 +570,27 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @main.command()
 @click.argument("rooms", nargs=-1, required=True, metavar="ROOM [ROOM...]")
 @_url_option
-@click.option("--token", envvar="ROOMCAST_TOKEN", show_envvar=True, default=None,
-              help="JWT for a server that checks tokens (sent as ?token=).")
-@click.option("--retry-max", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Longest delay between reconnect attempts, in seconds (they start at 0.5 s and double, "
-                   "with full jitter).")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="Reconnect when nothing, not even a heartbeat, arrives for this many seconds.")
+@click.option(
+    "--token",
+    envvar="ROOMCAST_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="JWT for a server that checks tokens (sent as ?token=).",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Longest delay between reconnect attempts, in seconds (they start at 0.5 s and double, with full jitter).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Reconnect when nothing, not even a heartbeat, arrives for this many seconds.",
+)
 def tail(rooms: tuple[str, ...], url: str, token: str | None, retry_max: float, idle_timeout: float) -> None:
     """Print the events of ROOMs as they come, one line each: '<event> <data-json>'.
 
@@ -378,8 +599,15 @@ def tail(rooms: tuple[str, ...], url: str, token: str | None, retry_max: float, 
     (bad token, not allowed) or ends the stream for good. Diagnostics go to stderr.
     """
     try:
-        follower = Tail(url, rooms, token=token, retry_max=retry_max, idle_timeout=idle_timeout,
-                        out=click.echo, note=lambda line: click.echo(f"roomcast tail: {line}", err=True))
+        follower = Tail(
+            url,
+            rooms,
+            token=token,
+            retry_max=retry_max,
+            idle_timeout=idle_timeout,
+            out=click.echo,
+            note=lambda line: click.echo(f"roomcast tail: {line}", err=True),
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--url'") from None
     signal.signal(signal.SIGTERM, _interrupt)

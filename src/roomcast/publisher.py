@@ -428,7 +428,9 @@ class Publisher:
         try:
             return parse(body)
         except _BadAnswer as exc:
-            raise PublishError(status, "bad_response", f"roomcast at {self.url} gave an unexpected answer: {exc}") from None
+            raise PublishError(
+                status, "bad_response", f"roomcast at {self.url} gave an unexpected answer: {exc}"
+            ) from None
 
     def _headers(self, body: bytes | None) -> dict[str, str]:
         headers = {
@@ -490,8 +492,7 @@ class Publisher:
     async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         t = self._target
         if t.tls:
-            reader, writer = await asyncio.open_connection(t.host, t.port, ssl=self.ssl_context,
-                                                           server_hostname=t.host)
+            reader, writer = await asyncio.open_connection(t.host, t.port, ssl=self.ssl_context, server_hostname=t.host)
         else:
             reader, writer = await asyncio.open_connection(t.host, t.port)
         try:

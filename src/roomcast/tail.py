@@ -71,8 +71,18 @@ class SseParser:
     never dispatched, as in a browser.
     """
 
-    __slots__ = ("last_id", "retry", "_id", "_event", "_data", "_data_size", "_pending", "_decoder",
-                 "_started", "_skip_lf")
+    __slots__ = (
+        "last_id",
+        "retry",
+        "_id",
+        "_event",
+        "_data",
+        "_data_size",
+        "_pending",
+        "_decoder",
+        "_started",
+        "_skip_lf",
+    )
 
     def __init__(self, last_id: str = "") -> None:
         self.last_id = last_id
@@ -99,7 +109,7 @@ class SseParser:
             text = text.removeprefix("\n")
         buffer, start, events = self._pending + text, 0, []
         for end in _EOL.finditer(buffer):
-            event = self._line(buffer[start:end.start()])
+            event = self._line(buffer[start : end.start()])
             start = end.end()
             if event is not None:
                 events.append(event)

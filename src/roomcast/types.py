@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-__all__ = ["MAX_NAME_LENGTH", "RoomName", "ConnectionId", "JSONValue", "StreamPosition", "Publication", "Presence", "Subscription"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "RoomName",
+    "ConnectionId",
+    "JSONValue",
+    "StreamPosition",
+    "Publication",
+    "Presence",
+    "Subscription",
+]
 
 RoomName: TypeAlias = str
 ConnectionId: TypeAlias = str

@@ -121,8 +121,12 @@ async def test_terminal_reaches_a_subscribed_node_after_the_rooms_last_publicati
     await broker.mark_terminal("task:1")
     await broker.mark_terminal("task:1")  # once is enough
     await events.until(4)
-    assert events.log == [("pub", ("task:1", 1)), ("pub", ("task:1", 2)), ("pub", ("task:1", 3)),
-                          ("terminal", "task:1")]
+    assert events.log == [
+        ("pub", ("task:1", 1)),
+        ("pub", ("task:1", 2)),
+        ("pub", ("task:1", 3)),
+        ("terminal", "task:1"),
+    ]
     assert await broker.is_terminal("task:1") and not await broker.is_terminal("task:2")
 
 
@@ -207,6 +211,7 @@ async def test_subscribe_under_concurrent_publishing_loses_nothing_and_repeats_n
 
     hub.snapshot("*")(state)
     try:
+
         async def publisher() -> None:
             for n in range(1, total + 1):
                 await hub.publish("r", "ev", n)

@@ -26,10 +26,7 @@ class RecordingEvents:
 
 
 async def publish_n(broker: MemoryBroker, room: str, n: int, *, ts: float | None = None) -> list[Publication]:
-    return [
-        await broker.publish(room, "ev", (i,), ts=time.time() if ts is None else ts)
-        for i in range(1, n + 1)
-    ]
+    return [await broker.publish(room, "ev", (i,), ts=time.time() if ts is None else ts) for i in range(1, n + 1)]
 
 
 def offsets(result: HistoryResult) -> list[int]:
@@ -196,9 +193,7 @@ async def test_delivery_order_matches_offsets() -> None:
     await b.start(events)
     await publish_n(b, "a", 3)
     await publish_n(b, "b", 2)
-    assert [(p.room, p.position.offset) for p in events.received] == [
-        ("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)
-    ]
+    assert [(p.room, p.position.offset) for p in events.received] == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)]
 
 
 async def test_publish_before_start_and_after_aclose_delivers_nothing_but_keeps_history() -> None:

@@ -37,8 +37,11 @@ BOTH = pytest.mark.parametrize("transport", ["websocket", "sse"])
 
 
 def token(*, exp_in: float = 60.0, subscribe: list[str] | None = None, publish: list[str] | None = None) -> str:
-    claims = {"sub": "u1", "exp": time.time() + exp_in,
-              "rooms": {"subscribe": subscribe or ["*"], "publish": publish or []}}
+    claims = {
+        "sub": "u1",
+        "exp": time.time() + exp_in,
+        "rooms": {"subscribe": subscribe or ["*"], "publish": publish or []},
+    }
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
@@ -161,7 +164,9 @@ async def test_connects_subscribes_with_a_snapshot_first_then_receives_events(br
         ]
         snapshots = (await page.log("c"))["snapshots"]
         assert [(s["state"]["room"], s["snapshot"]) for s in snapshots] == [
-            ("a", {"room": "a", "items": []}), ("b", {"room": "b", "items": []})]
+            ("a", {"room": "a", "items": []}),
+            ("b", {"room": "b", "items": []}),
+        ]
 
         await srv.hub.publish("a", "chat", {"text": "héllo ✓"})
         await srv.hub.publish("b", "score", 1, 2)
@@ -182,7 +187,11 @@ async def test_connects_subscribes_with_a_snapshot_first_then_receives_events(br
         events = (await page.wait_count("c", "events", 4))[2:]
         assert [(e["set"], e["data"]) for e in events] == [("muted", "to the muted set"), ("muted", "again")]
         assert await page.run("() => clients.c.room('b')") == {
-            "room": "b", "epoch": (await srv.hub.broker.position("b")).epoch, "offset": 2, "recovered": False}
+            "room": "b",
+            "epoch": (await srv.hub.broker.position("b")).epoch,
+            "offset": 2,
+            "recovered": False,
+        }
         assert door.attempts(transport) == 1
 
 
@@ -213,12 +222,24 @@ async def test_a_dropped_connection_comes_back_by_itself_with_each_missed_event_
         await srv.hub.publish("a", "e", "a4")
         log = await page.log("c")
         log = {**log, "events": await page.wait_count("c", "events", 8)}
-        assert events_of(log) == [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2"), ("b", "b3"),
-                                  ("b", "b4"), ("a", "a4")]
+        assert events_of(log) == [
+            ("a", "a1"),
+            ("b", "b1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("b", "b2"),
+            ("b", "b3"),
+            ("b", "b4"),
+            ("a", "a4"),
+        ]
         states = await page.states("c")
         assert [(old, new) for old, new, _ in states] == [
-            ("disconnected", "connecting"), ("connecting", "connected"), ("connected", "reconnecting"),
-            ("reconnecting", "connecting"), ("connecting", "connected")]
+            ("disconnected", "connecting"),
+            ("connecting", "connected"),
+            ("connected", "reconnecting"),
+            ("reconnecting", "connecting"),
+            ("connecting", "connected"),
+        ]
         assert states[2][2].startswith("transport close")
         rooms = await page.run("() => clients.c.rooms")
         assert [(r["room"], r["offset"], r["recovered"]) for r in rooms] == [("a", 4, True), ("b", 4, True)]
@@ -249,7 +270,11 @@ async def test_a_reset_calls_the_snapshot_handlers_again(browser: Any, transport
         events = await page.wait_count("c", "events", 1)
         assert events_of({"events": events}) == [("a", 5)]  # nothing the snapshot already holds
         assert await page.run("() => clients.c.room('a')") == {
-            "room": "a", "epoch": (await srv.hub.broker.position("a")).epoch, "offset": 5, "recovered": False}
+            "room": "a",
+            "epoch": (await srv.hub.broker.position("a")).epoch,
+            "offset": 5,
+            "recovered": False,
+        }
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -264,8 +289,11 @@ async def test_a_token_callable_gets_a_refused_token_replaced(browser: Any, tran
         assert (await page.run("() => sub"))["room"] == "a"
         states = await page.states("c")
         assert [(old, new) for old, new, _ in states] == [
-            ("disconnected", "connecting"), ("connecting", "reconnecting"),
-            ("reconnecting", "connecting"), ("connecting", "connected")]
+            ("disconnected", "connecting"),
+            ("connecting", "reconnecting"),
+            ("reconnecting", "connecting"),
+            ("connecting", "connected"),
+        ]
         assert states[1][2] == "refused: token expired"
         assert (await page.log("c"))["tokenCalls"] == 2
 
@@ -278,7 +306,9 @@ async def test_a_static_bad_token_stops_the_client(browser: Any, transport: str)
         error = await page.run("() => clients.c.connect().then(() => null, (e) => e.message)")
         assert error is not None and error.startswith("refused: ")
         assert await page.states("c") == [
-            ("disconnected", "connecting", "connect"), ("connecting", "disconnected", error)]
+            ("disconnected", "connecting", "connect"),
+            ("connecting", "disconnected", error),
+        ]
         assert door.attempts(transport) == 1
 
         # The same through a callable that has nothing better: it stops after one more try.
@@ -287,7 +317,11 @@ async def test_a_static_bad_token_stops_the_client(browser: Any, transport: str)
         error = await page.run("() => clients.d.connect().then(() => null, (e) => e.message)")
         assert error is not None and error.endswith("(the token callable returned the same token)")
         assert [new for _, new, _ in await page.states("d")] == [
-            "connecting", "reconnecting", "connecting", "disconnected"]
+            "connecting",
+            "reconnecting",
+            "connecting",
+            "disconnected",
+        ]
 
 
 # -- batches, emit, pause, close ----------------------------------------------------------
@@ -348,7 +382,9 @@ async def test_emit_with_ack_and_publish_over_ws_and_a_clear_error_over_sse(brow
         assert events_of({"events": await page.wait_count("c", "events", 1)}) == [("a", {"text": "hi"})]
 
         await page.make("s", transport="sse")
-        refusal = await page.run("() => { try { clients.s.emit('echo', 1); } catch (e) { return [e.code, e.message]; } }")
+        refusal = await page.run(
+            "() => { try { clients.s.emit('echo', 1); } catch (e) { return [e.code, e.message]; } }"
+        )
         assert refusal == ["unsupported", "emit needs the websocket transport: an SSE stream only receives"]
 
 
@@ -368,7 +404,8 @@ async def test_pause_disconnects_holds_batches_and_resume_recovers_close_drops_p
         await page.run("() => clients.c.resume()")
         await page.wait_state("c", "connected")
         assert events_of({"events": await page.wait_count("c", "events", 1)}) == [
-            ("items", {"key": "x", "kind": "update"})]
+            ("items", {"key": "x", "kind": "update"})
+        ]
         assert (await page.run("() => clients.c.room('items')"))["recovered"] is True
         await page.wait_count("c", "batches", 1)
 

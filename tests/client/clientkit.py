@@ -136,8 +136,12 @@ class Subprocess:
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            argv,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
 
@@ -203,8 +207,19 @@ def stopping(proc: Subprocess) -> Iterator[Subprocess]:
 
 
 def roomcast_argv(port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "roomcast", "serve", "--port", str(port), "--task-db", ":memory:",
-            "--log-level", "warning", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "roomcast",
+        "serve",
+        "--port",
+        str(port),
+        "--task-db",
+        ":memory:",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def node_argv(script: str, *args: str) -> tuple[list[str], dict[str, str]]:

@@ -97,9 +97,7 @@ def test_clear_drops_and_counts() -> None:
     assert buf.drain() == []
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"debounce": -0.1}, {"window": 0.0}, {"max_wait": 0.0}, {"window": float("nan")}]
-)
+@pytest.mark.parametrize("kwargs", [{"debounce": -0.1}, {"window": 0.0}, {"max_wait": 0.0}, {"window": float("nan")}])
 def test_bad_timings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ChangeBuffer(**kwargs)

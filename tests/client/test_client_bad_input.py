@@ -54,9 +54,9 @@ class FakeServer:
 
     def __init__(self, script: Script, *, ping_interval_ms: int = 25000, ping_timeout_ms: int = 20000) -> None:
         self.script = script
-        self.handshake = (
-            '0{"sid":"fake","upgrades":[],"pingInterval":%d,"pingTimeout":%d,"maxPayload":1000000}'
-            % (ping_interval_ms, ping_timeout_ms)
+        self.handshake = '0{"sid":"fake","upgrades":[],"pingInterval":%d,"pingTimeout":%d,"maxPayload":1000000}' % (
+            ping_interval_ms,
+            ping_timeout_ms,
         )
         self.connections = 0
         self.port = 0
@@ -80,8 +80,11 @@ class FakeServer:
         conn = FakeConnection(self.connections, writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            key = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key"))
+            key = next(
+                line.split(b":", 1)[1].strip().decode()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
             writer.write(wsproto.handshake_response(wsproto.accept_key(key)))
             conn.send(self.handshake)
             parser = wsproto.WebSocketParser(require_mask=True)
@@ -108,8 +111,7 @@ class FakeServer:
 @contextlib.asynccontextmanager
 async def connected(script: Script, **client_kw: object) -> AsyncIterator[tuple[Client, Recorder, FakeServer]]:
     async with FakeServer(script) as server:
-        client = Client(server.url, transports=("websocket",), backoff_initial=0.1, backoff_max=0.2,
-                        **client_kw)  # type: ignore[arg-type]
+        client = Client(server.url, transports=("websocket",), backoff_initial=0.1, backoff_max=0.2, **client_kw)  # type: ignore[arg-type]
         rec = Recorder(client)
         client.on("after", rec.handler("after"))
         client.on("ev", rec.handler("ev"))

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 import pytest
-from servers import running
 from clientkit import Recorder, Subprocess, free_port, proxy_to, roomcast_argv, stopping
+from servers import running
 
 from roomcast import disconnect
 from roomcast.client import Backoff, Client, ClientState, ConnectionClosed, ConnectTimeout, StateChange
@@ -179,9 +179,11 @@ async def test_reconnect_attempts_against_a_refusing_port_are_bounded() -> None:
     assert min(gaps) >= (0.5 / scale) / 4  # never a zero-delay loop: the Backoff floor holds
     simulated = [_attempts_in(60.0, Backoff(0.5, 30.0, rng=random.Random(seed))) for seed in range(2000)]
     low, high = min(simulated), max(simulated)
-    print(f"\nrefused client, default settings: measured {measured} attempts in the first minute "
-          f"(simulated: mean {statistics.mean(simulated):.1f}, range {low}-{high}); "
-          f"steady state {60 / ((0.125 + 30) / 2):.1f}/min")
+    print(
+        f"\nrefused client, default settings: measured {measured} attempts in the first minute "
+        f"(simulated: mean {statistics.mean(simulated):.1f}, range {low}-{high}); "
+        f"steady state {60 / ((0.125 + 30) / 2):.1f}/min"
+    )
     assert low - 1 <= measured <= high + 1
     assert high <= 14  # far from the hundreds per second of a zero-delay loop
 
@@ -200,8 +202,7 @@ async def test_max_attempts_gives_up_and_a_silent_server_times_out() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     try:
-        mute = Client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", reconnect=False,
-                      connect_timeout=0.3)
+        mute = Client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", reconnect=False, connect_timeout=0.3)
         with pytest.raises(ConnectTimeout):
             await asyncio.wait_for(mute.connect(), 5)
         assert mute.state is S.DISCONNECTED

@@ -19,7 +19,6 @@ from roomcast.client import Client, ClientState
 S = ClientState
 
 
-
 @pytest.fixture(scope="module")
 def node_url() -> Iterator[str]:
     if shutil.which("node") is None or not (NODE_MODULES / "socket.io").is_dir():

@@ -15,8 +15,8 @@ from typing import Any
 
 import jwt
 import pytest
-from servers import RunningServer, running
 from clientkit import Recorder, proxy_to
+from servers import RunningServer, running
 
 from roomcast.client import (
     AckTimeout,

@@ -71,9 +71,7 @@ def test_legal_moves_change_state_and_are_announced(old: ClientState, new: Clien
     assert can_transition(old, new)
 
 
-ILLEGAL = sorted(
-    (a, b) for a, b in itertools.product(S, S) if a is not b and (a, b) not in LEGAL
-)
+ILLEGAL = sorted((a, b) for a, b in itertools.product(S, S) if a is not b and (a, b) not in LEGAL)
 
 
 @pytest.mark.parametrize("old,new", ILLEGAL)

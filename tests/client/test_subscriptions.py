@@ -11,9 +11,7 @@ from roomcast.errors import RemoteProtocolError
 
 
 def snapshot_reply(room: str, epoch: str = "E", offset: int = 42) -> dict[str, Any]:
-    return {
-        "room": room, "epoch": epoch, "offset": offset, "recovered": False, "snapshot": {"n": 3}
-    }
+    return {"room": room, "epoch": epoch, "offset": offset, "recovered": False, "snapshot": {"n": 3}}
 
 
 def recovered_reply(room: str, epoch: str = "E", offset: int = 44) -> dict[str, Any]:

@@ -149,8 +149,12 @@ def upload(asset_id: str, name: str = "v1") -> tuple[str, Any]:
     return ("on_upload_success", {"id": asset_id, "name": name})
 
 
-FLAGGED = [upload("a1"), ("on_asset_trash", ["a1"]), ("on_asset_hidden", "a1"),
-           ("on_asset_stack_update", {"id": "s1", "assets": ["a1"]})]
+FLAGGED = [
+    upload("a1"),
+    ("on_asset_trash", ["a1"]),
+    ("on_asset_hidden", "a1"),
+    ("on_asset_stack_update", {"id": "s1", "assets": ["a1"]}),
+]
 
 
 @pytest.mark.parametrize(
@@ -165,9 +169,7 @@ FLAGGED = [upload("a1"), ("on_asset_trash", ["a1"]), ("on_asset_hidden", "a1"),
     ],
     ids=["delete-upload", "all-in-one-batch", "then-edited", "then-trashed", "edit-then-delete", "deleted-again"],
 )
-def test_an_id_deleted_and_uploaded_again_is_a_new_asset(
-    tmp_path: Path, batches: list[list[tuple[str, Any]]]
-) -> None:
+def test_an_id_deleted_and_uploaded_again_is_a_new_asset(tmp_path: Path, batches: list[list[tuple[str, Any]]]) -> None:
     library = LocalLibrary(tmp_path / "device.db")
     apply_in_batches(library, batches)
     assert library.state() == expected([event for batch in batches for event in batch])
@@ -231,8 +233,9 @@ async def test_switching_to_the_v1_events_is_atomic_and_the_old_upload_event_is_
             await srv.hub.publish(ROOM, "on_upload_success", {"id": "ignored", "name": "legacy after"})
             await srv.hub.publish(ROOM, "AssetEditReadyV1", {"asset": {"id": "old", "name": "edited in v1"}})
             await srv.hub.publish(ROOM, "on_asset_trash", ["new"])  # shared by both sets
-            await until(lambda: set(library.assets()) == {"old", "new"} and library.assets()["new"]["trashed"],
-                        library.landed)
+            await until(
+                lambda: set(library.assets()) == {"old", "new"} and library.assets()["new"]["trashed"], library.landed
+            )
     assets = library.assets()
     assert assets["old"]["data"]["name"] == "edited in v1"
     assert "ignored" not in assets
@@ -264,8 +267,17 @@ MARK = "test:mark"
 
 def library_server(data: Path, port: int) -> Subprocess:
     """The example's server as a process (``python -m examples.photo_sync.server``)."""
-    argv = [sys.executable, "-m", "examples.photo_sync.server", "--data", str(data), "--port", str(port),
-            "--log-level", "warning"]
+    argv = [
+        sys.executable,
+        "-m",
+        "examples.photo_sync.server",
+        "--data",
+        str(data),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     return Subprocess(argv, {"PYTHONPATH": str(ROOT)})
 
 
@@ -328,8 +340,11 @@ class Driver:
             self.signal.set()
 
 
-@pytest.mark.parametrize("batching", [{"debounce": NEVER, "window": NEVER, "max_wait": NEVER}, {}],
-                         ids=["changes-pending-at-the-reset", "default-batching"])
+@pytest.mark.parametrize(
+    "batching",
+    [{"debounce": NEVER, "window": NEVER, "max_wait": NEVER}, {}],
+    ids=["changes-pending-at-the-reset", "default-batching"],
+)
 async def test_a_server_killed_mid_burst_and_restarted_leaves_the_device_equal_to_the_library(
     tmp_path: Path, batching: dict[str, float]
 ) -> None:
@@ -346,12 +361,20 @@ async def test_a_server_killed_mid_burst_and_restarted_leaves_the_device_equal_t
         port = int(url.rsplit(":", 1)[1])
         async with proxy_to(port) as proxy:
             device = Watched(tmp_path / "device.db")
-            client = Client(f"http://127.0.0.1:{proxy.port}", transports=("websocket",),
-                            backoff_initial=BACKOFF, backoff_max=BACKOFF_MAX)
+            client = Client(
+                f"http://127.0.0.1:{proxy.port}",
+                transports=("websocket",),
+                backoff_initial=BACKOFF,
+                backoff_max=BACKOFF_MAX,
+            )
             sync = PhotoSync(client, device, ROOM, **batching)
             seen = Seen(client)
-            driver = Driver(Client(url, transports=("websocket",), ack_timeout=WAIT,
-                                   backoff_initial=BACKOFF, backoff_max=BACKOFF_MAX), pause_at=2 * third)
+            driver = Driver(
+                Client(
+                    url, transports=("websocket",), ack_timeout=WAIT, backoff_initial=BACKOFF, backoff_max=BACKOFF_MAX
+                ),
+                pause_at=2 * third,
+            )
             async with client, driver.client:
                 await client.subscribe(ROOM)
                 await until(lambda: sync.snapshots == 1, device.landed)

@@ -36,7 +36,6 @@ TEST_TIMEOUT_S = 30.0
 BROWSER_WAIT_MS = 5_000
 
 
-
 def load_example() -> ModuleType:
     """A fresh copy of the example module: empty board, roomcast not yet started."""
     name = f"project_board_{id(object())}"
@@ -61,8 +60,9 @@ async def board() -> AsyncIterator[str]:
 async def run_scenario(url: str) -> Observations:
     if shutil.which("node") is None or not CLIENT.is_file():
         pytest.fail("needs node and tests/interop/node/node_modules (run `make test-deps`)")
-    return await run_node_scenario(SCENARIO, {"url": url, "timeoutMs": SCENARIO_TIMEOUT_MS},
-                                   timeout=SUBPROCESS_TIMEOUT_S)
+    return await run_node_scenario(
+        SCENARIO, {"url": url, "timeoutMs": SCENARIO_TIMEOUT_MS}, timeout=SUBPROCESS_TIMEOUT_S
+    )
 
 
 def section(observations: Observations, name: str) -> Observations:

@@ -33,9 +33,7 @@ def make_conn(hub: Hub, encoder: CountingEncoder) -> ConnFactory:
     ids = itertools.count(1)
 
     def build(enc: Any = None, **kwargs: Any) -> RecordingConnection:
-        conn = RecordingConnection(
-            f"c{next(ids)}", hub=hub, encoder=encoder if enc is None else enc, **kwargs
-        )
+        conn = RecordingConnection(f"c{next(ids)}", hub=hub, encoder=encoder if enc is None else enc, **kwargs)
         hub.add_connection(conn)
         return conn
 

@@ -170,9 +170,7 @@ async def test_encoder_is_not_called_for_a_room_without_members(
     assert encoder.calls == 0
 
 
-async def test_slow_consumer_is_disconnected_after_everyone_else_was_written(
-    hub: Hub, make_conn: ConnFactory
-) -> None:
+async def test_slow_consumer_is_disconnected_after_everyone_else_was_written(hub: Hub, make_conn: ConnFactory) -> None:
     log: list[str] = []
     enc_a, enc_b = CountingEncoder("a"), CountingEncoder("b")
     conns = [
@@ -261,8 +259,6 @@ async def test_subscribe_uses_a_sync_snapshot_provider_by_glob(hub: Hub, make_co
     assert asked == ["project:42"]
 
 
-
-
 async def test_subscribe_awaits_an_async_snapshot_provider(hub: Hub, make_conn: ConnFactory) -> None:
     @hub.snapshot("doc:*")
     async def doc_state(room: str) -> str:
@@ -283,9 +279,7 @@ async def test_first_matching_snapshot_pattern_wins(hub: Hub, make_conn: ConnFac
     assert (await hub.subscribe(make_conn(), "a:other")).snapshot == "generic"
 
 
-async def test_publications_after_subscribe_arrive_and_earlier_ones_do_not(
-    hub: Hub, make_conn: ConnFactory
-) -> None:
+async def test_publications_after_subscribe_arrive_and_earlier_ones_do_not(hub: Hub, make_conn: ConnFactory) -> None:
     for i in range(3):
         await hub.publish("r", "ev", i)
     conn = make_conn()
@@ -321,9 +315,7 @@ async def test_subscribe_during_a_concurrent_publisher_misses_nothing_and_repeat
     assert offsets_of(conn) == list(range(start + 1, total + 1))
 
 
-async def test_recovery_returns_exactly_the_missed_publications_in_order(
-    hub: Hub, make_conn: ConnFactory
-) -> None:
+async def test_recovery_returns_exactly_the_missed_publications_in_order(hub: Hub, make_conn: ConnFactory) -> None:
     first = make_conn()
     sub = await hub.subscribe(first, "r")
     await hub.publish("r", "ev", "a")
@@ -340,7 +332,9 @@ async def test_recovery_returns_exactly_the_missed_publications_in_order(
     back = await hub.subscribe(again, "r", since=StreamPosition(epoch, seen))
     assert (back.room, back.position, back.recovered, back.snapshot) == ("r", StreamPosition(epoch, 5), True, None)
     assert [(p.event, p.data, p.position.offset) for p in back.publications] == [
-        ("missed", (1, "x"), 3), ("missed", (2,), 4), ("missed", (3,), 5)
+        ("missed", (1, "x"), 3),
+        ("missed", (2,), 4),
+        ("missed", (3,), 5),
     ]
     assert again.written == []
     await hub.publish("r", "live")
@@ -356,9 +350,7 @@ async def test_recovery_at_the_current_offset_returns_nothing_missed(hub: Hub, m
 
 
 @pytest.mark.parametrize("stale", ["wrong-epoch", "ahead"])
-async def test_unrecoverable_position_falls_back_to_the_snapshot(
-    hub: Hub, make_conn: ConnFactory, stale: str
-) -> None:
+async def test_unrecoverable_position_falls_back_to_the_snapshot(hub: Hub, make_conn: ConnFactory, stale: str) -> None:
     hub.snapshot("r")(lambda room: {"fresh": True})
     for _ in range(3):
         await hub.publish("r", "ev")
@@ -415,9 +407,11 @@ async def test_publication_during_an_async_snapshot_is_not_lost(hub: Hub, make_c
         sub = await subscribe
     await add("y")
 
-    view = list(sub.snapshot) + [p.data[0] for p in sub.publications] + [
-        encoded[2][0] for encoded in conn.written if encoded[-1] > sub.position.offset
-    ]
+    view = (
+        list(sub.snapshot)
+        + [p.data[0] for p in sub.publications]
+        + [encoded[2][0] for encoded in conn.written if encoded[-1] > sub.position.offset]
+    )
     assert view == items == ["x", "y"]
 
 
@@ -446,9 +440,7 @@ async def test_publish_threadsafe_from_another_thread_delivers(hub: Hub, make_co
     assert conn.written == [["enc", "done", (42,), 1]]
 
 
-async def test_sync_callback_calling_publish_without_await_never_delivers(
-    hub: Hub, make_conn: ConnFactory
-) -> None:
+async def test_sync_callback_calling_publish_without_await_never_delivers(hub: Hub, make_conn: ConnFactory) -> None:
     """The trap: a sync progress callback calls the async ``publish`` and drops the coroutine."""
     conn = make_conn()
     hub.join(conn, "job")
@@ -552,7 +544,9 @@ async def test_later_registration_replaces_the_handler(hub: Hub) -> None:
     assert hub.handler("/", "ev") is second
 
 
-async def test_failing_handler_is_counted_logged_and_handed_to_on_error(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+async def test_failing_handler_is_counted_logged_and_handed_to_on_error(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
     @hub.on("boom")
     async def boom(conn: Any) -> None:
         raise ValueError("bad input")

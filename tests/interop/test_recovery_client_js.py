@@ -48,8 +48,9 @@ async def forgetful(make_app: Callable[..., App]) -> AsyncIterator[RunningServer
 async def run_scenario(node_dir: Path, **options: Any) -> Observations:
     """Run the driver to completion without blocking the loop the server runs on."""
     options.setdefault("timeoutMs", DRIVER_TIMEOUT_MS)
-    return await run_node_scenario(node_dir / "recovery_scenario.mjs", options, timeout=SUBPROCESS_TIMEOUT_S,
-                                   cwd=node_dir)
+    return await run_node_scenario(
+        node_dir / "recovery_scenario.mjs", options, timeout=SUBPROCESS_TIMEOUT_S, cwd=node_dir
+    )
 
 
 def of_type(observations: Observations, kind: str) -> Observations:

@@ -176,9 +176,7 @@ def test_open_payload_matches_spec_sample() -> None:
 
 
 def test_open_payload_keys_and_types() -> None:
-    value = json.loads(
-        open_payload("s", upgrades=(), ping_interval_ms=300, ping_timeout_ms=200, max_payload=10**6)
-    )
+    value = json.loads(open_payload("s", upgrades=(), ping_interval_ms=300, ping_timeout_ms=200, max_payload=10**6))
     assert set(value) == {"sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"}
     assert value == {
         "sid": "s",

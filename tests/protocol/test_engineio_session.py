@@ -27,9 +27,7 @@ T0 = 1000.0
 
 
 def make(transport: Transport = Transport.POLLING, now: float = T0) -> EngineIOSession:
-    return EngineIOSession(
-        "sid-1", transport=transport, ping_interval=INTERVAL, ping_timeout=TIMEOUT, now=now
-    )
+    return EngineIOSession("sid-1", transport=transport, ping_interval=INTERVAL, ping_timeout=TIMEOUT, now=now)
 
 
 def ping(s: EngineIOSession, now: float) -> None:

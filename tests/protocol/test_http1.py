@@ -15,7 +15,12 @@ from roomcast.protocol.http1 import IncompleteResponse, NoResponse, Response, Re
 
 
 def parse(
-    data: bytes, *, eof: bool = True, max_body: int = 1000, max_headers: int = 100, max_line: int = 65536,
+    data: bytes,
+    *,
+    eof: bool = True,
+    max_body: int = 1000,
+    max_headers: int = 100,
+    max_line: int = 65536,
     head_only: bool = False,
 ) -> tuple[Response, bytes]:
     """Feed ``data`` whole (then EOF if still needed); the response and what followed it."""
@@ -38,8 +43,14 @@ def parse_in_pieces(pieces: list[bytes], *, max_body: int = 1000, head_only: boo
 
 
 def fails(
-    data: bytes, error: type[RemoteProtocolError], reason: str, *, eof: bool = True, max_body: int = 1000,
-    max_headers: int = 100, max_line: int = 65536,
+    data: bytes,
+    error: type[RemoteProtocolError],
+    reason: str,
+    *,
+    eof: bool = True,
+    max_body: int = 1000,
+    max_headers: int = 100,
+    max_line: int = 65536,
 ) -> None:
     with pytest.raises(error) as raised:
         parse(data, eof=eof, max_body=max_body, max_headers=max_headers, max_line=max_line)
@@ -49,19 +60,38 @@ def fails(
 
 # (wire bytes, expected response, expected rest, head_only)
 MESSAGES = [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
-     Response(200, "OK", {"content-length": "5", "content-type": "text/plain"}, b"hello"), b"", False),
-    (b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
-     b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nTrailer: t\r\n\r\n",
-     Response(201, "Created", {"transfer-encoding": "chunked"}, b"wikipedia"), b"", False),
-    (b"HTTP/1.0 200 OK\nConnection: close\n\nto the end\r\nof the connection",
-     Response(200, "OK", {"connection": "close"}, b"to the end\r\nof the connection"), b"", False),
-    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
-     Response(101, "Switching Protocols", {"upgrade": "websocket", "connection": "Upgrade"}, b""), b"\x81\x02hi",
-     False),
-    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad",
-     Response(400, "Bad Request", {"content-length": "3"}, b""), b"bad", True),
+    (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+        Response(200, "OK", {"content-length": "5", "content-type": "text/plain"}, b"hello"),
+        b"",
+        False,
+    ),
+    (
+        b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nTrailer: t\r\n\r\n",
+        Response(201, "Created", {"transfer-encoding": "chunked"}, b"wikipedia"),
+        b"",
+        False,
+    ),
+    (
+        b"HTTP/1.0 200 OK\nConnection: close\n\nto the end\r\nof the connection",
+        Response(200, "OK", {"connection": "close"}, b"to the end\r\nof the connection"),
+        b"",
+        False,
+    ),
+    (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
+        Response(101, "Switching Protocols", {"upgrade": "websocket", "connection": "Upgrade"}, b""),
+        b"\x81\x02hi",
+        False,
+    ),
+    (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad",
+        Response(400, "Bad Request", {"content-length": "3"}, b""),
+        b"bad",
+        True,
+    ),
 ]
 
 
@@ -70,7 +100,7 @@ def test_a_message_parses_the_same_whole_byte_by_byte_and_split_anywhere(
     wire: bytes, expected: Response, rest: bytes, head_only: bool
 ) -> None:
     assert parse_in_pieces([wire], head_only=head_only) == (expected, rest)
-    assert parse_in_pieces([wire[i:i + 1] for i in range(len(wire))], head_only=head_only) == (expected, rest)
+    assert parse_in_pieces([wire[i : i + 1] for i in range(len(wire))], head_only=head_only) == (expected, rest)
     for i in range(len(wire) + 1):
         for j in range(i, len(wire) + 1, 7):
             assert parse_in_pieces([wire[:i], wire[i:j], wire[j:]], head_only=head_only) == (expected, rest), (i, j)
@@ -140,20 +170,27 @@ def test_chunked_wins_over_content_length() -> None:
 def test_bodies_may_be_exactly_max_body() -> None:
     assert parse(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd", max_body=4)[0].body == b"abcd"
     assert parse(b"HTTP/1.1 200 OK\r\n\r\nabcd", max_body=4)[0].body == b"abcd"
-    assert parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n",
-                 max_body=4)[0].body == b"abcd"
+    assert (
+        parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n", max_body=4)[
+            0
+        ].body
+        == b"abcd"
+    )
 
 
 # -- bad input ----------------------------------------------------------------------------
-@pytest.mark.parametrize("line", [
-    b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
-    b"HTTP/2 200 OK\r\n\r\n",
-    b"HTTP/1.1 20 OK\r\n\r\n",
-    b"HTTP/1.1 2000 OK\r\n\r\n",
-    b"HTTP/1.1200 OK\r\n\r\n",
-    b"\r\nHTTP/1.1 200 OK\r\n\r\n",
-    b"http/1.1 200 OK\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1200 OK\r\n\r\n",
+        b"\r\nHTTP/1.1 200 OK\r\n\r\n",
+        b"http/1.1 200 OK\r\n\r\n",
+    ],
+)
 def test_a_status_line_that_is_not_http_1x(line: bytes) -> None:
     fails(line, RemoteProtocolError, "not an HTTP/1.x status line")
 
@@ -175,12 +212,15 @@ def test_too_many_headers_and_trailers() -> None:
     assert parse(interim + b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n", max_headers=4)[0].status == 200
 
 
-@pytest.mark.parametrize("wire", [
-    b"HTTP/1.1 200 " + b"O" * 100 + b"\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nX: " + b"v" * 100 + b"\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nX: " + b"v" * 100,  # no newline yet: fails without waiting for one
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 100 + b"\r\na\r\n0\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 200 " + b"O" * 100 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"v" * 100 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"v" * 100,  # no newline yet: fails without waiting for one
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 100 + b"\r\na\r\n0\r\n\r\n",
+    ],
+)
 def test_a_line_over_the_limit(wire: bytes) -> None:
     fails(wire, RemoteProtocolError, "a line is over 64 bytes", eof=False, max_line=64)
 
@@ -197,10 +237,20 @@ def test_a_bad_content_length(value: bytes) -> None:
 
 
 def test_a_content_length_over_max_body_fails_before_the_body() -> None:
-    fails(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", PayloadTooBig, "the body is over 10 bytes",
-          eof=False, max_body=10)
-    fails(b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", PayloadTooBig, "over 10 bytes",
-          eof=False, max_body=10)
+    fails(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n",
+        PayloadTooBig,
+        "the body is over 10 bytes",
+        eof=False,
+        max_body=10,
+    )
+    fails(
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        PayloadTooBig,
+        "over 10 bytes",
+        eof=False,
+        max_body=10,
+    )
 
 
 def test_chunked_and_close_delimited_bodies_over_max_body() -> None:
@@ -211,24 +261,37 @@ def test_chunked_and_close_delimited_bodies_over_max_body() -> None:
 
 @pytest.mark.parametrize("size", [b"", b"g", b"-1", b"0x1", b"1" * 17, b" ;x"])
 def test_a_bad_chunk_size(size: bytes) -> None:
-    fails(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\n", RemoteProtocolError,
-          "bad chunk size", eof=False)
+    fails(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\n",
+        RemoteProtocolError,
+        "bad chunk size",
+        eof=False,
+    )
 
 
 def test_a_chunk_longer_than_its_size() -> None:
-    fails(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n", RemoteProtocolError,
-          "a chunk is longer than its size")
+    fails(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        RemoteProtocolError,
+        "a chunk is longer than its size",
+    )
 
 
 def test_transfer_codings_other_than_chunked_are_refused() -> None:
     for coding in (b"gzip", b"gzip, chunked", b"chunked, chunked"):
-        fails(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n", RemoteProtocolError,
-              "unsupported Transfer-Encoding", eof=False)
+        fails(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n",
+            RemoteProtocolError,
+            "unsupported Transfer-Encoding",
+            eof=False,
+        )
 
 
 @pytest.mark.parametrize("line", [b"no colon", b": no name", b" X: folded", b"X Y: space", b"X\x00: nul"])
 def test_a_header_line_without_a_valid_name(line: bytes) -> None:
-    fails(b"HTTP/1.1 200 OK\r\nA: 1\r\n" + line + b"\r\n\r\n", RemoteProtocolError, "a header line without a valid name")
+    fails(
+        b"HTTP/1.1 200 OK\r\nA: 1\r\n" + line + b"\r\n\r\n", RemoteProtocolError, "a header line without a valid name"
+    )
 
 
 def test_eof_before_any_byte_is_no_response() -> None:
@@ -240,15 +303,18 @@ def test_eof_before_any_byte_is_no_response() -> None:
     assert raised.value.reason == "the connection closed before an answer"
 
 
-@pytest.mark.parametrize(("wire", "in_body"), [
-    (b"H", False),
-    (b"HTTP/1.1 200 OK\r\nContent-Le", False),
-    (b"HTTP/1.1 100 Continue\r\n\r\n", False),  # an interim answer is not the answer
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", True),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", True),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", True),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n", True),  # in the trailers
-])
+@pytest.mark.parametrize(
+    ("wire", "in_body"),
+    [
+        (b"H", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", False),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", False),  # an interim answer is not the answer
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n", True),  # in the trailers
+    ],
+)
 def test_eof_inside_the_answer_ended_early(wire: bytes, in_body: bool) -> None:
     with pytest.raises(IncompleteResponse) as raised:
         parse(wire)
@@ -267,8 +333,12 @@ _framing = st.sampled_from(["length", "chunked", "eof"])
 
 
 @settings(max_examples=300, deadline=None)
-@given(parts=_bodies, framing=_framing, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
-       interim=st.booleans())
+@given(
+    parts=_bodies,
+    framing=_framing,
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+    interim=st.booleans(),
+)
 def test_any_body_in_any_framing_split_anywhere_comes_back_whole(
     parts: list[bytes], framing: str, cuts: list[int], interim: bool
 ) -> None:
@@ -288,8 +358,10 @@ def test_any_body_in_any_framing_split_anywhere_comes_back_whole(
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(st.binary(max_size=200), st.builds(lambda tail: b"HTTP/1.1 200 OK\r\n" + tail, st.binary(max_size=200))),
-       st.booleans())
+@given(
+    st.one_of(st.binary(max_size=200), st.builds(lambda tail: b"HTTP/1.1 200 OK\r\n" + tail, st.binary(max_size=200))),
+    st.booleans(),
+)
 def test_arbitrary_bytes_end_in_a_response_or_a_remote_protocol_error(data: bytes, eof: bool) -> None:
     parser = ResponseParser(max_body=64, max_headers=4, max_line=64)
     try:

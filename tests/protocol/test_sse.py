@@ -214,11 +214,14 @@ def test_cursor_is_compact_sorted_unpadded_base64url() -> None:
     cursor = encode_cursor(positions)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", cursor)
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    assert raw == json.dumps(
-        {k: [v.epoch, v.offset] for k, v in sorted(positions.items())},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
+    assert (
+        raw
+        == json.dumps(
+            {k: [v.epoch, v.offset] for k, v in sorted(positions.items())},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+    )
     assert decode_cursor(cursor) == positions
 
 

@@ -43,9 +43,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 MASK = bytes([0x37, 0xFA, 0x21, 0x3D])  # the key used in RFC 6455 §5.7
 
 
-def raw_frame(
-    first: int, payload: bytes = b"", *, masked: bool = False, length: int | None = None
-) -> bytes:
+def raw_frame(first: int, payload: bytes = b"", *, masked: bool = False, length: int | None = None) -> bytes:
     """Build a frame by hand, possibly invalid; a masked frame uses the all-zero key."""
     n = len(payload) if length is None else length
     bit = 0x80 if masked else 0
@@ -105,9 +103,7 @@ def test_check_client_handshake_accepts_valid_request() -> None:
         ("GET", {"sec-websocket-key": "é" * 24}, "Key"),
     ],
 )
-def test_check_client_handshake_rejects(
-    method: str, change: dict[str, str | None], word: str
-) -> None:
+def test_check_client_handshake_rejects(method: str, change: dict[str, str | None], word: str) -> None:
     headers = {k: v for k, v in {**GOOD_HEADERS, **change}.items() if v is not None}
     with pytest.raises(RemoteProtocolError) as info:
         check_client_handshake(method, headers)
@@ -121,14 +117,10 @@ def test_handshake_response_bytes() -> None:
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
     )
     response = handshake_response("abc=", subprotocol="chat", extra_headers=[("X-A", "1")])
-    assert response.endswith(
-        b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: chat\r\nX-A: 1\r\n\r\n"
-    )
+    assert response.endswith(b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: chat\r\nX-A: 1\r\n\r\n")
 
 
-@pytest.mark.parametrize(
-    "header", [("X-A", "1\r\nSet-Cookie: x"), ("X\nA", "1"), ("", "1"), ("X-A", "€")]
-)
+@pytest.mark.parametrize("header", [("X-A", "1\r\nSet-Cookie: x"), ("X\nA", "1"), ("", "1"), ("X-A", "€")])
 def test_handshake_response_refuses_bad_headers(header: tuple[str, str]) -> None:
     with pytest.raises(LocalProtocolError):
         handshake_response("abc=", extra_headers=[header])
@@ -234,9 +226,7 @@ def test_close_payload_1005_cannot_carry_reason() -> None:
         (OP_TEXT, b"x", True, b"abc"),
     ],
 )
-def test_serialize_frame_refuses_misuse(
-    opcode: int, payload: bytes, fin: bool, mask: bytes | None
-) -> None:
+def test_serialize_frame_refuses_misuse(opcode: int, payload: bytes, fin: bool, mask: bytes | None) -> None:
     with pytest.raises(LocalProtocolError):
         serialize_frame(opcode, payload, fin=fin, mask=mask)
 
@@ -475,9 +465,7 @@ def test_websockets_client_reads_our_server_frames() -> None:
 
 def test_websockets_server_reads_our_client_frames() -> None:
     peer = Protocol(Side.SERVER)
-    peer.receive_data(
-        serialize_frame(OP_TEXT, b"hi", mask=MASK) + close_frame(4000, "x", mask=b"\0\xff\0\xff")
-    )
+    peer.receive_data(serialize_frame(OP_TEXT, b"hi", mask=MASK) + close_frame(4000, "x", mask=b"\0\xff\0\xff"))
     assert peer_frames(peer) == [(WsOpcode.TEXT, b"hi", True), (WsOpcode.CLOSE, b"\x0f\xa0x", True)]
 
 
@@ -555,9 +543,7 @@ def streams(draw: st.DrawFn) -> tuple[bool, bytes, list[Event]]:
 
 @SETTINGS
 @given(stream=streams(), cuts=st.lists(st.integers(0, 80000), max_size=8))
-def test_roundtrip_random_frames_and_chunking(
-    stream: tuple[bool, bytes, list[Event]], cuts: list[int]
-) -> None:
+def test_roundtrip_random_frames_and_chunking(stream: tuple[bool, bytes, list[Event]], cuts: list[int]) -> None:
     masked, data, expected = stream
     assert feed_all(WebSocketParser(require_mask=masked), data, cuts) == expected
 

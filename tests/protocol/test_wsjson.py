@@ -83,10 +83,11 @@ GOOD = [
     ('{"room":"a","extra":{"x":1},"id":1,"type":"subscribe","v":2}', Subscribe(1, "a")),
     ('{"type":"emit","event":"' + "e" * 256 + '"}', Emit(None, "e" * 256)),
     ('{"type":"subscribe","id":1,"room":"' + "r" * 256 + '"}', Subscribe(1, "r" * 256)),
-    ('{"type":"subscribe","id":1,"room":"a","epoch":"' + "x" * 256 + '","offset":9}',
-     Subscribe(1, "a", "x" * 256, 9)),
-    ('{"type":"subscribe","id":1,"room":"a","epoch":"x","offset":18446744073709551615}',
-     Subscribe(1, "a", "x", 2**64 - 1)),
+    ('{"type":"subscribe","id":1,"room":"a","epoch":"' + "x" * 256 + '","offset":9}', Subscribe(1, "a", "x" * 256, 9)),
+    (
+        '{"type":"subscribe","id":1,"room":"a","epoch":"x","offset":18446744073709551615}',
+        Subscribe(1, "a", "x", 2**64 - 1),
+    ),
     (' {"type":"ping","id":1} \n', Ping(1)),
     ('{"type":"emit","event":"ü€😀","data":"😀"}', Emit(None, "ü€😀", "😀")),
 ]
@@ -131,7 +132,7 @@ BAD: list[tuple[str | bytes, str, int | str | None]] = [
     ("1", BR, None),
     ("null", BR, None),
     ('"ping"', BR, None),
-    ("{\"type\":\"ping\",\"id\":1,\"x\":\"\ud800\"}", BR, None),  # lone surrogate in a str
+    ('{"type":"ping","id":1,"x":"\ud800"}', BR, None),  # lone surrogate in a str
     ("[" * 2000, BR, None),
     # the id itself is bad: it cannot be echoed
     ('{"type":"ping","id":true}', BR, None),
@@ -260,9 +261,7 @@ _field_values = st.one_of(
 _typed_dicts = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.sampled_from(
-            ["subscribe", "unsubscribe", "emit", "publish", "ping", "refresh", "pong", ""]
-        )
+        "type": st.sampled_from(["subscribe", "unsubscribe", "emit", "publish", "ping", "refresh", "pong", ""])
         | _field_values,
         "id": _field_values,
         "room": _field_values,

@@ -37,12 +37,14 @@ async def test_publish_and_broadcast_reach_subscribers_on_every_transport() -> N
         ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "sports"}))
         await ws.recv()
         try:
-            status, body = await _call(srv, "POST", "/api/publish", json={"room": "news", "event": "flash",
-                                                                           "data": {"t": "hi"}})
+            status, body = await _call(
+                srv, "POST", "/api/publish", json={"room": "news", "event": "flash", "data": {"t": "hi"}}
+            )
             assert status == 200 and body == {"room": "news", "epoch": body["epoch"], "offset": 1}
             assert (await stream.next()).json() == {"t": "hi"}
-            status, body = await _call(srv, "POST", "/api/broadcast", json={"rooms": ["news", "sports"],
-                                                                             "event": "all", "data": 7})
+            status, body = await _call(
+                srv, "POST", "/api/broadcast", json={"rooms": ["news", "sports"], "event": "all", "data": 7}
+            )
             assert status == 200 and [r["room"] for r in body["results"]] == ["news", "sports"]
             assert (await stream.next()).json() == 7
             assert json.loads(await ws.recv())["data"] == 7
@@ -77,8 +79,13 @@ async def test_refusals_are_json_errors_with_the_right_status() -> None:
         cases: list[tuple[str, str, dict[str, Any], int, str]] = [
             ("POST", "/api/publish", {"key": None, "json": {"room": "a", "event": "e"}}, 401, "API key required"),
             ("POST", "/api/publish", {"key": "wrong", "json": {"room": "a", "event": "e"}}, 401, "invalid API key"),
-            ("POST", "/api/publish", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400,
-             "not valid JSON"),
+            (
+                "POST",
+                "/api/publish",
+                {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+                400,
+                "not valid JSON",
+            ),
             ("POST", "/api/publish", {"data": b'{"room":"a","event":"e"}'}, 415, "Content-Type: application/json"),
             ("POST", "/api/publish", {"json": [1]}, 400, "JSON object"),
             ("POST", "/api/publish", {"json": {"event": "e"}}, 400, "'room'"),
@@ -95,8 +102,9 @@ async def test_refusals_are_json_errors_with_the_right_status() -> None:
             got, body = await _call(srv, method, path, key=key, **kwargs)
             assert got == status, (path, body)
             assert message in body["error"]["message"], (path, body)
-        status, body = await _call(srv, "POST", "/api/publish", json={"room": "a", "event": "e"},
-                                   key=None, headers={"X-API-Key": KEY})
+        status, body = await _call(
+            srv, "POST", "/api/publish", json={"room": "a", "event": "e"}, key=None, headers={"X-API-Key": KEY}
+        )
         assert status == 200 and body["offset"] == 1  # the other header works, and nothing above published
 
 
@@ -105,8 +113,9 @@ async def test_without_a_key_only_loopback_clients_are_answered() -> None:
     async with running(app) as srv:
         status, body = await _call(srv, "POST", "/api/publish", key=None, json={"room": "a", "event": "e"})
         assert status == 200
-        remote = HttpRequest("POST", "/api/publish", {}, {}, body=b'{"room":"a","event":"e"}',
-                             client=("203.0.113.9", 5000))
+        remote = HttpRequest(
+            "POST", "/api/publish", {}, {}, body=b'{"room":"a","event":"e"}', client=("203.0.113.9", 5000)
+        )
         refused = await app.api.handle(remote)
         assert refused.status == 403 and b"loopback clients only" in refused.body
 
@@ -115,7 +124,18 @@ async def test_the_openapi_document_describes_every_route() -> None:
     async with running(App(Hub(), Settings(api_key=KEY))) as srv:
         status, doc = await _call(srv, "GET", "/api/openapi.json", key=None)
         assert status == 200 and doc["openapi"].startswith("3.1")
-        assert set(doc["paths"]) == {"/api/publish", "/api/broadcast", "/api/rooms", "/api/history",
-                                     "/api/presence", "/api/disconnect", "/api/tasks", "/api/tasks/{id}",
-                                     "/api/tasks/{id}/progress", "/api/tasks/{id}/complete",
-                                     "/api/tasks/{id}/fail", "/api/tasks/{id}/stop", "/api/tasks/{id}/cancel"}
+        assert set(doc["paths"]) == {
+            "/api/publish",
+            "/api/broadcast",
+            "/api/rooms",
+            "/api/history",
+            "/api/presence",
+            "/api/disconnect",
+            "/api/tasks",
+            "/api/tasks/{id}",
+            "/api/tasks/{id}/progress",
+            "/api/tasks/{id}/complete",
+            "/api/tasks/{id}/fail",
+            "/api/tasks/{id}/stop",
+            "/api/tasks/{id}/cancel",
+        }

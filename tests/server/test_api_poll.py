@@ -14,10 +14,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tapbroker import TapBroker
 from aiohttp import web
 from servers import RunningServer, running
 from sseclient import open_sse
+from tapbroker import TapBroker
 
 from roomcast import Publisher, PublishError
 from roomcast.hub.hub import Hub
@@ -158,4 +158,10 @@ async def test_the_openapi_document_describes_poll(srv: RunningServer) -> None:
     assert create["properties"]["poll"] == {"$ref": "#/components/schemas/PollSpec"}
     spec = doc["components"]["schemas"]["PollSpec"]
     assert spec["required"] == ["url"] and set(spec["properties"]["fields"]["properties"]) == {
-        "progress", "step", "message", "status", "result", "error"}
+        "progress",
+        "step",
+        "message",
+        "status",
+        "result",
+        "error",
+    }

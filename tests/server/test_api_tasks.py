@@ -24,15 +24,15 @@ async def _call(srv: RunningServer, method: str, path: str, body: Any = None) ->
 
 async def test_an_external_worker_drives_a_task_that_subscribers_follow_to_the_end() -> None:
     async with running(App(Hub(), Settings())) as srv:
-        status, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl", "title": "example.com",
-                                                              "owner": "ann"})
+        status, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl", "title": "example.com", "owner": "ann"})
         assert status == 201 and task["status"] == "pending" and task["kind"] == "crawl"
         room = f"task:{task['id']}"
         async with open_sse(srv.url, [room]) as stream:
             snapshot = await stream.next()
             assert snapshot.event == "snapshot" and snapshot.json()["snapshot"]["status"] == "pending"
-            status, running_task = await _call(srv, "POST", f"/api/tasks/{task['id']}/progress",
-                                               {"progress": 40, "step": "fetch"})
+            status, running_task = await _call(
+                srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 40, "step": "fetch"}
+            )
             assert status == 200 and running_task["status"] == "running"
             status, done = await _call(srv, "POST", f"/api/tasks/{task['id']}/complete", {"result": {"pages": 3}})
             assert status == 200 and done["status"] == "completed"
@@ -130,12 +130,20 @@ async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a
         try:
             assert (await client.call("task:stop", {"id": mine.id}, timeout=5))["status"] == "stopping"
             assert await client.call("task:stop", {"id": theirs.id}, timeout=5) == {
-                "error": f"not allowed to stop task {theirs.id!r}"}
+                "error": f"not allowed to stop task {theirs.id!r}"
+            }
             assert "no task" in (await client.call("task:stop", {"id": "nope"}, timeout=5))["error"]
         finally:
             await client.disconnect()
-        ws = await open_websocket(srv.host, srv.port, "/ws", headers={
-            "Sec-WebSocket-Protocol": "roomcast.v1", "Authorization": f"Bearer {token('ops', tasks={'stop': ['crawl']})}"})
+        ws = await open_websocket(
+            srv.host,
+            srv.port,
+            "/ws",
+            headers={
+                "Sec-WebSocket-Protocol": "roomcast.v1",
+                "Authorization": f"Bearer {token('ops', tasks={'stop': ['crawl']})}",
+            },
+        )
         try:
             ws.send(json.dumps({"type": "emit", "id": 1, "event": "task:stop", "data": {"id": theirs.id}}))
             assert json.loads(await ws.recv())["data"]["status"] == "stopping"  # a granted kind

@@ -29,12 +29,12 @@ import pytest
 import socketio
 import uvicorn
 from fastapi import FastAPI
+from rawclient import call, socketio_connect
 
 from roomcast import RoomcastApp, Settings
 from roomcast.server.asgi import Message
 from roomcast.server.conformance import build_app
 from roomcast.transports.base import HttpRequest, HttpResponse
-from rawclient import call, socketio_connect
 
 TEST_TIMEOUT_S = 10.0
 SERVER_START_S = 5.0
@@ -341,8 +341,15 @@ async def test_official_js_client_over_websocket(served: Served) -> None:
     if not (NODE_DIR / "node_modules" / "socket.io-client").is_dir():
         pytest.fail(f"socket.io-client is not installed in {NODE_DIR}: run `make test-deps`")
     process = await asyncio.create_subprocess_exec(
-        "node", "--input-type=module", "-e", JS_CLIENT, served.url, SIO_PATH,
-        cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "node",
+        "--input-type=module",
+        "-e",
+        JS_CLIENT,
+        served.url,
+        SIO_PATH,
+        cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(TEST_TIMEOUT_S):
@@ -376,8 +383,9 @@ async def test_slow_consumer_on_the_asgi_door_is_disconnected_and_the_others_car
         try:
             for i, c in enumerate([*fast, slow]):
                 assert await call(c, i + 1, "join", {"room": "feed"}) == [True]
-            slow_id = next(iter(set(c.id for c in app.hub.members("feed"))
-                                - {c.id for c in app.hub.members("feed")[:3]}))
+            slow_id = next(
+                iter(set(c.id for c in app.hub.members("feed")) - {c.id for c in app.hub.members("feed")[:3]})
+            )
             assert slow.transport is not None
             slow.transport.pause_reading()  # it stops reading
             payload = "x" * 32 * 1024

@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from servers import RunningServer, running
 from rawclient import RawWebSocket, call, open_websocket, socketio_connect
+from servers import RunningServer, running
 
 from roomcast.protocol import websocket as wsproto
 from roomcast.server.app import App
@@ -104,8 +104,9 @@ async def test_bad_origin_is_403_and_a_good_one_gets_cors_headers(
     async with http.get(url, headers={"Origin": "https://good.example"}) as r:
         assert r.status == 200
         assert r.headers["Access-Control-Allow-Origin"] == "https://good.example"
-    ws = await open_websocket(srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket",
-                              headers={"Origin": "https://evil.example"})
+    ws = await open_websocket(
+        srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket", headers={"Origin": "https://evil.example"}
+    )
     assert ws.status == 403
     ws.close()
 
@@ -156,9 +157,7 @@ async def test_unmasked_client_frame_closes_with_1002(srv: RunningServer, health
         assert await client.closed == 1002
 
 
-async def test_unknown_namespace_is_refused_like_the_official_server(
-    srv: RunningServer, healthy: RawWebSocket
-) -> None:
+async def test_unknown_namespace_is_refused_like_the_official_server(srv: RunningServer, healthy: RawWebSocket) -> None:
     client = await open_websocket(srv.host, srv.port, "/socket.io/?EIO=4&transport=websocket")
     await client.recv()
     client.send("40/nope,")

@@ -7,8 +7,8 @@ import resource
 from collections.abc import Callable
 from typing import Any
 
-from servers import running
 from rawclient import RawWebSocket, call, socketio_connect
+from servers import running
 
 from roomcast.hub.connection import Connection
 from roomcast.server.app import App
@@ -71,8 +71,7 @@ async def test_slow_consumer_is_disconnected_and_the_others_receive_everything(
         fast = await _subscribers(srv.host, srv.port, 3, "feed")
         slow = await socketio_connect(srv.host, srv.port, rcvbuf=4096)
         assert await call(slow, 1, "join", {"room": "feed"}) == [True]
-        slow_conn = next(c for c in srv.hub.members("feed") if c.id not in {
-            m.id for m in srv.hub.members("feed")[:3]})
+        slow_conn = next(c for c in srv.hub.members("feed") if c.id not in {m.id for m in srv.hub.members("feed")[:3]})
         assert slow.transport is not None
         slow.transport.pause_reading()  # it stops reading
         payload = "x" * 32 * 1024

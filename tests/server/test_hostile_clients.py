@@ -87,8 +87,9 @@ class WsPeer:
     """A raw ``/ws`` client that reads every frame and answers the server's pings with a
     pong, with a message, or not at all (``None``: the half-open socket)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 answer: Literal["pong", "message"] | None) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Literal["pong", "message"] | None
+    ) -> None:
         self.reader, self.writer, self.answer = reader, writer, answer
         self.parser = wsproto.WebSocketParser(max_message_bytes=1_000_000, require_mask=False)
         self.events: asyncio.Queue[str | wsproto.Close | None] = asyncio.Queue()
@@ -97,9 +98,11 @@ class WsPeer:
     @classmethod
     async def open(cls, srv: RunningServer, answer: Literal["pong", "message"] | None) -> WsPeer:
         reader, writer = await asyncio.open_connection(srv.host, srv.port)
-        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     b"Sec-WebSocket-Protocol: roomcast.v1\r\n\r\n")
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: roomcast.v1\r\n\r\n"
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
         assert head.startswith(b"HTTP/1.1 101 "), head
         return cls(reader, writer, answer)
@@ -317,15 +320,37 @@ def test_the_flags_and_variables_set_the_limits(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cli.logging, "basicConfig", lambda **_: None)
     env = {name: None for name in os.environ if name.startswith("ROOMCAST_")}
     env.update({"ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS": "8", "ROOMCAST_MESSAGE_BURST": "40"})
-    result = CliRunner().invoke(cli.main, [
-        "serve", "--max-connections", "900", "--ws-ping-interval", "5", "--ws-ping-timeout", "3",
-        "--max-messages-per-second", "20",
-    ], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "serve",
+            "--max-connections",
+            "900",
+            "--ws-ping-interval",
+            "5",
+            "--ws-ping-timeout",
+            "3",
+            "--max-messages-per-second",
+            "20",
+        ],
+        env=env,
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     [s] = built
-    assert (s.max_connections, s.max_connections_per_address, s.ws_ping_interval, s.ws_ping_timeout,
-            s.max_messages_per_second, s.message_burst) == (900, 8, 5.0, 3.0, 20.0, 40)
-    app = App(Hub(), Settings(ws_ping_interval=5, ws_ping_timeout=3, max_messages_per_second=20, message_burst=40,
-                              task_db=":memory:"))
+    assert (
+        s.max_connections,
+        s.max_connections_per_address,
+        s.ws_ping_interval,
+        s.ws_ping_timeout,
+        s.max_messages_per_second,
+        s.message_burst,
+    ) == (900, 8, 5.0, 3.0, 20.0, 40)
+    app = App(
+        Hub(),
+        Settings(
+            ws_ping_interval=5, ws_ping_timeout=3, max_messages_per_second=20, message_burst=40, task_db=":memory:"
+        ),
+    )
     assert (app.ws.ping_interval, app.ws.ping_timeout) == (5, 3)
     assert (app.ws.rate.per_second, app.ws.rate.burst, app.socketio.rate.per_second) == (20, 40, 20)

@@ -70,8 +70,9 @@ class Healthy:
     async def __aenter__(self) -> Healthy:
         self.sse = await self.stack.enter_async_context(open_sse(self.srv.url, ["news"]))
         assert (await self.sse.next()).event == "snapshot"
-        self.ws = await open_websocket(self.srv.host, self.srv.port, "/ws",
-                                       headers={"Sec-WebSocket-Protocol": "roomcast.v1"})
+        self.ws = await open_websocket(
+            self.srv.host, self.srv.port, "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"}
+        )
         self.ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "news"}))
         assert json.loads(await self.ws.recv())["type"] == "snapshot"
         return self
@@ -139,15 +140,19 @@ async def test_expect_100_continue_is_answered_before_the_body_or_refused_at_onc
     async with server(max_payload=1000) as srv:
         async with raw(srv) as (reader, writer):
             body = json.dumps({"room": "a", "event": "e", "data": 1}).encode()
-            writer.write(b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+            writer.write(
+                b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
             assert await status_of(reader) == 100
             assert await asyncio.wait_for(reader.readline(), WAIT) == b"\r\n"
             writer.write(body)
             assert await status_of(reader) == 200
         async with raw(srv) as (reader, writer):
-            writer.write(b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Expect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+            writer.write(
+                b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+            )
             assert await status_of(reader) == 413  # without sending a byte of it
 
 
@@ -170,8 +175,10 @@ async def test_pings_whose_pongs_are_never_read_stop_being_read() -> None:
     async with server() as srv, Healthy(srv) as healthy:
         reader, writer = await asyncio.open_connection(srv.host, srv.port)
         try:
-            writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
             assert await status_of(reader) == 101
             writer.transport.pause_reading()
             before = rss()

@@ -103,10 +103,12 @@ async def test_after_sigterm_publications_and_reports_are_refused_and_pending_pr
                 proc.send_signal(signal.SIGTERM)
                 await _until_not_ready(http, url)
 
-                for path, body in [("/api/publish", {"room": f"task:{task_id}", "event": "late", "data": 1}),
-                                   (f"/api/tasks/{task_id}/progress", {"progress": 60}),
-                                   (f"/api/tasks/{task_id}/complete", {"result": "late"}),
-                                   ("/api/tasks", {"kind": "crawl"})]:
+                for path, body in [
+                    ("/api/publish", {"room": f"task:{task_id}", "event": "late", "data": 1}),
+                    (f"/api/tasks/{task_id}/progress", {"progress": 60}),
+                    (f"/api/tasks/{task_id}/complete", {"result": "late"}),
+                    ("/api/tasks", {"kind": "crawl"}),
+                ]:
                     status, answer = await _post(http, url + path, body)
                     assert (status, answer["error"]["code"]) == (503, "shutting_down"), (path, answer)
             finally:

@@ -38,8 +38,17 @@ async def start_server(db: Path, *extra: str) -> asyncio.subprocess.Process:
     """Start ``roomcast serve`` on a free port with tasks in ``db``; stdout and stderr piped
     together. The caller ends it (``serving`` does)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "roomcast", "serve", "--port", "0", "--task-db", str(db), *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "roomcast",
+        "serve",
+        "--port",
+        "0",
+        "--task-db",
+        str(db),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "ROOMCAST_TASK_DB": str(db)},
     )
 
@@ -92,7 +101,7 @@ async def test_a_task_running_when_the_server_dies_is_failed_with_the_reason_aft
         async with open_sse(url, [], path=f"/tasks/{running['id']}/events") as stream:
             assert (await stream.next(WAIT)).json()["snapshot"]["status"] == "pending"
             await publisher.areport(running["id"], progress=40, step="fetching", message="page 40 of 100")
-            while (event := await stream.next(WAIT)).json().get("progress") != 40:
+            while (await stream.next(WAIT)).json().get("progress") != 40:
                 pass
         proc.send_signal(signum)
         await asyncio.wait_for(proc.wait(), WAIT)
@@ -123,9 +132,7 @@ async def test_a_task_running_when_the_server_dies_is_failed_with_the_reason_aft
 
 
 @pytest.mark.parametrize("last", ["completion", "stop"])
-async def test_a_completion_and_a_stop_acknowledged_right_before_a_crash_are_stored(
-    tmp_path: Path, last: str
-) -> None:
+async def test_a_completion_and_a_stop_acknowledged_right_before_a_crash_are_stored(tmp_path: Path, last: str) -> None:
     """SIGKILL leaves no time to write anything: the answer must have waited for the store."""
     db = tmp_path / "tasks.db"
     async with serving(db) as (proc, url):

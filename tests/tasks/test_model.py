@@ -210,7 +210,12 @@ def test_cancel_reason_becomes_message_or_keeps_the_last_one() -> None:
 
 def test_request_stop_keeps_progress() -> None:
     stopping = task_in(S.RUNNING).progress_to(3.0, 30, "fetch").request_stop(4.0)
-    assert (stopping.status, stopping.progress, stopping.step, stopping.finished_at) == (S.STOPPING, 30.0, "fetch", None)
+    assert (stopping.status, stopping.progress, stopping.step, stopping.finished_at) == (
+        S.STOPPING,
+        30.0,
+        "fetch",
+        None,
+    )
 
 
 def test_is_overdue() -> None:
@@ -313,11 +318,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 opt_text = st.none() | st.text(max_size=20)
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | finite
-    | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | finite | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -477,16 +478,18 @@ def test_room_names() -> None:
 def test_parse_event_aliases_builds_one_taskevents_per_kind_keeping_unnamed_defaults() -> None:
     from roomcast.tasks.model import DEFAULT_EVENTS, parse_event_aliases
 
-    parsed = parse_event_aliases(["crawl.progress=crawl_progress", "crawl.cancelled = crawl:stopped",
-                                  "ai.gen.completed=generation_done"])
+    parsed = parse_event_aliases(
+        ["crawl.progress=crawl_progress", "crawl.cancelled = crawl:stopped", "ai.gen.completed=generation_done"]
+    )
     assert parsed["crawl"].progress == "crawl_progress" and parsed["crawl"].cancelled == "crawl:stopped"
     assert parsed["crawl"].completed == DEFAULT_EVENTS.completed
     assert parsed["ai.gen"].completed == "generation_done"  # a kind may contain dots: the last one splits
     assert parse_event_aliases([]) == {}
 
 
-@pytest.mark.parametrize("spec", ["crawl_progress", "crawl.progress", "progress=x", "crawl.progress=",
-                                  "crawl.speed=x", ".progress=x"])
+@pytest.mark.parametrize(
+    "spec", ["crawl_progress", "crawl.progress", "progress=x", "crawl.progress=", "crawl.speed=x", ".progress=x"]
+)
 def test_parse_event_aliases_refuses_bad_specs_with_the_expected_form(spec: str) -> None:
     from roomcast.tasks.model import parse_event_aliases
 

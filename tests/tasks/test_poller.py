@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 import pytest
-from tapbroker import TapBroker
 from aiohttp import web
+from tapbroker import TapBroker
 
 from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
 from roomcast.hub import Hub
@@ -29,8 +29,14 @@ from roomcast.types import Publication
 
 WAIT = 5.0  # seconds any asynchronous outcome may take before the test fails
 S = TaskStatus
-FIELDS = {"progress": "data.percent", "step": "data.phase", "message": "note", "status": "state",
-          "result": "data.output", "error": "data.error"}
+FIELDS = {
+    "progress": "data.percent",
+    "step": "data.phase",
+    "message": "note",
+    "status": "state",
+    "result": "data.output",
+    "error": "data.error",
+}
 
 
 @dataclass
@@ -290,9 +296,7 @@ async def test_a_permanent_upstream_error_fails_the_task_at_once(
     assert len(upstream.requests) == 1  # not retried
 
 
-async def test_a_refused_connection_fails_the_task_as_unreachable(
-    pollers: TaskPoller, published: Published
-) -> None:
+async def test_a_refused_connection_fails_the_task_as_unreachable(pollers: TaskPoller, published: Published) -> None:
     task = await pollers.create("render", spec(f"http://127.0.0.1:{closed_port()}/job", retries=1))
     failed = await published.until_status(task.id, S.FAILED)
     assert failed["error"].startswith("upstream unreachable: ConnectionRefusedError")
@@ -326,8 +330,10 @@ async def test_progress_out_of_range_is_clamped_and_a_non_number_is_ignored(
     upstream.reply(Reply(json={"state": "running", "data": {"percent": "half"}, "note": "counting"}))
     noted = await published.until(task.id, lambda d: d["message"] == "counting")
     assert noted["progress"] == 0  # unchanged, not corrupted
-    upstream.reply(Reply(json={"state": "running", "data": {"percent": True, "phase": ["not", "text"]}}),
-                   Reply(json={"state": "done"}))
+    upstream.reply(
+        Reply(json={"state": "running", "data": {"percent": True, "phase": ["not", "text"]}}),
+        Reply(json={"state": "done"}),
+    )
     done = await published.until_status(task.id, S.COMPLETED)
     assert done["step"] is None and done["error"] is None
 
@@ -447,4 +453,3 @@ def test_a_bad_spec_is_refused_with_a_clear_message(data: Any, message: str) -> 
         PollSpec.from_json(data)
     assert message in str(caught.value)
     assert str(caught.value).startswith("poll spec: ")
-

@@ -109,9 +109,7 @@ def names(events: list[tuple[str, Any]]) -> list[str]:
 # -- lifecycle through run -------------------------------------------------------------------
 
 
-async def test_run_completes_and_publishes_every_change(
-    hub: Hub, service: TaskService, store: SqliteTaskStore
-) -> None:
+async def test_run_completes_and_publishes_every_change(hub: Hub, service: TaskService, store: SqliteTaskStore) -> None:
     rec = recorder(hub, task_room("t1"), LIST_ROOM)
     async with service.start("crawl", title="Crawl", id="t1", metadata={"site": "x"}) as task:
         task.progress(50, "fetch", "half")
@@ -175,9 +173,7 @@ async def test_request_stop_cancels_the_producer_and_ends_cancelled(hub: Hub, se
     assert (await service.get("t1")).status is S.CANCELLED
 
 
-async def test_stop_grace_cancels_a_producer_that_ignores_cancellation(
-    hub: Hub, service: TaskService
-) -> None:
+async def test_stop_grace_cancels_a_producer_that_ignores_cancellation(hub: Hub, service: TaskService) -> None:
     rec = recorder(hub, task_room("t1"))
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -244,9 +240,7 @@ async def test_10000_progress_calls_are_coalesced_and_the_end_is_last(hub: Hub, 
     assert events[-1][0] == "task:completed" and events[-1][1]["progress"] == 100
 
 
-async def test_progress_spread_over_time_is_published_about_every_interval(
-    hub: Hub, service: TaskService
-) -> None:
+async def test_progress_spread_over_time_is_published_about_every_interval(hub: Hub, service: TaskService) -> None:
     rec = recorder(hub, task_room("t1"))
     loop = asyncio.get_running_loop()
 
@@ -262,7 +256,7 @@ async def test_progress_spread_over_time_is_published_about_every_interval(
                     reported += 1
                     task.progress(reported / 100)
                 async with asyncio.timeout(WAIT):
-                    await rec.until(lambda: len(published()) >= wanted)
+                    await rec.until(lambda: len(published()) >= wanted)  # noqa: B023 - awaited in the loop
     elapsed = loop.time() - started
     progress = published()
     # Thousands of calls, yet publications at most one per 0.1 s interval (the first goes at once).
@@ -528,9 +522,7 @@ async def test_retention_keeps_the_newest_finished_tasks_and_never_a_running_one
         await svc.aclose()
 
 
-async def test_retention_by_age_deletes_only_tasks_that_finished_long_ago(
-    hub: Hub, store: SqliteTaskStore
-) -> None:
+async def test_retention_by_age_deletes_only_tasks_that_finished_long_ago(hub: Hub, store: SqliteTaskStore) -> None:
     svc = TaskService(hub, store)
     await svc.open()
     try:
@@ -540,11 +532,18 @@ async def test_retention_by_age_deletes_only_tasks_that_finished_long_ago(
     finally:
         await svc.aclose()
     long_ago = time.time() - 40 * 86400
-    ancient = Task.from_json({**fresh_done.to_json(), "id": "ancient", "created_at": long_ago,
-                              "updated_at": long_ago, "started_at": long_ago, "finished_at": long_ago})
+    ancient = Task.from_json(
+        {
+            **fresh_done.to_json(),
+            "id": "ancient",
+            "created_at": long_ago,
+            "updated_at": long_ago,
+            "started_at": long_ago,
+            "finished_at": long_ago,
+        }
+    )
     assert await store.put(ancient)
-    stale_but_running = Task.from_json({**ancient.to_json(), "id": "slow", "status": "running",
-                                        "finished_at": None})
+    stale_but_running = Task.from_json({**ancient.to_json(), "id": "slow", "status": "running", "finished_at": None})
     assert await store.put(stale_but_running)
 
     pruning = TaskService(hub, store, keep_days=30)
@@ -603,9 +602,7 @@ async def test_retention_settings_are_checked(hub: Hub, store: SqliteTaskStore) 
 # -- routes and spawn ---------------------------------------------------------------------------
 
 
-async def test_a_route_publishes_every_change_in_full_to_the_rooms_it_names(
-    hub: Hub, service: TaskService
-) -> None:
+async def test_a_route_publishes_every_change_in_full_to_the_rooms_it_names(hub: Hub, service: TaskService) -> None:
     @service.route
     def project_room(task: Task) -> list[str]:
         project = task.metadata.get("project")
@@ -626,9 +623,7 @@ async def test_a_route_publishes_every_change_in_full_to_the_rooms_it_names(
     assert all(data["id"] != other.id for _, data in rec.events("project:p1"))
 
 
-async def test_spawn_answers_with_the_running_task_while_the_work_goes_on(
-    hub: Hub, service: TaskService
-) -> None:
+async def test_spawn_answers_with_the_running_task_while_the_work_goes_on(hub: Hub, service: TaskService) -> None:
     release = asyncio.Event()
 
     async def crawl(task: Any) -> dict[str, int]:
@@ -644,9 +639,7 @@ async def test_spawn_answers_with_the_running_task_while_the_work_goes_on(
     assert done["result"] == {"pages": 3}
 
 
-async def test_spawn_refusal_reaches_the_caller_and_a_stop_cancels_the_work(
-    hub: Hub, service: TaskService
-) -> None:
+async def test_spawn_refusal_reaches_the_caller_and_a_stop_cancels_the_work(hub: Hub, service: TaskService) -> None:
     async def forever(task: Any) -> None:
         await asyncio.Event().wait()
 

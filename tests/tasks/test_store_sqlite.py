@@ -198,9 +198,7 @@ async def test_pages_cover_everything_once_in_order(store: SqliteTaskStore) -> N
     assert flat == newest_first  # no duplicates, no gaps, newest first
 
     crawl = await page_all(store, limit=7, kind="crawl", status=S.RUNNING)
-    crawl_expected = [
-        tid for tid in newest_first if int(tid[1:]) % 2 == 0 and int(tid[1:]) % 3 == 0
-    ]
+    crawl_expected = [tid for tid in newest_first if int(tid[1:]) % 2 == 0 and int(tid[1:]) % 3 == 0]
     assert [tid for page in crawl for tid in page] == crawl_expected
 
 

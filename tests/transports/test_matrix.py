@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import pytest
 from brokers import BROKERS, make_broker
-from rawclient import RawWebSocket, call, open_websocket, socketio_connect
 from loopstep import yield_to_loop
+from rawclient import RawWebSocket, call, open_websocket, socketio_connect
 from servers import RunningServer, running
 from sseclient import SseStream, open_sse
 
@@ -201,8 +201,6 @@ class SseClient:
         self.streams.clear()
 
 
-
-
 async def connect(kind: str, srv: RunningServer) -> Client:
     if kind == "socketio":
         return SocketIOClient(await socketio_connect(srv.host, srv.port))
@@ -247,7 +245,9 @@ async def test_subscribe_gives_the_snapshot_then_every_publication_in_order(tran
                 await srv.hub.publish("board", "card", {"n": n})
             await srv.hub.publish("board", "pair", 1, 2)
             assert [await client.next_event() for _ in range(6)] == [
-                *[("card", {"n": n}) for n in range(5)], ("pair", [1, 2])]
+                *[("card", {"n": n}) for n in range(5)],
+                ("pair", [1, 2]),
+            ]
         finally:
             await client.close()
 

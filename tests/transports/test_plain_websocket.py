@@ -62,16 +62,31 @@ async def test_subscribe_gets_a_snapshot_then_live_events_with_offsets() -> None
         client = await _connect(srv)
         try:
             reply = await _request(client, {"type": "subscribe", "id": 1, "room": "news"})
-            assert reply == {"type": "snapshot", "id": 1, "room": "news", "epoch": reply["epoch"], "offset": 0,
-                             "recovered": False, "snapshot": {"room": "news"}}
+            assert reply == {
+                "type": "snapshot",
+                "id": 1,
+                "room": "news",
+                "epoch": reply["epoch"],
+                "offset": 0,
+                "recovered": False,
+                "snapshot": {"room": "news"},
+            }
             await srv.hub.publish("news", "headline", {"t": "hi"})
             await srv.hub.publish("news", "pair", 1, 2)
-            assert await _next(client) == {"type": "event", "room": "news", "event": "headline",
-                                           "data": {"t": "hi"}, "offset": 1}
+            assert await _next(client) == {
+                "type": "event",
+                "room": "news",
+                "event": "headline",
+                "data": {"t": "hi"},
+                "offset": 1,
+            }
             assert (await _next(client))["data"] == [1, 2]
             assert await _request(client, {"type": "ping", "id": "p"}) == {"type": "ack", "id": "p", "data": None}
             assert await _request(client, {"type": "unsubscribe", "id": 2, "room": "news"}) == {
-                "type": "ack", "id": 2, "data": None}
+                "type": "ack",
+                "id": 2,
+                "data": None,
+            }
             await srv.hub.publish("news", "gone", 1)
             assert (await _request(client, {"type": "ping", "id": 3}))["id"] == 3  # nothing came before it
         finally:
@@ -90,8 +105,9 @@ async def test_resubscribe_with_epoch_and_offset_recovers_exactly_what_was_misse
             await srv.hub.publish("r", "e", n)
         second = await _connect(srv)
         try:
-            reply = await _request(second, {"type": "subscribe", "id": 1, "room": "r",
-                                            "epoch": snap["epoch"], "offset": seen["offset"]})
+            reply = await _request(
+                second, {"type": "subscribe", "id": 1, "room": "r", "epoch": snap["epoch"], "offset": seen["offset"]}
+            )
             assert reply["recovered"] is True and "snapshot" not in reply and reply["offset"] == 3
             assert [(await _next(second))["data"] for _ in range(2)] == [2, 3]
             await srv.hub.publish("r", "e", 4)
@@ -110,11 +126,13 @@ async def test_a_gap_history_no_longer_holds_gives_a_fresh_snapshot_not_a_silent
             await _request(client, {"type": "unsubscribe", "id": 2, "room": "r"})
             for n in (2, 3, 4):
                 await srv.hub.publish("r", "e", n)
-            reply = await _request(client, {"type": "subscribe", "id": 3, "room": "r",
-                                            "epoch": snap["epoch"], "offset": 1})
+            reply = await _request(
+                client, {"type": "subscribe", "id": 3, "room": "r", "epoch": snap["epoch"], "offset": 1}
+            )
             assert reply["recovered"] is False and reply["offset"] == 4 and reply["snapshot"] == {"room": "r"}
-            reply = await _request(client, {"type": "subscribe", "id": 4, "room": "other",
-                                            "epoch": "not-this-server", "offset": 9})
+            reply = await _request(
+                client, {"type": "subscribe", "id": 4, "room": "other", "epoch": "not-this-server", "offset": 9}
+            )
             assert reply["recovered"] is False and reply["offset"] == 0
         finally:
             client.close()
@@ -126,7 +144,10 @@ async def test_emit_reaches_the_handlers_and_publish_reaches_every_member() -> N
         try:
             await _request(b, {"type": "subscribe", "id": 1, "room": "chat"})
             assert await _request(a, {"type": "emit", "id": 7, "event": "shout", "data": "hey"}) == {
-                "type": "ack", "id": 7, "data": {"heard": "hey"}}
+                "type": "ack",
+                "id": 7,
+                "data": {"heard": "hey"},
+            }
             ack = await _request(a, {"type": "publish", "id": 8, "room": "chat", "event": "msg", "data": "yo"})
             assert ack["type"] == "ack" and ack["data"]["offset"] == 1 and ack["data"]["room"] == "chat"
             assert (await _next(b))["data"] == "yo"

@@ -43,8 +43,9 @@ async def test_deep_data_and_reserved_names_are_refused_and_every_transport_carr
             try:
                 # /ws: 300 levels do not even decode; 200 levels past the limit neither
                 for depth in (300, _json.MAX_DEPTH + 10):
-                    ws.send(json.dumps({"type": "publish", "id": 1, "room": "feed", "event": "x",
-                                        "data": nested(depth)}))
+                    ws.send(
+                        json.dumps({"type": "publish", "id": 1, "room": "feed", "event": "x", "data": nested(depth)})
+                    )
                     reply = json.loads(await ws.recv())
                     assert (reply["type"], reply["code"]) == ("error", "bad_request"), reply
                 # reserved names, through the built-in publish of both socket transports
@@ -85,8 +86,15 @@ async def test_deep_data_and_reserved_names_are_refused_and_every_transport_carr
 
 def test_every_reserved_name_is_listed() -> None:
     assert RESERVED_EVENTS == {
-        "connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener",
-        "snapshot", "reset", "error",
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+        "snapshot",
+        "reset",
+        "error",
     }
 
 
@@ -106,13 +114,16 @@ async def test_the_api_refuses_a_poison_publication_with_400() -> None:
 
     app = App(Hub(), Settings())
     async with running(app) as srv, aiohttp.ClientSession() as http:
-        for body in ({"room": "feed", "event": "x", "data": nested(300)},
-                     {"room": "feed", "event": "x", "data": nested(_json.MAX_DEPTH + 5)},
-                     {"room": "feed", "event": "disconnect", "data": 1},
-                     {"rooms": ["feed", "other"], "event": "connect"}):
+        for body in (
+            {"room": "feed", "event": "x", "data": nested(300)},
+            {"room": "feed", "event": "x", "data": nested(_json.MAX_DEPTH + 5)},
+            {"room": "feed", "event": "disconnect", "data": 1},
+            {"rooms": ["feed", "other"], "event": "connect"},
+        ):
             path = "/api/broadcast" if "rooms" in body else "/api/publish"
-            async with http.post(srv.url + path, data=json.dumps(body),
-                                 headers={"Content-Type": "application/json"}) as response:
+            async with http.post(
+                srv.url + path, data=json.dumps(body), headers={"Content-Type": "application/json"}
+            ) as response:
                 assert response.status == 400, body
                 assert (await response.json())["error"]["code"] == "bad_request"
         assert (await srv.hub.broker.position("feed")).offset == 0

@@ -18,9 +18,9 @@ from rawclient import RawWebSocket, call, open_websocket
 from servers import RunningServer, running
 
 from roomcast import ConnectionRefused, _json
+from roomcast.broker.memory import MemoryBroker
 from roomcast.hub.connection import Connection
 from roomcast.server.app import App
-from roomcast.broker.memory import MemoryBroker
 from roomcast.transports.recovery import Recovery
 from roomcast.transports.socketio import SioSocket
 from roomcast.types import Publication, StreamPosition
@@ -107,7 +107,7 @@ async def connect(srv: RunningServer, auth: Any = None, namespace: str = "/") ->
 def connect_body(reply: str, namespace: str = "/") -> dict[str, Any]:
     prefix = _prefix("40", namespace)
     assert reply.startswith(prefix + "{"), reply
-    body: dict[str, Any] = _json.loads(reply[len(prefix):])
+    body: dict[str, Any] = _json.loads(reply[len(prefix) :])
     return body
 
 
@@ -116,7 +116,7 @@ async def event(client: RawWebSocket, namespace: str = "/") -> list[Any]:
     message = await client.recv()
     prefix = _prefix("42", namespace)
     assert isinstance(message, str) and message.startswith(prefix + "["), message
-    args: list[Any] = _json.loads(message[len(prefix):])
+    args: list[Any] = _json.loads(message[len(prefix) :])
     return args
 
 
@@ -132,7 +132,9 @@ async def lose(client: RawWebSocket, observer: Observer, sid: str) -> None:
         assert await observer.disconnected.get() == sid
 
 
-async def fresh(srv: RunningServer, observer: Observer, *rooms: str, token: str = "t") -> tuple[RawWebSocket, dict[str, Any]]:
+async def fresh(
+    srv: RunningServer, observer: Observer, *rooms: str, token: str = "t"
+) -> tuple[RawWebSocket, dict[str, Any]]:
     """A connected, welcomed client, member of ``rooms``."""
     client, reply = await connect(srv, {"token": token})
     body = connect_body(reply)
@@ -194,7 +196,7 @@ async def test_events_carry_offsets_acks_and_calls_do_not(srv: RunningServer, ob
         await srv.hub.publish("r", "blob", b"\x01\x02", "x")
         head = await client.recv()
         assert isinstance(head, str) and head.startswith('451-["blob",{"_placeholder":true,"num":0},"x",')
-        offset = _json.loads(head[len("451-"):])[-1]
+        offset = _json.loads(head[len("451-") :])[-1]
         assert recovery_of(srv).parse_offset(offset) == recovery_of(srv).head
         assert await client.recv() == b"\x01\x02"
     finally:
@@ -243,7 +245,12 @@ async def test_a_lost_socket_comes_back_with_its_id_rooms_data_and_missed_public
         assert [args[:2] for args in replayed] == [["news", {"n": 2}], ["news", {"n": 3}]]
         welcome = await event(back)  # the connect handler's emit comes after the replay
         assert welcome[:2] == ["welcome", sid] and welcome[2] == recovery_of(srv).head_offset
-        assert observer.connects[-1] == {"id": sid, "recovered": True, "auth": {"token": "ann"}, "data": {"user": "ann"}}
+        assert observer.connects[-1] == {
+            "id": sid,
+            "recovered": True,
+            "auth": {"token": "ann"},
+            "data": {"user": "ann"},
+        }
         assert srv.hub.rooms() == {"a": 1, "b": 1}
         await srv.hub.publish("b", "news", {"n": 4})
         assert (await event(back))[:2] == ["news", {"n": 4}]

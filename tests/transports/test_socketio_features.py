@@ -47,14 +47,14 @@ async def srv(make_app: Callable[..., App]) -> AsyncIterator[RunningServer]:
     def join_admin(conn: Connection, request: dict[str, str]) -> bool:
         conn.join(request["room"])
         return True
+
     async with running(app) as s:
         yield s
 
 
 async def _client(srv: RunningServer, transports: list[str], **kw: Any) -> socketio.AsyncClient:
     client = socketio.AsyncClient(reconnection=False)
-    await client.connect(srv.url, transports=transports, auth={"token": "letmein", "user": "ann"},
-                         wait_timeout=5, **kw)
+    await client.connect(srv.url, transports=transports, auth={"token": "letmein", "user": "ann"}, wait_timeout=5, **kw)
     return client
 
 

@@ -146,8 +146,6 @@ async def test_heartbeat_comments_keep_an_idle_stream_alive() -> None:
         assert await stream.comment(timeout=5) == "ping"  # and again: one timer serves every stream
 
 
-
-
 async def _json_error(srv: RunningServer, query: str, **kwargs: Any) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http:
         async with http.request(kwargs.pop("method", "GET"), f"{srv.url}/sse{query}", **kwargs) as response:

@@ -24,8 +24,14 @@ from roomcast.types import Presence
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 
-def token(*, sub: str = "u1", subscribe: list[str] | None = None, publish: list[str] | None = None,
-          exp_in: float | None = 60.0, secret: str = SECRET) -> str:
+def token(
+    *,
+    sub: str = "u1",
+    subscribe: list[str] | None = None,
+    publish: list[str] | None = None,
+    exp_in: float | None = 60.0,
+    secret: str = SECRET,
+) -> str:
     claims: dict[str, Any] = {"sub": sub, "rooms": {"subscribe": subscribe or [], "publish": publish or []}}
     if exp_in is not None:
         claims["exp"] = time.time() + exp_in
@@ -62,10 +68,13 @@ async def test_websocket_needs_a_valid_token_and_its_grants() -> None:
             assert client.status == 101
             assert (await _request(client, {"type": "subscribe", "id": 1, "room": "chat:lobby"}))["type"] == "snapshot"
             denied = await _request(client, {"type": "subscribe", "id": 2, "room": "admin"})
-            assert denied == {"type": "error", "id": 2, "code": "forbidden",
-                              "message": "not allowed to subscribe 'admin'"}
-            echoed = await _request(client, {"type": "publish", "id": 3, "room": "chat:lobby", "event": "m",
-                                             "data": 1})
+            assert denied == {
+                "type": "error",
+                "id": 2,
+                "code": "forbidden",
+                "message": "not allowed to subscribe 'admin'",
+            }
+            echoed = await _request(client, {"type": "publish", "id": 3, "room": "chat:lobby", "event": "m", "data": 1})
             assert echoed["type"] == "event" and echoed["data"] == 1  # a member gets its own publication
             assert json.loads(await client.recv())["type"] == "ack"  # then the ack
             denied = await _request(client, {"type": "publish", "id": 4, "room": "chat:other", "event": "m"})
@@ -97,8 +106,12 @@ async def test_a_browser_refused_on_ws_learns_why_from_a_1008_close_not_a_hidden
     async with running(App(Hub(), Settings(jwt_secret=SECRET, cors_origins=("https://app.example",)))) as srv:
         for bad, reason in ((None, "token required"), (token(exp_in=-5), "token expired")):
             query = "" if bad is None else f"?token={bad}"
-            page = await open_websocket(srv.host, srv.port, f"/ws{query}", headers={
-                "Sec-WebSocket-Protocol": "roomcast.v1", "Origin": "https://app.example"})
+            page = await open_websocket(
+                srv.host,
+                srv.port,
+                f"/ws{query}",
+                headers={"Sec-WebSocket-Protocol": "roomcast.v1", "Origin": "https://app.example"},
+            )
             try:
                 assert page.status == 101
                 assert await asyncio.wait_for(page.closed, 5) == 1008
@@ -118,8 +131,9 @@ async def test_sse_takes_the_token_from_the_query_and_checks_every_room() -> Non
                 assert missing.status == 401
                 assert (await missing.json())["error"] == {"code": "unauthorized", "message": "token required"}
             query = {"room": ["a", "secret"], "token": token(subscribe=["a"])}
-            async with http.get(f"{srv.url}/sse", params=[("room", "a"), ("room", "secret"),
-                                                          ("token", query["token"])]) as partly:
+            async with http.get(
+                f"{srv.url}/sse", params=[("room", "a"), ("room", "secret"), ("token", query["token"])]
+            ) as partly:
                 assert partly.status == 403
                 assert "secret" in (await partly.json())["error"]["message"]
         async with open_sse(srv.url, ["a"], extra_query={"token": token(subscribe=["a"], exp_in=0.5)}) as stream:
@@ -163,8 +177,12 @@ async def test_presence_counts_distinct_users_and_announces_first_arrivals_and_l
             assert (await srv.hub.presence("room:1")).connections == 3  # ann is still there in one tab
             tabs[1].close()
             await announced()
-            assert seen == [("presence:join", "watcher"), ("presence:join", "ann"), ("presence:join", "bob"),
-                            ("presence:leave", "ann")]
+            assert seen == [
+                ("presence:join", "watcher"),
+                ("presence:join", "ann"),
+                ("presence:join", "bob"),
+                ("presence:leave", "ann"),
+            ]
             assert srv.hub.users("room:1") == ["bob", "watcher"]
         finally:
             for client in [watcher, *tabs, bob]:
@@ -184,18 +202,21 @@ async def test_socketio_needs_a_token_in_the_handshake_and_honours_its_grants() 
         except socketio.exceptions.ConnectionError:
             assert reasons == [{"message": "token expired"}]
         client = socketio.AsyncClient(reconnection=False)
-        await client.connect(srv.url, auth={"token": token(sub="ann", subscribe=["doc:*"], publish=["doc:1"])},
-                             transports=["websocket"])
+        await client.connect(
+            srv.url, auth={"token": token(sub="ann", subscribe=["doc:*"], publish=["doc:1"])}, transports=["websocket"]
+        )
         try:
             ok = await client.call("subscribe", {"room": "doc:1"}, timeout=5)
             assert ok["recovered"] is False and ok["offset"] == 0
             assert (await srv.hub.presence("doc:1")).users == ("ann",)
             assert await client.call("subscribe", {"room": "admin"}, timeout=5) == {
-                "error": "not allowed to subscribe 'admin'"}
+                "error": "not allowed to subscribe 'admin'"
+            }
             published = await client.call("publish", {"room": "doc:1", "event": "edit", "data": 1}, timeout=5)
             assert published["offset"] == 1
             assert await client.call("publish", {"room": "doc:2", "event": "edit"}, timeout=5) == {
-                "error": "not allowed to publish 'doc:2'"}
+                "error": "not allowed to publish 'doc:2'"
+            }
         finally:
             await client.disconnect()
 
@@ -208,12 +229,12 @@ async def test_a_socketio_token_that_expires_ends_the_session_unless_refreshed()
         gone = asyncio.Event()
         lapsing.on("disconnect", lambda *_: gone.set())
         for client in (lapsing, refreshed):
-            await client.connect(srv.url, auth={"token": token(subscribe=["*"], exp_in=0.5)},
-                                 transports=["websocket"])
+            await client.connect(srv.url, auth={"token": token(subscribe=["*"], exp_in=0.5)}, transports=["websocket"])
         try:
             assert await refreshed.call("refresh", {"token": token(subscribe=["*"])}, timeout=5) == {"ok": True}
             assert await refreshed.call("refresh", {"token": token(sub="u2")}, timeout=5) == {
-                "error": "a refresh must be for the same subject"}
+                "error": "a refresh must be for the same subject"
+            }
             async with asyncio.timeout(5):
                 await gone.wait()
             assert srv.app.expiry.expired == 1

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
@@ -108,8 +108,14 @@ class Broker(RoomState, Protocol):
         """Begin delivering the publications of subscribed rooms to ``events``."""
 
     async def publish(
-        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-        encoded: tuple[bytes, ...] | None = None, binary: bool = False,
+        self,
+        room: RoomName,
+        event: str,
+        data: tuple[JSONValue, ...],
+        *,
+        ts: float,
+        encoded: tuple[bytes, ...] | None = None,
+        binary: bool = False,
     ) -> Publication:
         """Append to history and deliver to every node subscribed to ``room`` (atomic).
 

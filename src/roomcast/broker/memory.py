@@ -106,8 +106,12 @@ class MemoryBroker:
     def held(self) -> dict[str, int]:
         """Every structure's size, for tests that show nothing is left behind."""
         return {
-            "streams": len(self._streams), "publications": self._kept, "order": len(self._order),
-            "bytes": self._total, "terminal": len(self._terminal), "presence": len(self._presence),
+            "streams": len(self._streams),
+            "publications": self._kept,
+            "order": len(self._order),
+            "bytes": self._total,
+            "terminal": len(self._terminal),
+            "presence": len(self._presence),
         }
 
     async def start(self, events: BrokerEvents) -> None:
@@ -133,8 +137,14 @@ class MemoryBroker:
 
     # -- publications -------------------------------------------------------------------
     async def publish(
-        self, room: RoomName, event: str, data: tuple[JSONValue, ...], *, ts: float,
-        encoded: tuple[bytes, ...] | None = None, binary: bool = False,
+        self,
+        room: RoomName,
+        event: str,
+        data: tuple[JSONValue, ...],
+        *,
+        ts: float,
+        encoded: tuple[bytes, ...] | None = None,
+        binary: bool = False,
     ) -> Publication:
         stream = self._stream(room)
         stream.offset += 1
@@ -231,8 +241,10 @@ class MemoryBroker:
         """Drop the global order's entries for publications a room already trimmed."""
         streams = self._streams
         self._order = deque(
-            (stream, pub) for stream, pub in self._order
-            if streams.get(stream.room) is stream and stream.history
+            (stream, pub)
+            for stream, pub in self._order
+            if streams.get(stream.room) is stream
+            and stream.history
             and stream.history[0].position.offset <= pub.position.offset
         )
 

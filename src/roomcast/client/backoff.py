@@ -92,7 +92,4 @@ class Backoff:
         self._attempts = 0
 
     def __repr__(self) -> str:
-        return (
-            f"Backoff(initial={self.initial!r}, cap={self.cap!r}, factor={self.factor!r}, "
-            f"attempts={self._attempts})"
-        )
+        return f"Backoff(initial={self.initial!r}, cap={self.cap!r}, factor={self.factor!r}, attempts={self._attempts})"

@@ -301,9 +301,7 @@ class ChangeBatcher:
 
     def _ensure_driver(self) -> None:
         if self._task is None and not self._held and not self._closed and self._buffer:
-            self._task = asyncio.get_running_loop().create_task(
-                self._drive(), name="roomcast-change-batcher"
-            )
+            self._task = asyncio.get_running_loop().create_task(self._drive(), name="roomcast-change-batcher")
 
     async def _drive(self) -> None:
         """Sleep until the batch is due, hand it over, repeat; end when nothing is pending.
@@ -367,9 +365,7 @@ class ChangeBatcher:
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            logger.exception(
-                "change batch handler %r failed on %d changes", self._handler, len(batch)
-            )
+            logger.exception("change batch handler %r failed on %d changes", self._handler, len(batch))
 
     def __repr__(self) -> str:
         flags = "closed" if self._closed else "held" if self._held else "running"

@@ -54,9 +54,7 @@ __all__ = ["Client", "Auth", "SnapshotHandler"]
 
 logger = logging.getLogger("roomcast.client")
 
-Auth: TypeAlias = (
-    Mapping[str, Any] | Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]] | None
-)
+Auth: TypeAlias = Mapping[str, Any] | Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]] | None
 """A static CONNECT payload, or a (sync or async) callable returning one before each connect."""
 
 SnapshotHandler: TypeAlias = Callable[[RoomState, Any], Awaitable[None] | None]
@@ -359,8 +357,9 @@ class Client:
         """Send ``subscribe`` for ``room`` from its last position and apply the answer."""
         self._held.setdefault(room, [])
         try:
-            reply = await self._call(session, "subscribe", self._rooms.subscribe_payload(room),
-                                     timeout or self.ack_timeout)
+            reply = await self._call(
+                session, "subscribe", self._rooms.subscribe_payload(room), timeout or self.ack_timeout
+            )
         except BaseException:
             held = self._held.pop(room, [])
             if session is self._session:
@@ -702,7 +701,10 @@ class Client:
         if self.pid is not None:  # connection state recovery: as the official client does
             payload = {"pid": self.pid, "offset": self._csr_offset, **(payload or {})}
         engine = await EngineConnection.open(
-            self.target, transports=self.transports, headers=self.headers, query=META_QUERY,
+            self.target,
+            transports=self.transports,
+            headers=self.headers,
+            query=META_QUERY,
             max_message_bytes=self.max_message_bytes,
         )
         session = _Session(engine, sio.Decoder())
@@ -883,4 +885,3 @@ def _consume(future: asyncio.Future[None]) -> None:
     """Mark an outcome's exception as seen: nobody may be waiting on ``connect()``."""
     if not future.cancelled():
         future.exception()
-

@@ -142,7 +142,9 @@ class EngineConnection:
         if not transports or any(t not in TRANSPORTS for t in transports):
             raise ValueError(f"transports must be a non-empty sequence of {TRANSPORTS}")
         args: dict[str, Any] = {
-            "headers": dict(headers or {}), "query": dict(query or {}), "max_message_bytes": max_message_bytes
+            "headers": dict(headers or {}),
+            "query": dict(query or {}),
+            "max_message_bytes": max_message_bytes,
         }
         if transports[0] == "websocket":
             try:
@@ -158,8 +160,9 @@ class EngineConnection:
         cls, target: Target, *, headers: dict[str, str], query: dict[str, str], max_message_bytes: int
     ) -> EngineConnection:
         params = {"EIO": "4", "transport": "websocket", **query}
-        ws = await WebSocket.connect(target, target.resource(params), headers=headers,
-                                     max_message_bytes=max_message_bytes)
+        ws = await WebSocket.connect(
+            target, target.resource(params), headers=headers, max_message_bytes=max_message_bytes
+        )
         try:
             handshake = Handshake.parse(eio.decode_ws(await ws.recv()))
         except BaseException:
@@ -181,8 +184,7 @@ class EngineConnection:
         max_message_bytes: int,
     ) -> EngineConnection:
         params = {"EIO": "4", "transport": "polling", **query}
-        answer = await http_request(target, "GET", target.resource(params), headers=headers,
-                                    limit=max_message_bytes)
+        answer = await http_request(target, "GET", target.resource(params), headers=headers, limit=max_message_bytes)
         if answer.status != 200:
             raise ConnectionClosed(f"polling handshake answered {answer.status}")
         packets = _decode_body(answer.body)
@@ -366,8 +368,14 @@ class EngineConnection:
         return batch
 
     async def _post_body(self, body: str) -> None:
-        answer = await http_request(self.target, "POST", self._resource("polling"), headers=self._headers,
-                                    body=body.encode("utf-8"), limit=65536)
+        answer = await http_request(
+            self.target,
+            "POST",
+            self._resource("polling"),
+            headers=self._headers,
+            body=body.encode("utf-8"),
+            limit=65536,
+        )
         if answer.status != 200:
             raise ConnectionClosed(f"POST answered {answer.status}")
 
@@ -378,8 +386,9 @@ class EngineConnection:
         drops WebSockets); only a failure after the switch began ends the session.
         """
         try:
-            ws = await WebSocket.connect(self.target, self._resource("websocket"), headers=self._headers,
-                                         max_message_bytes=self._max)
+            ws = await WebSocket.connect(
+                self.target, self._resource("websocket"), headers=self._headers, max_message_bytes=self._max
+            )
         except (OSError, ConnectionClosed, RemoteProtocolError) as exc:
             logger.info("session %s stays on polling: %s", self.handshake.sid, exc)
             return

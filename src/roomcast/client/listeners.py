@@ -60,15 +60,11 @@ class ListenerSets:
         return frozenset(self._sets)
 
     @overload
-    def on(
-        self, event: str, handler: None = None, *, set: str | None = None
-    ) -> Callable[[H], H]: ...
+    def on(self, event: str, handler: None = None, *, set: str | None = None) -> Callable[[H], H]: ...
     @overload
     def on(self, event: str, handler: H, *, set: str | None = None) -> H: ...
 
-    def on(
-        self, event: str, handler: Handler | None = None, *, set: str | None = None
-    ) -> Handler | Callable[[H], H]:
+    def on(self, event: str, handler: Handler | None = None, *, set: str | None = None) -> Handler | Callable[[H], H]:
         """Add ``handler`` for ``event`` to set ``set`` (default: the ``default`` set).
 
         Handlers of one event run in the order they were added; adding one twice makes it
@@ -115,9 +111,7 @@ class ListenerSets:
     @overload
     def any(self, handler: H, *, set: str | None = None) -> H: ...
 
-    def any(
-        self, handler: Handler | None = None, *, set: str | None = None
-    ) -> Handler | Callable[[H], H]:
+    def any(self, handler: Handler | None = None, *, set: str | None = None) -> Handler | Callable[[H], H]:
         """Set the catch-all of set ``set``: called as ``handler(event, *args)`` for events
         that set has no handler for. One per set; a new one replaces the old. Also a
         decorator, like ``on``. Per set, so that switching sets switches it too.

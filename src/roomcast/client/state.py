@@ -183,9 +183,7 @@ class StateMachine:
                     try:
                         fn(change)
                     except Exception:
-                        logger.exception(
-                            "state listener %r failed on %s -> %s", fn, change.old, change.new
-                        )
+                        logger.exception("state listener %r failed on %s -> %s", fn, change.old, change.new)
         finally:
             self._notifying = False
 

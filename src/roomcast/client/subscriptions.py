@@ -184,9 +184,7 @@ def _parse_reply(room: RoomName, reply: Mapping[str, Any]) -> tuple[str, int, bo
         raise RemoteProtocolError(f"subscribe reply for {room!r}: epoch must be a string")
     # bool is an int: True must not read as offset 1.
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise RemoteProtocolError(
-            f"subscribe reply for {room!r}: offset must be a non-negative integer"
-        )
+        raise RemoteProtocolError(f"subscribe reply for {room!r}: offset must be a non-negative integer")
     if not isinstance(recovered, bool):
         raise RemoteProtocolError(f"subscribe reply for {room!r}: recovered must be a boolean")
     return epoch, offset, recovered

@@ -50,9 +50,7 @@ def prepare(event: object, args: tuple[JSONValue, ...]) -> tuple[tuple[bytes, ..
     try:  # binary attachments or lone surrogates: what json_safe makes of them must encode
         safe = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in args)
     except _json.JSONEncodeError:
-        raise InvalidPublication(
-            f"the data is not JSON, or is nested deeper than {_json.MAX_DEPTH} levels"
-        ) from None
+        raise InvalidPublication(f"the data is not JSON, or is nested deeper than {_json.MAX_DEPTH} levels") from None
     # Socket.IO carries binary as attachments; text with lone surrogates is carried with
     # them replaced, by every transport alike.
     return safe, _has_binary(args)

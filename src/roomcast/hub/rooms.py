@@ -50,9 +50,7 @@ class Room:
         relost: the stream was lost again during a re-read: read once more after it.
     """
 
-    __slots__ = (
-        "name", "groups", "size", "users", "pending", "position", "ready", "terminal", "recovering", "relost"
-    )
+    __slots__ = ("name", "groups", "size", "users", "pending", "position", "ready", "terminal", "recovering", "relost")
 
     def __init__(self, name: RoomName) -> None:
         self.name = name

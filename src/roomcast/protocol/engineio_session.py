@@ -186,11 +186,7 @@ class EngineIOSession:
 
     def can_probe(self) -> bool:
         """Whether a websocket may present this sid to upgrade (once, from polling only)."""
-        return (
-            self.state is SessionState.OPEN
-            and self.transport is Transport.POLLING
-            and not self._probed
-        )
+        return self.state is SessionState.OPEN and self.transport is Transport.POLLING and not self._probed
 
     def start_probe(self) -> None:
         """A websocket presented this sid; its frames now go to ``receive_probe``."""

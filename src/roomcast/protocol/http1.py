@@ -110,11 +110,26 @@ class ResponseParser:
             response = parser.feed(data) if data else parser.feed_eof()
     """
 
-    __slots__ = ("_max_body", "_max_headers", "_max_line", "_head_only", "_buf", "_state", "_seen",
-                 "_status", "_reason", "_headers", "_lines", "_body", "_left", "response")
+    __slots__ = (
+        "_max_body",
+        "_max_headers",
+        "_max_line",
+        "_head_only",
+        "_buf",
+        "_state",
+        "_seen",
+        "_status",
+        "_reason",
+        "_headers",
+        "_lines",
+        "_body",
+        "_left",
+        "response",
+    )
 
-    def __init__(self, *, max_body: int, max_headers: int = 100, max_line: int = 65536,
-                 head_only: bool = False) -> None:
+    def __init__(
+        self, *, max_body: int, max_headers: int = 100, max_line: int = 65536, head_only: bool = False
+    ) -> None:
         self._max_body = max_body
         self._max_headers = max_headers
         self._max_line = max_line

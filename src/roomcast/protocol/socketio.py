@@ -21,9 +21,7 @@ from typing import Any, Final
 from roomcast import _json
 from roomcast.errors import LocalProtocolError, PayloadTooBig, RemoteProtocolError
 
-__all__ = [
-    "SioType", "SioPacket", "RESERVED_EVENTS", "MAX_ACK_ID", "encode", "event_packet_text", "Decoder"
-]
+__all__ = ["SioType", "SioPacket", "RESERVED_EVENTS", "MAX_ACK_ID", "encode", "event_packet_text", "Decoder"]
 
 
 class SioType(enum.IntEnum):

@@ -29,10 +29,30 @@ from typing import Final, TypeAlias
 from roomcast.errors import LocalProtocolError, PayloadTooBig, RemoteProtocolError
 
 __all__ = [
-    "Opcode", "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "GUID",
-    "accept_key", "check_client_handshake", "handshake_response", "serialize_frame",
-    "text_frame", "binary_frame", "close_payload", "close_frame", "Message", "Ping", "Pong",
-    "Close", "Event", "InvalidPayloadData", "WebSocketParser", "close_code_for",
+    "Opcode",
+    "OP_CONT",
+    "OP_TEXT",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "GUID",
+    "accept_key",
+    "check_client_handshake",
+    "handshake_response",
+    "serialize_frame",
+    "text_frame",
+    "binary_frame",
+    "close_payload",
+    "close_frame",
+    "Message",
+    "Ping",
+    "Pong",
+    "Close",
+    "Event",
+    "InvalidPayloadData",
+    "WebSocketParser",
+    "close_code_for",
 ]
 
 
@@ -166,9 +186,7 @@ def _header(first: int, length: int, mask_bit: int) -> bytes:
     return _HDR_64.pack(first, mask_bit | 127, length)
 
 
-def serialize_frame(
-    opcode: int, payload: Buffer, *, fin: bool = True, mask: bytes | None = None
-) -> bytes:
+def serialize_frame(opcode: int, payload: Buffer, *, fin: bool = True, mask: bytes | None = None) -> bytes:
     """Serialize one frame (RFC 6455 §5.2).
 
     Args:

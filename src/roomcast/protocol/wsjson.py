@@ -23,8 +23,7 @@ from typing import Any, Final, TypeAlias
 
 from roomcast import _json
 from roomcast.errors import LocalProtocolError, RemoteProtocolError
-from roomcast.types import MAX_NAME_LENGTH
-from roomcast.types import JSONValue
+from roomcast.types import MAX_NAME_LENGTH, JSONValue
 
 __all__ = [
     "SUBPROTOCOL",
@@ -289,9 +288,7 @@ def _check_id(id: object) -> None:
         raise LocalProtocolError("a request id is an int or a str")
 
 
-def event_message(
-    event: str, data: JSONValue, *, room: str | None = None, offset: int | None = None
-) -> str:
+def event_message(event: str, data: JSONValue, *, room: str | None = None, offset: int | None = None) -> str:
     """Encode an ``event`` message: a publication to a room, or a direct emit to this client.
 
     Why: this is the fan-out path (built once per publication, sent to every subscriber

@@ -120,8 +120,11 @@ def _loopback_origin(origin: str) -> bool:
         parts = urlsplit(origin)
     except ValueError:
         return False
-    return (parts.scheme in ("http", "https") and origin == f"{parts.scheme}://{parts.netloc}"
-            and _loopback_authority(parts.netloc))
+    return (
+        parts.scheme in ("http", "https")
+        and origin == f"{parts.scheme}://{parts.netloc}"
+        and _loopback_authority(parts.netloc)
+    )
 
 
 def _is_json(content_type: str) -> bool:
@@ -139,8 +142,10 @@ def _integer(request: HttpRequest, name: str, default: int, *, minimum: int, max
     if text is None:
         return default
     digits = text.lstrip("0")
-    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(maximum)) or not (
-        minimum <= int(digits or "0") <= maximum
+    if (
+        not (text.isascii() and text.isdigit())
+        or len(digits) > len(str(maximum))
+        or not (minimum <= int(digits or "0") <= maximum)
     ):
         raise BadRequest(f"'{name}' must be an integer from {minimum} to {maximum}")
     return int(digits or "0")
@@ -152,16 +157,23 @@ PollPrefix = tuple[str, str, int, str]
 
 def _poll_prefix(entry: str) -> PollPrefix:
     """Parse one ``--poll-allow`` entry; ``ValueError`` (naming the flag) if it is not a URL prefix."""
-    refused = ValueError(f"--poll-allow: {entry!r} is not '*' nor an http(s) URL prefix "
-                         "such as https://api.example.com/jobs/")
+    refused = ValueError(
+        f"--poll-allow: {entry!r} is not '*' nor an http(s) URL prefix such as https://api.example.com/jobs/"
+    )
     try:
         parts = urlsplit(entry)
         port = parts.port
     except ValueError:
         raise refused from None
     host = parts.hostname
-    if (parts.scheme not in ("http", "https") or not host or parts.username is not None
-            or parts.password is not None or "?" in entry or "#" in entry):
+    if (
+        parts.scheme not in ("http", "https")
+        or not host
+        or parts.username is not None
+        or parts.password is not None
+        or "?" in entry
+        or "#" in entry
+    ):
         raise refused
     return parts.scheme, host, port or (443 if parts.scheme == "https" else 80), parts.path
 
@@ -232,7 +244,7 @@ class ApiServer:
         methods: dict[str, Any] | None = ROUTES.get(path)
         task_id: str | None = None
         if methods is None and path.startswith("/api/tasks/") and self.tasks is not None:
-            task_id, _, action = path[len("/api/tasks/"):].partition("/")
+            task_id, _, action = path[len("/api/tasks/") :].partition("/")
             methods = TASK_ROUTES.get(action)
         elif path == "/api/tasks" and self.tasks is None:
             methods = None
@@ -250,8 +262,11 @@ class ApiServer:
             return api_error(413, "too_large", "the body is over the size limit")
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and request.body and not _is_json(content_type):
-            return api_error(415, "unsupported_media_type", "send the body as JSON with Content-Type: "
-                             f"application/json, not {content_type[:100] or 'none'!r}")
+            return api_error(
+                415,
+                "unsupported_media_type",
+                f"send the body as JSON with Content-Type: application/json, not {content_type[:100] or 'none'!r}",
+            )
         try:
             if request.method == "POST" and not self.accepting:
                 raise ShuttingDown("the server is shutting down; nothing was published or changed")
@@ -338,16 +353,18 @@ class ApiServer:
         current = await self.hub.broker.position(room)
         epoch = request.query.get("epoch") or current.epoch
         result = await self.hub.broker.history(room, since=StreamPosition(epoch, since))
-        return _ok({
-            "room": room,
-            "epoch": result.position.epoch,
-            "offset": result.position.offset,
-            "complete": result.complete,
-            "publications": [
-                {"offset": p.position.offset, "event": p.event, "data": list(p.data), "ts": p.ts}
-                for p in result.publications
-            ],
-        })
+        return _ok(
+            {
+                "room": room,
+                "epoch": result.position.epoch,
+                "offset": result.position.offset,
+                "complete": result.complete,
+                "publications": [
+                    {"offset": p.position.offset, "event": p.event, "data": list(p.data), "ts": p.ts}
+                    for p in result.publications
+                ],
+            }
+        )
 
     async def presence(self, request: HttpRequest) -> HttpResponse:
         presence = await self.hub.presence(_name(request.query.get("room"), "room"))
@@ -368,7 +385,6 @@ class ApiServer:
             conn.disconnect(disconnect.SERVER_DISCONNECT)
         logger.info("API disconnected %d connection(s)", len(targets))
         return _ok({"disconnected": len(targets)})
-
 
     # -- tasks ----------------------------------------------------------------------------
     def _service(self) -> TaskService:
@@ -404,8 +420,10 @@ class ApiServer:
         if self.poll_any or _under(url, self.poll_prefixes):
             return
         if not self.poll_prefixes:
-            raise BadRequest(f"poll URL {url[:100]!r} is not allowed: this server follows no upstream URLs "
-                             "(without --api-key none by default); list the allowed prefixes with --poll-allow")
+            raise BadRequest(
+                f"poll URL {url[:100]!r} is not allowed: this server follows no upstream URLs "
+                "(without --api-key none by default); list the allowed prefixes with --poll-allow"
+            )
         raise BadRequest(f"poll URL {url[:100]!r} is not allowed: it is under no --poll-allow prefix")
 
     async def list_tasks(self, request: HttpRequest) -> HttpResponse:
@@ -419,7 +437,10 @@ class ApiServer:
                 raise BadRequest(f"'status' must be among {', '.join(s.value for s in TaskStatus)}") from None
         limit = _integer(request, "limit", DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE)
         tasks, cursor = await self._service().list(
-            status=statuses, kind=query.get("kind"), owner=query.get("owner"), limit=limit,
+            status=statuses,
+            kind=query.get("kind"),
+            owner=query.get("owner"),
+            limit=limit,
             cursor=query.get("cursor"),
         )
         return _ok({"tasks": [t.to_json() for t in tasks], "next_cursor": cursor})
@@ -504,17 +525,28 @@ _POLL_SPEC = {
     "required": ["url"],
     "additionalProperties": False,
     "properties": {
-        "url": {"type": "string", "format": "uri", "description": "http(s), no credentials (use headers); "
-                "under a --poll-allow prefix (by default any with an API key, none without)"},
+        "url": {
+            "type": "string",
+            "format": "uri",
+            "description": "http(s), no credentials (use headers); "
+            "under a --poll-allow prefix (by default any with an API key, none without)",
+        },
         "interval": {"type": "number", "exclusiveMinimum": 0, "default": 2},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 3600, "description": "seconds in all"},
         "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 10},
         "retries": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 3},
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-        "fields": {"type": "object", "additionalProperties": False, "properties": {
-            name: _PATH for name in ("progress", "step", "message", "status", "result", "error")}},
-        "progress_scale": {"type": "number", "exclusiveMinimum": 0, "default": 100,
-                           "description": "the upstream value meaning 100 % (1 for a fraction)"},
+        "fields": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: _PATH for name in ("progress", "step", "message", "status", "result", "error")},
+        },
+        "progress_scale": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 100,
+            "description": "the upstream value meaning 100 % (1 for a fraction)",
+        },
         "done": {"type": "array", "items": {}, "default": list(DEFAULT_DONE)},
         "failed": {"type": "array", "items": {}, "default": list(DEFAULT_FAILED)},
     },
@@ -538,112 +570,285 @@ OPENAPI: dict[str, Any] = {
             "Error": {
                 "type": "object",
                 "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"}}}},
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
             },
             "Position": _POSITION,
             "PollSpec": _POLL_SPEC,
         },
         "responses": {
             f"E{status}": {"description": text, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for status, text in [(400, "Bad request"), (401, "Missing or invalid API key"),
-                                 (403, "No API key configured, and not a direct local client"),
-                                 (404, "No such task"), (405, "Method not allowed"),
-                                 (409, "The task's state forbids this change"), (413, "Body too large"),
-                                 (415, "The body is not Content-Type: application/json"),
-                                 (503, "The server is shutting down: nothing was done; retry")]
+            for status, text in [
+                (400, "Bad request"),
+                (401, "Missing or invalid API key"),
+                (403, "No API key configured, and not a direct local client"),
+                (404, "No such task"),
+                (405, "Method not allowed"),
+                (409, "The task's state forbids this change"),
+                (413, "Body too large"),
+                (415, "The body is not Content-Type: application/json"),
+                (503, "The server is shutting down: nothing was done; retry"),
+            ]
         },
     },
     "security": [{"bearer": []}, {"apiKey": []}],
     "paths": {
-        "/api/publish": {"post": {
-            "summary": "Publish an event to a room",
-            "requestBody": {"required": True, "content": {_JSON: {"schema": {
-                "type": "object", "required": ["room", "event"],
-                "properties": {"room": {"type": "string"}, "event": {"type": "string"}, "data": {}}}}}},
-            "responses": {"200": {"description": "Its position in the room's stream", "content": {
-                _JSON: {"schema": {"$ref": "#/components/schemas/Position"}}}},
-                **_error_responses(400, 401, 403, 413, 415, 503)},
-        }},
-        "/api/broadcast": {"post": {
-            "summary": "Publish one event to several rooms",
-            "requestBody": {"required": True, "content": {_JSON: {"schema": {
-                "type": "object", "required": ["rooms", "event"],
-                "properties": {"rooms": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                               "event": {"type": "string"}, "data": {}}}}}},
-            "responses": {"200": {"description": "One position per room", "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"results": {"type": "array", "items": {
-                    "$ref": "#/components/schemas/Position"}}}}}}}, **_error_responses(400, 401, 403, 413, 415, 503)},
-        }},
-        "/api/rooms": {"get": {
-            "summary": "Rooms with members in this process, with connection and user counts",
-            "responses": {"200": {"description": "The rooms", "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"rooms": {"type": "array", "items": {"type": "object", "properties": {
-                    "room": {"type": "string"}, "connections": {"type": "integer"},
-                    "users": {"type": "integer"}}}}}}}}}, **_error_responses(401, 403)},
-        }},
-        "/api/history": {"get": {
-            "summary": "A room's publications after an offset, while history holds them",
-            "parameters": [
-                {"name": "room", "in": "query", "required": True, "schema": {"type": "string"}},
-                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0,
-                                                             "maximum": MAX_OFFSET}},
-                {"name": "epoch", "in": "query", "schema": {"type": "string"}},
-            ],
-            "responses": {"200": {"description": "complete is false when history no longer holds them all",
-                                  "content": {_JSON: {"schema": {"type": "object"}}}},
-                          **_error_responses(400, 401, 403)},
-        }},
-        "/api/presence": {"get": {
-            "summary": "Connections and distinct users in a room",
-            "parameters": [{"name": "room", "in": "query", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "Presence", "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"room": {"type": "string"}, "connections": {"type": "integer"},
-                                                 "users": {"type": "array", "items": {"type": "string"}}}}}}},
-                          **_error_responses(400, 401, 403)},
-        }},
-        "/api/tasks": {
-            "post": {"summary": "Create a task (pending) for a worker to report on, or (running) following an "
-                                "upstream job's status URL when 'poll' is given",
-                     "requestBody": {"required": True, "content": {_JSON: {"schema": {
-                         "type": "object", "required": ["kind"], "properties": {
-                             "kind": {"type": "string"}, "title": {"type": "string"}, "owner": {"type": "string"},
-                             "deadline": {"type": "number"}, "metadata": {"type": "object"},
-                             "poll": {"$ref": "#/components/schemas/PollSpec"}}}}}},
-                     "responses": {"201": {"description": "The task, with its id"},
-                                   **_error_responses(400, 401, 403, 413, 415, 503)}},
-            "get": {"summary": "Tasks, newest first, filtered by status (comma-separated), kind, owner",
-                    "parameters": [*({"name": n, "in": "query", "schema": {"type": "string"}}
-                                     for n in ("status", "kind", "owner", "cursor")),
-                                   {"name": "limit", "in": "query", "schema": {
-                                       "type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
-                                       "default": DEFAULT_PAGE_SIZE}}],
-                    "responses": {"200": {"description": "{tasks, next_cursor}"}, **_error_responses(400, 401, 403)}},
+        "/api/publish": {
+            "post": {
+                "summary": "Publish an event to a room",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["room", "event"],
+                                "properties": {"room": {"type": "string"}, "event": {"type": "string"}, "data": {}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Its position in the room's stream",
+                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Position"}}},
+                    },
+                    **_error_responses(400, 401, 403, 413, 415, 503),
+                },
+            }
         },
-        "/api/tasks/{id}": {"get": {"summary": "One task", "parameters": [_TASK_ID],
-                                    "responses": {"200": {"description": "The task"}, "404": {"$ref": "#/components/responses/E404"}}}},
-        **{f"/api/tasks/{{id}}/{action}": {"post": {
-            "summary": summary, "parameters": [_TASK_ID],
-            "requestBody": {"content": {_JSON: {"schema": {"type": "object", "properties": fields}}}},
-            "responses": {"200": {"description": "The task after the change"},
-                          **_error_responses(400, 401, 403, 413, 415, 503),
-                          "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}},
-        }} for action, summary, fields in [
-            ("progress", "Report progress (0-100), step, message; starts a pending task",
-             {"progress": {"type": "number"}, "step": {"type": "string"}, "message": {"type": "string"}}),
-            ("complete", "Complete with a result", {"result": {}}),
-            ("fail", "Fail with an error", {"error": {"type": "string"}}),
-            ("stop", "Request a stop: stopping now, cancelled when acknowledged or after the grace period",
-             {"by": {"type": "string"}}),
-            ("cancel", "End the task cancelled now (a worker acknowledging a stop)", {"reason": {"type": "string"}}),
-        ]},
-        "/api/disconnect": {"post": {
-            "summary": "Disconnect one connection, or every connection of a user",
-            "requestBody": {"required": True, "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"connection": {"type": "string"}, "user": {"type": "string"}}}}}},
-            "responses": {"200": {"description": "How many were disconnected", "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"disconnected": {"type": "integer"}}}}}},
-                **_error_responses(400, 401, 403, 413, 415, 503)},
-        }},
+        "/api/broadcast": {
+            "post": {
+                "summary": "Publish one event to several rooms",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["rooms", "event"],
+                                "properties": {
+                                    "rooms": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    "event": {"type": "string"},
+                                    "data": {},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "One position per room",
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "results": {"type": "array", "items": {"$ref": "#/components/schemas/Position"}}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_error_responses(400, 401, 403, 413, 415, 503),
+                },
+            }
+        },
+        "/api/rooms": {
+            "get": {
+                "summary": "Rooms with members in this process, with connection and user counts",
+                "responses": {
+                    "200": {
+                        "description": "The rooms",
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "rooms": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "room": {"type": "string"},
+                                                    "connections": {"type": "integer"},
+                                                    "users": {"type": "integer"},
+                                                },
+                                            },
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_error_responses(401, 403),
+                },
+            }
+        },
+        "/api/history": {
+            "get": {
+                "summary": "A room's publications after an offset, while history holds them",
+                "parameters": [
+                    {"name": "room", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    },
+                    {"name": "epoch", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "complete is false when history no longer holds them all",
+                        "content": {_JSON: {"schema": {"type": "object"}}},
+                    },
+                    **_error_responses(400, 401, 403),
+                },
+            }
+        },
+        "/api/presence": {
+            "get": {
+                "summary": "Connections and distinct users in a room",
+                "parameters": [{"name": "room", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "Presence",
+                        "content": {
+                            _JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "room": {"type": "string"},
+                                        "connections": {"type": "integer"},
+                                        "users": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_error_responses(400, 401, 403),
+                },
+            }
+        },
+        "/api/tasks": {
+            "post": {
+                "summary": "Create a task (pending) for a worker to report on, or (running) following an "
+                "upstream job's status URL when 'poll' is given",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["kind"],
+                                "properties": {
+                                    "kind": {"type": "string"},
+                                    "title": {"type": "string"},
+                                    "owner": {"type": "string"},
+                                    "deadline": {"type": "number"},
+                                    "metadata": {"type": "object"},
+                                    "poll": {"$ref": "#/components/schemas/PollSpec"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {"description": "The task, with its id"},
+                    **_error_responses(400, 401, 403, 413, 415, 503),
+                },
+            },
+            "get": {
+                "summary": "Tasks, newest first, filtered by status (comma-separated), kind, owner",
+                "parameters": [
+                    *(
+                        {"name": n, "in": "query", "schema": {"type": "string"}}
+                        for n in ("status", "kind", "owner", "cursor")
+                    ),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_SIZE,
+                            "default": DEFAULT_PAGE_SIZE,
+                        },
+                    },
+                ],
+                "responses": {"200": {"description": "{tasks, next_cursor}"}, **_error_responses(400, 401, 403)},
+            },
+        },
+        "/api/tasks/{id}": {
+            "get": {
+                "summary": "One task",
+                "parameters": [_TASK_ID],
+                "responses": {"200": {"description": "The task"}, "404": {"$ref": "#/components/responses/E404"}},
+            }
+        },
+        **{
+            f"/api/tasks/{{id}}/{action}": {
+                "post": {
+                    "summary": summary,
+                    "parameters": [_TASK_ID],
+                    "requestBody": {"content": {_JSON: {"schema": {"type": "object", "properties": fields}}}},
+                    "responses": {
+                        "200": {"description": "The task after the change"},
+                        **_error_responses(400, 401, 403, 413, 415, 503),
+                        "404": {"$ref": "#/components/responses/E404"},
+                        "409": {"$ref": "#/components/responses/E409"},
+                    },
+                }
+            }
+            for action, summary, fields in [
+                (
+                    "progress",
+                    "Report progress (0-100), step, message; starts a pending task",
+                    {"progress": {"type": "number"}, "step": {"type": "string"}, "message": {"type": "string"}},
+                ),
+                ("complete", "Complete with a result", {"result": {}}),
+                ("fail", "Fail with an error", {"error": {"type": "string"}}),
+                (
+                    "stop",
+                    "Request a stop: stopping now, cancelled when acknowledged or after the grace period",
+                    {"by": {"type": "string"}},
+                ),
+                (
+                    "cancel",
+                    "End the task cancelled now (a worker acknowledging a stop)",
+                    {"reason": {"type": "string"}},
+                ),
+            ]
+        },
+        "/api/disconnect": {
+            "post": {
+                "summary": "Disconnect one connection, or every connection of a user",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"connection": {"type": "string"}, "user": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "How many were disconnected",
+                        "content": {
+                            _JSON: {"schema": {"type": "object", "properties": {"disconnected": {"type": "integer"}}}}
+                        },
+                    },
+                    **_error_responses(400, 401, 403, 413, 415, 503),
+                },
+            }
+        },
     },
 }

@@ -16,9 +16,17 @@ import logging
 from typing import Any
 
 from roomcast.auth import AuthConfig, Authenticator
-from roomcast.disconnect import Disconnect
 from roomcast.broker.memory import MemoryBroker
+from roomcast.disconnect import Disconnect
+from roomcast.errors import TaskError
+from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
+from roomcast.server.api import ApiServer
+from roomcast.server.config import Settings
+from roomcast.tasks.model import Task, task_room
+from roomcast.tasks.poller import TaskPoller
+from roomcast.tasks.service import TaskService
+from roomcast.tasks.store_sqlite import SqliteTaskStore
 from roomcast.transports.base import (
     CorsPolicy,
     HttpRequest,
@@ -33,15 +41,6 @@ from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.socketio import SocketIOServer
 from roomcast.transports.sse import SseServer
 from roomcast.transports.websocket import WsServer
-
-from roomcast.server.api import ApiServer
-from roomcast.errors import TaskError
-from roomcast.hub.connection import Connection
-from roomcast.tasks.model import Task, task_room
-from roomcast.tasks.poller import TaskPoller
-from roomcast.tasks.service import TaskService
-from roomcast.tasks.store_sqlite import SqliteTaskStore
-from roomcast.server.config import Settings
 
 __all__ = ["App", "EchoApp"]
 
@@ -146,10 +145,16 @@ class App:
             authenticator=self.authenticator,
             expiry=self.expiry,
         )
-        self.ws = WsServer(self.hub, cors=cors, authenticator=self.authenticator, expiry=self.expiry,
-                           ping_interval=settings.ws_ping_interval, ping_timeout=settings.ws_ping_timeout,
-                           max_messages_per_second=settings.max_messages_per_second,
-                           message_burst=settings.message_burst)
+        self.ws = WsServer(
+            self.hub,
+            cors=cors,
+            authenticator=self.authenticator,
+            expiry=self.expiry,
+            ping_interval=settings.ws_ping_interval,
+            ping_timeout=settings.ws_ping_timeout,
+            max_messages_per_second=settings.max_messages_per_second,
+            message_burst=settings.message_burst,
+        )
         self.task_store = SqliteTaskStore(settings.task_db)
         self.tasks = self.hub.tasks = TaskService(
             self.hub,
@@ -161,8 +166,9 @@ class App:
             keep_count=settings.task_keep_count,
         )
         self.pollers = TaskPoller(self.tasks)  # tasks that follow an upstream job's URL
-        self.api = ApiServer(self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers,
-                             poll_allow=settings.poll_allow)
+        self.api = ApiServer(
+            self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers, poll_allow=settings.poll_allow
+        )
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
         self._ready = False

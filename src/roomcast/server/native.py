@@ -33,7 +33,18 @@ from roomcast.transports.base import (
     json_error,
 )
 
-__all__ = ["Router", "DoorLimits", "DoorCounters", "ConnectionGate", "HttpProtocol", "NativeWebSocket", "NativeStream", "CoalescedOutput", "WriteCoalescer", "serve"]
+__all__ = [
+    "Router",
+    "DoorLimits",
+    "DoorCounters",
+    "ConnectionGate",
+    "HttpProtocol",
+    "NativeWebSocket",
+    "NativeStream",
+    "CoalescedOutput",
+    "WriteCoalescer",
+    "serve",
+]
 
 logger = logging.getLogger("roomcast.native")
 
@@ -386,10 +397,13 @@ class ConnectionGate:
         self.counters = counters
         self.open = 0
         self.per_address: dict[str, int] = {}
-        self._full = _render(json_error(
-            503, 503, f"the server holds its most connections ({self.max_total}); try again later"), keep_alive=False)
-        self._crowded = _render(json_error(
-            429, 429, f"at most {self.max_per_address} connections per client address"), keep_alive=False)
+        self._full = _render(
+            json_error(503, 503, f"the server holds its most connections ({self.max_total}); try again later"),
+            keep_alive=False,
+        )
+        self._crowded = _render(
+            json_error(429, 429, f"at most {self.max_per_address} connections per client address"), keep_alive=False
+        )
 
     def admit(self, address: str) -> bytes | None:
         """Count a new connection from ``address``, or return the answer that turns it away."""
@@ -438,9 +452,31 @@ class HttpProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
-        "router", "limits", "coalescer", "gate", "_address", "transport", "parser", "ws", "stream",
-        "_url", "_url_size", "_headers", "_head_size", "_in_head", "_stall", "_progress", "_body", "_body_size", "_pending", "_upgrade",
-        "_task", "_too_big", "_timer", "_paused", "_drained",
+        "router",
+        "limits",
+        "coalescer",
+        "gate",
+        "_address",
+        "transport",
+        "parser",
+        "ws",
+        "stream",
+        "_url",
+        "_url_size",
+        "_headers",
+        "_head_size",
+        "_in_head",
+        "_stall",
+        "_progress",
+        "_body",
+        "_body_size",
+        "_pending",
+        "_upgrade",
+        "_task",
+        "_too_big",
+        "_timer",
+        "_paused",
+        "_drained",
     )
 
     def __init__(
@@ -564,7 +600,9 @@ class HttpProtocol(asyncio.Protocol):
         self._progress = True
         self._url_size += len(url)
         if self._url_size > self.limits.max_request_line:
-            raise _Refused(json_error(414, 3, f"the request target is longer than {self.limits.max_request_line} bytes"))
+            raise _Refused(
+                json_error(414, 3, f"the request target is longer than {self.limits.max_request_line} bytes")
+            )
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -709,7 +747,9 @@ class HttpProtocol(asyncio.Protocol):
             self._task = None
             if self.ws is None and self.stream is None and self.parser is not None and not self._pending:
                 # the next request has begun arriving: it has the request timeout; else idle
-                self._arm(self.limits.request_timeout if self._in_head and self._url_size else self.limits.keepalive_timeout)
+                self._arm(
+                    self.limits.request_timeout if self._in_head and self._url_size else self.limits.keepalive_timeout
+                )
 
     def _start_stream(self, accept: StreamAccept) -> None:
         """Send the head of a streaming response; the body is whatever the transport writes."""
@@ -717,12 +757,18 @@ class HttpProtocol(asyncio.Protocol):
         assert transport is not None
         self.parser = None
         self._pending = None
-        head = [f"HTTP/1.1 {accept.status} {_STATUS.get(accept.status, 'Unknown')}",
-                f"Content-Type: {accept.content_type}", "Cache-Control: no-cache", "Connection: close"]
+        head = [
+            f"HTTP/1.1 {accept.status} {_STATUS.get(accept.status, 'Unknown')}",
+            f"Content-Type: {accept.content_type}",
+            "Cache-Control: no-cache",
+            "Connection: close",
+        ]
         head.extend(f"{name}: {value}" for name, value in accept.headers)
         transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         self._disarm()
-        stream = self.stream = NativeStream(transport, high_water=self.limits.max_buffer_bytes, coalescer=self.coalescer)
+        stream = self.stream = NativeStream(
+            transport, high_water=self.limits.max_buffer_bytes, coalescer=self.coalescer
+        )
         stream.handler = accept.start(stream)
 
     def _reply_and_close(self, response: HttpResponse) -> None:

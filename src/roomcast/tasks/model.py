@@ -70,9 +70,7 @@ TERMINAL: frozenset[TaskStatus] = frozenset(
 """Final states: a task in one of them never changes again and may be removed by retention."""
 
 TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.PENDING: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.TIMED_OUT}
-    ),
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.TIMED_OUT}),
     TaskStatus.RUNNING: frozenset(
         {
             TaskStatus.STOPPING,

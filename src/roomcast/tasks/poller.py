@@ -66,7 +66,7 @@ from urllib.parse import urlsplit
 from roomcast import _json
 from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
 from roomcast.tasks import _http
-from roomcast.tasks.model import TERMINAL, Task, TaskStatus, task_room
+from roomcast.tasks.model import Task, TaskStatus
 from roomcast.tasks.service import TaskService
 from roomcast.types import JSONValue
 
@@ -85,8 +85,18 @@ StatusValue = str | int | float | bool
 
 _FIELD_NAMES: Final = ("progress", "step", "message", "status", "result", "error")
 _SPEC_KEYS: Final = frozenset(
-    {"url", "interval", "timeout", "request_timeout", "retries", "headers", "fields", "progress_scale",
-     "done", "failed"}
+    {
+        "url",
+        "interval",
+        "timeout",
+        "request_timeout",
+        "retries",
+        "headers",
+        "fields",
+        "progress_scale",
+        "done",
+        "failed",
+    }
 )
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS: Final = frozenset({"host", "connection", "content-length", "transfer-encoding"})
@@ -148,7 +158,11 @@ class PollSpec:
         _check_url(self.url)
         for name in ("interval", "timeout", "request_timeout", "progress_scale"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
                 raise TaskError(f"poll spec: '{name}' must be a positive number, got {value!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 1000:
             raise TaskError(f"poll spec: 'retries' must be an integer from 0 to 1000, got {self.retries!r}")
@@ -156,8 +170,9 @@ class PollSpec:
         if not isinstance(self.fields, PollFields):
             raise TaskError("poll spec: 'fields' must be a PollFields")
         if self.fields.status is None and self.fields.progress is None:
-            raise TaskError("poll spec: 'fields' must name a 'status' or a 'progress' path, "
-                            "or the job could never be seen to end")
+            raise TaskError(
+                "poll spec: 'fields' must name a 'status' or a 'progress' path, or the job could never be seen to end"
+            )
         for name in ("done", "failed"):
             object.__setattr__(self, name, _checked_values(name, getattr(self, name)))
         overlap = [v for v in self.done if _among(v, self.failed)]
@@ -179,8 +194,10 @@ class PollSpec:
             raise TaskError(f"poll spec: must be a JSON object, not {type(data).__name__}")
         unknown = sorted(str(k) for k in data if k not in _SPEC_KEYS)
         if unknown:
-            raise TaskError(f"poll spec: unknown key(s) {', '.join(map(repr, unknown))}; "
-                            f"expected some of {', '.join(sorted(_SPEC_KEYS))}")
+            raise TaskError(
+                f"poll spec: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(sorted(_SPEC_KEYS))}"
+            )
         if "url" not in data:
             raise TaskError("poll spec: 'url' is required")
         kwargs: dict[str, Any] = dict(data)
@@ -189,8 +206,9 @@ class PollSpec:
             raise TaskError("poll spec: 'fields' must be an object of dotted paths")
         bad = sorted(str(k) for k in mapping if k not in _FIELD_NAMES)
         if bad:
-            raise TaskError(f"poll spec: unknown field(s) {', '.join(map(repr, bad))}; "
-                            f"expected some of {', '.join(_FIELD_NAMES)}")
+            raise TaskError(
+                f"poll spec: unknown field(s) {', '.join(map(repr, bad))}; expected some of {', '.join(_FIELD_NAMES)}"
+            )
         for name in ("done", "failed"):
             if name in kwargs:
                 if not isinstance(kwargs[name], list):
@@ -200,11 +218,16 @@ class PollSpec:
 
 
 def _check_url(url: object) -> None:
-    if not isinstance(url, str) or not url.isascii() or len(url) > _MAX_URL or any(
-        c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url
+    if (
+        not isinstance(url, str)
+        or not url.isascii()
+        or len(url) > _MAX_URL
+        or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url)
     ):
-        raise TaskError(f"poll spec: 'url' must be an ASCII URL of at most {_MAX_URL} characters "
-                        "without spaces or control characters")
+        raise TaskError(
+            f"poll spec: 'url' must be an ASCII URL of at most {_MAX_URL} characters "
+            "without spaces or control characters"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -223,8 +246,10 @@ def _checked_headers(headers: object) -> dict[str, str]:
     for name, value in headers.items():
         if not isinstance(name, str) or not _TOKEN.fullmatch(name) or name.lower() in _RESERVED_HEADERS:
             raise TaskError(f"poll spec: {name!r} is not a header name the poller may send")
-        if not isinstance(value, str) or not value.isascii() or any(
-            ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value
+        if (
+            not isinstance(value, str)
+            or not value.isascii()
+            or any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value)
         ):
             raise TaskError(f"poll spec: header {name!r} must be an ASCII string without control characters")
         checked[name] = value
@@ -232,8 +257,10 @@ def _checked_headers(headers: object) -> dict[str, str]:
 
 
 def _checked_values(name: str, values: object) -> tuple[StatusValue, ...]:
-    if not isinstance(values, (tuple, list)) or len(values) > 100 or not all(
-        isinstance(v, (str, int, float)) for v in values
+    if (
+        not isinstance(values, (tuple, list))
+        or len(values) > 100
+        or not all(isinstance(v, (str, int, float)) for v in values)
     ):
         raise TaskError(f"poll spec: '{name}' must be a list of at most 100 strings, numbers or booleans")
     return tuple(values)
@@ -334,7 +361,9 @@ class TaskPoller:
             if task.status is not TaskStatus.RUNNING:
                 raise InvalidTransition(
                     f"task {task_id} is {task.status}; it cannot follow an upstream job",
-                    task_id=task_id, current=task.status.value, target=None,
+                    task_id=task_id,
+                    current=task.status.value,
+                    target=None,
                 )
         except BaseException:
             del self._watches[task_id]
@@ -444,8 +473,9 @@ class TaskPoller:
         if self._ssl is None and spec.url.startswith("https:"):
             self._ssl = ssl.create_default_context()
         try:
-            answer = await _http.get(spec.url, headers=spec.headers, timeout=spec.request_timeout,
-                                     ssl_context=self._ssl)
+            answer = await _http.get(
+                spec.url, headers=spec.headers, timeout=spec.request_timeout, ssl_context=self._ssl
+            )
         except _http.Unreachable as exc:
             raise _UpstreamError(f"upstream unreachable: {exc}", transient=True) from None
         except _http.BadAnswer as exc:

@@ -132,9 +132,7 @@ class TaskHandle:
         """Whether a stop was asked for: a producer that shields itself should poll this."""
         return self._live.stop_requested
 
-    def progress(
-        self, progress: float | None = None, step: str | None = None, message: str | None = None
-    ) -> None:
+    def progress(self, progress: float | None = None, step: str | None = None, message: str | None = None) -> None:
         """Record progress from the event loop's thread; published coalesced.
 
         Raises:
@@ -405,7 +403,8 @@ class TaskService:
             await self._end(live, lambda t, now: t.cancel(now))
         except BaseException as exc:
             live.producer = None
-            await self._end(live, lambda t, now: t.fail(now, _error_text(exc)))
+            error = _error_text(exc)
+            await self._end(live, lambda t, now: t.fail(now, error))
             raise
         else:
             live.producer = None
@@ -688,9 +687,7 @@ class TaskService:
         if live.flusher is None:
             live.flusher = self._spawn(self._flusher(live))
 
-    def _progress_threadsafe(
-        self, live: _Live, progress: float | None, step: str | None, message: str | None
-    ) -> None:
+    def _progress_threadsafe(self, live: _Live, progress: float | None, step: str | None, message: str | None) -> None:
         live.task.progress_to(time.time(), progress, step, message)  # raise here, in the caller
         self._require_started().call_soon_threadsafe(self._progress_late, live, progress, step, message)
 

@@ -237,10 +237,7 @@ class SqliteTaskStore:
         return tasks, _encode_cursor(tasks[-1])
 
     async def delete_older_than(self, ts: float) -> int:
-        sql = (
-            f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL}"
-            " AND COALESCE(finished_at, updated_at) < ?"
-        )
+        sql = f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL} AND COALESCE(finished_at, updated_at) < ?"
         return await self._run(lambda conn: conn.execute(sql, (ts,)).rowcount)
 
     async def keep_newest(self, count: int) -> int:
@@ -258,8 +255,7 @@ class SqliteTaskStore:
                 if edge is None:
                     return 0
                 return conn.execute(
-                    f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL}"
-                    " AND (created_at, id) <= (?, ?)",
+                    f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL} AND (created_at, id) <= (?, ?)",
                     edge,
                 ).rowcount
 

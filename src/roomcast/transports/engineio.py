@@ -34,7 +34,6 @@ from roomcast.protocol.engineio_session import (
     Transport,
     Upgraded,
 )
-from roomcast.transports.deadlines import DeadlineWheel
 from roomcast.transports.base import (
     CorsPolicy,
     HttpRequest,
@@ -44,6 +43,7 @@ from roomcast.transports.base import (
     WebSocketHandler,
     json_error,
 )
+from roomcast.transports.deadlines import DeadlineWheel
 
 __all__ = ["EngineIOApp", "EngineIOServer", "Session", "Outbound"]
 

@@ -32,15 +32,13 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from roomcast.types import Publication, RoomName, StreamPosition
 
-__all__ = [
-    "Recovery", "Trail", "SavedSession", "Resume", "DEFAULT_CAPACITY", "RESERVED_AUTH_KEYS", "strip_reserved"
-]
+__all__ = ["Recovery", "Trail", "SavedSession", "Resume", "DEFAULT_CAPACITY", "RESERVED_AUTH_KEYS", "strip_reserved"]
 
 DEFAULT_CAPACITY: Final = 10_000
 """Publications the trail remembers (about 1 MB)."""

@@ -37,19 +37,24 @@ from collections.abc import Iterable
 from typing import Any
 
 from roomcast import _json, disconnect
-from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, token_from_request
+from roomcast.disconnect import Disconnect
 from roomcast.errors import (
-    AuthError, ConnectionClosed, ConnectionRefused, InvalidPublication, LimitExceeded, RemoteProtocolError,
+    AuthError,
+    ConnectionClosed,
+    ConnectionRefused,
+    InvalidPublication,
+    LimitExceeded,
+    RemoteProtocolError,
 )
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import socketio as sio
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol.socketio import SioPacket, SioType
-from roomcast.transports.expiry import ExpiryWatch
-from roomcast.transports.engineio import EngineIOServer, Outbound, Session
 from roomcast.transports.builtins import Builtins
+from roomcast.transports.engineio import EngineIOServer, Outbound, Session
+from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.ratelimit import MessageRate, TokenBucket
 from roomcast.transports.recovery import DEFAULT_CAPACITY, Recovery, Resume, strip_reserved
 from roomcast.types import Publication, StreamPosition, Subscription
@@ -89,10 +94,12 @@ class Prepared:
         )
         self.seq = seq
 
+
 def _eio_packets(packet: SioPacket) -> list[Outbound]:
     """The Engine.IO packets carrying one Socket.IO packet (text first, then attachments)."""
     parts = sio.encode(packet)
     return ["4" + parts[0] if isinstance(parts[0], str) else parts[0], *parts[1:]]
+
 
 META_QUERY = "roomcast"
 """The handshake query parameter that asks for room meta; ``1`` is the only version so far."""
@@ -143,6 +150,7 @@ class SioEncoder:
             return Prepared([text], seq)
         return Prepared(_eio_packets(SioPacket(SioType.EVENT, self.namespace, [publication.event, *args])), seq)
 
+
 class SioSocket(Connection):
     """One connected namespace of one Engine.IO session.
 
@@ -154,8 +162,18 @@ class SioSocket(Connection):
     """
 
     __slots__ = (
-        "session", "acks", "_ack_ids", "accepted", "_early", "recovery", "pid", "recovered", "since", "written",
-        "resume", "expiry",
+        "session",
+        "acks",
+        "_ack_ids",
+        "accepted",
+        "_early",
+        "recovery",
+        "pid",
+        "recovered",
+        "since",
+        "written",
+        "resume",
+        "expiry",
     )
 
     def __init__(
@@ -254,6 +272,7 @@ class SioSocket(Connection):
         else:
             self.session.close(reason)
 
+
 def _ended(sock: SioSocket, reason: Disconnect) -> None:
     """Tear down a socket once: leave rooms, fail pending acks, tell the application."""
     if sock.closed:
@@ -270,6 +289,7 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
     handler = hub.handlers.disconnect_handler(sock.namespace)
     if handler is not None and sock.accepted:
         hub.handlers.dispatch(handler, (sock, reason.reason))
+
 
 def _save(recovery: Recovery, sock: SioSocket) -> None:
     """Keep a transiently lost socket's session for its client to come back to."""
@@ -307,6 +327,7 @@ class _SioState:
         self.sockets: dict[str, SioSocket] = {}
         self.connect_timer: asyncio.TimerHandle | None = None
         self.bucket = bucket  # the session's inbound message allowance (None: no limit)
+
 
 class SocketIOServer:
     """The Socket.IO layer: an ``EngineIOApp`` that maps packets onto the hub.
@@ -368,7 +389,9 @@ class SocketIOServer:
         self.expiry = expiry
         self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.builtins: dict[str, Any] = {
-            "subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "publish": self._publish,
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "publish": self._publish,
             "refresh": self._refresh,
         }
         self.engine: EngineIOServer | None = None
@@ -636,11 +659,15 @@ class SocketIOServer:
             logger.debug("sid %s: no CONNECT within %ss", session.sid, self.connect_timeout)
             session.close(disconnect.CONNECT_TIMEOUT)
 
+
 def subscription_reply(sub: Subscription) -> dict[str, Any]:
     """The built-in ``subscribe``'s ack (docs/protocol.md §1): position, then the snapshot
     and/or the publications that follow it."""
     reply: dict[str, Any] = {
-        "room": sub.room, "epoch": sub.position.epoch, "offset": sub.position.offset, "recovered": sub.recovered,
+        "room": sub.room,
+        "epoch": sub.position.epoch,
+        "offset": sub.position.offset,
+        "recovered": sub.recovered,
     }
     if not sub.recovered:
         reply["snapshot"] = sub.snapshot

@@ -28,8 +28,8 @@ import logging
 from typing import Any
 
 from roomcast import _json, disconnect
-from roomcast.disconnect import Disconnect
 from roomcast.auth import Authenticator, Claims, require, token_from_request
+from roomcast.disconnect import Disconnect
 from roomcast.errors import AuthError, ConnectionClosed, LocalProtocolError, PermissionDenied, RemoteProtocolError
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
@@ -68,7 +68,9 @@ def event_body(publication: Publication) -> bytes:
     encoded = publication.encoded
     if encoded is not None:
         return sse.event_frame(_json.dumps_str(publication_data(_json.embed(encoded))), event=publication.event)
-    return sse.event_frame(_json.dumps_str(_json.json_safe(publication_data(publication.data))), event=publication.event)
+    return sse.event_frame(
+        _json.dumps_str(_json.json_safe(publication_data(publication.data))), event=publication.event
+    )
 
 
 def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
@@ -354,4 +356,3 @@ class SseServer:
         if self._beat is not None:
             self._beat.cancel()
             self._beat = None
-

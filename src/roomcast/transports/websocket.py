@@ -20,20 +20,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from roomcast import _json, disconnect
+from roomcast.auth import Authenticator, Claims, token_from_request
 from roomcast.disconnect import Disconnect
-from roomcast.auth import Authenticator, Claims, require, token_from_request
 from roomcast.errors import AuthError, ConnectionClosed, InvalidPublication, LimitExceeded, PermissionDenied
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
 from roomcast.protocol import wsjson
-from roomcast.transports.builtins import Builtins
-from roomcast.transports.deadlines import DeadlineWheel
-from roomcast.transports.ratelimit import MessageRate
-from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.base import (
     CorsPolicy,
     HttpRequest,
@@ -42,6 +38,10 @@ from roomcast.transports.base import (
     WebSocketChannel,
     json_error,
 )
+from roomcast.transports.builtins import Builtins
+from roomcast.transports.deadlines import DeadlineWheel
+from roomcast.transports.expiry import ExpiryWatch
+from roomcast.transports.ratelimit import MessageRate
 from roomcast.types import Publication, RoomName, StreamPosition
 
 __all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared"]
@@ -54,6 +54,7 @@ _PING = wsproto.serialize_frame(wsproto.OP_PING, b"")
 _PING_RESOLUTION = 0.05
 """Seconds per tick of the ping wheel: pings need no finer timing, and coarser ticks wake the
 loop less often when many connections are due."""
+
 
 class WsPrepared:
     """A publication as every plain WebSocket writes it: JSON text and its ready frame."""
@@ -169,7 +170,11 @@ class WsConnection(Connection):
     # -- requests ---------------------------------------------------------------------
     async def _subscribe(self, message: wsjson.Subscribe) -> None:
         room = message.room
-        since = StreamPosition(message.epoch, message.offset) if message.epoch is not None and message.offset is not None else None
+        since = (
+            StreamPosition(message.epoch, message.offset)
+            if message.epoch is not None and message.offset is not None
+            else None
+        )
         try:
             sub = await self.server.calls.subscribe(self, room, since)
         except AuthError as exc:
@@ -188,10 +193,16 @@ class WsConnection(Connection):
         # offset is where the client stands once it applied what follows: recovered, after
         # the replay; otherwise the snapshot's own (docs/protocol.md, recovery flow).
         position = sub.position if sub.recovered else sub.base
-        self._send(wsjson.snapshot_message(
-            message.id, room=room, epoch=position.epoch, offset=position.offset,
-            recovered=sub.recovered, snapshot=None if sub.recovered else sub.snapshot,
-        ))
+        self._send(
+            wsjson.snapshot_message(
+                message.id,
+                room=room,
+                epoch=position.epoch,
+                offset=position.offset,
+                recovered=sub.recovered,
+                snapshot=None if sub.recovered else sub.snapshot,
+            )
+        )
         encoder = self.server.encoder
         for pub in sub.publications:
             self._send(encoder.encode(pub).message)
@@ -205,8 +216,9 @@ class WsConnection(Connection):
         except InvalidPublication as exc:
             self._send(wsjson.error_message(wsjson.BAD_REQUEST, str(exc), message.id))
             return
-        self._send(wsjson.ack_message(message.id, {"room": message.room, "epoch": position.epoch,
-                                                    "offset": position.offset}))
+        self._send(
+            wsjson.ack_message(message.id, {"room": message.room, "epoch": position.epoch, "offset": position.offset})
+        )
 
     def _emit(self, message: wsjson.Emit) -> None:
         handler = self.hub.handler("/", message.event)
@@ -348,8 +360,9 @@ class WsServer:
                     # close code 1006, as for a dead server) and would retry for ever. Open,
                     # then close with 1008 and the reason, which the page can read.
                     reason = str(exc)
-                    return WebSocketAccept(lambda channel: _Refused(channel, reason),
-                                           subprotocol=wsjson.SUBPROTOCOL if offered else None)
+                    return WebSocketAccept(
+                        lambda channel: _Refused(channel, reason), subprotocol=wsjson.SUBPROTOCOL if offered else None
+                    )
                 return json_error(403 if isinstance(exc, PermissionDenied) else 401, 401, str(exc))
         return WebSocketAccept(
             lambda channel: self._open(channel, auth),
