@@ -46,6 +46,9 @@ import socketio
 from roomcast.protocol import sse
 
 ROOMS = [f"soak:{n}" for n in range(8)]
+HISTORY_TTL = 60
+"""Each finished task leaves a room whose history lives this long: a steady state (every room
+created is also freed) comes after it and a sweep, well inside each half of the run."""
 PY = sys.executable
 
 
@@ -101,9 +104,22 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [PY, "-m", "roomcast", "serve", "--port", str(self.port), "--task-db", self.db,
-             "--log-level", "warning", "--poll-allow", "http://127.0.0.1/"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [
+                PY,
+                "-m",
+                "roomcast",
+                "serve",
+                "--port",
+                str(self.port),
+                "--task-db",
+                self.db,
+                "--log-level",
+                "warning",
+                "--history-ttl",
+                str(HISTORY_TTL),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -149,7 +165,7 @@ async def ws_subscriber(base: str, tally: Tally, stop: asyncio.Event, rng: rando
                             epoch = places.at.get(body["room"], ("?", 0))[0]
                             places.event(body["room"], epoch, body["offset"])
                 tally.reconnects += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError):
                 tally.errors += 1
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
 
@@ -191,7 +207,7 @@ async def sse_subscriber(base: str, tally: Tally, stop: asyncio.Event, rng: rand
                             if time.monotonic() > deadline or stop.is_set():
                                 break
                 tally.reconnects += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError):
                 tally.errors += 1
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
 
@@ -222,7 +238,7 @@ async def socketio_subscriber(base: str, tally: Tally, stop: asyncio.Event, rng:
                     places.event(room, reply["epoch"], pub["offset"])
             with contextlib.suppress(asyncio.TimeoutError):  # connected for a while, then it drops
                 await asyncio.wait_for(stop.wait(), rng.uniform(2, 8))
-        except (asyncio.TimeoutError, socketio.exceptions.SocketIOError, ConnectionError, KeyError):
+        except (TimeoutError, socketio.exceptions.SocketIOError, ConnectionError, KeyError):
             tally.errors += 1
         finally:
             with contextlib.suppress(Exception):
@@ -236,8 +252,9 @@ async def publisher(base: str, tally: Tally, stop: asyncio.Event, rate: float) -
         while not stop.is_set():
             n += 1
             with contextlib.suppress(aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
-                async with http.post(f"{base}/api/publish", json={"room": ROOMS[n % len(ROOMS)], "event": "n",
-                                                                  "data": {"n": n}}) as response:
+                async with http.post(
+                    f"{base}/api/publish", json={"room": ROOMS[n % len(ROOMS)], "event": "n", "data": {"n": n}}
+                ) as response:
                     if response.status == 200:
                         tally.published += 1
             await asyncio.sleep(1 / rate)
@@ -254,8 +271,9 @@ async def tasks(base: str, tally: Tally, stop: asyncio.Event) -> None:
                 for progress in (10, 50, 90):
                     async with http.post(f"{base}/api/tasks/{task['id']}/progress", json={"progress": progress}):
                         pass
-                async with http.post(f"{base}/api/tasks/{task['id']}/complete",
-                                     json={"result": {"id": task["id"]}}) as response:
+                async with http.post(
+                    f"{base}/api/tasks/{task['id']}/complete", json={"result": {"id": task["id"]}}
+                ) as response:
                     if response.status == 200:
                         tally.tasks_acknowledged[task["id"]] = {"id": task["id"]}
             await asyncio.sleep(0.5)
@@ -287,7 +305,7 @@ async def soak(minutes: float) -> dict[str, Any]:
     server = Server(port, str(Path(tmp) / "tasks.db"))
     server.start()
     fds_at_start = server.fds()
-    tally, stop, rng = Tally(), asyncio.Event(), random.Random(7)
+    tally, stop = Tally(), asyncio.Event()
     workers = [
         *(asyncio.create_task(ws_subscriber(base, tally, stop, random.Random(i))) for i in range(20)),
         *(asyncio.create_task(sse_subscriber(base, tally, stop, random.Random(100 + i))) for i in range(20)),
@@ -297,7 +315,10 @@ async def soak(minutes: float) -> dict[str, Any]:
         asyncio.create_task(bad_clients(port, tally, stop)),
     ]
     total = minutes * 60
-    half, warm = total / 2, min(60.0, total / 10)
+    # Warm-up: each phase (before and after the restart) first fills the rooms' history and
+    # the task database's cache; a third of the phase covers it at the default rates.
+    half = total / 2
+    warm = half / 3
     started = time.monotonic()
     samples: list[tuple[float, int]] = []
     restarted = False
@@ -326,21 +347,41 @@ async def soak(minutes: float) -> dict[str, Any]:
     fds_at_end = server.fds()
     phase_start = samples[0][0]
     after_warmup = [rss for at, rss in samples if at - phase_start >= warm]
-    level = statistics.median(after_warmup[: max(1, len(after_warmup) // 3)])
-    peak = max(after_warmup[len(after_warmup) // 3:] or after_warmup)
+    third = max(1, len(after_warmup) // 3)
+    level = statistics.median(after_warmup[:third])  # flat: the last third against the first
+    late = statistics.median(after_warmup[-third:])
+    peak = max(after_warmup)
     exit_code = server.stop()
     report = {
-        "minutes": minutes, "published": tally.published, "events": tally.events, "gaps": tally.gaps,
-        "duplicates": tally.duplicates, "resets": tally.resets, "reconnects": tally.reconnects,
-        "client_errors": tally.errors, "tasks_acknowledged": len(tally.tasks_acknowledged),
-        "tasks_missing": len(missing), "attacks_refused": tally.refused_attacks,
-        "rss_level_mb": round(level / 1e6, 1), "rss_peak_mb": round(peak / 1e6, 1),
-        "rss_growth_pct": round(100 * (peak - level) / level, 1), "fds_start": fds_at_start,
-        "fds_end": fds_at_end, "sigterm_exit": restart_exit, "final_exit": exit_code,
+        "minutes": minutes,
+        "published": tally.published,
+        "events": tally.events,
+        "gaps": tally.gaps,
+        "duplicates": tally.duplicates,
+        "resets": tally.resets,
+        "reconnects": tally.reconnects,
+        "client_errors": tally.errors,
+        "tasks_acknowledged": len(tally.tasks_acknowledged),
+        "tasks_missing": len(missing),
+        "attacks_refused": tally.refused_attacks,
+        "rss_level_mb": round(level / 1e6, 1),
+        "rss_late_mb": round(late / 1e6, 1),
+        "rss_peak_mb": round(peak / 1e6, 1),
+        "rss_growth_pct": round(100 * (late - level) / level, 1),
+        "rss_series_mb": [round(rss / 1e6, 1) for _, rss in samples],
+        "fds_start": fds_at_start,
+        "fds_end": fds_at_end,
+        "sigterm_exit": restart_exit,
+        "final_exit": exit_code,
     }
     report["pass"] = (
-        tally.gaps == 0 and tally.duplicates == 0 and not missing and report["rss_growth_pct"] <= 10
-        and fds_at_end <= fds_at_start and restart_exit == 0 and tally.events > 0
+        tally.gaps == 0
+        and tally.duplicates == 0
+        and not missing
+        and report["rss_growth_pct"] <= 10
+        and fds_at_end <= fds_at_start
+        and restart_exit == 0
+        and tally.events > 0
     )
     return report
 
