@@ -195,6 +195,15 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     help="Keep at most this many finished tasks, the newest (0: no limit).",
 )
 @click.option(
+    "--max-rooms-per-connection",
+    envvar="ROOMCAST_MAX_ROOMS_PER_CONNECTION",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_rooms_per_connection,
+    show_default=True,
+    show_envvar=True,
+    help="Rooms a client may subscribe to on one connection.",
+)
+@click.option(
     "--history-size",
     envvar="ROOMCAST_HISTORY_SIZE",
     type=click.IntRange(min=0),
@@ -325,6 +334,7 @@ def serve(
     task_list_rooms: tuple[str, ...],
     task_keep_days: float,
     task_keep_count: int,
+    max_rooms_per_connection: int,
     history_size: int,
     history_ttl: float,
     history_room_bytes: int,
@@ -355,6 +365,7 @@ def serve(
         jwt_public_key_file=jwt_public_key_file,
         jwt_audience=jwt_audience,
         jwt_issuer=jwt_issuer,
+        max_rooms_per_connection=max_rooms_per_connection,
         history_size=history_size,
         history_ttl=history_ttl,
         history_room_bytes=history_room_bytes,
@@ -391,7 +402,10 @@ def serve(
         app = App(settings=settings)
     except ValueError as exc:  # an unsafe or inconsistent auth configuration
         raise click.BadParameter(str(exc)) from exc
-    run(app, on_ready=ready)
+    try:
+        run(app, on_ready=ready)
+    except TaskError as exc:  # the task database is another running server's, or unreadable
+        raise click.ClickException(str(exc)) from None
 
 
 def _task_aliases(specs: tuple[str, ...]) -> dict[str, TaskEvents]:

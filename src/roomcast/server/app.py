@@ -18,7 +18,7 @@ from typing import Any
 from roomcast.auth import AuthConfig, Authenticator
 from roomcast.broker.memory import MemoryBroker
 from roomcast.disconnect import Disconnect
-from roomcast.errors import TaskError
+from roomcast.errors import ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.server.api import ApiServer
@@ -112,7 +112,7 @@ class App:
                 history_room_bytes=settings.history_room_bytes,
                 history_bytes=settings.history_bytes,
             )
-            hub = Hub(broker=broker)
+            hub = Hub(broker=broker, max_rooms_per_connection=settings.max_rooms_per_connection)
         self.hub = hub
         cors = CorsPolicy(settings.cors_origins)
         config = AuthConfig.from_values(
@@ -128,6 +128,7 @@ class App:
         self.socketio = SocketIOServer(
             self.hub,
             connect_timeout=settings.connect_timeout,
+            max_attachments=settings.max_attachments,
             max_expanded_bytes=settings.max_payload,
             recovery_window=settings.recovery_window,
             authenticator=self.authenticator,
@@ -299,12 +300,17 @@ class App:
         task_id = request.get("id") if isinstance(request, dict) else None
         if not isinstance(task_id, str):
             return {"error": "task:stop expects {id: string}"}
+        refused = {"error": f"no task {task_id!r} that this connection may stop"}
         try:
             task = await self.tasks.get(task_id)
             if not _may_stop(conn, task):
-                return {"error": f"not allowed to stop task {task_id!r}"}
+                return refused  # the same answer as for an unknown id: it reveals nothing
             return (await self.tasks.request_stop(task_id, by=conn.user)).to_json()
-        except TaskError as exc:  # unknown, or already ended
+        except TaskNotFound:
+            return refused
+        except ShuttingDown:
+            return {"error": "the server is shutting down; try again on the next one"}
+        except TaskError as exc:  # already ended
             return {"error": str(exc)}
 
     def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:

@@ -58,6 +58,9 @@ class Settings:
         message_burst: messages a client may send at once before the rate applies; above
             the 100 rooms a connection may hold, so a reconnect that subscribes again to
             all of them at once fits.
+        max_rooms_per_connection: rooms a client may subscribe to on one connection.
+        max_attachments: binary attachments one Socket.IO packet may carry, and placeholders
+            naming them (their expanded bytes are bounded by ``max_payload``).
         history_size: publications kept per room for recovery.
         history_ttl: seconds a publication stays in history; a quiet room nobody follows is
             freed after it, and comes back under a new epoch.
@@ -124,6 +127,8 @@ class Settings:
     ws_ping_timeout: float = 20.0
     max_messages_per_second: float = 100.0
     message_burst: int = 200
+    max_rooms_per_connection: int = 100
+    max_attachments: int = 10
     history_size: int = 1000
     history_ttl: float = 300.0
     history_room_bytes: int = 10_000_000
