@@ -91,7 +91,9 @@ async def test_slow_consumer_is_disconnected_and_the_others_receive_everything(
             assert srv.hub.members("feed") and len(srv.hub.members("feed")) == 3
             slow.transport.resume_reading()
             async with asyncio.timeout(10):
-                await slow.closed
+                code = await slow.closed
+            assert code == 3008  # it read its way to the documented goodbye: a close frame, not a reset
+            assert srv.counters.slow_goodbyes == 1 and srv.counters.slow_aborts == 0
             # the others still get what comes next
             await srv.hub.publish("feed", "after", 1)
             for c in fast:

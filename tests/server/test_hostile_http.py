@@ -195,3 +195,18 @@ async def test_pings_whose_pongs_are_never_read_stop_being_read() -> None:
             assert grown < 60 * MB, f"RSS grew {grown / MB:.0f} MB"  # unbounded: 100 MB per 200 MB
         finally:
             writer.transport.abort()
+
+
+async def test_a_slow_consumer_that_never_reads_its_goodbye_is_aborted_within_a_bounded_time() -> None:
+    async with server(max_buffer_bytes=64 * 1024) as srv, Healthy(srv) as healthy:
+        async with open_sse(srv.url, ["flood"]) as stream:
+            await stream.next()
+            stream.response.connection.transport.pause_reading()  # type: ignore[union-attr]
+            async with asyncio.timeout(20):
+                while srv.hub.slow_disconnects == 0:
+                    await srv.hub.publish("flood", "blob", "x" * 16_384)
+                    await healthy.still_served()
+            async with asyncio.timeout(5):  # never reads: aborted after the goodbye's 2 s
+                while srv.counters.slow_aborts == 0:
+                    await healthy.still_served()
+            assert srv.counters.slow_goodbyes == 0
