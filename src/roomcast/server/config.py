@@ -55,9 +55,10 @@ class Settings:
             ``/ws`` and Socket.IO (each WebSocket message, Socket.IO packet or binary
             attachment, whatever its size); past it and its burst the connection is closed
             with ``3013`` (rate limited). 0 turns the limit off.
-        message_burst: messages a client may send at once before the rate applies; above
-            the 100 rooms a connection may hold, so a reconnect that subscribes again to
-            all of them at once fits.
+        message_burst: messages a client may send at once before the rate applies; well
+            above the 100 rooms a connection may hold, so a reconnect that subscribes again
+            to all of them at once fits. The defaults (1,000/s, bursts of 2,000) let a backend
+            publish through a Socket.IO connection at full speed and still cut a flood.
         max_rooms_per_connection: rooms a client may subscribe to on one connection.
         max_attachments: binary attachments one Socket.IO packet may carry, and placeholders
             naming them (their expanded bytes are bounded by ``max_payload``).
@@ -125,8 +126,8 @@ class Settings:
     max_connections_per_address: int = 0
     ws_ping_interval: float = 25.0
     ws_ping_timeout: float = 20.0
-    max_messages_per_second: float = 100.0
-    message_burst: int = 200
+    max_messages_per_second: float = 1000.0
+    message_burst: int = 2000
     max_rooms_per_connection: int = 100
     max_attachments: int = 10
     history_size: int = 1000

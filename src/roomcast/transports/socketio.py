@@ -375,8 +375,8 @@ class SocketIOServer:
         recovery_capacity: int = DEFAULT_CAPACITY,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
-        max_messages_per_second: float = 100.0,
-        message_burst: int = 200,
+        max_messages_per_second: float = 1000.0,
+        message_burst: int = 2000,
     ) -> None:
         if recovery_window < 0:
             raise ValueError("recovery_window must be >= 0")

@@ -326,8 +326,8 @@ class WsServer:
         expiry: ExpiryWatch | None = None,
         ping_interval: float = 25.0,
         ping_timeout: float = 20.0,
-        max_messages_per_second: float = 100.0,
-        message_burst: int = 200,
+        max_messages_per_second: float = 1000.0,
+        message_burst: int = 2000,
     ) -> None:
         self.hub = hub
         self.cors = cors if cors is not None else CorsPolicy()
