@@ -10,8 +10,7 @@ from typing import Any
 
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
-from roomcast.server.native import DoorCounters, serve
-from roomcast.server.runner import door_limits
+from roomcast.server.native import DoorCounters, DoorLimits, serve
 
 
 @dataclass
@@ -36,7 +35,7 @@ async def running(app: App) -> AsyncIterator[RunningServer]:
     s = app.settings
     await app.startup()
     counters = DoorCounters()
-    server = await serve(app, "127.0.0.1", 0, limits=door_limits(s), counters=counters)
+    server = await serve(app, "127.0.0.1", 0, limits=DoorLimits.from_settings(s), counters=counters)
     host, port = server.sockets[0].getsockname()[:2]
     try:
         yield RunningServer(app, host, port, counters)

@@ -13,17 +13,13 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from rawclient import open_websocket
-from servers import RunningServer, running
+from healthy import Healthy, server
+from servers import RunningServer
 from sseclient import open_sse
 
-from roomcast.hub.hub import Hub
 from roomcast.protocol import websocket as wsproto
-from roomcast.server.app import App
-from roomcast.server.config import Settings
 
 WAIT = 10.0
 MB = 1_000_000
@@ -36,12 +32,6 @@ def rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-@contextlib.asynccontextmanager
-async def server(**settings: Any) -> AsyncIterator[RunningServer]:
-    async with running(App(Hub(), Settings(**settings))) as srv:
-        yield srv
 
 
 async def status_of(reader: asyncio.StreamReader) -> int:
@@ -57,35 +47,6 @@ async def raw(srv: RunningServer) -> AsyncIterator[tuple[asyncio.StreamReader, a
         yield reader, writer
     finally:
         writer.transport.abort()
-
-
-class Healthy:
-    """A subscriber on each transport, to show the attack touches nobody else."""
-
-    def __init__(self, srv: RunningServer) -> None:
-        self.srv = srv
-        self.stack = contextlib.AsyncExitStack()
-        self.n = 0
-
-    async def __aenter__(self) -> Healthy:
-        self.sse = await self.stack.enter_async_context(open_sse(self.srv.url, ["news"]))
-        assert (await self.sse.next()).event == "snapshot"
-        self.ws = await open_websocket(
-            self.srv.host, self.srv.port, "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"}
-        )
-        self.ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "news"}))
-        assert json.loads(await self.ws.recv())["type"] == "snapshot"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.ws.close()
-        await self.stack.aclose()
-
-    async def still_served(self) -> None:
-        self.n += 1
-        await self.srv.hub.publish("news", "n", self.n)
-        assert (await self.sse.next()).json() == self.n
-        assert json.loads(await self.ws.recv())["data"] == self.n
 
 
 @pytest.mark.parametrize(

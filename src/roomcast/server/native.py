@@ -22,6 +22,7 @@ import httptools
 
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import websocket as wsproto
+from roomcast.server.config import Settings
 from roomcast.transports.base import (
     HttpRequest,
     HttpResponse,
@@ -100,16 +101,32 @@ class DoorLimits:
             it); 0: no limit (behind a proxy every client has the proxy's address).
     """
 
-    max_body_bytes: int = 1_000_000
-    max_buffer_bytes: int = 4_000_000
-    output_high_water: int = 1_000_000
-    max_request_line: int = 8192
-    max_header_bytes: int = 65_536
-    max_headers: int = 100
-    request_timeout: float = 10.0
-    keepalive_timeout: float = 60.0
-    max_connections: int = 25_000
-    max_connections_per_address: int = 0
+    max_body_bytes: int
+    max_buffer_bytes: int
+    output_high_water: int
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    request_timeout: float
+    keepalive_timeout: float
+    max_connections: int
+    max_connections_per_address: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DoorLimits:
+        """The native door's share of the settings: the one place the numbers live."""
+        return cls(
+            max_body_bytes=settings.max_payload,
+            max_buffer_bytes=settings.max_buffer_bytes,
+            output_high_water=settings.output_high_water,
+            max_request_line=settings.max_request_line,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            request_timeout=settings.request_timeout,
+            keepalive_timeout=settings.keepalive_timeout,
+            max_connections=settings.max_connections,
+            max_connections_per_address=settings.max_connections_per_address,
+        )
 
 
 @dataclass(slots=True)
@@ -826,7 +843,7 @@ async def serve(
     ``counters``, when given, is where the door counts what it refused or cut.
     """
     loop = asyncio.get_running_loop()
-    door = limits if limits is not None else DoorLimits()
+    door = limits if limits is not None else DoorLimits.from_settings(Settings())
     coalescer = WriteCoalescer(counters)  # one per server: one flush per loop iteration for all its sockets
     gate = ConnectionGate(door, coalescer.counters)  # one per server: its connection limits
     return await loop.create_server(

@@ -12,33 +12,16 @@ import sys
 from collections.abc import Callable
 
 from roomcast.server.app import App
-from roomcast.server.config import Settings
 from roomcast.server.native import DoorLimits, serve
 
-__all__ = ["run", "serve_app", "door_limits"]
-
-
-def door_limits(settings: Settings) -> DoorLimits:
-    """The native door's share of the settings (docs/limits.md)."""
-    return DoorLimits(
-        max_body_bytes=settings.max_payload,
-        max_buffer_bytes=settings.max_buffer_bytes,
-        output_high_water=settings.output_high_water,
-        max_request_line=settings.max_request_line,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        request_timeout=settings.request_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-        max_connections=settings.max_connections,
-        max_connections_per_address=settings.max_connections_per_address,
-    )
+__all__ = ["run", "serve_app"]
 
 
 async def serve_app(app: App, *, on_ready: Callable[[str, int], None] | None = None) -> None:
     """Serve ``app`` until cancelled or signalled; calls ``on_ready(host, port)`` once listening."""
     s = app.settings
     await app.startup()
-    server = await serve(app, s.host, s.port, limits=door_limits(s))
+    server = await serve(app, s.host, s.port, limits=DoorLimits.from_settings(s))
     host, port = server.sockets[0].getsockname()[:2]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
