@@ -240,6 +240,78 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     help="Bytes of history kept in all rooms together; past it the oldest go first.",
 )
 @click.option(
+    "--output-high-water",
+    envvar="ROOMCAST_OUTPUT_HIGH_WATER",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.output_high_water,
+    show_default=True,
+    show_envvar=True,
+    help="Unread output bytes past which the server stops reading from a client until it reads.",
+)
+@click.option(
+    "--max-buffer-bytes",
+    envvar="ROOMCAST_MAX_BUFFER_BYTES",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_buffer_bytes,
+    show_default=True,
+    show_envvar=True,
+    help="Unread output bytes past which a client is cut (a slow consumer, for publications).",
+)
+@click.option(
+    "--max-request-line",
+    envvar="ROOMCAST_MAX_REQUEST_LINE",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_request_line,
+    show_default=True,
+    show_envvar=True,
+    help="Longest HTTP request target, in bytes (414 past it).",
+)
+@click.option(
+    "--max-header-bytes",
+    envvar="ROOMCAST_MAX_HEADER_BYTES",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_header_bytes,
+    show_default=True,
+    show_envvar=True,
+    help="Most bytes of HTTP request headers (431 past it).",
+)
+@click.option(
+    "--max-headers",
+    envvar="ROOMCAST_MAX_HEADERS",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_headers,
+    show_default=True,
+    show_envvar=True,
+    help="Most HTTP header lines in one request (431 past it).",
+)
+@click.option(
+    "--request-timeout",
+    envvar="ROOMCAST_REQUEST_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.request_timeout,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds an HTTP request's head and body may take to arrive (408 past it).",
+)
+@click.option(
+    "--keepalive-timeout",
+    envvar="ROOMCAST_KEEPALIVE_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.keepalive_timeout,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds an idle keep-alive HTTP connection is kept open.",
+)
+@click.option(
+    "--max-attachments",
+    envvar="ROOMCAST_MAX_ATTACHMENTS",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.max_attachments,
+    show_default=True,
+    show_envvar=True,
+    help="Binary attachments one Socket.IO packet may carry (and placeholders naming them).",
+)
+@click.option(
     "--max-connections",
     envvar="ROOMCAST_MAX_CONNECTIONS",
     type=click.IntRange(min=0),
@@ -339,6 +411,14 @@ def serve(
     history_ttl: float,
     history_room_bytes: int,
     history_bytes: int,
+    output_high_water: int,
+    max_buffer_bytes: int,
+    max_request_line: int,
+    max_header_bytes: int,
+    max_headers: int,
+    request_timeout: float,
+    keepalive_timeout: float,
+    max_attachments: int,
     max_connections: int,
     max_connections_per_address: int,
     ws_ping_interval: float,
@@ -370,6 +450,14 @@ def serve(
         history_ttl=history_ttl,
         history_room_bytes=history_room_bytes,
         history_bytes=history_bytes,
+        output_high_water=output_high_water,
+        max_buffer_bytes=max_buffer_bytes,
+        max_request_line=max_request_line,
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
+        request_timeout=request_timeout,
+        keepalive_timeout=keepalive_timeout,
+        max_attachments=max_attachments,
         max_connections=max_connections,
         max_connections_per_address=max_connections_per_address,
         ws_ping_interval=ws_ping_interval,
