@@ -5,6 +5,10 @@ frame per recipient straight into ``transport.write`` (DESIGN §8), with no per-
 ``await``, task or ASGI message dict. ``get_write_buffer_size()`` after each write is the
 bounded outbound buffer: past ``max_buffer_bytes`` the connection is a slow consumer.
 
+Its parts: ``server.door_limits`` (what a connection may cost), ``server.native_output`` (the
+outbound side: coalesced writes, streams, WebSockets, slow consumers) and this module (the
+HTTP side and the connection gate).
+
 HTTP/1.1 keep-alive requests on one connection are answered in order. Each request becomes an
 ``HttpRequest`` for the router; a WebSocket upgrade is handed to the router's
 ``websocket()`` and, if accepted, the connection switches to frame parsing.
@@ -15,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httptools
@@ -23,13 +26,19 @@ import httptools
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import websocket as wsproto
 from roomcast.server.config import Settings
+from roomcast.server.door_limits import DoorCounters, DoorLimits
+from roomcast.server.native_output import (
+    SLOW_GOODBYE_SECONDS,
+    CoalescedOutput,
+    NativeStream,
+    NativeWebSocket,
+    WriteCoalescer,
+)
 from roomcast.transports.base import (
     HttpRequest,
     HttpResponse,
     StreamAccept,
-    StreamHandler,
     WebSocketAccept,
-    WebSocketHandler,
     build_request,
     json_error,
 )
@@ -45,6 +54,7 @@ __all__ = [
     "CoalescedOutput",
     "WriteCoalescer",
     "serve",
+    "SLOW_GOODBYE_SECONDS",
 ]
 
 logger = logging.getLogger("roomcast.native")
@@ -80,68 +90,6 @@ class Router(Protocol):
     def websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse: ...
 
 
-@dataclass(frozen=True, slots=True)
-class DoorLimits:
-    """What one connection to the native door may cost; docs/limits.md is the table.
-
-    Attributes:
-        max_body_bytes: largest request body (413), and largest WebSocket message (1009).
-        max_buffer_bytes: outbound bytes a connection may have waiting before it is cut (the
-            hard limit; for publications, the slow-consumer limit).
-        output_high_water: outbound bytes waiting past which the door stops reading from
-            that client (and serving its pipelined requests) until it reads: the limit for
-            responses, pongs and polling payloads, which the client itself asks for.
-        max_request_line: longest request target, in bytes (414).
-        max_header_bytes: most bytes of request head, request line included (431).
-        max_headers: most header lines in one request (431).
-        request_timeout: seconds a request's head and body may take to arrive (408).
-        keepalive_timeout: seconds an idle keep-alive connection is kept open.
-        max_connections: most connections held at once (503 past it); 0: no limit.
-        max_connections_per_address: most connections from one client IP address (429 past
-            it); 0: no limit (behind a proxy every client has the proxy's address).
-    """
-
-    max_body_bytes: int
-    max_buffer_bytes: int
-    output_high_water: int
-    max_request_line: int
-    max_header_bytes: int
-    max_headers: int
-    request_timeout: float
-    keepalive_timeout: float
-    max_connections: int
-    max_connections_per_address: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DoorLimits:
-        """The native door's share of the settings: the one place the numbers live."""
-        return cls(
-            max_body_bytes=settings.max_payload,
-            max_buffer_bytes=settings.max_buffer_bytes,
-            output_high_water=settings.output_high_water,
-            max_request_line=settings.max_request_line,
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-            request_timeout=settings.request_timeout,
-            keepalive_timeout=settings.keepalive_timeout,
-            max_connections=settings.max_connections,
-            max_connections_per_address=settings.max_connections_per_address,
-        )
-
-
-@dataclass(slots=True)
-class DoorCounters:
-    """What the door refused or cut, for operators (one per server)."""
-
-    refused_heads: int = 0
-    timeouts: int = 0
-    output_cut: int = 0
-    slow_goodbyes: int = 0
-    slow_aborts: int = 0
-    refused_connections: int = 0  # past max_connections: 503
-    refused_per_address: int = 0  # past max_connections_per_address: 429
-
-
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request the door will not take."""
 
@@ -160,238 +108,6 @@ def _render(response: HttpResponse, keep_alive: bool) -> bytes:
     if not keep_alive:
         head.append("Connection: close")
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
-
-
-class WriteCoalescer:
-    """Writes each connection's outbound bytes once per event-loop iteration.
-
-    Why: on a busy server the cost of fan-out is the ``send`` system call per recipient, not
-    Python (py-spy: 78 % of a 1000-subscriber fan-out sat in ``transport.write``). When
-    several publications are handled in one loop iteration — a burst of publish requests in
-    one read, a batch from the broker — each recipient's frames are joined into one
-    ``writelines`` (one ``writev``) at the end of the iteration instead of one ``send`` each.
-    A lone publication costs one list append more than writing at once; no timer, no added
-    latency beyond the current iteration.
-    """
-
-    __slots__ = ("_dirty", "_scheduled", "counters")
-
-    def __init__(self, counters: DoorCounters | None = None) -> None:
-        self._dirty: list[CoalescedOutput] = []
-        self._scheduled = False
-        self.counters = counters if counters is not None else DoorCounters()  # the server's, shared
-
-    def mark(self, output: CoalescedOutput) -> None:
-        self._dirty.append(output)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for output in dirty:
-            output.flush()
-
-
-class CoalescedOutput:
-    """Outbound bytes of one connection, written by the ``WriteCoalescer`` (a WebSocket's
-    frames, a Server-Sent Events stream's events).
-
-    ``write`` keeps a reference (or appends, when this connection already has bytes waiting
-    in this loop iteration) and returns ``False`` once the last flush left the transport's
-    buffer over ``high_water``: the hub then disconnects a slow consumer.
-    """
-
-    __slots__ = ("transport", "high_water", "coalescer", "closing", "_out", "_over", "_lost", "_goodbye")
-
-    def __init__(self, transport: asyncio.Transport, *, high_water: int, coalescer: WriteCoalescer | None) -> None:
-        self.transport = transport
-        self.high_water = high_water
-        self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
-        self.closing = False
-        self._out: bytes | list[bytes] | None = None
-        self._over = False
-        self._lost = False
-        self._goodbye: asyncio.TimerHandle | None = None
-
-    def write(self, data: bytes) -> bool:
-        if self.closing:
-            return True
-        out = self._out
-        if out is None:
-            self._out = data  # the common case: a reference, no allocation
-            self.coalescer.mark(self)
-        elif isinstance(out, list):
-            out.append(data)
-        else:
-            self._out = [out, data]
-        return not self._over
-
-    def flush(self) -> None:
-        """Write what is queued (called by the coalescer, and before closing)."""
-        out = self._out
-        if out is None:
-            return
-        self._out = None
-        transport = self.transport
-        if self._lost or transport.is_closing():
-            return
-        if isinstance(out, list):
-            transport.writelines(out)
-        else:
-            transport.write(out)
-        self._over = transport.get_write_buffer_size() > self.high_water
-
-    def say_goodbye(self) -> None:
-        """Close a slow consumer with its goodbye (already queued) behind what it has not read.
-
-        The transport closes once the client reads it all; a client that does not read is
-        aborted after ``SLOW_GOODBYE_SECONDS``, so its buffer is freed within a bounded time.
-        """
-        self.flush()
-        self.closing = True
-        self.transport.close()
-        self._goodbye = asyncio.get_running_loop().call_later(SLOW_GOODBYE_SECONDS, self._abort_slow)
-
-    def _abort_slow(self) -> None:
-        self._goodbye = None
-        if not self._lost:
-            self.coalescer.counters.slow_aborts += 1
-            self.transport.abort()
-
-    def _ended(self) -> None:
-        """The connection is gone: a pending goodbye reached the client's side."""
-        if self._goodbye is not None:
-            self._goodbye.cancel()
-            self._goodbye = None
-            self.coalescer.counters.slow_goodbyes += 1
-
-
-SLOW_GOODBYE_SECONDS = 2.0
-"""How long a slow consumer has to read its way to the goodbye before it is aborted."""
-
-
-class NativeStream(CoalescedOutput):
-    """A streaming HTTP response (a ``StreamChannel``), delimited by closing the connection."""
-
-    __slots__ = ("handler",)
-
-    def __init__(self, transport: asyncio.Transport, *, high_water: int, coalescer: WriteCoalescer | None) -> None:
-        super().__init__(transport, high_water=high_water, coalescer=coalescer)
-        self.handler: StreamHandler | None = None
-
-    def close(self) -> None:
-        if self.closing:
-            return
-        if self._over:
-            self.say_goodbye()  # a slow consumer: its `event: error` waits behind what it has not read
-            return
-        self.flush()
-        self.closing = True
-        self.transport.close()  # after the buffer drains: the end of the response
-
-    def connection_lost(self) -> None:
-        if self._lost:
-            return
-        self._lost = self.closing = True
-        self._ended()
-        if self.handler is not None:
-            self.handler.on_close()
-
-
-class NativeWebSocket(CoalescedOutput):
-    """A server-side WebSocket on an asyncio transport (a ``WebSocketChannel``).
-
-    Outbound frames wait until the ``WriteCoalescer`` flushes them at the end of the loop
-    iteration (in order; a close flushes first). The outbound limit is checked at each
-    flush, so ``send``/``send_frames`` report a slow consumer from the last flush on.
-    """
-
-    native_frames = True
-    __slots__ = ("parser", "handler", "_close_timer")
-
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        *,
-        max_message_bytes: int,
-        high_water: int,
-        coalescer: WriteCoalescer | None = None,
-    ) -> None:
-        super().__init__(transport, high_water=high_water, coalescer=coalescer)
-        self.parser = wsproto.WebSocketParser(max_message_bytes=max_message_bytes, require_mask=True)
-        self.handler: WebSocketHandler | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
-
-    def send(self, data: str | bytes) -> bool:
-        if isinstance(data, str):
-            return self.write(wsproto.text_frame(data))
-        return self.write(wsproto.binary_frame(data))
-
-    def send_frames(self, frames: bytes) -> bool:
-        return self.write(frames)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        if self.closing:
-            return
-        transport = self.transport
-        if transport.is_closing():
-            self.closing = True
-            return
-        if self._over:
-            self.write(wsproto.close_frame(code, reason))
-            self.say_goodbye()  # a slow consumer: the close frame waits behind what it has not read
-            return
-        self.flush()
-        self.closing = True
-        transport.write(wsproto.close_frame(code, reason))
-        # Wait briefly for the peer's close frame, then drop the TCP connection anyway.
-        self._close_timer = asyncio.get_running_loop().call_later(2.0, self.transport.close)
-
-    def feed(self, data: bytes) -> None:
-        try:
-            events = self.parser.feed(data)
-        except RemoteProtocolError as exc:
-            logger.debug("websocket protocol error: %s", exc)
-            code = wsproto.close_code_for(exc)
-            self.close(code, exc.reason[:100])
-            self.transport.close()
-            return
-        handler = self.handler
-        for event in events:
-            if isinstance(event, wsproto.Message):
-                if handler is not None and not self.closing:
-                    payload = event.data
-                    handler.on_message(payload.decode() if event.opcode == wsproto.OP_TEXT else payload)
-            elif isinstance(event, wsproto.Ping):
-                if not self.closing:  # an answer the client asked for: the door's output limits hold it
-                    self.transport.write(wsproto.serialize_frame(wsproto.OP_PONG, event.data))
-            elif isinstance(event, wsproto.Pong):
-                # the answer to a transport's keep-alive ping (``/ws``): a handler that pings
-                # has ``on_pong``; the others (Engine.IO pings in its own packets) ignore it
-                on_pong = getattr(handler, "on_pong", None)
-                if on_pong is not None:
-                    on_pong()
-            elif isinstance(event, wsproto.Close):
-                if not self.closing:
-                    self.flush()
-                    self.closing = True
-                    echo = 1000 if event.code == 1005 else event.code
-                    self.transport.write(wsproto.close_frame(echo))
-                self.transport.close()
-                return
-
-    def connection_lost(self) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self.closing = True
-        self._ended()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        if self.handler is not None:
-            self.handler.on_close(1006)
 
 
 class ConnectionGate:
