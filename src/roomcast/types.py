@@ -28,6 +28,9 @@ JSONValue: TypeAlias = Any
 MAX_NAME_LENGTH: Final = 256
 """The longest room or event name, in characters, on every transport and the API."""
 
+MAX_OFFSET: Final = 2**63 - 1
+"""The largest offset a position may name: what a signed 64-bit integer (SQLite, Redis) holds."""
+
 
 @dataclass(frozen=True, slots=True)
 class StreamPosition:
