@@ -8,6 +8,7 @@ BENCH_NODE := bench/node
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 CHROMIUM := /usr/bin/chromium
+REDIS_SERVER := /usr/bin/redis-server
 
 .PHONY: run test install test-deps bench soak conformance-server conformance lint types clean
 
@@ -34,7 +35,11 @@ $(BENCH_NODE)/node_modules/.package-lock.json: $(BENCH_NODE)/package-lock.json
 $(CHROMIUM):
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json $(CHROMIUM)
+# The Redis the broker tests run against (tests/redisserver.py starts it on a free port).
+$(REDIS_SERVER):
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json $(CHROMIUM) $(REDIS_SERVER)
 
 # The peers the benchmark runs beside roomcast: python-socketio under uvicorn, Node socket.io.
 $(BENCH_STAMP): $(STAMP) pyproject.toml

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +62,14 @@ def make_app() -> Callable[..., App]:
 async def server(make_app: Callable[..., App]) -> AsyncIterator[RunningServer]:
     async with running(make_app()) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the session (the ``redis`` rows of every broker matrix)."""
+    import brokers
+    from redisserver import running_redis
+
+    with running_redis() as url:
+        brokers.REDIS_URL = url
+        yield url

@@ -19,6 +19,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import brokers
 import pytest
 from asyncbroker import AsyncBroker
 from brokers import BROKERS, make_broker
@@ -131,17 +132,31 @@ async def test_terminal_reaches_a_subscribed_node_after_the_rooms_last_publicati
 
 
 async def test_a_freed_and_recreated_room_gets_a_new_epoch(kind: str) -> None:
+    """A quiet room nobody follows is freed after its lifetime; one that is followed is not.
+
+    ``MemoryBroker`` (and the async broker on it) frees at its sweep, on an injected clock;
+    Redis expires the room's keys itself, so its row waits (bounded) for the epoch to change.
+    """
     clock = Clock()
-    broker = make_broker(kind, history_ttl=300.0, clock=clock)
-    first = await broker.publish("once", "ev", (), ts=clock.now)
-    await broker.subscribe("followed")
-    await broker.publish("followed", "ev", (), ts=clock.now)
-    clock.now += 301
-    assert broker.sweep() == 1  # "once": expired, empty, unfollowed; "followed" stays
-    again = await broker.publish("once", "ev", (), ts=clock.now)
-    assert again.position.epoch != first.position.epoch and again.position.offset == 1
-    assert not (await broker.history("once", since=first.position)).complete  # never offset 1 again
-    assert (await broker.position("followed")).offset == 1
+    broker = make_broker(kind, history_ttl=1.0 if kind == "redis" else 300.0, clock=clock)
+    await broker.start(Events())
+    try:
+        first = await broker.publish("once", "ev", (), ts=clock.now)
+        await broker.subscribe("followed")
+        followed = await broker.publish("followed", "ev", (), ts=clock.now)
+        if kind == "redis":
+            async with asyncio.timeout(WAIT):
+                while (await broker.position("once")).epoch == first.position.epoch:
+                    await yield_to_loop()
+        else:
+            clock.now += 301
+            assert broker.sweep() == 1  # "once": expired, empty, unfollowed; "followed" stays
+        again = await broker.publish("once", "ev", (), ts=clock.now)
+        assert again.position.epoch != first.position.epoch and again.position.offset == 1
+        assert not (await broker.history("once", since=first.position)).complete  # never offset 1 again
+        assert await broker.position("followed") == followed.position
+    finally:
+        await broker.aclose()
 
 
 async def test_presence_counts_connections_and_distinct_users(kind: str) -> None:
@@ -353,5 +368,35 @@ async def test_a_stream_broken_while_a_subscriber_syncs_is_read_again() -> None:
         await hub.publish("r", "ev")
         await viewer.until(3)
         assert viewer.view("r") == list(range(viewer.subs["r"].base.offset + 1, 4))
+    finally:
+        await hub.aclose()
+
+
+async def test_a_killed_redis_subscription_is_reconnected_and_what_it_missed_is_read_back() -> None:
+    """``CLIENT KILL TYPE pubsub``: the node's live stream breaks for real. It reconnects with
+    backoff, and its subscribers get what was published meanwhile from history, once."""
+    import redis.asyncio as aioredis
+
+    hub = Hub(broker=make_broker("redis"))
+    await hub.start()
+    try:
+        viewers = await _viewers(hub, "r", 2)
+        await hub.publish("r", "ev")
+        for viewer in viewers:
+            await viewer.until(1)
+        admin = aioredis.from_url(brokers.REDIS_URL)
+        try:
+            assert await admin.client_kill_filter(_type="pubsub") >= 1
+            for _ in range(5):
+                await hub.publish("r", "ev")  # some while the subscription is down
+        finally:
+            await admin.aclose()
+        async with asyncio.timeout(WAIT):
+            while hub.stream_losses == 0:
+                await yield_to_loop()
+        await hub.publish("r", "ev")
+        for viewer in viewers:
+            await viewer.until(7)
+            assert viewer.view("r") == [1, 2, 3, 4, 5, 6, 7]
     finally:
         await hub.aclose()
