@@ -369,6 +369,15 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     help="Messages a client may send at once before --max-messages-per-second applies.",
 )
 @click.option(
+    "--redis",
+    "redis_url",
+    envvar="ROOMCAST_REDIS_URL",
+    show_envvar=True,
+    default=None,
+    help="Share rooms with every process and machine on this Redis (redis:// or rediss://). "
+    "Without it this process serves alone.",
+)
+@click.option(
     "--api-key",
     envvar="ROOMCAST_API_KEY",
     show_envvar=True,
@@ -425,6 +434,7 @@ def serve(
     ws_ping_timeout: float,
     max_messages_per_second: float,
     message_burst: int,
+    redis_url: str | None,
     api_key: str | None,
     poll_allow: tuple[str, ...],
 ) -> None:
@@ -464,6 +474,7 @@ def serve(
         ws_ping_timeout=ws_ping_timeout,
         max_messages_per_second=max_messages_per_second,
         message_burst=message_burst,
+        redis_url=redis_url,
         api_key=api_key,
         poll_allow=poll_allow or None,
         recovery_window=recovery_window,

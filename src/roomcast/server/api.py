@@ -38,7 +38,14 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from roomcast import _json, disconnect
-from roomcast.errors import InvalidPublication, InvalidTransition, ShuttingDown, TaskError, TaskNotFound
+from roomcast.errors import (
+    BrokerUnavailable,
+    InvalidPublication,
+    InvalidTransition,
+    ShuttingDown,
+    TaskError,
+    TaskNotFound,
+)
 from roomcast.hub.hub import Hub
 from roomcast.server.openapi import OPENAPI
 from roomcast.tasks.model import TaskStatus
@@ -275,6 +282,8 @@ class ApiServer:
             return response
         except ShuttingDown as exc:  # here or from the task service: retry against the next process
             return api_error(503, "shutting_down", str(exc), [("Retry-After", "1")])
+        except BrokerUnavailable as exc:  # nothing was published: never a 200 for an event nobody gets
+            return api_error(503, "broker_unavailable", str(exc), [("Retry-After", "1")])
         except (BadRequest, InvalidPublication) as exc:  # a publication no transport could deliver
             return api_error(400, "bad_request", str(exc))
         except TaskNotFound as exc:

@@ -16,7 +16,9 @@ import logging
 from typing import Any
 
 from roomcast.auth import AuthConfig, Authenticator
+from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
+from roomcast.broker.redis import RedisBroker
 from roomcast.disconnect import Disconnect
 from roomcast.errors import ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub.connection import Connection
@@ -106,12 +108,18 @@ class App:
     def __init__(self, hub: Hub | None = None, settings: Settings | None = None) -> None:
         self.settings = settings = settings if settings is not None else Settings()
         if hub is None:
-            broker = MemoryBroker(
-                history_size=settings.history_size,
-                history_ttl=settings.history_ttl,
-                history_room_bytes=settings.history_room_bytes,
-                history_bytes=settings.history_bytes,
-            )
+            broker: Broker
+            if settings.redis_url is not None:
+                broker = RedisBroker(
+                    settings.redis_url, history_size=settings.history_size, history_ttl=settings.history_ttl
+                )
+            else:
+                broker = MemoryBroker(
+                    history_size=settings.history_size,
+                    history_ttl=settings.history_ttl,
+                    history_room_bytes=settings.history_room_bytes,
+                    history_bytes=settings.history_bytes,
+                )
             hub = Hub(broker=broker, max_rooms_per_connection=settings.max_rooms_per_connection)
         self.hub = hub
         cors = CorsPolicy(settings.cors_origins)

@@ -62,6 +62,10 @@ class Settings:
         max_rooms_per_connection: rooms a client may subscribe to on one connection.
         max_attachments: binary attachments one Socket.IO packet may carry, and placeholders
             naming them (their expanded bytes are bounded by ``max_payload``).
+        redis_url: a Redis (``redis://``, ``rediss://`` for TLS, with an ACL user and
+            password if needed) that every process and machine serving the same rooms
+            shares (``RedisBroker``); ``None``: this process alone (``MemoryBroker``). Never
+            logged: it may hold a password.
         history_size: publications kept per room for recovery.
         history_ttl: seconds a publication stays in history; a quiet room nobody follows is
             freed after it, and comes back under a new epoch.
@@ -130,6 +134,7 @@ class Settings:
     message_burst: int = 2000
     max_rooms_per_connection: int = 100
     max_attachments: int = 10
+    redis_url: str | None = field(default=None, repr=False)
     history_size: int = 1000
     history_ttl: float = 300.0
     history_room_bytes: int = 10_000_000

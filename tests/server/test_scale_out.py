@@ -1,0 +1,94 @@
+"""Several ``roomcast serve`` processes on one Redis serve as one hub (``--redis``).
+
+Real processes on 127.0.0.1 and a real redis-server: an event published on one node reaches
+subscribers of every transport on the others; a client that moves to another node recovers
+by offset there; a publish while Redis is down is refused with 503, never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import redis
+from rawclient import open_websocket
+from redisserver import fresh_url, running_redis
+from sseclient import open_sse
+from test_task_restart import WAIT, serving
+
+from roomcast import Publisher
+from roomcast.protocol import sse
+
+
+@contextlib.asynccontextmanager
+async def nodes(tmp_path: Path, url: str, count: int) -> AsyncIterator[list[str]]:
+    """``count`` servers on ``url``, each with its own task database; yields their base URLs."""
+    async with contextlib.AsyncExitStack() as stack:
+        urls = []
+        for n in range(count):
+            _, base = await stack.enter_async_context(serving(tmp_path / f"tasks-{n}.db", "--redis", url))
+            urls.append(base)
+        yield urls
+
+
+async def test_an_event_published_on_one_node_reaches_every_transport_on_the_others(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with nodes(tmp_path, fresh_url(redis_url), 3) as (a, b, c):
+        host, port = b.removeprefix("http://").split(":")
+        async with open_sse(c, ["board"]) as stream:
+            assert (await stream.next(WAIT)).event == "snapshot"
+            ws = await open_websocket(host, int(port), "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"})
+            try:
+                ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "board"}))
+                assert json.loads(await ws.recv())["type"] == "snapshot"
+                answer = await Publisher(a).apublish("board", "moved", {"card": 7})
+                assert answer.offset == 1
+                event = await stream.next(WAIT)
+                assert (event.event, event.json()) == ("moved", {"card": 7})
+                message = json.loads(await ws.recv())
+                assert (message["event"], message["data"], message["offset"]) == ("moved", {"card": 7}, 1)
+            finally:
+                ws.close()
+
+
+async def test_a_client_that_moves_to_another_node_recovers_what_it_missed_there(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with nodes(tmp_path, fresh_url(redis_url), 2) as (a, b):
+        publisher = Publisher(a)
+        async with open_sse(a, ["feed"]) as stream:
+            await stream.next(WAIT)
+            await publisher.apublish("feed", "n", 1)
+            assert (await stream.next(WAIT)).json() == 1
+            cursor = stream.last_id
+        for n in (2, 3, 4):
+            await publisher.apublish("feed", "n", n)
+        async with open_sse(b, ["feed"], last_event_id=cursor) as back:  # the other node
+            assert [(await back.next(WAIT)).json() for _ in range(3)] == [2, 3, 4]
+            position = sse.decode_cursor(back.last_id or "")["feed"]
+            assert position.offset == 4
+            await Publisher(b).apublish("feed", "n", 5)
+            assert (await back.next(WAIT)).json() == 5  # then live, nothing twice
+
+
+async def test_a_publish_while_redis_is_down_is_refused_with_503(tmp_path: Path) -> None:
+    with running_redis() as url:  # its own redis-server: this test kills it
+        async with nodes(tmp_path, url, 1) as (a,):
+            assert (await Publisher(a).apublish("r", "before", 1)).offset == 1
+            pid = redis.Redis.from_url(url).info("server")["process_id"]
+            os.kill(pid, signal.SIGKILL)
+            async with aiohttp.ClientSession() as http:
+                async with asyncio.timeout(WAIT):
+                    async with http.post(
+                        f"{a}/api/publish", json={"room": "r", "event": "lost", "data": 2}
+                    ) as response:
+                        assert response.status == 503
+                        body = await response.json()
+            assert body["error"]["code"] == "broker_unavailable" and "redis" in body["error"]["message"]
