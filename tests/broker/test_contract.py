@@ -400,3 +400,41 @@ async def test_a_killed_redis_subscription_is_reconnected_and_what_it_missed_is_
             assert viewer.view("r") == [1, 2, 3, 4, 5, 6, 7]
     finally:
         await hub.aclose()
+
+
+async def test_a_deaf_redis_subscription_is_found_by_its_heartbeat_and_reconnected() -> None:
+    """Redis stops delivering (``CLIENT PAUSE ... WRITE``: the node's heartbeat cannot go
+    through) without any error on the subscription: the node notices that it no longer hears
+    itself, says so (``unhealthy``, which ``/readyz`` reports), reconnects, and its
+    subscribers get everything once Redis delivers again."""
+    import redis.asyncio as aioredis
+
+    from roomcast.broker.redis import RedisBroker
+
+    assert brokers.REDIS_URL is not None
+    broker = RedisBroker(brokers.REDIS_URL, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    hub = Hub(broker=broker)
+    await hub.start()
+    admin = aioredis.from_url(brokers.REDIS_URL)
+    try:
+        viewers = await _viewers(hub, "deaf", 2)
+        await hub.publish("deaf", "ev")
+        for viewer in viewers:
+            await viewer.until(1)
+        await admin.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        async with asyncio.timeout(WAIT):
+            while broker.unhealthy is None:
+                await yield_to_loop()
+        assert "heard nothing" in broker.unhealthy
+        async with asyncio.timeout(WAIT):  # Redis delivers again: heard, reconnected, reported
+            while broker.unhealthy is not None or hub.stream_losses == 0:
+                await yield_to_loop()
+        await hub.publish("deaf", "ev")
+        for viewer in viewers:
+            await viewer.until(2)
+            assert viewer.view("deaf") == [1, 2]
+        assert broker.deaf_events == 1
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await hub.aclose()

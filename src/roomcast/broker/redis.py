@@ -24,9 +24,12 @@ channel ``rc:{room}``. A room's keys expire ``history_ttl`` seconds after its la
 publication: history, epoch and terminal mark go together, and the room comes back under a
 new epoch.
 
-What it does not do yet (issue 13): sharded pub/sub, a heartbeat for a deaf subscription,
-presence that expires with a dead node, idempotent publish retries, and binary attachments
-across nodes (they arrive in ``json_safe``'s form).
+* **A deaf subscription** (no error, no delivery) is found by a heartbeat through Redis to the
+  node itself, and treated as a lost stream; ``unhealthy`` says why meanwhile.
+
+What it does not do yet (issue 13): sharded pub/sub, presence that expires with a dead node,
+idempotent publish retries, and binary attachments across nodes (they arrive in
+``json_safe``'s form).
 """
 
 from __future__ import annotations
@@ -108,7 +111,14 @@ class RedisBroker:
     """
 
     def __init__(
-        self, url: str, *, history_size: int = 1000, history_ttl: float = 300.0, reconnect_max: float = 5.0
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        reconnect_max: float = 5.0,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 6.0,
     ) -> None:
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be >= 0 and history_ttl > 0")
@@ -126,6 +136,12 @@ class RedisBroker:
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
+        self._heartbeat = (heartbeat_interval, heartbeat_timeout)
+        self._heard = 0.0  # loop time the node last heard itself through its subscription
+        self.unhealthy: str | None = None
+        """Why the live stream cannot be trusted now (``/readyz`` says it), or ``None``."""
+        self.deaf_events = 0
         self._node_channel = f"rc:node:{secrets.token_urlsafe(8)}"
 
     def __repr__(self) -> str:
@@ -139,15 +155,17 @@ class RedisBroker:
             loop = asyncio.get_running_loop()
             self._reader = loop.create_task(self._read_forever())
             self._keeper = loop.create_task(self._keep_followed())
+            self._heard = loop.time()
+            self._heart = loop.create_task(self._beat())
 
     async def aclose(self) -> None:
         self._events = None
-        for task in (self._reader, self._keeper):
+        for task in (self._reader, self._keeper, self._heart):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._reader = self._keeper = None
+        self._reader = self._keeper = self._heart = None
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
@@ -161,30 +179,61 @@ class RedisBroker:
         await pubsub.subscribe(self._node_channel, *self._channels)
         self._pubsub = pubsub
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, *, reconnect_first: bool = False) -> None:
+        """Deliver what the subscription receives; when it breaks (or is found deaf), reconnect
+        with backoff and jitter, subscribe every followed room again, and report the loss."""
         delay = 0.05
         while True:
-            try:
-                async for message in self._pubsub.listen():
-                    delay = 0.05
-                    self._handle(message)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                logger.warning("redis subscription lost (%s); reconnecting", type(exc).__name__)
-            while True:  # reconnect with backoff and jitter, then report what may be lost
-                await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-                delay = min(delay * 2, self._reconnect_max)
+            if not reconnect_first:
                 try:
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._pubsub.aclose()
+                    async for message in self._pubsub.listen():
+                        delay = 0.05
+                        self._handle(message)
+                except asyncio.CancelledError:
+                    raise
+                except (RedisError, OSError) as exc:
+                    logger.warning("redis subscription lost (%s); reconnecting", type(exc).__name__)
+            reconnect_first = False
+            while True:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.aclose()  # nobody reads it now: safe to close
+                try:
                     await self._connect_pubsub()
                     break
                 except (RedisError, OSError):
-                    continue
+                    await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+                    delay = min(delay * 2, self._reconnect_max)
             events = self._events
             if events is not None:
                 events.on_stream_lost(None)
+
+    async def _beat(self) -> None:
+        """Publish to this node's own channel and expect to hear it back.
+
+        A subscription can go deaf without an error (a proxy or a half-open connection that
+        still accepts writes, a Redis that stopped delivering): python-socketio's users had
+        workers that received nothing for a day. Past ``heartbeat_timeout`` without hearing
+        itself, the node says so (``unhealthy``, and ``/readyz`` answers 503), drops the
+        subscription connection and reconnects it, which reports the lost stream so every
+        room re-reads what it missed.
+        """
+        interval, timeout = self._heartbeat
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            silent = loop.time() - self._heard
+            if silent > timeout and self.unhealthy is None:
+                self.deaf_events += 1
+                self.unhealthy = f"the redis subscription heard nothing for {silent:.0f}s"
+                logger.warning("%s; reconnecting it", self.unhealthy)
+                reader = self._reader
+                if reader is not None:  # stop the reader, then let a new one reconnect and report
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+                    self._reader = loop.create_task(self._read_forever(reconnect_first=True))
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.wait_for(self._redis.publish(self._node_channel, b"H"), timeout)
 
     async def _keep_followed(self) -> None:
         """Keep the rooms this node follows alive: a quiet room with members here is not
@@ -214,6 +263,12 @@ class RedisBroker:
                 confirmed.set_result(None)
             return
         if kind != "message":
+            return
+        if name == self._node_channel:  # our own heartbeat: the subscription hears
+            self._heard = asyncio.get_running_loop().time()
+            if self.unhealthy is not None:
+                logger.info("the redis subscription hears again")
+                self.unhealthy = None
             return
         room = self._channels.get(name)
         events = self._events

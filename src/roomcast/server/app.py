@@ -276,7 +276,12 @@ class App:
         if request.path == "/roomcast.js":
             return _serve_browser_module(request)
         if request.path == "/readyz":
-            return HttpResponse(200, b"ready") if self._ready else HttpResponse(503, b"not ready")
+            if not self._ready:
+                return HttpResponse(503, b"not ready")
+            unhealthy = getattr(self.hub.broker, "unhealthy", None)  # a broker that can tell (RedisBroker)
+            if unhealthy is not None:
+                return HttpResponse(503, f"not ready: {unhealthy}".encode())
+            return HttpResponse(200, b"ready")
         return json_error(404, 404, "Not found")
 
     async def _task_events(self, request: HttpRequest) -> HttpResponse | StreamAccept:
