@@ -70,6 +70,6 @@ def redis_url() -> Iterator[str]:
     import brokers
     from redisserver import running_redis
 
-    with running_redis() as url:
-        brokers.REDIS_URL = url
-        yield url
+    with running_redis() as server:
+        brokers.REDIS_URL = server.url
+        yield server.url
