@@ -20,7 +20,7 @@ from roomcast.errors import (
 )
 from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
-from roomcast.publisher import Publisher
+from roomcast.publisher import Publisher, RedisPublisher
 from roomcast.server.app import App
 from roomcast.server.asgi import RoomcastApp
 from roomcast.server.config import Settings
@@ -43,6 +43,7 @@ __all__ = [
     "Publication",
     "PublishError",
     "Publisher",
+    "RedisPublisher",
     "RemoteProtocolError",
     "RoomcastApp",
     "RoomcastError",

@@ -4,7 +4,9 @@ L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom la
 (``types``, ``errors``, ``_json``, the sans-I/O ``protocol.http1``) and the stdlib. A process that only publishes needs no
 hub, no broker and no third-party HTTP client; it calls the backend API of a running
 server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
-``roomcast.server.api``).
+``roomcast.server.api``). ``RedisPublisher`` publishes straight into the Redis of a
+scaled-out deployment instead; it loads redis-py, the Redis broker's script and the
+publication gate when it is made, so ``Publisher`` alone still loads none of them.
 
 Tasks from another process: a worker creates a task (``create_task``), reports progress
 (``report``) and ends it (``complete_task`` / ``fail_task``). The worker is told of a stop
@@ -26,17 +28,18 @@ import contextlib
 import enum
 import http.client
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from roomcast import _json
-from roomcast.errors import PublishError, RemoteProtocolError
+from roomcast.errors import InvalidPublication, PublishError, RemoteProtocolError
 from roomcast.protocol import http1
-from roomcast.types import JSONValue, RoomName, StreamPosition
+from roomcast.types import MAX_NAME_LENGTH, JSONValue, RoomName, StreamPosition
 
-__all__ = ["Publisher", "PublishResult", "PublishError"]
+__all__ = ["Publisher", "RedisPublisher", "PublishResult", "PublishError"]
 
 MAX_ANSWER: Final = 8 * 1024 * 1024
 """The largest answer body read (a broadcast to 1000 rooms answers about 60 KiB)."""
@@ -513,3 +516,101 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         data = await reader.read(65536)
         response = parser.feed(data) if data else parser.feed_eof()
     return response.status, response.body
+
+
+class RedisPublisher:
+    """Publish into the Redis that ``roomcast serve --redis URL`` nodes share: for workers
+    (Celery, RQ, cron) that should need no web server.
+
+    The same ``publish`` / ``broadcast`` calls and answers as ``Publisher``, sync and async.
+    It runs the nodes' own publish script (``broker.redis``), so a worker's publication is
+    stored, numbered and delivered exactly as a node's, after the same gate (reserved names,
+    JSON depth: ``hub.publication``). Task reports still go to a node (``Publisher``), so
+    the task rules hold.
+
+    Args:
+        url: the nodes' ``--redis`` URL. It is never shown in a ``repr``: it may hold a password.
+        history_size, history_ttl: the nodes' ``--history-size`` and ``--history-ttl``.
+
+    Safe to share between threads; the async methods keep one connection pool per loop.
+    """
+
+    def __init__(self, url: str, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
+        import redis
+
+        from roomcast.broker.redis import PUBLISH_SCRIPT
+
+        self._url = url
+        self._history_size = history_size
+        self._ttl = max(1, round(history_ttl))
+        self._script_text = PUBLISH_SCRIPT
+        self._sync = redis.Redis.from_url(url)
+        self._sync_script = self._sync.register_script(PUBLISH_SCRIPT)
+        self._async: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def __repr__(self) -> str:
+        return "<RedisPublisher>"
+
+    def publish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
+        """Publish ``event`` to ``room``; answers where it landed.
+
+        Raises:
+            PublishError: refused (a reserved name, data too deep), or Redis unreachable.
+        """
+        from redis.exceptions import RedisError
+
+        keys, args = self._call(room, event, data)
+        try:
+            epoch, offset = self._sync_script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise PublishError(0, "unreachable", f"redis is unreachable: {type(exc).__name__}") from None
+        return _redis_answer(room, epoch, offset)
+
+    async def apublish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
+        """``publish`` for coroutines."""
+        from redis.exceptions import RedisError
+
+        keys, args = self._call(room, event, data)
+        try:
+            epoch, offset = await self._script()(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise PublishError(0, "unreachable", f"redis is unreachable: {type(exc).__name__}") from None
+        return _redis_answer(room, epoch, offset)
+
+    def broadcast(
+        self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
+    ) -> list[PublishResult]:
+        """The same event to several rooms; one answer per room, in order."""
+        return [self.publish(room, event, data) for room in dict.fromkeys(rooms)]
+
+    async def abroadcast(
+        self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
+    ) -> list[PublishResult]:
+        """``broadcast`` for coroutines."""
+        return [await self.apublish(room, event, data) for room in dict.fromkeys(rooms)]
+
+    def _call(self, room: RoomName, event: str, data: JSONValue | _Absent) -> tuple[list[str], list[Any]]:
+        if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
+            raise PublishError(400, "bad_request", f"room names are 1 to {MAX_NAME_LENGTH} characters")
+        from roomcast.broker.redis import publish_call
+        from roomcast.hub.publication import prepare
+
+        args = () if data is _ABSENT else (data,)
+        try:
+            encoded, binary = prepare(event, args)
+        except InvalidPublication as exc:
+            raise PublishError(400, "bad_request", str(exc)) from None
+        return publish_call(room, event, time.time(), encoded, binary, self._history_size, self._ttl)
+
+    def _script(self) -> Any:
+        loop = asyncio.get_running_loop()
+        script = self._async.get(loop)
+        if script is None:
+            import redis.asyncio as aioredis
+
+            script = self._async[loop] = aioredis.from_url(self._url).register_script(self._script_text)
+        return script
+
+
+def _redis_answer(room: RoomName, epoch: Any, offset: Any) -> PublishResult:
+    return PublishResult(room, epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(offset))

@@ -121,3 +121,30 @@ async def test_redis_killed_and_restarted_gives_every_subscriber_what_it_missed_
                     assert (first.event, first.json()) == ("n", 3)  # recovered: exactly what it missed
                 else:
                     assert first.event == "reset" and first.json()["offset"] == 1  # a new epoch, said so
+
+
+async def test_a_worker_publishes_straight_into_redis_with_the_publisher_api(tmp_path: Path, redis_url: str) -> None:
+    """No web server on the worker's side: ``RedisPublisher`` runs the nodes' own script, so
+    its publications are numbered and delivered like a node's, and refused like one's."""
+    from roomcast import PublishError, RedisPublisher
+
+    url = fresh_url(redis_url)
+    async with nodes(tmp_path, url, 1) as (a,):
+        worker = RedisPublisher(url)
+        async with open_sse(a, ["jobs"]) as stream:
+            assert (await stream.next(WAIT)).event == "snapshot"
+            first = await asyncio.to_thread(worker.publish, "jobs", "done", {"job": 1})  # sync, from a thread
+            second = await worker.apublish("jobs", "done", {"job": 2})
+            assert (first.offset, second.offset) == (1, 2) and first.epoch == second.epoch
+            assert [(await stream.next(WAIT)).json() for _ in range(2)] == [{"job": 1}, {"job": 2}]
+            [third] = await worker.abroadcast(["jobs"], "done", {"job": 3})
+            assert third.offset == 3 and (await stream.next(WAIT)).json() == {"job": 3}
+        with pytest.raises(PublishError) as refused:
+            await worker.apublish("jobs", "disconnect", 1)
+        assert refused.value.status == 400 and "reserved" in refused.value.message
+    with running_redis() as server:
+        gone = RedisPublisher(server.url)
+        server.kill()
+        with pytest.raises(PublishError) as down:
+            await gone.apublish("jobs", "lost", 1)
+        assert down.value.status == 0 and down.value.code == "unreachable"

@@ -41,14 +41,18 @@ import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from roomcast import _json
 from roomcast.broker.base import BrokerEvents, HistoryResult
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "PUBLISH_SCRIPT", "publish_call"]
 
 logger = logging.getLogger("roomcast.broker.redis")
 
@@ -126,7 +130,13 @@ class RedisBroker:
         self._history_size = history_size
         self._ttl = max(1, round(history_ttl))
         self._reconnect_max = reconnect_max
-        self._redis: aioredis.Redis = aioredis.from_url(url)
+        # A connection the pool kept from before a Redis restart fails once: retried on a new
+        # one (3 times, 50 ms backoff doubling to 0.5 s) before the caller hears of it.
+        self._redis: aioredis.Redis = aioredis.from_url(
+            url,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
         self._terminate = self._redis.register_script(_TERMINATE)
@@ -294,13 +304,9 @@ class RedisBroker:
     ) -> Publication:
         if encoded is None:
             encoded = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in data)
-        payload = _json.dumps([event, ts, binary, [raw.decode() for raw in encoded]])
-        meta, stream, _, _, channel = _keys(room)
+        keys, args = publish_call(room, event, ts, encoded, binary, self._history_size, self._ttl)
         try:
-            epoch, offset = await self._publish(
-                keys=[meta, stream, channel],
-                args=[secrets.token_urlsafe(6), self._history_size, self._ttl, payload],
-            )
+            epoch, offset = await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis is unreachable: {type(exc).__name__}") from None
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
@@ -370,6 +376,19 @@ class RedisBroker:
         clients = await self._redis.hgetall(_keys(room)[3])
         users = sorted({u.decode() if isinstance(u, bytes) else u for u in clients.values() if u})
         return Presence(room, len(clients), tuple(users))
+
+
+PUBLISH_SCRIPT = _PUBLISH
+"""The Lua script every publisher runs, a node or a worker (``RedisPublisher``)."""
+
+
+def publish_call(
+    room: RoomName, event: str, ts: float, encoded: tuple[bytes, ...], binary: bool, history_size: int, ttl: int
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of ``PUBLISH_SCRIPT`` for one publication: the one wire form."""
+    payload = _json.dumps([event, ts, binary, [raw.decode() for raw in encoded]])
+    meta, stream, _, _, channel = _keys(room)
+    return [meta, stream, channel], [secrets.token_urlsafe(6), history_size, ttl, payload]
 
 
 def _publication(room: RoomName, epoch: str, offset: int, payload: bytes) -> Publication:
