@@ -148,3 +148,31 @@ async def test_a_worker_publishes_straight_into_redis_with_the_publisher_api(tmp
         with pytest.raises(PublishError) as down:
             await gone.apublish("jobs", "lost", 1)
         assert down.value.status == 0 and down.value.code == "unreachable"
+
+
+async def test_presence_and_finished_rooms_are_the_same_from_every_node(tmp_path: Path, redis_url: str) -> None:
+    """Presence counts every node's connections; a room finished through one node ends an
+    SSE reconnect on another with 204, so EventSource stops whichever node it reaches."""
+    url = fresh_url(redis_url)
+    async with nodes(tmp_path, url, 2) as (a, b), aiohttp.ClientSession() as http:
+        async with open_sse(a, ["chat"]) as one, open_sse(b, ["chat"]) as two:
+            await one.next(WAIT)
+            await two.next(WAIT)
+            for base in (a, b):  # each node writes its own entries as they join: wait for both
+                async with asyncio.timeout(WAIT):
+                    while True:
+                        async with http.get(f"{base}/api/presence?room=chat") as response:
+                            if (await response.json())["connections"] == 2:
+                                break
+        async with http.post(f"{a}/api/tasks", json={"kind": "crawl"}) as response:
+            task = await response.json()
+        room = f"task:{task['id']}"
+        async with open_sse(b, [room]) as stream:  # the task lives on node a; its room everywhere
+            await stream.next(WAIT)
+            async with http.post(f"{a}/api/tasks/{task['id']}/complete", json={"result": 1}):
+                pass
+            events = await stream.until_end()  # the stream ends once the room is finished
+            assert events[-1].event == "task:completed"
+            cursor = stream.last_id
+        async with open_sse(b, [room], last_event_id=cursor) as back:
+            assert back.status == 204

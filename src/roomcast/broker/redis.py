@@ -317,11 +317,18 @@ class RedisBroker:
         self._channels[channel] = room
         confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
         try:
-            await self._pubsub.subscribe(channel)
             async with asyncio.timeout(10):
-                await confirmed
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"redis did not confirm the subscription: {type(exc).__name__}") from None
+                # Asked again each second until confirmed (SUBSCRIBE is idempotent): a request
+                # that went to a connection being replaced is then made on the new one.
+                while not confirmed.done():
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._pubsub.subscribe(channel)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1):
+                            await asyncio.shield(confirmed)
+        except TimeoutError:
+            self._confirmed.pop(channel, None)
+            raise BrokerUnavailable("redis did not confirm the subscription") from None
 
     async def unsubscribe(self, room: RoomName) -> None:
         channel = _keys(room)[4]

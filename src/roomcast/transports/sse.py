@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from typing import Any
 
 from roomcast import _json, disconnect
@@ -116,7 +117,7 @@ class SseConnection(Connection):
         cursor: dict[RoomName, StreamPosition],
         auth: Any,
     ) -> None:
-        super().__init__(f"sse-{next(server.ids)}", hub=server.hub, encoder=encoder, auth=auth)
+        super().__init__(f"{server.id_prefix}{next(server.ids)}", hub=server.hub, encoder=encoder, auth=auth)
         self.server = server
         self.channel = channel
         if isinstance(auth, Claims):
@@ -244,6 +245,9 @@ class SseServer:
         self.streams: set[SseConnection] = set()
         self.encoders: dict[tuple[RoomName, ...], SseEncoder] = {}
         self.ids = itertools.count(1)
+        # Ids are unique across processes too: presence and "disconnect this connection" meet
+        # every node's connections in one place when the rooms are shared (RedisBroker).
+        self.id_prefix = f"sse-{secrets.token_hex(4)}-"
         self._beat: asyncio.TimerHandle | None = None
 
     async def handle(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from typing import Any
 
 from roomcast import _json, disconnect
@@ -95,7 +96,7 @@ class WsConnection(Connection):
     __slots__ = ("channel", "server", "tasks", "bucket", "heard", "ping_tick", "pinged_at")
 
     def __init__(self, server: WsServer, channel: WebSocketChannel, auth: Any) -> None:
-        super().__init__(f"ws-{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
+        super().__init__(f"{server.id_prefix}{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
         self.server = server
         self.channel = channel
         if isinstance(auth, Claims):
@@ -337,6 +338,9 @@ class WsServer:
         self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.connections: set[WsConnection] = set()
         self.ids = itertools.count(1)
+        # Ids are unique across processes too: presence and "disconnect this connection" meet
+        # every node's connections in one place when the rooms are shared (RedisBroker).
+        self.id_prefix = f"ws-{secrets.token_hex(4)}-"
         self.bad_messages = 0
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
