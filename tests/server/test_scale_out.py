@@ -176,3 +176,36 @@ async def test_presence_and_finished_rooms_are_the_same_from_every_node(tmp_path
             cursor = stream.last_id
         async with open_sse(b, [room], last_event_id=cursor) as back:
             assert back.status == 204
+
+
+async def test_readyz_says_why_while_the_redis_subscription_is_deaf(redis_url: str) -> None:
+    """A load balancer takes the node out while it hears nothing from Redis, and back after."""
+    import redis.asyncio as aioredis
+    from servers import running
+
+    from roomcast.broker.redis import RedisBroker
+    from roomcast.hub.hub import Hub
+    from roomcast.server.app import App
+    from roomcast.server.config import Settings
+
+    broker = RedisBroker(fresh_url(redis_url), heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    admin = aioredis.from_url(redis_url)
+    async with running(App(Hub(broker=broker), Settings(task_db=":memory:"))) as srv, aiohttp.ClientSession() as http:
+
+        async def readyz() -> tuple[int, str]:
+            async with http.get(f"{srv.url}/readyz") as response:
+                return response.status, await response.text()
+
+        assert await readyz() == (200, "ready")
+        try:
+            await admin.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+            async with asyncio.timeout(WAIT):
+                while (answer := await readyz())[0] == 200:
+                    pass
+            assert answer[0] == 503 and "heard nothing" in answer[1]
+            async with asyncio.timeout(WAIT):
+                while await readyz() != (200, "ready"):
+                    pass
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await admin.aclose()

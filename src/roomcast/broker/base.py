@@ -36,11 +36,11 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
-__all__ = ["Broker", "BrokerEvents", "HistoryResult", "RoomState"]
+__all__ = ["Broker", "BrokerEvents", "HistoryResult", "RoomState", "SupportsHealth"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +140,14 @@ class Broker(RoomState, Protocol):
 
     async def aclose(self) -> None:
         """Stop delivering and release resources."""
+
+
+@runtime_checkable
+class SupportsHealth(Protocol):
+    """An optional capability: a broker that can tell when its live stream cannot be trusted.
+
+    ``unhealthy`` is the reason (``/readyz`` answers 503 with it), or ``None``. A broker in
+    one process (``MemoryBroker``) has nothing to tell and does not implement it.
+    """
+
+    unhealthy: str | None

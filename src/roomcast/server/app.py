@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from roomcast.auth import AuthConfig, Authenticator
-from roomcast.broker.base import Broker
+from roomcast.broker.base import Broker, SupportsHealth
 from roomcast.broker.memory import MemoryBroker
 from roomcast.broker.redis import RedisBroker
 from roomcast.disconnect import Disconnect
@@ -278,9 +278,9 @@ class App:
         if request.path == "/readyz":
             if not self._ready:
                 return HttpResponse(503, b"not ready")
-            unhealthy = getattr(self.hub.broker, "unhealthy", None)  # a broker that can tell (RedisBroker)
-            if unhealthy is not None:
-                return HttpResponse(503, f"not ready: {unhealthy}".encode())
+            broker = self.hub.broker
+            if isinstance(broker, SupportsHealth) and broker.unhealthy is not None:
+                return HttpResponse(503, f"not ready: {broker.unhealthy}".encode())
             return HttpResponse(200, b"ready")
         return json_error(404, 404, "Not found")
 

@@ -14,7 +14,7 @@ Connection state recovery (``recovery_window > 0``; the official server's
 ``pid`` in the CONNECT reply, and an offset string as the last argument of every EVENT the
 server sends without an ack id (publications and ``emit``), which the official client keeps
 and sends back as ``{pid, offset}`` in the auth of its next CONNECT. The offset is part of the
-once-per-publication encoding; a direct ``emit`` carries the record's head, which is exact
+once-per-publication encoding; a direct ``emit`` carries the trail's head, which is exact
 because fan-out is synchronous and a transport delivers in order: a client that has the emit
 has every earlier publication of its rooms. Sending no offset there would let the official
 client take a plain string argument for one and lose its place.
@@ -81,7 +81,7 @@ a protocol error or a refused connection is final, as there.
 class Prepared:
     """A publication encoded for one namespace: Engine.IO packets and WebSocket frames.
 
-    ``seq`` is the publication's number in the recovery record (0 without recovery): the
+    ``seq`` is the publication's number in the recovery trail (0 without recovery): the
     sockets it is written to remember it, so a lost session knows what may be in flight.
     """
 
