@@ -118,7 +118,7 @@ async def test_redis_killed_and_restarted_gives_every_subscriber_what_it_missed_
             async with open_sse(b, ["feed"], last_event_id=cursor) as back:
                 first = await back.next(WAIT)
                 if aof:
-                    assert (first.event, first.json()) == ("n", 3)  # recovered: exactly what it missed
+                    assert (first.event, first.json()) == ("n", 3), first.data  # recovered: exactly what it missed
                 else:
                     assert first.event == "reset" and first.json()["offset"] == 1  # a new epoch, said so
 

@@ -201,16 +201,16 @@ class RedisBroker:
                         self._handle(message)
                 except asyncio.CancelledError:
                     raise
-                except (RedisError, OSError) as exc:
+                except Exception as exc:  # any failure: the reader must outlive it, or the node goes deaf
                     logger.warning("redis subscription lost (%s); reconnecting", type(exc).__name__)
             reconnect_first = False
             while True:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await self._pubsub.aclose()  # nobody reads it now: safe to close
                 try:
                     await self._connect_pubsub()
                     break
-                except (RedisError, OSError):
+                except Exception:
                     await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
                     delay = min(delay * 2, self._reconnect_max)
             events = self._events
@@ -321,7 +321,7 @@ class RedisBroker:
                 # Asked again each second until confirmed (SUBSCRIBE is idempotent): a request
                 # that went to a connection being replaced is then made on the new one.
                 while not confirmed.done():
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(Exception):  # best effort: the confirmation is what counts
                         await self._pubsub.subscribe(channel)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
