@@ -536,15 +536,14 @@ class RedisPublisher:
     """
 
     def __init__(self, url: str, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
-        import redis
-
         from roomcast.broker.redis import PUBLISH_SCRIPT
+        from roomcast.broker.redis_client import connect_sync
 
         self._url = url
         self._history_size = history_size
         self._ttl = max(1, round(history_ttl))
         self._script_text = PUBLISH_SCRIPT
-        self._sync = redis.Redis.from_url(url)
+        self._sync = connect_sync(url)
         self._sync_script = self._sync.register_script(PUBLISH_SCRIPT)
         self._async: dict[asyncio.AbstractEventLoop, Any] = {}
 
@@ -606,9 +605,9 @@ class RedisPublisher:
         loop = asyncio.get_running_loop()
         script = self._async.get(loop)
         if script is None:
-            import redis.asyncio as aioredis
+            from roomcast.broker.redis_client import connect
 
-            script = self._async[loop] = aioredis.from_url(self._url).register_script(self._script_text)
+            script = self._async[loop] = connect(self._url).register_script(self._script_text)
         return script
 
 

@@ -41,13 +41,10 @@ import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from roomcast import _json
+from roomcast.broker import redis_client
 from roomcast.broker.base import BrokerEvents, HistoryResult
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
@@ -130,13 +127,7 @@ class RedisBroker:
         self._history_size = history_size
         self._ttl = max(1, round(history_ttl))
         self._reconnect_max = reconnect_max
-        # A connection the pool kept from before a Redis restart fails once: retried on a new
-        # one (3 times, 50 ms backoff doubling to 0.5 s) before the caller hears of it.
-        self._redis: aioredis.Redis = aioredis.from_url(
-            url,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        self._redis: aioredis.Redis = redis_client.connect(url)
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
         self._terminate = self._redis.register_script(_TERMINATE)
