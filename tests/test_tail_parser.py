@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomcast.tail import BACKOFF_START, MAX_LINE, SseEvent, SseParser, backoff_delay
+from roomcast.tail import BACKOFF_START, MAX_LINE, SseEvent, SseParser, Tail
 
 
 def _feed_all(*chunks: bytes, last_id: str = "") -> tuple[SseParser, list[SseEvent]]:
@@ -121,17 +121,11 @@ class _Top(random.Random):
         return b
 
 
-def test_backoff_ceilings_double_from_half_a_second_up_to_the_cap() -> None:
+def test_tail_reconnect_ceilings_double_from_half_a_second_up_to_retry_max() -> None:
+    """The tail's schedule is the package's one ``Backoff`` (full jitter is tested there)."""
     assert BACKOFF_START == 0.5
-    ceilings = [backoff_delay(n, 30.0, _Top()) for n in range(9)]
+    tail = Tail("http://127.0.0.1:1", ["r"], retry_max=30.0, rng=_Top(), out=print, note=print)
+    ceilings = [tail.backoff.next() for _ in range(9)]
     assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-    assert backoff_delay(10_000, 30.0, _Top()) == 30.0  # no overflow however long it is down
-
-
-def test_backoff_is_full_jitter_within_the_ceiling() -> None:
-    rng = random.Random(7)
-    for failures, ceiling in [(0, 0.5), (3, 4.0), (20, 30.0)]:
-        delays = [backoff_delay(failures, 30.0, rng) for _ in range(2000)]
-        assert all(0.0 <= d <= ceiling for d in delays)
-        mean = sum(delays) / len(delays)
-        assert 0.4 * ceiling < mean < 0.6 * ceiling  # spread over the whole range, not pinned
+    short = Tail("http://127.0.0.1:1", ["r"], retry_max=0.2, rng=_Top(), out=print, note=print)
+    assert short.backoff.next() == 0.2

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlencode, urlsplit
 
-__all__ = ["SseEvent", "SseParser", "Tail", "backoff_delay", "BACKOFF_START", "STABLE_AFTER", "MAX_LINE"]
+from roomcast.backoff import Backoff
+
+__all__ = ["SseEvent", "SseParser", "Tail", "BACKOFF_START", "STABLE_AFTER", "MAX_LINE"]
 
 BACKOFF_START: Final = 0.5
 """Seconds: the ceiling of the first reconnect delay; it doubles per failed attempt up to the cap."""
@@ -151,21 +153,6 @@ class SseParser:
         return SseEvent(event, "\n".join(data), self.last_id)
 
 
-def backoff_delay(failures: int, cap: float, rng: random.Random) -> float:
-    """Seconds to wait before the next attempt: full jitter over an exponential ceiling.
-
-    Why full jitter (uniform from 0 to the ceiling) rather than the ceiling itself: when a
-    server restarts, every tail that followed it reconnects, and equal delays would bring
-    them back all at once, again and again.
-
-    Args:
-        failures: attempts that failed in a row before this one (0 for the first retry).
-        cap: the largest ceiling, ``--retry-max``.
-    """
-    ceiling = min(cap, BACKOFF_START * 2 ** min(failures, 64))
-    return rng.uniform(0.0, ceiling)
-
-
 class _Exit(Exception):
     """The stream said to stop; ``code`` is the exit status and ``str(exc)`` why."""
 
@@ -248,6 +235,7 @@ class Tail:
         self.rng = rng if rng is not None else random.Random()
         self.sleep = sleep
         self.last_id = ""
+        self.backoff = Backoff(min(BACKOFF_START, retry_max), retry_max, rng=self.rng)
         self.failures = 0
         self.attempts = 0
 
@@ -263,7 +251,8 @@ class Tail:
             except _Dropped as drop:
                 if time.monotonic() - opened >= STABLE_AFTER:
                     self.failures = 0
-                delay = backoff_delay(self.failures, self.retry_max, self.rng)
+                    self.backoff.reset()
+                delay = self.backoff.next()
                 self.failures += 1
                 self.note(f"{drop}; reconnecting in {delay:.2f} s (attempt {self.failures})")
                 self.sleep(delay)
