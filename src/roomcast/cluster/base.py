@@ -66,10 +66,15 @@ class Cluster(Protocol):
         Raises:
             NodeUnreachable: the node is gone, has no handler for ``kind``, failed, or took
                 longer than ``timeout`` seconds.
+            BrokerUnavailable: the bus itself (Redis) cannot be reached.
         """
 
     async def ask_all(self, kind: str, payload: JSONValue, *, timeout: float = 5.0) -> list[JSONValue]:
-        """Ask every live node (this one included); the answers of those that answered in time."""
+        """Ask every live node (this one included); the answers of those that answered in time.
+
+        Raises:
+            BrokerUnavailable: the bus itself (Redis) cannot be reached.
+        """
 
     async def alive(self) -> frozenset[str]:
         """The ids of the nodes alive now, this one included."""

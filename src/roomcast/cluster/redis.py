@@ -31,6 +31,7 @@ from roomcast import _json
 from roomcast.backoff import Backoff
 from roomcast.broker import redis_client
 from roomcast.cluster.base import NodeHandler, NodeUnreachable, new_node_id
+from roomcast.errors import BrokerUnavailable
 from roomcast.types import JSONValue
 
 __all__ = ["RedisCluster", "alive_key", "NODES_KEY"]
@@ -211,7 +212,7 @@ class RedisCluster:
             try:
                 listeners = await self._redis.publish(_channel(node), request)
             except (RedisError, OSError) as exc:
-                raise NodeUnreachable(f"redis is unreachable: {type(exc).__name__}") from None
+                raise BrokerUnavailable(f"redis is unreachable: {type(exc).__name__}") from None
             if not listeners:
                 raise NodeUnreachable(f"node {node} is not alive")
             try:
@@ -248,5 +249,5 @@ class RedisCluster:
             if gone:
                 await self._redis.srem(NODES_KEY, *gone)
         except (RedisError, OSError) as exc:
-            raise NodeUnreachable(f"redis is unreachable: {type(exc).__name__}") from None
+            raise BrokerUnavailable(f"redis is unreachable: {type(exc).__name__}") from None
         return frozenset({*live, self._node_id})

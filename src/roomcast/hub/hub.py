@@ -32,9 +32,11 @@ from typing import Any, TypeVar
 from roomcast import disconnect
 from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
+from roomcast.cluster.base import Cluster, LocalCluster
 from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded, ShuttingDown
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
+from roomcast.hub.nodes import NodeOps, RoomListing
 from roomcast.hub.publication import prepare
 from roomcast.hub.rooms import Pending, Room
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition, Subscription
@@ -76,15 +78,22 @@ class Hub:
         max_rooms_per_connection: rooms a client may subscribe to on one connection
             (``subscribe`` refuses past it with ``LimitExceeded``; the application's own
             ``join`` calls are not limited).
+        cluster: the node bus to the other processes serving these rooms (``nodes``: a
+            disconnect, a message to a connection, the room listing, on every node); this
+            process alone by default.
     """
 
-    def __init__(self, *, broker: Broker | None = None, max_rooms_per_connection: int = 100) -> None:
+    def __init__(
+        self, *, broker: Broker | None = None, max_rooms_per_connection: int = 100, cluster: Cluster | None = None
+    ) -> None:
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.max_rooms_per_connection = max_rooms_per_connection
         self.tasks: Any = None  # the TaskService, when the server runs one (``roomcast.tasks``)
         self.handlers = HandlerRegistry()
         self.connections: dict[ConnectionId, Connection] = {}
         self._rooms: dict[RoomName, Room] = {}
+        self.nodes = NodeOps(cluster if cluster is not None else LocalCluster(), self.connections, self._listing)
+        """Calls answered by every node: ``disconnect``, ``emit_to``, ``rooms``."""
         self._snapshots: list[tuple[str, SnapshotProvider]] = []
         self._presence_patterns: list[str] = []
         self._chains: dict[RoomName, asyncio.Task[None]] = {}
@@ -103,6 +112,7 @@ class Hub:
             self._loop = asyncio.get_running_loop()
             self._closing = False
             await self.broker.start(self)
+            await self.nodes.cluster.start()
 
     async def aclose(self) -> None:
         """Refuse publications from now on, disconnect every connection and stop the broker."""
@@ -112,6 +122,7 @@ class Hub:
         pending = [*self._chains.values(), *self._background]
         if pending:
             await asyncio.wait(pending, timeout=5)
+        await self.nodes.cluster.aclose()
         await self.broker.aclose()
         self._loop = None
 
@@ -325,6 +336,9 @@ class Hub:
     def rooms(self) -> dict[RoomName, int]:
         """Every room with local members, and how many (syncing ones included)."""
         return {name: room.size + len(room.pending) for name, room in self._rooms.items()}
+
+    def _listing(self) -> RoomListing:
+        return {name: (room.size + len(room.pending), sorted(room.users)) for name, room in self._rooms.items()}
 
     def users(self, room: RoomName) -> list[str]:
         """The distinct users with a connection in ``room`` here (anonymous ones are not counted)."""

@@ -350,8 +350,8 @@ class ApiServer:
 
     async def rooms(self, request: HttpRequest) -> HttpResponse:
         listing = [
-            {"room": name, "connections": count, "users": len(self.hub.users(name))}
-            for name, count in sorted(self.hub.rooms().items())
+            {"room": name, "connections": count, "users": len(users)}
+            for name, (count, users) in sorted((await self.hub.nodes.rooms()).items())
         ]
         return _ok({"rooms": listing})
 
@@ -384,15 +384,13 @@ class ApiServer:
         if (connection is None) == (user is None):
             raise BadRequest("give exactly one of 'connection' (an id) or 'user' (a token subject)")
         if connection is not None:
-            conn = self.hub.connections.get(_name(connection, "connection"))
-            targets = [conn] if conn is not None else []
+            closed = await self.hub.nodes.disconnect(
+                disconnect.SERVER_DISCONNECT, connection=_name(connection, "connection")
+            )
         else:
-            name = _name(user, "user")
-            targets = [c for c in self.hub.connections.values() if c.user == name]
-        for conn in targets:
-            conn.disconnect(disconnect.SERVER_DISCONNECT)
-        logger.info("API disconnected %d connection(s)", len(targets))
-        return _ok({"disconnected": len(targets)})
+            closed = await self.hub.nodes.disconnect(disconnect.SERVER_DISCONNECT, user=_name(user, "user"))
+        logger.info("API disconnected %d connection(s)", closed)
+        return _ok({"disconnected": closed})
 
     # -- tasks ----------------------------------------------------------------------------
     def _service(self) -> TaskService:

@@ -19,6 +19,7 @@ from roomcast.auth import AuthConfig, Authenticator
 from roomcast.broker.base import Broker, SupportsHealth
 from roomcast.broker.memory import MemoryBroker
 from roomcast.broker.redis import RedisBroker
+from roomcast.cluster.redis import RedisCluster
 from roomcast.disconnect import Disconnect
 from roomcast.errors import ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub.connection import Connection
@@ -120,7 +121,11 @@ class App:
                     history_room_bytes=settings.history_room_bytes,
                     history_bytes=settings.history_bytes,
                 )
-            hub = Hub(broker=broker, max_rooms_per_connection=settings.max_rooms_per_connection)
+            hub = Hub(
+                broker=broker,
+                max_rooms_per_connection=settings.max_rooms_per_connection,
+                cluster=RedisCluster(settings.redis_url) if settings.redis_url is not None else None,
+            )
         self.hub = hub
         cors = CorsPolicy(settings.cors_origins)
         config = AuthConfig.from_values(
