@@ -62,10 +62,17 @@ SERVERS: dict[str, list[str]] = {
     # a reference row, not a product: the least any ASGI app pays per message (peers/bare_asgi.py)
     "bare-asgi": [PY, str(BENCH / "peers" / "bare_asgi.py")],
 }
+# Several processes: a redis-server (core 0, as the nodes) and roomcast nodes on it
+# (bench/server.py --redis); the load generator spreads its connections over the nodes, the
+# publisher included, so most deliveries cross Redis. CPU is summed over every process.
+CLUSTERS: dict[str, int] = {"roomcast-redis1": 1, "roomcast-redis2": 2}
+REDIS = shutil.which("redis-server") or "redis-server"
 DEFAULT_SERVERS = ["roomcast", "roomcast-asgi", "node", "python-socketio", "bare-asgi"]
 # roomcast's own transports: only its two doors speak them (the publisher stays Socket.IO)
 ONLY_ROOMCAST = {"fanout1000ws", "fanout1000sse"}
-ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi"}
+ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *CLUSTERS}
+# memory per connection is one process's figure: a cluster's is its nodes', measured alone
+NOT_FOR_CLUSTERS = {"conns"}
 
 
 @dataclass(frozen=True)
@@ -166,17 +173,16 @@ class Run:
 
     def __init__(self, server: str, spec: dict[str, Any]) -> None:
         self.port = free_port()
-        self.server = subprocess.Popen(
-            pinned(0, [*SERVERS[server], "--port", str(self.port)]),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-        )
+        self.others: list[subprocess.Popen[bytes]] = []  # a cluster's Redis and further nodes
         self.loadgen: subprocess.Popen[str] | None = None
         try:
-            wait_for_port(self.port, self.server)
+            ports = self._start_cluster(CLUSTERS[server]) if server in CLUSTERS else [self.port]
+            if server not in CLUSTERS:
+                self.server = self._start([*SERVERS[server], "--port", str(self.port)])
+            for proc, port in zip([self.server, *self.others], ports):
+                wait_for_port(port, proc)
             self.loadgen = subprocess.Popen(
-                pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps({**spec, "port": self.port})]),
+                pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps({**spec, "ports": ports})]),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -185,6 +191,28 @@ class Run:
         except BaseException:
             self.close()
             raise
+
+    def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+
+    def _start_cluster(self, nodes: int) -> list[int]:
+        """A fresh redis-server (no persistence) and ``nodes`` roomcast nodes on it; their ports."""
+        redis_port = free_port()
+        redis = self._start(
+            [REDIS, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        )
+        self.others.append(redis)
+        wait_for_port(redis_port, redis)
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        ports = [self.port, *(free_port() for _ in range(nodes - 1))]
+        node_argv = [PY, str(BENCH / "server.py"), "--door", "native", "--redis", url]
+        self.server = self._start([*node_argv, "--port", str(ports[0])])
+        self.others[:0] = [self._start([*node_argv, "--port", str(port)]) for port in ports[1:]]
+        return ports
+
+    def cpu(self) -> float:
+        """CPU seconds of every process of the server under test (a cluster: nodes and Redis)."""
+        return sum(cpu_seconds(proc.pid) for proc in [self.server, *self.others])
 
     @property
     def pid(self) -> int:
@@ -207,8 +235,8 @@ class Run:
         self.loadgen.stdin.flush()
 
     def close(self) -> None:
-        """End the server we started (by its PID), then the load generator."""
-        for proc in (self.server, self.loadgen):
+        """End the server we started (by its PID; a cluster's every process), then the load generator."""
+        for proc in (getattr(self, "server", None), *self.others, self.loadgen):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)
@@ -217,8 +245,9 @@ class Run:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.server.stderr is not None:
-            self.server.stderr.close()
+        for proc in (getattr(self, "server", None), *self.others):
+            if proc is not None and proc.stderr is not None:
+                proc.stderr.close()
         if self.loadgen is not None:
             for stream in (self.loadgen.stdin, self.loadgen.stdout):
                 if stream is not None:
@@ -230,10 +259,10 @@ def fanout(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]
     run = Run(server, {"scenario": "fanout", **params})
     try:
         run.phase()
-        cpu0 = cpu_seconds(run.pid)
+        cpu0 = run.cpu()
         run.go()
         done = run.phase()
-        cpu = cpu_seconds(run.pid) - cpu0
+        cpu = run.cpu() - cpu0
     finally:
         run.close()
     delivered = done["delivered"]
@@ -367,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument(
-        "--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated, from: " + ", ".join(SERVERS)
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help="comma-separated, from: " + ", ".join([*SERVERS, *CLUSTERS]),
     )
     parser.add_argument(
         "--scenarios", default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns"
@@ -376,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     servers = [s for s in args.servers.split(",") if s]
-    unknown = [s for s in servers if s not in SERVERS]
+    unknown = [s for s in servers if s not in SERVERS and s not in CLUSTERS]
     if unknown:
         parser.error(f"unknown server(s): {', '.join(unknown)}")
     scale = {k: dict(v) for k, v in SCALES[args.scale].items()}
@@ -427,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in chosen:
             for server in order:
                 if scenario in ONLY_ROOMCAST and server not in ROOMCAST_SERVERS:
+                    continue
+                if scenario in NOT_FOR_CLUSTERS and server in CLUSTERS:
                     continue
                 started = time.monotonic()
                 try:

@@ -1,6 +1,6 @@
 """roomcast's benchmark application, in the foreground: this process is the server measured.
 
-    .venv/bin/python bench/server.py --port N --door native|asgi
+    .venv/bin/python bench/server.py --port N --door native|asgi [--redis URL]
 
 Events (the same in every peer under ``bench/``): ``join {room}`` joins and acks ``true``;
 ``publish {room, event, data}`` emits ``event`` with ``data`` to the room, sender included,
@@ -14,27 +14,35 @@ from __future__ import annotations
 import argparse
 import logging
 
-from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.config import Settings
 from roomcast.server.conformance import register_demo_events
 
 
-def build(port: int) -> App:
-    """The benchmark app: production defaults, any origin, the demo events."""
-    settings = Settings(host="127.0.0.1", port=port, cors_origins=("*",), log_level="warning", task_db=":memory:")
-    hub = Hub()
-    register_demo_events(hub)
-    return App(hub, settings)
+def build(port: int, redis_url: str | None = None) -> App:
+    """The benchmark app: production defaults, any origin, the demo events; one node of
+    several when ``redis_url`` is given (``roomcast serve --redis``)."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=port,
+        cors_origins=("*",),
+        log_level="warning",
+        task_db=":memory:",
+        redis_url=redis_url,
+    )
+    app = App(None, settings)
+    register_demo_events(app.hub)
+    return app
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--door", choices=("native", "asgi"), default="native")
+    parser.add_argument("--redis", help="serve as one node of several sharing this Redis")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    app = build(args.port)
+    app = build(args.port, args.redis)
     if args.door == "native":
         from roomcast.server.runner import run
 

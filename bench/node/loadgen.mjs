@@ -22,6 +22,9 @@ import net from "node:net";
 const spec = JSON.parse(process.argv[2] ?? "{}");
 const url = `ws://127.0.0.1:${spec.port}${spec.path ?? "/socket.io/"}?EIO=4&transport=websocket`;
 const CONNECT_CONCURRENCY = spec.concurrency ?? 64;
+// Several nodes of one server (roomcast on Redis): connections go to each port in turn.
+const PORTS = spec.ports ?? [spec.port];
+let clientCounter = 0;
 const TIMEOUT_MS = (spec.timeout ?? 120) * 1000;
 
 function report(object) {
@@ -95,6 +98,7 @@ class Client {
     this.pending = null;
     this.upgraded = false;
     this.connected = false;
+    this.port = PORTS[clientCounter++ % PORTS.length];
   }
 
   connect() {
@@ -104,7 +108,7 @@ class Client {
       this.rejectConnect = (err) => { clearTimeout(timer); reject(err); };
       const socket = net.connect({
         host: "127.0.0.1",
-        port: spec.port,
+        port: this.port,
         localAddress: sourceAddress(),
         // Read into one shared buffer, straight to our parser: no stream machinery, no
         // Buffer and no 'data' event per read.
@@ -121,7 +125,7 @@ class Client {
   }
 
   handshake() {
-    return HANDSHAKE(spec.port, spec.path ?? "/socket.io/");
+    return HANDSHAKE(this.port, spec.path ?? "/socket.io/");
   }
 
   send(text) {
@@ -213,7 +217,7 @@ class Client {
  */
 class WsClient extends Client {
   handshake() {
-    return `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${spec.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+    return `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${this.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
       + "Sec-WebSocket-Key: cm9vbWNhc3QtYmVuY2gtIQ==\r\nSec-WebSocket-Version: 13\r\n"
       + "Sec-WebSocket-Protocol: roomcast.v1\r\n\r\n";
   }
@@ -249,7 +253,7 @@ class SseClient extends Client {
   }
 
   handshake() {
-    return `GET /sse?room=${encodeURIComponent(this.room)} HTTP/1.1\r\nHost: 127.0.0.1:${spec.port}\r\n`
+    return `GET /sse?room=${encodeURIComponent(this.room)} HTTP/1.1\r\nHost: 127.0.0.1:${this.port}\r\n`
       + "Accept: text/event-stream\r\n\r\n";
   }
 
