@@ -14,6 +14,7 @@ from hypothesis import settings
 os.environ.setdefault("ROOMCAST_TASK_DB", ":memory:")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from brokers import BROKERS  # noqa: E402
 from servers import RunningServer, running  # noqa: E402
 
 from roomcast.hub.hub import Hub  # noqa: E402
@@ -62,6 +63,16 @@ def make_app() -> Callable[..., App]:
 async def server(make_app: Callable[..., App]) -> AsyncIterator[RunningServer]:
     async with running(make_app()) as srv:
         yield srv
+
+
+@pytest.fixture(params=BROKERS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The broker a parity suite runs over (``brokers.make_broker``): each test once per kind.
+
+    A test about one broker only says so with ``@pytest.mark.parametrize("broker_kind", [...])``.
+    """
+    kind: str = request.param
+    return kind
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,10 @@
-"""Fixtures for hub tests: a started Hub, a shared counting encoder, a connection factory."""
+"""Fixtures for hub tests: a started Hub per broker, a shared counting encoder, a connection factory.
+
+Every test that takes ``hub`` runs once per broker (``broker_kind``: memory, async, redis):
+the hub must keep its rooms, fan-out, subscribe and recovery the same over each. A test about
+the hub alone (the handler registry never reaches the broker) pins ``broker_kind`` to
+``memory`` and says so.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from brokers import make_hub
 from hub_doubles import ConnFactory, CountingEncoder, RecordingConnection
 
 from roomcast.hub import Hub
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[Hub]:
-    h = Hub()
+async def hub(broker_kind: str) -> AsyncIterator[Hub]:
+    h = make_hub(broker_kind)
     await h.start()
     try:
         yield h

@@ -1,4 +1,10 @@
-"""Hub: room bookkeeping, publish and fan-out, slow consumers, subscribe, threads, handlers."""
+"""Hub: room bookkeeping, publish and fan-out, slow consumers, subscribe, threads, handlers.
+
+Each test runs once per broker (``broker_kind``, tests/hub/conftest.py): ``memory`` delivers
+inside ``publish``, ``async`` and ``redis`` later, so a test awaits the joins it publishes to
+(as the hub asks of code that must not miss a publication) and ``fanned_out`` before it looks
+at what members were written.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import threading
 from typing import Any
 
 import pytest
+from brokers import fanned_out, make_hub
 from hub_doubles import ConnFactory, CountingEncoder, RecordingConnection
 from loopstep import yield_to_loop
 
@@ -16,6 +23,10 @@ from roomcast.hub import Hub
 from roomcast.types import StreamPosition, Subscription
 
 WAIT = 2.0  # seconds any asynchronous outcome may take before the test fails
+
+HUB_ONLY = pytest.mark.parametrize("broker_kind", ["memory"])
+"""For a test of the hub alone: the handler registry never reaches the broker, so one run says
+all (the fixture's ``hub`` is still a started one, over ``memory``)."""
 
 
 def offsets_of(conn: RecordingConnection) -> list[int]:
@@ -47,10 +58,11 @@ async def test_join_leave_rooms_members_bookkeeping(hub: Hub, make_conn: ConnFac
 async def test_double_join_is_counted_once(hub: Hub, make_conn: ConnFactory) -> None:
     a = make_conn()
     hub.join(a, "r")
-    hub.join(a, "r")
+    await hub.join(a, "r")
     assert hub.rooms() == {"r": 1}
     assert hub.members("r") == [a]
     await hub.publish("r", "ev")
+    await fanned_out(hub, "r")
     assert len(a.written) == 1  # and written once per publication
     hub.leave(a, "r")
     assert hub.rooms() == {}
@@ -83,7 +95,7 @@ async def test_remove_connection_clears_every_membership(hub: Hub, make_conn: Co
     a, b = make_conn(), make_conn()
     for room in ("r1", "r2", "r3"):
         hub.join(a, room)
-    hub.join(b, "r2")
+    await hub.join(b, "r2")
     assert hub.connections == {a.id: a, b.id: b}
     hub.remove_connection(a)
     assert a.rooms == set()
@@ -92,6 +104,7 @@ async def test_remove_connection_clears_every_membership(hub: Hub, make_conn: Co
     assert hub.connections == {b.id: b}
     for room in ("r1", "r2", "r3"):
         await hub.publish(room, "ev")
+    await fanned_out(hub, "r1", "r2", "r3")
     assert a.written == []
     assert offsets_of(b) == [1]
     hub.remove_connection(a)  # a second call is harmless
@@ -114,9 +127,10 @@ async def test_publish_returns_increasing_offsets_per_room(hub: Hub) -> None:
 
 async def test_publish_delivers_event_and_args_to_members_only(hub: Hub, make_conn: ConnFactory) -> None:
     member, outsider = make_conn(), make_conn()
-    hub.join(member, "r")
-    hub.join(outsider, "elsewhere")
+    await hub.join(member, "r")
+    await hub.join(outsider, "elsewhere")
     await hub.publish("r", "chat", "hi", {"n": 1})
+    await fanned_out(hub, "r", "elsewhere")
     assert member.written == [["enc", "chat", ("hi", {"n": 1}), 1]]
     assert outsider.written == []
 
@@ -126,13 +140,15 @@ async def test_one_encode_per_publication_for_1000_members_and_the_same_object_f
 ) -> None:
     members = [make_conn() for _ in range(1000)]
     for conn in members:
-        hub.join(conn, "big")
+        await hub.join(conn, "big")
 
     await hub.publish("big", "tick", 0)
+    await fanned_out(hub, "big")
     assert encoder.calls == 1
 
     for i in range(1, 100):
         await hub.publish("big", "tick", i)
+    await fanned_out(hub, "big")
     assert encoder.calls == 100
 
     first = members[0]
@@ -150,9 +166,10 @@ async def test_two_encoders_encode_exactly_twice(hub: Hub, make_conn: ConnFactor
     sio_conns = [make_conn(sio) for _ in range(5)]
     sse_conns = [make_conn(sse) for _ in range(3)]
     for conn in sio_conns + sse_conns:
-        hub.join(conn, "r")
+        await hub.join(conn, "r")
 
     await hub.publish("r", "ev", 1)
+    await fanned_out(hub, "r")
 
     assert (sio.calls, sse.calls) == (1, 1)
     sio_obj, sse_obj = sio_conns[0].written[0], sse_conns[0].written[0]
@@ -165,8 +182,9 @@ async def test_two_encoders_encode_exactly_twice(hub: Hub, make_conn: ConnFactor
 async def test_encoder_is_not_called_for_a_room_without_members(
     hub: Hub, make_conn: ConnFactory, encoder: CountingEncoder
 ) -> None:
-    hub.join(make_conn(), "other")
+    await hub.join(make_conn(), "other")
     await hub.publish("empty", "ev")
+    await fanned_out(hub, "empty", "other")
     assert encoder.calls == 0
 
 
@@ -182,9 +200,10 @@ async def test_slow_consumer_is_disconnected_after_everyone_else_was_written(hub
     fast = [conns[0], conns[2], conns[3]]
     slow = conns[1]
     for conn in conns:
-        hub.join(conn, "r")
+        await hub.join(conn, "r")
 
     await hub.publish("r", "ev", 1)
+    await fanned_out(hub, "r")
 
     for conn in fast:
         assert len(conn.written) == 1
@@ -200,8 +219,9 @@ async def test_several_slow_consumers_each_disconnected_once(hub: Hub, make_conn
     slow = [make_conn(accept=False) for _ in range(3)]
     fast = make_conn()
     for conn in [*slow, fast]:
-        hub.join(conn, "r")
+        await hub.join(conn, "r")
     await hub.publish("r", "ev")
+    await fanned_out(hub, "r")
     assert [c.disconnects for c in slow] == [[disconnect.SLOW]] * 3
     assert hub.slow_disconnects == 3
     assert fast.disconnects == [] and len(fast.written) == 1
@@ -287,6 +307,7 @@ async def test_publications_after_subscribe_arrive_and_earlier_ones_do_not(hub: 
     assert sub.position.offset == 3
     await hub.publish("r", "ev", 3)
     await hub.publish("r", "ev", 4)
+    await fanned_out(hub, "r")
     assert offsets_of(conn) == [4, 5]
 
 
@@ -310,6 +331,7 @@ async def test_subscribe_during_a_concurrent_publisher_misses_nothing_and_repeat
     sub = await hub.subscribe(conn, "r")
     async with asyncio.timeout(WAIT):
         await task
+    await fanned_out(hub, "r")
     start = sub.position.offset
     assert total // 2 <= start < total
     assert offsets_of(conn) == list(range(start + 1, total + 1))
@@ -320,6 +342,7 @@ async def test_recovery_returns_exactly_the_missed_publications_in_order(hub: Hu
     sub = await hub.subscribe(first, "r")
     await hub.publish("r", "ev", "a")
     await hub.publish("r", "ev", "b")
+    await fanned_out(hub, "r")
     epoch, seen = sub.position.epoch, offsets_of(first)[-1]
     assert seen == 2
 
@@ -338,6 +361,7 @@ async def test_recovery_returns_exactly_the_missed_publications_in_order(hub: Hu
     ]
     assert again.written == []
     await hub.publish("r", "live")
+    await fanned_out(hub, "r")
     assert offsets_of(again) == [6]  # live stream continues right after the recovered ones
 
 
@@ -362,10 +386,8 @@ async def test_unrecoverable_position_falls_back_to_the_snapshot(hub: Hub, make_
     assert hub.members("r") == [conn]
 
 
-async def test_recovery_after_history_was_trimmed_falls_back_to_the_snapshot() -> None:
-    from roomcast.broker.memory import MemoryBroker
-
-    small = Hub(broker=MemoryBroker(history_size=2))
+async def test_recovery_after_history_was_trimmed_falls_back_to_the_snapshot(broker_kind: str) -> None:
+    small = make_hub(broker_kind, history_size=2)
     await small.start()
     try:
         small.snapshot("*")(lambda room: "snap")
@@ -406,6 +428,7 @@ async def test_publication_during_an_async_snapshot_is_not_lost(hub: Hub, make_c
     async with asyncio.timeout(WAIT):
         sub = await subscribe
     await add("y")
+    await fanned_out(hub, "list")
 
     view = (
         list(sub.snapshot)
@@ -420,7 +443,7 @@ async def test_publication_during_an_async_snapshot_is_not_lost(hub: Hub, make_c
 
 async def test_publish_threadsafe_from_another_thread_delivers(hub: Hub, make_conn: ConnFactory) -> None:
     conn = make_conn()
-    hub.join(conn, "jobs")
+    await hub.join(conn, "jobs")
     result: dict[str, Any] = {}
 
     def worker() -> None:
@@ -437,6 +460,7 @@ async def test_publish_threadsafe_from_another_thread_delivers(hub: Hub, make_co
     assert "error" not in result, result.get("error")
     assert result["position"] == await hub.broker.position("jobs")
     assert result["position"].offset == 1
+    await fanned_out(hub, "jobs")
     assert conn.written == [["enc", "done", (42,), 1]]
 
 
@@ -459,7 +483,7 @@ async def test_sync_callback_on_the_loop_thread_delivers_with_publish_threadsafe
     hub: Hub, make_conn: ConnFactory
 ) -> None:
     conn = make_conn()
-    hub.join(conn, "job")
+    await hub.join(conn, "job")
     futures: list[Any] = []
 
     def on_progress(percent: int) -> None:  # sync code running on the loop's own thread
@@ -476,10 +500,12 @@ async def test_sync_callback_on_the_loop_thread_delivers_with_publish_threadsafe
     async with asyncio.timeout(WAIT):
         await callback_ran.wait()
         positions = [await asyncio.wrap_future(f) for f in futures]
+    await fanned_out(hub, "job")
     assert sorted(p.offset for p in positions) == [1, 2]
     assert sorted(encoded[2][0] for encoded in conn.written) == [10, 20]
 
 
+# Once: the hub refuses before it has started a broker.
 def test_publish_threadsafe_before_start_raises_a_clear_error() -> None:
     hub = Hub()
     with pytest.raises(RuntimeError, match=r"start\(\)"):
@@ -489,6 +515,7 @@ def test_publish_threadsafe_before_start_raises_a_clear_error() -> None:
 # -- handler registry -------------------------------------------------------------------
 
 
+@HUB_ONLY
 async def test_handler_registration_by_namespace(hub: Hub) -> None:
     @hub.on("chat")
     def chat(conn: Any, text: str) -> str:
@@ -529,6 +556,7 @@ async def _dispatched(hub: Hub, handler: Any, *args: Any) -> Any:
         return await result
 
 
+@HUB_ONLY
 async def test_a_refusal_listed_as_expected_is_not_counted_as_a_failure(hub: Hub) -> None:
     def refuse(conn: Any) -> None:
         raise ConnectionRefused("no")
@@ -538,12 +566,14 @@ async def test_a_refusal_listed_as_expected_is_not_counted_as_a_failure(hub: Hub
     assert [str(e) for e in errors] == ["no"] and hub.handlers.failures == 0
 
 
+@HUB_ONLY
 async def test_later_registration_replaces_the_handler(hub: Hub) -> None:
     hub.on("ev")(lambda conn: 1)
     second = hub.on("ev")(lambda conn: 2)
     assert hub.handler("/", "ev") is second
 
 
+@HUB_ONLY
 async def test_failing_handler_is_counted_logged_and_handed_to_on_error(
     hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -607,10 +637,10 @@ async def test_the_rooms_limit_holds_across_concurrent_subscribes(hub: Hub, make
     assert len(conn.rooms) == 5 and len(hub.rooms()) == 5
 
 
-async def test_a_closed_hub_refuses_publications_instead_of_acknowledging_them() -> None:
+async def test_a_closed_hub_refuses_publications_instead_of_acknowledging_them(broker_kind: str) -> None:
     from roomcast.errors import ShuttingDown
 
-    hub = Hub()
+    hub = make_hub(broker_kind)
     await hub.start()
     await hub.aclose()
     with pytest.raises(ShuttingDown):

@@ -2,6 +2,12 @@
 
 A real server on the native door, real HTTP with aiohttp; subscribers on the plain
 WebSocket and SSE see what the API publishes.
+
+What the API does to rooms (publish, broadcast, rooms, history, presence, disconnect) runs
+once per broker (``broker_kind``: memory, async, redis; ``brokers.make_app``); over redis the
+server is built from ``Settings(redis_url=...)``, so its rooms listing and disconnects go
+through the Redis node bus as in a deployment. Refusals, the loopback rule and the OpenAPI
+document are decided before anything reaches the hub: they run once.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import json
 from typing import Any
 
 import aiohttp
+from brokers import make_app
 from rawclient import open_websocket
 from servers import RunningServer, running
 from sseclient import open_sse
@@ -30,8 +37,8 @@ async def _call(srv: RunningServer, method: str, path: str, *, key: str | None =
             return response.status, await response.json(content_type=None)
 
 
-async def test_publish_and_broadcast_reach_subscribers_on_every_transport() -> None:
-    async with running(App(Hub(), Settings(api_key=KEY))) as srv, open_sse(srv.url, ["news"]) as stream:
+async def test_publish_and_broadcast_reach_subscribers_on_every_transport(broker_kind: str) -> None:
+    async with running(make_app(broker_kind, api_key=KEY)) as srv, open_sse(srv.url, ["news"]) as stream:
         await stream.next()
         ws = await open_websocket(srv.host, srv.port, "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"})
         ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "sports"}))
@@ -52,8 +59,8 @@ async def test_publish_and_broadcast_reach_subscribers_on_every_transport() -> N
             ws.close()
 
 
-async def test_rooms_history_presence_and_disconnect() -> None:
-    app = App(Hub(), Settings(api_key=KEY))
+async def test_rooms_history_presence_and_disconnect(broker_kind: str) -> None:
+    app = make_app(broker_kind, api_key=KEY)
     async with running(app) as srv, open_sse(srv.url, ["lobby"]) as stream:
         await stream.next()
         for n in range(3):
@@ -74,6 +81,7 @@ async def test_rooms_history_presence_and_disconnect() -> None:
         assert events and events[0].json()["reconnect"] is False
 
 
+# Once, over memory: every refusal is decided before the hub is called, whatever its broker.
 async def test_refusals_are_json_errors_with_the_right_status() -> None:
     async with running(App(Hub(), Settings(api_key=KEY))) as srv:
         cases: list[tuple[str, str, dict[str, Any], int, str]] = [
@@ -108,6 +116,7 @@ async def test_refusals_are_json_errors_with_the_right_status() -> None:
         assert status == 200 and body["offset"] == 1  # the other header works, and nothing above published
 
 
+# Once: who may call a keyless API is the door's rule, not the broker's.
 async def test_without_a_key_only_loopback_clients_are_answered() -> None:
     app = App(Hub(), Settings())
     async with running(app) as srv:
@@ -120,6 +129,7 @@ async def test_without_a_key_only_loopback_clients_are_answered() -> None:
         assert refused.status == 403 and b"loopback clients only" in refused.body
 
 
+# Once: a static document.
 async def test_the_openapi_document_describes_every_route() -> None:
     async with running(App(Hub(), Settings(api_key=KEY))) as srv:
         status, doc = await _call(srv, "GET", "/api/openapi.json", key=None)
