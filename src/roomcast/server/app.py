@@ -19,6 +19,7 @@ from roomcast.auth import AuthConfig, Authenticator
 from roomcast.broker.base import Broker, SupportsHealth
 from roomcast.broker.memory import MemoryBroker
 from roomcast.broker.redis import RedisBroker
+from roomcast.broker.sessions import RedisSessionStore
 from roomcast.cluster.redis import RedisCluster
 from roomcast.disconnect import Disconnect
 from roomcast.errors import ShuttingDown, TaskError, TaskNotFound
@@ -144,6 +145,12 @@ class App:
             max_attachments=settings.max_attachments,
             max_expanded_bytes=settings.max_payload,
             recovery_window=settings.recovery_window,
+            # Scaled out, lost sessions wait in Redis, so any node restores them.
+            recovery_store=(
+                RedisSessionStore(settings.redis_url)
+                if settings.redis_url is not None and settings.recovery_window > 0
+                else None
+            ),
             authenticator=self.authenticator,
             expiry=self.expiry,
             max_messages_per_second=settings.max_messages_per_second,
@@ -254,6 +261,7 @@ class App:
         self.sse.close_all(reason or disconnect.SHUTDOWN)
         self.ws.close_all(reason or disconnect.SHUTDOWN)
         self.expiry.close()
+        await self.socketio.aclose()  # the sessions just saved reach Redis before it closes
         await self.hub.aclose()
         await self.task_store.aclose()
 

@@ -17,7 +17,9 @@ and sends back as ``{pid, offset}`` in the auth of its next CONNECT. The offset 
 once-per-publication encoding; a direct ``emit`` carries the trail's head, which is exact
 because fan-out is synchronous and a transport delivers in order: a client that has the emit
 has every earlier publication of its rooms. Sending no offset there would let the official
-client take a plain string argument for one and lose its place.
+client take a plain string argument for one and lose its place. With a shared session store
+(Redis, ``roomcast serve --redis``) a CONNECT that names a ``pid`` waits for the store before
+it is handled; packets the client sends to that namespace meanwhile are held and follow it.
 
 Room meta (opt-in, ``docs/protocol.md`` §3): a client whose Engine.IO handshake carries
 ``?roomcast=1`` gets every publication with one more argument, ``{"$room", "$epoch",
@@ -34,7 +36,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from roomcast import _json, disconnect
 from roomcast.auth import Authenticator, token_from_request
@@ -56,7 +58,15 @@ from roomcast.transports.builtins import Builtins
 from roomcast.transports.engineio import EngineIOServer, Outbound, Session
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.ratelimit import MessageRate, TokenBucket
-from roomcast.transports.recovery import DEFAULT_CAPACITY, Recovery, Resume, strip_reserved
+from roomcast.transports.recovery import (
+    DEFAULT_CAPACITY,
+    Recovery,
+    Resume,
+    TakeOnceStore,
+    comeback_pid,
+    presented_offset,
+    strip_reserved,
+)
 from roomcast.types import Publication, StreamPosition, Subscription
 
 __all__ = ["SocketIOServer", "SioSocket", "SioEncoder", "Prepared", "subscription_reply"]
@@ -157,8 +167,10 @@ class SioSocket(Connection):
     With recovery enabled: ``pid`` is the private id the client presents to come back,
     ``recovered`` tells whether this connection resumed a lost session (same ``id`` and
     ``data``; its rooms and missed publications follow when it is accepted), ``since`` and
-    ``written`` are what a saved session needs (see ``transports.recovery``), and
-    ``resume`` is the claimed session until the connection is accepted.
+    ``written`` are what a saved session needs (see ``transports.recovery``), as is
+    ``presented``, the offset its client presented in its CONNECT (it holds it until an event
+    of this stint replaces it), and ``resume`` is the claimed session until the connection
+    is accepted.
     """
 
     __slots__ = (
@@ -172,6 +184,7 @@ class SioSocket(Connection):
         "recovered",
         "since",
         "written",
+        "presented",
         "resume",
         "expiry",
     )
@@ -185,6 +198,7 @@ class SioSocket(Connection):
         encoder: SioEncoder,
         recovery: Recovery | None = None,
         resume: Resume | None = None,
+        presented: str | None = None,
     ) -> None:
         sid = resume.saved.sid if resume is not None else secrets.token_urlsafe(15)
         super().__init__(sid, hub=hub, encoder=encoder, namespace=namespace, auth=auth)
@@ -199,9 +213,9 @@ class SioSocket(Connection):
         self.recovered = resume is not None
         self.pid: str | None = None
         self.since = self.written = 0
+        self.presented = presented
         if resume is not None:
-            saved = resume.saved
-            self.pid, self.since, self.data = resume.pid, saved.since, saved.data
+            self.pid, self.since, self.data = resume.pid, resume.since, resume.saved.data
         elif recovery is not None:
             self.pid, self.since = secrets.token_urlsafe(15), recovery.head
 
@@ -307,6 +321,7 @@ def _save(recovery: Recovery, sock: SioSocket) -> None:
             data=sock.data,
             since=sock.since,
             written=sock.written,
+            presented=sock.presented,
         )
     elif sock.resume is not None:
         recovery.put_back(sock.resume)  # lost again before its comeback was accepted
@@ -319,14 +334,21 @@ def _reject(session: Session, why: str) -> None:
     session.close(disconnect.BAD_REQUEST)
 
 
+_MAX_HELD: Final = 16
+"""Packets a client may send to a namespace whose CONNECT is still being looked up in a
+shared session store; the official client sends none (it buffers until ``connect``)."""
+
+
 class _SioState:
-    __slots__ = ("decoder", "sockets", "connect_timer", "bucket")
+    __slots__ = ("decoder", "sockets", "connect_timer", "bucket", "claiming")
 
     def __init__(self, max_attachments: int, max_expanded_bytes: int, bucket: TokenBucket | None = None) -> None:
         self.decoder = sio.Decoder(max_attachments=max_attachments, max_expanded_bytes=max_expanded_bytes)
         self.sockets: dict[str, SioSocket] = {}
         self.connect_timer: asyncio.TimerHandle | None = None
         self.bucket = bucket  # the session's inbound message allowance (None: no limit)
+        # namespace -> packets held while its comeback is claimed from a shared store
+        self.claiming: dict[str, list[SioPacket]] = {}
 
 
 class SocketIOServer:
@@ -345,6 +367,11 @@ class SocketIOServer:
     once; an unknown, expired, reused or malformed ``pid``/``offset`` gives a new session
     (the client sees ``recovered === false``).
 
+    With a ``recovery_store`` (Redis, for ``roomcast serve --redis``) lost sessions are kept
+    where every node reads them, and a client is restored on whichever node it reaches
+    (``transports.recovery``, "Across nodes"). A CONNECT that names a ``pid`` then waits for
+    the store before it is handled; ``aclose`` lets the last saves reach it.
+
     Args:
         hub: rooms and handlers.
         connect_timeout: seconds a session may stay without any connected namespace.
@@ -352,6 +379,8 @@ class SocketIOServer:
         max_expanded_bytes: attachment bytes the placeholders of one packet may expand to.
         recovery_window: seconds a lost session stays restorable; 0 disables recovery.
         recovery_capacity: most publications kept for recovery.
+        recovery_store: where every node keeps lost sessions (``RedisSessionStore``); this
+            process's memory when None. ``aclose`` closes it.
         authenticator: when given, every namespace CONNECT needs a valid token (the
             handshake ``auth`` ``{"token": ...}``, an ``Authorization: Bearer`` header or
             ``?token=``); a bad one gets ``CONNECT_ERROR`` with the reason. Its claims'
@@ -373,6 +402,7 @@ class SocketIOServer:
         max_expanded_bytes: int = 1_000_000,
         recovery_window: float = 0.0,
         recovery_capacity: int = DEFAULT_CAPACITY,
+        recovery_store: TakeOnceStore | None = None,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
         max_messages_per_second: float = 1000.0,
@@ -397,9 +427,25 @@ class SocketIOServer:
         self.engine: EngineIOServer | None = None
         self.recovery: Recovery | None = None
         if recovery_window > 0:
-            self.recovery = Recovery(recovery_window, capacity=recovery_capacity)
+            self.recovery = Recovery(recovery_window, capacity=recovery_capacity, shared=recovery_store)
+        self._recovery_store = recovery_store
         self._comebacks: set[asyncio.Task[None]] = set()
+        self._claims: set[asyncio.Task[None]] = set()
         self.rate = MessageRate(max_messages_per_second, message_burst)
+
+    async def aclose(self) -> None:
+        """Let the sessions saved so far reach a shared store, then close it.
+
+        Called after every session was closed (``App.shutdown``): a graceful shutdown is a
+        transient loss, so its clients come back to another node and find their sessions.
+        Comebacks still being claimed finish first, as they may hand theirs back.
+        """
+        if self._claims:
+            await asyncio.wait(list(self._claims), timeout=5)
+        if self.recovery is not None:
+            await self.recovery.aclose()
+        elif self._recovery_store is not None:
+            await self._recovery_store.aclose()
 
     def encoder(self, namespace: str, *, meta: bool = False) -> SioEncoder:
         """The shared encoder of ``namespace`` (with or without room meta)."""
@@ -442,10 +488,24 @@ class SocketIOServer:
         except RemoteProtocolError as exc:
             _reject(session, f"bad Socket.IO packet: {exc.reason}")
             return
-        if packet is None:
-            return
+        if packet is not None:
+            self._dispatch(session, state, packet)
+
+    def _dispatch(self, session: Session, state: _SioState, packet: SioPacket) -> None:
+        """One decoded packet: to its namespace's socket, or held while that namespace's
+        CONNECT is being claimed from a shared store (``_claim`` sends it on afterwards)."""
         sock = state.sockets.get(packet.namespace)
         kind = packet.type
+        if sock is None and state.claiming:
+            held = state.claiming.get(packet.namespace)
+            if held is not None:  # its CONNECT is being looked up in the shared store
+                if kind is SioType.CONNECT:
+                    _reject(session, f"second CONNECT to {packet.namespace}")
+                elif len(held) == _MAX_HELD:
+                    _reject(session, f"more than {_MAX_HELD} packets before the CONNECT to {packet.namespace}")
+                else:
+                    held.append(packet)
+                return
         if kind is SioType.CONNECT:
             if sock is not None:
                 _reject(session, f"second CONNECT to {packet.namespace}")
@@ -474,12 +534,54 @@ class SocketIOServer:
             )
             return
         auth = packet.data if packet.data is not None else {}
-        recovery, resume = self.recovery, None
-        if recovery is not None:
+        recovery = self.recovery
+        if recovery is None:
+            self._open(session, state, namespace, auth, None, None)
+        elif recovery.shared and comeback_pid(auth) is not None:
+            state.claiming[namespace] = []
+            task = asyncio.ensure_future(self._claim(session, state, namespace, auth))
+            self._claims.add(task)
+            task.add_done_callback(self._claims.discard)
+        else:
             resume = recovery.take(namespace, auth)
-            auth = strip_reserved(auth)
+            self._open(session, state, namespace, strip_reserved(auth), resume, presented_offset(auth))
+
+    async def _claim(self, session: Session, state: _SioState, namespace: str, auth: dict[str, Any]) -> None:
+        """A comeback's CONNECT, once the shared store answered: restored, or a new session.
+
+        Packets the client sent to the namespace meanwhile follow it, in order. If the
+        session closed while waiting, a claimed session is handed back for a next attempt.
+        """
+        recovery = self.recovery
+        assert recovery is not None
+        try:
+            resume = await recovery.claim(namespace, auth)
+        except Exception:
+            logger.exception("sid %s: could not look up the session to restore", session.sid)
+            resume = None
+        held = state.claiming.pop(namespace, [])
+        if session.closed:
+            if resume is not None:
+                recovery.put_back(resume)
+            return
+        self._open(session, state, namespace, strip_reserved(auth), resume, presented_offset(auth))
+        for packet in held:
+            if session.closed:
+                break
+            self._dispatch(session, state, packet)
+
+    def _open(
+        self,
+        session: Session,
+        state: _SioState,
+        namespace: str,
+        auth: dict[str, Any],
+        resume: Resume | None,
+        presented: str | None,
+    ) -> None:
+        """Create the namespace's socket, check its credentials and run its connect handler."""
         encoder = self.encoder(namespace, meta=wants_meta(session))
-        sock = SioSocket(self.hub, session, namespace, auth, encoder, recovery, resume)
+        sock = SioSocket(self.hub, session, namespace, auth, encoder, self.recovery, resume, presented)
         state.sockets[namespace] = sock
         if self.authenticator is not None:
             request = session.request
