@@ -156,8 +156,8 @@ class App:
             max_messages_per_second=settings.max_messages_per_second,
             message_burst=settings.message_burst,
         )
-        self.engine = self._engine(self.socketio, cors)
-        self.echo = self._engine(EchoApp(), cors) if settings.engineio_echo else None
+        self.engine = self._engine(self.socketio, cors, "socket.io")
+        self.echo = self._engine(EchoApp(), cors, "engine.io") if settings.engineio_echo else None
         self.sse = SseServer(
             self.hub,
             heartbeat=settings.sse_heartbeat,
@@ -195,7 +195,7 @@ class App:
         self._ready = False
         self._shutdown: asyncio.Task[None] | None = None
 
-    def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy) -> EngineIOServer:
+    def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy, name: str) -> EngineIOServer:
         s = self.settings
         return EngineIOServer(
             app,
@@ -204,6 +204,8 @@ class App:
             max_payload=s.max_payload,
             max_buffer_bytes=s.max_buffer_bytes,
             cors=cors,
+            cluster=self.hub.nodes.cluster,  # polling without sticky sessions (engineio_forward)
+            name=name,
         )
 
     async def startup(self) -> None:

@@ -8,6 +8,11 @@ layer above (Socket.IO, or a bare echo for the conformance suite) implements
 Error answers follow the official server (HTTP 400 with ``{code, message}``): 0 unknown
 transport, 1 unknown session, 2 bad handshake method, 3 bad request, 4 forbidden, 5 unsupported
 protocol version.
+
+With other nodes on the bus (``cluster``), a session's sid names the node that owns it; a
+polling request for a session owned elsewhere is answered by its owner through the bus, and a
+WebSocket upgrade for one is refused, so the client stays on polling (``engineio_forward``
+says how, and why not a hand-over).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from roomcast import disconnect
+from roomcast.cluster.base import Cluster, LocalCluster, NodeUnreachable
 from roomcast.disconnect import Disconnect
-from roomcast.errors import PayloadTooBig, RemoteProtocolError
+from roomcast.errors import BrokerUnavailable, PayloadTooBig, RemoteProtocolError
 from roomcast.protocol import engineio
 from roomcast.protocol.engineio import Packet, PacketType
 from roomcast.protocol.engineio_session import (
@@ -44,6 +50,7 @@ from roomcast.transports.base import (
     json_error,
 )
 from roomcast.transports.deadlines import DeadlineWheel
+from roomcast.transports.engineio_forward import FORWARD_MARGIN, Forwarding, ForwardStats
 
 __all__ = ["EngineIOApp", "EngineIOServer", "Session", "Outbound"]
 
@@ -162,6 +169,10 @@ class EngineIOServer:
         max_payload: the largest POST body / WebSocket message accepted, in bytes.
         max_buffer_bytes: outbound bytes buffered per session before it counts as slow.
         cors: which origins may connect.
+        cluster: the node bus; with other nodes on it (not a ``LocalCluster``), sessions are
+            labelled with this node's id and requests for other nodes' sessions forwarded.
+        name: which server this is on every node (``"socket.io"``, ``"engine.io"``): a request
+            is forwarded to the server of the same name on the owner.
     """
 
     def __init__(
@@ -173,6 +184,8 @@ class EngineIOServer:
         max_payload: int = 1_000_000,
         max_buffer_bytes: int = 4_000_000,
         cors: CorsPolicy | None = None,
+        cluster: Cluster | None = None,
+        name: str = "engine.io",
     ) -> None:
         self.app = app
         self.ping_interval = ping_interval
@@ -183,6 +196,14 @@ class EngineIOServer:
         self.sessions: dict[str, Session] = {}
         self._deadlines: DeadlineWheel[Session] = DeadlineWheel(self._on_timer)
         self.bad_requests = 0
+        self.forwarding: Forwarding | None = None
+        if cluster is not None and not isinstance(cluster, LocalCluster):
+            self.forwarding = Forwarding(cluster, name, self._answer_forwarded)
+
+    @property
+    def forward_stats(self) -> ForwardStats:
+        """Requests forwarded to, and answered for, other nodes (all zero on one node)."""
+        return self.forwarding.stats if self.forwarding is not None else ForwardStats()
 
     # -- HTTP (long-polling) ---------------------------------------------------------
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
@@ -199,6 +220,13 @@ class EngineIOServer:
                 return self._refuse(request, 2, "Bad handshake method", cors)
             return self._flush(self._open(request, Transport.POLLING), cors)
         session = self.sessions.get(sid)
+        if session is None and self.forwarding is not None and request.method in ("GET", "POST"):
+            owner = self.forwarding.owner_elsewhere(sid)
+            if owner is not None:
+                return await self._forward(owner, request, cors)
+        return await self._poll(session, request, cors)
+
+    async def _poll(self, session: Session | None, request: HttpRequest, cors: list[tuple[str, str]]) -> HttpResponse:
         if session is None:
             return self._refuse(request, 1, "Session ID unknown", cors)
         if session.machine.transport is not Transport.POLLING:
@@ -211,6 +239,23 @@ class EngineIOServer:
         if request.method == "POST":
             return self._post(session, request, cors)
         return self._refuse(request, 2, "Bad handshake method", cors)
+
+    async def _forward(self, owner: str, request: HttpRequest, cors: list[tuple[str, str]]) -> HttpResponse:
+        """Have the session's owner answer; 400 ``Session ID unknown`` if it is gone."""
+        assert self.forwarding is not None
+        too_big = request.method == "POST" and (request.body_too_large or len(request.body) > self.max_payload)
+        timeout = self.ping_interval + self.ping_timeout + FORWARD_MARGIN  # a GET may wait a ping interval
+        try:
+            return await self.forwarding.forward(owner, request, too_big=too_big, timeout=timeout)
+        except (NodeUnreachable, BrokerUnavailable) as exc:
+            self.forwarding.stats.unreachable += 1
+            logger.debug("sid %s: its owner %s is unreachable: %s", request.query.get("sid"), owner, exc)
+            return self._refuse(request, 1, "Session ID unknown", cors)
+
+    async def _answer_forwarded(self, request: HttpRequest) -> HttpResponse:
+        """A request another node forwarded here: answered as if it had come straight here."""
+        sid = request.query.get("sid", "")
+        return await self._poll(self.sessions.get(sid), request, self.cors.headers(request))
 
     async def _get(self, session: Session, cors: list[tuple[str, str]]) -> HttpResponse:
         if session.poll is not None:
@@ -270,6 +315,12 @@ class EngineIOServer:
         if sid is None:
             return WebSocketAccept(lambda channel: _NewSocket(self, request, channel))
         session = self.sessions.get(sid)
+        owner = self.forwarding.owner_elsewhere(sid) if session is None and self.forwarding is not None else None
+        if owner is not None:
+            assert self.forwarding is not None
+            self.forwarding.stats.refused_upgrades += 1
+            logger.debug("refused websocket for sid %s: node %s owns it, the client stays on polling", sid, owner)
+            return json_error(400, 1, "Session ID unknown", self.cors.headers(request))
         if session is None or not session.machine.can_probe():
             # Like the official server: complete the handshake, then close at once, so a
             # client sees a WebSocket close rather than an HTTP error.
@@ -308,7 +359,7 @@ class EngineIOServer:
 
     def _open(self, request: HttpRequest, transport: Transport, ws: WebSocketChannel | None = None) -> Session:
         loop = asyncio.get_running_loop()
-        sid = secrets.token_urlsafe(15)
+        sid = self.forwarding.new_sid() if self.forwarding is not None else secrets.token_urlsafe(15)
         machine = EngineIOSession(
             sid,
             transport=transport,
