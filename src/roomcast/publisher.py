@@ -558,22 +558,26 @@ class RedisPublisher:
         """
         from redis.exceptions import RedisError
 
+        from roomcast.broker import redis_client
+
         keys, args = self._call(room, event, data)
         try:
             epoch, offset = self._sync_script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise PublishError(0, "unreachable", f"redis is unreachable: {type(exc).__name__}") from None
+            raise PublishError(0, "unreachable", redis_client.describe(exc)) from None
         return _redis_answer(room, epoch, offset)
 
     async def apublish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
         """``publish`` for coroutines."""
         from redis.exceptions import RedisError
 
+        from roomcast.broker import redis_client
+
         keys, args = self._call(room, event, data)
         try:
             epoch, offset = await self._script()(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise PublishError(0, "unreachable", f"redis is unreachable: {type(exc).__name__}") from None
+            raise PublishError(0, "unreachable", redis_client.describe(exc)) from None
         return _redis_answer(room, epoch, offset)
 
     def broadcast(

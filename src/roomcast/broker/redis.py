@@ -1,35 +1,51 @@
 """``RedisBroker``: many processes and machines share rooms through one Redis (DESIGN §6).
 
-Imports L0, ``broker.base`` and redis-py (asyncio, with hiredis). It keeps the contract of
-``broker.base`` with Redis doing the work no node could do alone:
+Imports L0, ``broker.base``, ``broker.redis_client`` and redis-py (asyncio, with hiredis). It
+keeps the contract of ``broker.base`` with Redis doing the work no node could do alone:
 
 * **Publish** is one Lua script, so it is atomic per room: it creates the room's epoch when
   the room's metadata is missing (a new room, an expired one, a flushed Redis: never reused
   offsets), advances the offset, appends to the room's stream (``XADD``, trimmed to
   ``history_size``), refreshes the keys' lifetime and publishes to the room's channel. The
   publication travels as the bytes the hub serialised once (``Publication.encoded``).
+* **A publish is applied once.** Each call carries an idempotency key made once
+  (``publish_call``); redis-py's automatic retries resend it, and a publish whose answer
+  was lost on the way back is answered from ``rc:{room}:i:<key>`` (kept
+  ``IDEMPOTENCY_WINDOW`` seconds) instead of being appended a second time.
 * **History and position** are one script too: the epoch (made if missing, so it is stable
   from the first read), the offset and the stream entries after a position, together.
+* **A Redis that restarted** is told by its run id, which the scripts read themselves
+  (``INFO server``), so no node can act on a stale one. A room records the run id its epoch
+  was made under. Under another run id its history is trusted only if the server keeps an
+  append-only file (``aof_enabled:1``); otherwise it may be an older RDB snapshot than what
+  nodes delivered, and the room starts again under a new epoch, its stream dropped.
 * **Subscriptions** follow the hub: a node subscribes to the channels of the rooms it has
   members in, and ``subscribe`` returns only once Redis confirmed it ("subscribe before
-  read"). A room's terminal mark travels on its channel after its last publication. The
+  read"). Sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``) on Redis 7 and later, classic
+  before. A room's terminal mark travels on its channel after its last publication. The
   rooms a node follows have their lifetime renewed every third of it, so they are not freed.
 * **A broken live stream** (the pub/sub connection lost) is reconnected with backoff, every
   channel subscribed again, and then reported (``on_stream_lost(None)``), so the hub reads
-  history from where each room stopped.
-
-Keys of one room share the hash tag ``{room}``: ``rc:{room}:m`` (epoch and offset),
-``rc:{room}:s`` (history), ``rc:{room}:t`` (terminal), ``rc:{room}:p`` (presence), and the
-channel ``rc:{room}``. A room's keys expire ``history_ttl`` seconds after its last
-publication: history, epoch and terminal mark go together, and the room comes back under a
-new epoch.
-
+  history from where each room stopped. The subscription's client never retries by itself:
+  a reconnect redis-py made quietly would be a gap nobody heard of.
 * **A deaf subscription** (no error, no delivery) is found by a heartbeat through Redis to the
-  node itself, and treated as a lost stream; ``unhealthy`` says why meanwhile.
+  node itself, on the same kind of subscription as the rooms, and treated as a lost stream;
+  ``unhealthy`` says why meanwhile.
+* **Presence lives as long as its node.** An entry is ``<node_id>|<user>``; the node renews
+  ``rc:alive:<node_id>`` at each heartbeat (it lives three), and ``presence`` drops the
+  entries of nodes whose key expired. A node that finds its key gone, or that reconnected,
+  writes its own entries back.
 
-What it does not do yet (issue 13): sharded pub/sub, presence that expires with a dead node,
-idempotent publish retries, and binary attachments across nodes (they arrive in
-``json_safe``'s form).
+Keys of one room share the hash tag ``{room}``: ``rc:{room}:m`` (epoch, offset, run id),
+``rc:{room}:s`` (history), ``rc:{room}:t`` (terminal), ``rc:{room}:p`` (presence),
+``rc:{room}:i:<key>`` (a publication's answer), and the channel ``rc:{room}``. A room's keys
+expire ``history_ttl`` seconds after its last publication: history, epoch and terminal mark
+go together, and the room comes back under a new epoch. A node has ``rc:alive:<node_id>``
+and the channel ``rc:node:<node_id>``.
+
+What it does not do yet: Redis Cluster (it talks to one Redis, or the master a Sentinel
+names; ``presence`` reads liveness keys outside the room's slot), and binary attachments
+across nodes (they arrive in ``json_safe``'s form).
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -49,35 +65,72 @@ from roomcast.broker.base import BrokerEvents, HistoryResult
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
-__all__ = ["RedisBroker", "PUBLISH_SCRIPT", "publish_call"]
+__all__ = ["RedisBroker", "ALIVE_PREFIX", "IDEMPOTENCY_WINDOW", "PUBLISH_SCRIPT", "publish_call"]
 
 logger = logging.getLogger("roomcast.broker.redis")
 
 _TERMINAL = b"T"
 
-_PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch)
+_SERVER = """
+-- What this Redis is: its run id (new at every start) and the publish command room
+-- channels use: SPUBLISH from Redis 7 (sharded pub/sub, the node subscribes with
+-- SSUBSCRIBE), PUBLISH before. Read inside the script, so it is this server's answer.
+local function server()
+  local info = redis.call('INFO', 'server')
+  local major = tonumber(string.match(info, 'redis_version:(%d+)'))
+  return string.match(info, 'run_id:(%x+)'), (major >= 7) and 'SPUBLISH' or 'PUBLISH'
 end
+
+-- The room's epoch; made (offset 0, no history) when the room is missing, or when Redis
+-- restarted since the epoch was made and keeps no append-only file: then its history may
+-- be an older snapshot than what nodes delivered, and its offsets would be given again.
+local function room_epoch(meta, stream, fresh, ttl, run)
+  local known = redis.call('HMGET', meta, 'e', 'r')
+  local epoch = known[1]
+  if epoch and known[2] ~= run then
+    if string.find(redis.call('INFO', 'persistence'), 'aof_enabled:1', 1, true) then
+      redis.call('HSET', meta, 'r', run)
+    else
+      redis.call('DEL', meta, stream)
+      epoch = false
+    end
+  end
+  if not epoch then
+    epoch = fresh
+    redis.call('HSET', meta, 'e', epoch, 'o', 0, 'r', run)
+    redis.call('EXPIRE', meta, ttl)
+  end
+  return epoch
+end
+"""
+
+_PUBLISH = (
+    _SERVER
+    + """
+local done = redis.call('GET', KEYS[4])
+if done then
+  local epoch, offset = string.match(done, '^(.+):(%d+)$')
+  return {epoch, tonumber(offset)}
+end
+local run, publish = server()
+local epoch = room_epoch(KEYS[1], KEYS[2], ARGV[1], ARGV[3], run)
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 if tonumber(ARGV[2]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 'p', ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', KEYS[3], epoch .. ':' .. offset .. ':' .. ARGV[4])
+redis.call(publish, KEYS[3], epoch .. ':' .. offset .. ':' .. ARGV[4])
+redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'EX', ARGV[5])
 return {epoch, offset}
 """
+)
 
-_READ = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
+_READ = (
+    _SERVER
+    + """
+local run = server()
+local epoch = room_epoch(KEYS[1], KEYS[2], ARGV[2], ARGV[3], run)
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries = {}
 if ARGV[1] ~= '' then
@@ -85,13 +138,39 @@ if ARGV[1] ~= '' then
 end
 return {epoch, offset, entries}
 """
+)
 
-_TERMINATE = """
+_PRESENCE = """
+local entries = redis.call('HGETALL', KEYS[1])
+local alive, users = {}, {}
+for i = 1, #entries, 2 do
+  local node, user = string.match(entries[i + 1], '^([^|]*)|(.*)$')
+  if not node then
+    users[#users + 1] = entries[i + 1]
+  else
+    if alive[node] == nil then
+      alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1
+    end
+    if alive[node] then
+      users[#users + 1] = user
+    else
+      redis.call('HDEL', KEYS[1], entries[i])
+    end
+  end
+end
+return users
+"""
+
+_TERMINATE = (
+    _SERVER
+    + """
 if redis.call('SET', KEYS[1], '1', 'EX', ARGV[1], 'NX') then
-  redis.call('PUBLISH', KEYS[2], 'T')
+  local _, publish = server()
+  redis.call(publish, KEYS[2], 'T')
 end
 return 1
 """
+)
 
 
 def _keys(room: RoomName) -> tuple[str, str, str, str, str]:
@@ -109,6 +188,12 @@ class RedisBroker:
             publication.
         reconnect_max: the longest wait, in seconds, between attempts to reconnect the
             subscription connection.
+        heartbeat_interval: seconds between two heartbeats (the node publishing to itself,
+            and renewing its liveness key, which lives three intervals).
+        heartbeat_timeout: seconds without hearing its own heartbeat after which the node
+            takes its subscription for deaf.
+        node_id: this process's node id, the one ``roomcast.cluster`` uses when the server
+            passes it; a new one by default. Its presence entries carry it.
     """
 
     def __init__(
@@ -120,19 +205,26 @@ class RedisBroker:
         reconnect_max: float = 5.0,
         heartbeat_interval: float = 2.0,
         heartbeat_timeout: float = 6.0,
+        node_id: str | None = None,
     ) -> None:
         if history_size < 0 or history_ttl <= 0:
             raise ValueError("history_size must be >= 0 and history_ttl > 0")
+        if node_id is not None and (not node_id or "|" in node_id):
+            raise ValueError("a node id is a non-empty string without '|'")
         self._url = url
         self._history_size = history_size
         self._ttl = max(1, round(history_ttl))
         self._reconnect_max = reconnect_max
         self._redis: aioredis.Redis = redis_client.connect(url)
+        self._subscriber: aioredis.Redis = redis_client.connect(url, retry=False)  # every break reported
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
         self._terminate = self._redis.register_script(_TERMINATE)
+        self._presence = self._redis.register_script(_PRESENCE)
         self._events: BrokerEvents | None = None
         self._pubsub: Any = None
+        self._sharded = False  # the subscription uses SSUBSCRIBE (Redis >= 7), decided per connection
+        self._run_id: str | None = None  # the Redis process the subscription last reached
         self._channels: dict[str, RoomName] = {}  # channel name -> room, for what we follow
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -143,7 +235,13 @@ class RedisBroker:
         self.unhealthy: str | None = None
         """Why the live stream cannot be trusted now (``/readyz`` says it), or ``None``."""
         self.deaf_events = 0
-        self._node_channel = f"rc:node:{secrets.token_urlsafe(8)}"
+        # cluster.base.new_node_id's form; this layer may not import roomcast.cluster.
+        self.node_id: str = node_id if node_id is not None else secrets.token_urlsafe(9)
+        """This node's id: its presence entries and liveness key carry it."""
+        self._node_channel = f"rc:node:{self.node_id}"
+        self._alive_key = f"{ALIVE_PREFIX}{self.node_id}"
+        self._alive_ms = max(1, round(3000 * heartbeat_interval))
+        self._present: dict[RoomName, dict[ConnectionId, str]] = {}  # this node's presence entries
 
     def __repr__(self) -> str:
         return "<RedisBroker>"  # never the URL: it may hold a password
@@ -152,7 +250,11 @@ class RedisBroker:
     async def start(self, events: BrokerEvents) -> None:
         self._events = events
         if self._reader is None:
-            await self._connect_pubsub()
+            try:
+                await self._connect_pubsub()
+                await self._renew_liveness()
+            except (RedisError, OSError) as exc:  # the operator's first sight of a wrong URL or password
+                raise BrokerUnavailable(redis_client.describe(exc, self._url)) from None
             loop = asyncio.get_running_loop()
             self._reader = loop.create_task(self._read_forever())
             self._keeper = loop.create_task(self._keep_followed())
@@ -167,18 +269,32 @@ class RedisBroker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._reader = self._keeper = self._heart = None
+        await self._leave()
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
             self._pubsub = None
+        await self._subscriber.aclose()
         await self._redis.aclose()
 
     async def _connect_pubsub(self) -> None:
         """A pub/sub connection following this node's own channel (so it always has one) and
-        every room channel it followed before."""
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self._node_channel, *self._channels)
-        self._pubsub = pubsub
+        every room channel it followed before.
+
+        Sharded pub/sub (``SSUBSCRIBE``) when the server is Redis 7 or later, decided for each
+        new connection from the server it reaches: the publish scripts make the same choice
+        from the same server (``_SERVER``), and the heartbeat travels the same way, so it
+        tells whether the subscription the rooms use hears.
+        """
+        info = await self._subscriber.info("server")
+        sharded = int(str(info["redis_version"]).split(".", 1)[0]) >= 7
+        run_id = str(info["run_id"])
+        if self._run_id is not None and run_id != self._run_id:
+            logger.warning("redis restarted (a new run id): its rooms are checked against it as they are read")
+        self._run_id = run_id
+        pubsub = self._subscriber.pubsub()
+        await (pubsub.ssubscribe if sharded else pubsub.subscribe)(self._node_channel, *self._channels)
+        self._pubsub, self._sharded = pubsub, sharded
 
     async def _read_forever(self, *, reconnect_first: bool = False) -> None:
         """Deliver what the subscription receives; when it breaks (or is found deaf), reconnect
@@ -204,6 +320,8 @@ class RedisBroker:
                 except Exception:
                     await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
                     delay = min(delay * 2, self._reconnect_max)
+            with contextlib.suppress(RedisError, OSError):  # Redis may have restarted empty
+                await self._renew_liveness(rewrite=True)
             events = self._events
             if events is not None:
                 events.on_stream_lost(None)
@@ -233,8 +351,10 @@ class RedisBroker:
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
                     self._reader = loop.create_task(self._read_forever(reconnect_first=True))
-            with contextlib.suppress(RedisError, OSError):
-                await asyncio.wait_for(self._redis.publish(self._node_channel, b"H"), timeout)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await (self._redis.spublish if self._sharded else self._redis.publish)(self._node_channel, b"H")
+                    await self._renew_liveness()
 
     async def _keep_followed(self) -> None:
         """Keep the rooms this node follows alive: a quiet room with members here is not
@@ -258,12 +378,12 @@ class RedisBroker:
     def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
         name = channel.decode() if isinstance(channel, bytes) else channel
-        if kind == "subscribe":
+        if kind == "subscribe" or kind == "ssubscribe":
             confirmed = self._confirmed.pop(name, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
             return
-        if kind != "message":
+        if kind != "message" and kind != "smessage":
             return
         if name == self._node_channel:  # our own heartbeat: the subscription hears
             self._heard = asyncio.get_running_loop().time()
@@ -299,7 +419,7 @@ class RedisBroker:
         try:
             epoch, offset = await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"redis is unreachable: {type(exc).__name__}") from None
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         return Publication(room, event, data, StreamPosition(epoch_text, int(offset)), ts, encoded, binary)
 
@@ -313,7 +433,8 @@ class RedisBroker:
                 # that went to a connection being replaced is then made on the new one.
                 while not confirmed.done():
                     with contextlib.suppress(Exception):  # best effort: the confirmation is what counts
-                        await self._pubsub.subscribe(channel)
+                        pubsub = self._pubsub
+                        await (pubsub.ssubscribe if self._sharded else pubsub.subscribe)(channel)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
                             await asyncio.shield(confirmed)
@@ -325,7 +446,8 @@ class RedisBroker:
         channel = _keys(room)[4]
         self._channels.pop(channel, None)
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.unsubscribe(channel)
+            pubsub = self._pubsub
+            await (pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe)(channel)
 
     async def position(self, room: RoomName) -> StreamPosition:
         epoch, offset, _ = await self._read_room(room, None)
@@ -352,41 +474,122 @@ class RedisBroker:
                 keys=[meta, stream], args=["" if since is None else since, secrets.token_urlsafe(6), self._ttl]
             )
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"redis is unreachable: {type(exc).__name__}") from None
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         return epoch_text, int(offset), [(e[0], dict(zip(e[1][::2], e[1][1::2]))) for e in entries]
 
     # -- room state ---------------------------------------------------------------------
     async def mark_terminal(self, room: RoomName) -> None:
         _, _, terminal, _, channel = _keys(room)
-        await self._terminate(keys=[terminal, channel], args=[self._ttl])
+        try:
+            await self._terminate(keys=[terminal, channel], args=[self._ttl])
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
 
     async def is_terminal(self, room: RoomName) -> bool:
-        return bool(await self._redis.exists(_keys(room)[2]))
+        try:
+            return bool(await self._redis.exists(_keys(room)[2]))
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
 
     async def add_presence(self, room: RoomName, client: ConnectionId, user: str | None) -> None:
-        await self._redis.hset(_keys(room)[3], client, user or "")
+        value = f"{self.node_id}|{user or ''}"
+        self._present.setdefault(room, {})[client] = value  # kept first: written back if this fails
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(_keys(room)[3], client, value)
+                self._queue_liveness(pipe)
+                _, existed, _ = await pipe.execute()
+            if not existed:
+                await self._write_presence()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
 
     async def remove_presence(self, room: RoomName, client: ConnectionId) -> None:
-        await self._redis.hdel(_keys(room)[3], client)
+        entries = self._present.get(room)
+        if entries is not None:
+            entries.pop(client, None)
+            if not entries:
+                del self._present[room]
+        try:
+            await self._redis.hdel(_keys(room)[3], client)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
 
     async def presence(self, room: RoomName) -> Presence:
-        clients = await self._redis.hgetall(_keys(room)[3])
-        users = sorted({u.decode() if isinstance(u, bytes) else u for u in clients.values() if u})
-        return Presence(room, len(clients), tuple(users))
+        """Who is in ``room``: the entries of live nodes. Those of a node whose liveness key
+        expired (it died without a word) are dropped on the way, in the same script, so a
+        node that renews its key and writes its entries back cannot lose them to a reader
+        that saw the key gone a moment before."""
+        try:
+            users = await self._presence(keys=[_keys(room)[3]], args=[ALIVE_PREFIX])
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(redis_client.describe(exc)) from None
+        named = {u.decode() if isinstance(u, bytes) else u for u in users}
+        return Presence(room, len(users), tuple(sorted(named - {""})))
 
+    # -- this node's liveness -----------------------------------------------------------
+    def _queue_liveness(self, pipe: Any) -> None:
+        """Queue the renewal of this node's liveness key; the first reply says whether it
+        still existed."""
+        pipe.exists(self._alive_key)
+        pipe.set(self._alive_key, b"1", px=self._alive_ms)
+
+    async def _renew_liveness(self, *, rewrite: bool = False) -> None:
+        """Renew ``rc:alive:<node_id>``, and write this node's presence entries back when the
+        key had expired (other nodes may have dropped them meanwhile) or when asked to (after
+        a reconnect: Redis may have restarted without them)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self._queue_liveness(pipe)
+            existed, _ = await pipe.execute()
+        if rewrite or not existed:
+            await self._write_presence()
+
+    async def _write_presence(self) -> None:
+        if not self._present:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, entries in self._present.items():
+                pipe.hset(_keys(room)[3], mapping=cast("dict[Any, Any]", entries))
+            await pipe.execute()
+
+    async def _leave(self) -> None:
+        """Remove this node's presence entries and liveness key: other nodes stop counting its
+        connections at once instead of after the key's lifetime. Best effort, and bounded: a
+        node shutting down while Redis is unreachable leaves that to the key's expiry."""
+        present, self._present = self._present, {}
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(2), self._redis.pipeline(transaction=False) as pipe:
+                for room, entries in present.items():
+                    pipe.hdel(_keys(room)[3], *entries)
+                pipe.delete(self._alive_key)
+                await pipe.execute()
+
+
+ALIVE_PREFIX = "rc:alive:"
+"""A live node's key is this prefix and its node id, as ``roomcast.cluster.redis`` keeps it."""
 
 PUBLISH_SCRIPT = _PUBLISH
 """The Lua script every publisher runs, a node or a worker (``RedisPublisher``)."""
 
 
+IDEMPOTENCY_WINDOW = 300
+"""Seconds a publication's answer is kept under its idempotency key (Centrifugo's window)."""
+
+
 def publish_call(
     room: RoomName, event: str, ts: float, encoded: tuple[bytes, ...], binary: bool, history_size: int, ttl: int
 ) -> tuple[list[str], list[Any]]:
-    """The keys and arguments of ``PUBLISH_SCRIPT`` for one publication: the one wire form."""
+    """The keys and arguments of ``PUBLISH_SCRIPT`` for one publication: the one wire form.
+
+    Made once per publish call, so redis-py's automatic retries resend the same idempotency
+    key: a publish whose answer was lost on the way back (the connection cut after Redis ran
+    it) is answered from ``rc:{room}:i:<key>`` when retried, never appended twice.
+    """
     payload = _json.dumps([event, ts, binary, [raw.decode() for raw in encoded]])
     meta, stream, _, _, channel = _keys(room)
-    return [meta, stream, channel], [secrets.token_urlsafe(6), history_size, ttl, payload]
+    done = f"rc:{{{room}}}:i:{secrets.token_urlsafe(12)}"
+    return [meta, stream, channel, done], [secrets.token_urlsafe(6), history_size, ttl, payload, IDEMPOTENCY_WINDOW]
 
 
 def _publication(room: RoomName, epoch: str, offset: int, payload: bytes) -> Publication:

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from roomcast import _json
 from roomcast.backoff import Backoff
 from roomcast.broker import redis_client
+from roomcast.broker.redis import ALIVE_PREFIX
 from roomcast.cluster.base import NodeHandler, NodeUnreachable, new_node_id
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import JSONValue
@@ -43,8 +44,9 @@ NODES_KEY = "rc:nodes"
 
 
 def alive_key(node: str) -> str:
-    """The key a live node renews; gone once the node stops renewing it."""
-    return f"rc:alive:{node}"
+    """The key a live node renews; gone once the node stops renewing it. The broker's heartbeat
+    renews the same key (``broker.redis.ALIVE_PREFIX``): either keeps the node alive."""
+    return f"{ALIVE_PREFIX}{node}"
 
 
 def _channel(node: str) -> str:

@@ -111,9 +111,14 @@ class App:
         self.settings = settings = settings if settings is not None else Settings()
         if hub is None:
             broker: Broker
+            cluster: RedisCluster | None = None
             if settings.redis_url is not None:
+                cluster = RedisCluster(settings.redis_url)  # one node id for the bus and the broker
                 broker = RedisBroker(
-                    settings.redis_url, history_size=settings.history_size, history_ttl=settings.history_ttl
+                    settings.redis_url,
+                    history_size=settings.history_size,
+                    history_ttl=settings.history_ttl,
+                    node_id=cluster.node_id,
                 )
             else:
                 broker = MemoryBroker(
@@ -125,7 +130,7 @@ class App:
             hub = Hub(
                 broker=broker,
                 max_rooms_per_connection=settings.max_rooms_per_connection,
-                cluster=RedisCluster(settings.redis_url) if settings.redis_url is not None else None,
+                cluster=cluster,
             )
         self.hub = hub
         cors = CorsPolicy(settings.cors_origins)

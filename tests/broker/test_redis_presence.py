@@ -1,0 +1,163 @@
+"""Presence entries live as long as the node that wrote them (``RedisBroker``).
+
+Real parts: redis-servers started for the test, and a second node that is a real process,
+SIGKILLed so it says nothing on its way out. Waits are on events (Redis's own keyspace
+notification that a key expired, a broker's report of a reconnect), bounded by timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redisserver import RedisProcess, running_redis
+
+from roomcast.broker.redis import RedisBroker
+
+WAIT = 10.0
+
+NODE = """
+import asyncio, sys
+from roomcast.broker.redis import RedisBroker
+
+
+class Quiet:
+    def on_publication(self, publication): pass
+    def on_terminal(self, room): pass
+    def on_stream_lost(self, rooms): pass
+
+
+async def main():
+    broker = RedisBroker(sys.argv[1], node_id=sys.argv[2], heartbeat_interval=float(sys.argv[3]))
+    await broker.start(Quiet())
+    await broker.add_presence("lobby", "b1", "bob")
+    await broker.add_presence("lobby", "b2", None)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())
+"""
+
+
+class Events:
+    """Stands in for the hub; ``lost`` is set when the broker reports a broken stream."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+
+    def on_publication(self, publication: Any) -> None:
+        pass
+
+    def on_terminal(self, room: Any) -> None:
+        pass
+
+    def on_stream_lost(self, rooms: Any) -> None:
+        self.lost.set()
+
+
+@pytest.fixture
+def server() -> AsyncIterator[RedisProcess]:
+    with running_redis() as process:
+        yield process
+
+
+async def _node_in_a_process(url: str, node_id: str, interval: float) -> asyncio.subprocess.Process:
+    node = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", NODE, url, node_id, str(interval), stdout=asyncio.subprocess.PIPE
+    )
+    assert node.stdout is not None
+    async with asyncio.timeout(WAIT):
+        assert await node.stdout.readline() == b"ready\n"
+    return node
+
+
+async def test_a_node_killed_without_a_word_stops_counting_once_its_liveness_expires(server: RedisProcess) -> None:
+    admin = aioredis.from_url(server.url)
+    await admin.config_set("notify-keyspace-events", "Ex")
+    expired = admin.pubsub()
+    await expired.subscribe("__keyevent@0__:expired")
+    here = RedisBroker(server.url)
+    interval = 0.2  # the other node's liveness key lives 3 intervals: 0.6 s
+    node = await _node_in_a_process(server.url, "node-b", interval)
+    try:
+        await here.start(Events())
+        await here.add_presence("lobby", "a1", "ann")
+        before = await here.presence("lobby")
+        assert (before.connections, before.users) == (3, ("ann", "bob"))
+        assert await admin.hget("rc:{lobby}:p", "b1") == b"node-b|bob"
+        assert 0 < await admin.pttl("rc:alive:node-b") <= 600
+
+        node.kill()  # SIGKILL: no aclose, nothing removed
+        await node.wait()
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        async with asyncio.timeout(WAIT):  # Redis tells when the key expires
+            while True:
+                message = await expired.get_message(ignore_subscribe_messages=True, timeout=WAIT)
+                if message is not None and message["data"] == b"rc:alive:node-b":
+                    break
+        assert loop.time() - killed < 3 * interval + 2.0  # its lifetime, plus a margin for the expiry cycle
+
+        after = await here.presence("lobby")
+        assert (after.connections, after.users) == (1, ("ann",))
+        assert await admin.hkeys("rc:{lobby}:p") == [b"a1"]  # the dead node's entries were dropped
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        await here.aclose()
+        await expired.aclose()
+        await admin.aclose()
+
+
+async def test_a_node_that_closes_takes_its_presence_with_it_at_once(server: RedisProcess) -> None:
+    one, two = RedisBroker(server.url), RedisBroker(server.url, node_id="two")
+    assert two.node_id == "two" and one.node_id != "two"
+    await one.start(Events())
+    await two.start(Events())
+    try:
+        await one.add_presence("room", "c1", "ann")
+        await two.add_presence("room", "c2", "bob")
+        assert (await one.presence("room")).connections == 2
+        await two.aclose()
+        gone = await one.presence("room")
+        assert (gone.connections, gone.users) == (1, ("ann",))
+    finally:
+        await one.aclose()
+
+
+async def test_a_node_writes_its_presence_back_after_redis_restarts_empty() -> None:
+    """Without persistence a restarted Redis holds no presence; each node writes its own
+    entries back once its subscription is back, before it reports the broken stream. Even
+    when its liveness key is already back (``RedisCluster`` renews the same key for the same
+    node id): the reconnect, not the key, is what tells."""
+    with running_redis() as server:
+        events = Events()
+        broker = RedisBroker(server.url, heartbeat_interval=0.1, heartbeat_timeout=0.5, node_id="n1")
+        await broker.start(events)
+        try:
+            await broker.add_presence("room", "c1", "ann")
+            await broker.add_presence("room", "c2", None)
+            await broker.remove_presence("room", "c2")
+            server.kill()
+            server.start()  # blocks the loop: the broker has not reconnected yet
+            cluster = redis.Redis.from_url(server.url)
+            cluster.set("rc:alive:n1", b"1", px=60_000)  # as RedisCluster renews it for node n1
+            cluster.close()
+            async with asyncio.timeout(WAIT):
+                await events.lost.wait()
+            back = await broker.presence("room")
+            assert (back.connections, back.users) == (1, ("ann",))
+        finally:
+            await broker.aclose()
+
+
+def test_a_node_id_may_not_hold_the_separator() -> None:
+    with pytest.raises(ValueError, match="node id"):
+        RedisBroker("redis://127.0.0.1:1/0", node_id="a|b")
