@@ -146,7 +146,8 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     show_envvar=True,
     default="roomcast-tasks.db",
     show_default=True,
-    help="SQLite file the tasks are kept in (':memory:' keeps none across restarts).",
+    help="SQLite file the tasks are kept in (':memory:' keeps none across restarts); "
+    "not used with --redis, where tasks live in Redis.",
 )
 @click.option(
     "--task-stop-grace",

@@ -1,7 +1,6 @@
-"""SqliteTaskStore: CRUD, filters, keyset pages, retention, restarts, interruption, concurrency.
-
-The behaviour tests run against both ``:memory:`` and a real file, since WAL mode and the
-schema migration only happen for a file.
+"""SqliteTaskStore only: the file across restarts, its schema and migrations, interruption,
+and its one worker thread. What every store does is in ``test_store.py``, which runs the
+same suite over SQLite (in memory and in a file) and Redis.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from taskstores import make
 
 from roomcast.errors import InvalidState, TaskError
-from roomcast.tasks.model import TERMINAL, Task, TaskStatus
-from roomcast.tasks.store import MAX_PAGE_SIZE, TaskStore
+from roomcast.tasks.model import TERMINAL, TaskStatus
+from roomcast.tasks.store import TaskStore
 from roomcast.tasks.store_sqlite import SCHEMA_VERSION, SqliteTaskStore
 
 S = TaskStatus
@@ -31,76 +31,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.aclose()
 
 
-def make(
-    task_id: str,
-    status: TaskStatus = S.PENDING,
-    *,
-    created: float = 1.0,
-    kind: str = "crawl",
-    owner: str | None = "u1",
-    finished: float | None = None,
-) -> Task:
-    """A task in ``status`` reached by legal steps; terminal ones finish at ``finished``."""
-    task = Task.new(task_id, kind, now=created, owner=owner, title=f"Task {task_id}", metadata={"n": 1})
-    if status is S.PENDING:
-        return task
-    end = created + 1 if finished is None else finished
-    task = task.start(created + 0.5)
-    if status is S.RUNNING:
-        return task.progress_to(created + 0.6, 42.5, "fetch", "page 4")
-    if status is S.STOPPING:
-        return task.request_stop(created + 0.7)
-    if status is S.COMPLETED:
-        return task.complete(end, {"pages": [1, 2], "ok": True})
-    if status is S.FAILED:
-        return task.fail(end, "boom")
-    if status is S.CANCELLED:
-        return task.cancel(end, "by alice")
-    return task.time_out(end)
-
-
 def test_implements_the_protocol() -> None:
     store: TaskStore = SqliteTaskStore()  # mypy checks the structural match
     assert store is not None
-
-
-# -- CRUD -------------------------------------------------------------------------------------
-
-
-async def test_put_then_get_returns_an_equal_task(store: SqliteTaskStore) -> None:
-    for status in TaskStatus:
-        task = make(f"t-{status.value}", status)
-        assert await store.put(task) is True
-        assert await store.get(task.id) == task
-
-
-async def test_get_missing_is_none(store: SqliteTaskStore) -> None:
-    assert await store.get("nope") is None
-
-
-async def test_put_replaces_a_live_task(store: SqliteTaskStore) -> None:
-    task = make("t1")
-    await store.put(task)
-    running = task.start(2.0).progress_to(3.0, 10, "a")
-    assert await store.put(running) is True
-    assert await store.get("t1") == running
-
-
-async def test_put_never_replaces_a_terminal_task(store: SqliteTaskStore) -> None:
-    running = make("t1", S.RUNNING)
-    done = running.complete(5.0, {"r": 1})
-    await store.put(done)
-    # A late progress write and a second, different ending both lose to the stored end.
-    assert await store.put(running) is False
-    assert await store.put(running.fail(6.0, "late")) is False
-    assert await store.get("t1") == done
-
-
-async def test_put_refuses_values_json_cannot_carry(store: SqliteTaskStore) -> None:
-    bad = Task(id="t1", kind="k", created_at=1.0, updated_at=1.0, metadata={"x": object()})
-    with pytest.raises(TaskError, match="t1"):
-        await store.put(bad)
-    assert await store.get("t1") is None
 
 
 async def test_unreadable_row_is_a_task_error(tmp_path: Path) -> None:
@@ -117,165 +50,6 @@ async def test_unreadable_row_is_a_task_error(tmp_path: Path) -> None:
             await store.get("t1")
     finally:
         await store.aclose()
-
-
-# -- filters ----------------------------------------------------------------------------------
-
-
-async def seed_mixed(store: SqliteTaskStore) -> None:
-    await store.put(make("a", S.RUNNING, created=1, kind="crawl", owner="u1"))
-    await store.put(make("b", S.COMPLETED, created=2, kind="crawl", owner="u2"))
-    await store.put(make("c", S.PENDING, created=3, kind="export", owner="u1"))
-    await store.put(make("d", S.FAILED, created=4, kind="export", owner=None))
-    await store.put(make("e", S.STOPPING, created=5, kind="crawl", owner="u1"))
-
-
-async def ids(store: SqliteTaskStore, **filters: object) -> list[str]:
-    tasks, cursor = await store.list(**filters)  # type: ignore[arg-type]
-    assert cursor is None
-    return [t.id for t in tasks]
-
-
-async def test_list_filters(store: SqliteTaskStore) -> None:
-    await seed_mixed(store)
-    assert await ids(store) == ["e", "d", "c", "b", "a"]  # newest first
-    assert await ids(store, status=S.RUNNING) == ["a"]
-    assert await ids(store, status={S.PENDING, S.RUNNING, S.STOPPING}) == ["e", "c", "a"]
-    assert await ids(store, status=sorted(TERMINAL)) == ["d", "b"]
-    assert await ids(store, status=[]) == []
-    assert await ids(store, kind="crawl") == ["e", "b", "a"]
-    assert await ids(store, owner="u1") == ["e", "c", "a"]
-    assert await ids(store, owner="nobody") == []
-    assert await ids(store, kind="crawl", owner="u1", status=S.STOPPING) == ["e"]
-    assert await ids(store, kind="export", status=S.RUNNING) == []
-
-
-async def test_list_rejects_an_unknown_status(store: SqliteTaskStore) -> None:
-    with pytest.raises(TaskError, match="status"):
-        await store.list(status=["paused"])  # type: ignore[list-item]
-
-
-@pytest.mark.parametrize("limit", [0, -1, MAX_PAGE_SIZE + 1, True, 2.5])
-async def test_list_rejects_a_bad_limit(store: SqliteTaskStore, limit: object) -> None:
-    with pytest.raises(TaskError, match="limit"):
-        await store.list(limit=limit)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("cursor", ["", "!!!", "bm90IGpzb24", "WzEsMl0", "eyJhIjoxfQ", "WyJ4IiwiYSJd"])
-async def test_list_rejects_a_bad_cursor(store: SqliteTaskStore, cursor: str) -> None:
-    # garbage, "not json", [1,2], {"a":1}, ["x","a"]
-    with pytest.raises(TaskError, match="cursor"):
-        await store.list(cursor=cursor)
-
-
-# -- pagination -------------------------------------------------------------------------------
-
-
-async def page_all(store: SqliteTaskStore, limit: int, **filters: object) -> list[list[str]]:
-    pages: list[list[str]] = []
-    cursor: str | None = None
-    while True:
-        tasks, cursor = await store.list(limit=limit, cursor=cursor, **filters)  # type: ignore[arg-type]
-        pages.append([t.id for t in tasks])
-        if cursor is None:
-            return pages
-        assert len(pages) < 1000, "pagination does not end"
-
-
-async def test_pages_cover_everything_once_in_order(store: SqliteTaskStore) -> None:
-    # 137 tasks, many sharing a created_at, so the id tie-break matters.
-    expected: list[tuple[float, str]] = []
-    for i in range(137):
-        created = float(i // 4)
-        status = [S.RUNNING, S.COMPLETED, S.PENDING][i % 3]
-        await store.put(make(f"t{i:03d}", status, created=created, kind=["crawl", "export"][i % 2]))
-        expected.append((created, f"t{i:03d}"))
-    newest_first = [tid for _, tid in sorted(expected, reverse=True)]
-
-    pages = await page_all(store, limit=10)
-    assert [len(p) for p in pages] == [10] * 13 + [7]
-    flat = [tid for page in pages for tid in page]
-    assert flat == newest_first  # no duplicates, no gaps, newest first
-
-    crawl = await page_all(store, limit=7, kind="crawl", status=S.RUNNING)
-    crawl_expected = [tid for tid in newest_first if int(tid[1:]) % 2 == 0 and int(tid[1:]) % 3 == 0]
-    assert [tid for page in crawl for tid in page] == crawl_expected
-
-
-async def test_exact_multiple_has_no_empty_last_page(store: SqliteTaskStore) -> None:
-    for i in range(20):
-        await store.put(make(f"t{i:02d}", created=float(i)))
-    first, cursor = await store.list(limit=10)
-    assert len(first) == 10 and cursor is not None
-    second, cursor = await store.list(limit=10, cursor=cursor)
-    assert len(second) == 10 and cursor is None
-
-
-async def test_pages_are_stable_while_tasks_are_created_and_updated(store: SqliteTaskStore) -> None:
-    for i in range(30):
-        await store.put(make(f"t{i:02d}", S.RUNNING, created=float(i)))
-    first, cursor = await store.list(limit=10)
-    assert [t.id for t in first] == [f"t{i:02d}" for i in range(29, 19, -1)]
-    # Between pages: newer tasks arrive and an already-listed one changes.
-    for i in range(30, 40):
-        await store.put(make(f"t{i:02d}", created=float(i)))
-    await store.put(first[0].complete(100.0))
-    rest: list[str] = []
-    while cursor is not None:
-        page, cursor = await store.list(limit=10, cursor=cursor)
-        rest += [t.id for t in page]
-    assert rest == [f"t{i:02d}" for i in range(19, -1, -1)]
-
-
-async def test_empty_store_lists_nothing(store: SqliteTaskStore) -> None:
-    assert await store.list() == ([], None)
-
-
-# -- retention --------------------------------------------------------------------------------
-
-
-async def test_delete_older_than_removes_only_old_terminal_tasks(store: SqliteTaskStore) -> None:
-    await store.put(make("old-done", S.COMPLETED, created=1, finished=10))
-    await store.put(make("old-failed", S.FAILED, created=1, finished=20))
-    await store.put(make("new-done", S.COMPLETED, created=1, finished=100))
-    await store.put(make("old-running", S.RUNNING, created=1))
-    await store.put(make("old-pending", S.PENDING, created=1))
-    await store.put(make("old-stopping", S.STOPPING, created=1))
-
-    assert await store.delete_older_than(50.0) == 2
-    assert sorted(await ids(store)) == ["new-done", "old-pending", "old-running", "old-stopping"]
-    assert await store.delete_older_than(100.0) == 0  # strictly older
-    assert await store.delete_older_than(1e12) == 1
-    assert sorted(await ids(store)) == ["old-pending", "old-running", "old-stopping"]
-
-
-async def test_keep_newest_counts_and_removes_only_terminal_tasks(store: SqliteTaskStore) -> None:
-    terminal = [S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.COMPLETED]
-    for i, status in enumerate(terminal):
-        await store.put(make(f"done{i}", status, created=float(10 + i)))
-    await store.put(make("run-old", S.RUNNING, created=0))
-    await store.put(make("run-new", S.RUNNING, created=99))
-    await store.put(make("pending-old", S.PENDING, created=0))
-
-    assert await store.keep_newest(10) == 0
-    assert await store.keep_newest(2) == 3
-    assert sorted(await ids(store)) == ["done3", "done4", "pending-old", "run-new", "run-old"]
-    assert await store.keep_newest(2) == 0
-    assert await store.keep_newest(0) == 2
-    assert sorted(await ids(store)) == ["pending-old", "run-new", "run-old"]
-
-
-async def test_keep_newest_breaks_created_at_ties_by_id(store: SqliteTaskStore) -> None:
-    for tid in ["a", "b", "c"]:
-        await store.put(make(tid, S.COMPLETED, created=5))
-    assert await store.keep_newest(1) == 2
-    assert await ids(store) == ["c"]  # the same order as list: (created_at, id) descending
-
-
-@pytest.mark.parametrize("count", [-1, True, 1.5])
-async def test_keep_newest_rejects_a_bad_count(store: SqliteTaskStore, count: object) -> None:
-    with pytest.raises(TaskError, match="count"):
-        await store.keep_newest(count)  # type: ignore[arg-type]
 
 
 # -- restarts ---------------------------------------------------------------------------------
@@ -359,32 +133,7 @@ async def test_mark_interrupted_after_a_restart(tmp_path: Path) -> None:
         await third.aclose()
 
 
-# -- concurrency and lifecycle ----------------------------------------------------------------
-
-
-async def test_concurrent_puts_from_many_tasks(store: SqliteTaskStore) -> None:
-    async def producer(n: int) -> None:
-        for i in range(40):
-            task = make(f"p{n}-{i:02d}", created=float(i), owner=f"u{n}").start(float(i) + 1)
-            await store.put(task)
-            await store.put(task.progress_to(float(i) + 2, 50))
-
-    await asyncio.gather(*(producer(n) for n in range(8)))
-    tasks, cursor = await store.list(limit=MAX_PAGE_SIZE)
-    assert cursor is None
-    assert len(tasks) == len({t.id for t in tasks}) == 320
-    assert all(t.status is S.RUNNING and t.progress == 50.0 for t in tasks)
-    for n in range(8):
-        mine, _ = await store.list(owner=f"u{n}", limit=MAX_PAGE_SIZE)
-        assert len(mine) == 40
-
-
-async def test_writes_land_in_call_order(store: SqliteTaskStore) -> None:
-    # Started together and never awaited one by one: the last version started must win.
-    base = make("t1", S.RUNNING)
-    versions = [base.progress_to(2.0 + i, i % 101) for i in range(200)]
-    await asyncio.gather(*(store.put(v) for v in versions))
-    assert await store.get("t1") == versions[-1]
+# -- the worker thread and lifecycle ----------------------------------------------------------
 
 
 async def test_writes_queued_behind_a_busy_worker_land_in_call_order(store: SqliteTaskStore) -> None:
@@ -416,3 +165,43 @@ async def test_closed_store_refuses_calls_and_closes_once() -> None:
 
 async def test_aclose_without_use() -> None:
     await SqliteTaskStore().aclose()
+
+
+async def test_a_file_from_schema_version_1_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> None:
+    """A task file written before versions existed: its rows start at version 1, unheld."""
+    path = tmp_path / "tasks.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, title TEXT NOT NULL,"
+        " owner TEXT, status TEXT NOT NULL, progress REAL, step TEXT, message TEXT, result TEXT,"
+        " error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL,"
+        " finished_at REAL, deadline REAL, metadata TEXT NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO tasks VALUES ('t1', 'crawl', 'Old', 'ann', 'running', 40.0, 'fetch', NULL,"
+        " NULL, NULL, 1.0, 2.0, 1.5, NULL, NULL, '{}')"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SqliteTaskStore(path)
+    try:
+        stored = await store.read("t1")
+        assert stored is not None and (stored.version, stored.node) == (1, None)
+        assert stored.task.status is S.RUNNING and stored.task.progress == 40.0
+        assert (await store.swap(stored.task.progress_to(3.0, 50), version=1, node="n1")).ok
+    finally:
+        await store.aclose()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+    assert db.execute("SELECT version, node FROM tasks").fetchall() == [(2, "n1")]
+    db.close()
+
+
+async def test_a_sqlite_store_has_no_leases() -> None:
+    """One process per file: ``mark_interrupted`` at startup, not leases, ends a dead one's work."""
+    store = SqliteTaskStore()
+    try:
+        assert store.leases is None
+    finally:
+        await store.aclose()

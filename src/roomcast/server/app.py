@@ -30,6 +30,7 @@ from roomcast.server.config import Settings
 from roomcast.tasks.model import Task, task_room
 from roomcast.tasks.poller import TaskPoller
 from roomcast.tasks.service import TaskService
+from roomcast.tasks.store_redis import RedisTaskStore
 from roomcast.tasks.store_sqlite import SqliteTaskStore
 from roomcast.transports.base import (
     CorsPolicy,
@@ -181,7 +182,11 @@ class App:
             max_messages_per_second=settings.max_messages_per_second,
             message_burst=settings.message_burst,
         )
-        self.task_store = SqliteTaskStore(settings.task_db)
+        # With --redis every node shares the tasks (and --task-db is not used): a SQLite file
+        # is one process's, and its startup sweep would fail the other nodes' running tasks.
+        self.task_store: SqliteTaskStore | RedisTaskStore = (
+            RedisTaskStore(settings.redis_url) if settings.redis_url is not None else SqliteTaskStore(settings.task_db)
+        )
         self.tasks = self.hub.tasks = TaskService(
             self.hub,
             self.task_store,
@@ -190,6 +195,7 @@ class App:
             list_rooms=settings.task_list_rooms,
             keep_days=settings.task_keep_days,
             keep_count=settings.task_keep_count,
+            cluster=self.hub.nodes.cluster,  # a stop reaches the node running the task's producer
         )
         self.pollers = TaskPoller(self.tasks)  # tasks that follow an upstream job's URL
         self.api = ApiServer(

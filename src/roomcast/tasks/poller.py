@@ -45,6 +45,9 @@ The policy, chosen so that an upstream can never corrupt a task nor leave it run
   there is no standard stop URL. A task ended another way (deadline, API) just ends its poller.
 * **Close.** ``aclose`` fails every followed task with ``CLOSED_REASON``. Polling is not
   durable: a restart does not resume it (the service fails unfinished tasks at startup).
+* **Nodes.** The poller is the task's producer, so following a task holds it on this node
+  (``TaskService.hold``): a stop sent to any node of a ``--redis`` hub reaches this poller,
+  and if this process dies another node fails the task as lost once its lease lapses.
 
 The URL is fetched by the server, so whoever may create tasks may make it fetch any address
 it can reach: the API key is for trusted backends. Headers (tokens for the upstream) are kept
@@ -356,6 +359,8 @@ class TaskPoller:
         watch = self._watches[task_id] = _Watch(spec)  # held from here: a second follow is refused
         try:
             task = await self._service.get(task_id)
+            if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+                task = await self._service.hold(task_id)  # its producer runs here from now on
             if task.status is TaskStatus.PENDING:
                 task = await self._service.begin(task_id)
             if task.status is not TaskStatus.RUNNING:

@@ -45,6 +45,12 @@ names the holder's pid. Why this lock and not another:
 * the lock file is never deleted: removing it would let a newcomer lock a fresh file while
   the old holder still locks the unlinked one.
 
+Versions and ``swap``. Each row carries the task's ``version`` and the ``node`` holding it
+(``TaskStore``). With one process per file no other writer can race this one, so ``swap``
+is a plain ``UPDATE … WHERE version = ?`` on the worker thread; it is kept so that the
+service runs one code path on every store. ``leases`` is ``None``: the lock above is what
+makes ``mark_interrupted`` at startup safe, and there is no other live node to outlive.
+
 Schema versioning uses ``PRAGMA user_version``: 0 is an empty file, each entry of
 ``_MIGRATIONS`` moves it up by one inside one transaction, and a file from a newer roomcast
 is refused rather than misread.
@@ -53,8 +59,6 @@ is refused rather than misread.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import builtins
 import os
 import sqlite3
@@ -67,14 +71,24 @@ from typing import Any, TypeVar
 
 from roomcast import _json
 from roomcast.errors import InvalidState, TaskError
-from roomcast.tasks.model import TERMINAL, Task, TaskStatus
-from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, StatusFilter
+from roomcast.tasks.model import TERMINAL, Task
+from roomcast.tasks.store import (
+    DEFAULT_PAGE_SIZE,
+    StatusFilter,
+    Stored,
+    Swap,
+    check_count,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    status_values,
+)
 
 __all__ = ["SqliteTaskStore", "SCHEMA_VERSION"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 → 1. Scalar fields are real columns (filters, indexes, ad-hoc ``sqlite3`` queries);
@@ -107,6 +121,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX tasks_by_kind ON tasks (kind, created_at, id)",
         "CREATE INDEX tasks_by_owner ON tasks (owner, created_at, id)",
     ),
+    # 1 → 2. The compare-and-set version and the node holding the task (``TaskStore``).
+    # Rows from version 1 start at 1: any number works, as long as every write adds one.
+    (
+        "ALTER TABLE tasks ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE tasks ADD COLUMN node TEXT",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -116,18 +136,25 @@ _COLUMNS = (
 )
 _NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
 _TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL)) + ")"
+_SET_ALL = ", ".join(f"{name} = excluded.{name}" for name in _NAMES[1:])
 
 # Upsert that leaves a stored terminal task alone: the store half of "terminal is final".
 _PUT = f"""
     INSERT INTO tasks ({_COLUMNS}) VALUES ({", ".join("?" * 16)})
-    ON CONFLICT (id) DO UPDATE SET
-        kind = excluded.kind, title = excluded.title, owner = excluded.owner,
-        status = excluded.status, progress = excluded.progress, step = excluded.step,
-        message = excluded.message, result = excluded.result, error = excluded.error,
-        created_at = excluded.created_at, updated_at = excluded.updated_at,
-        started_at = excluded.started_at, finished_at = excluded.finished_at,
-        deadline = excluded.deadline, metadata = excluded.metadata
+    ON CONFLICT (id) DO UPDATE SET {_SET_ALL}, version = tasks.version + 1
     WHERE tasks.status NOT IN {_TERMINAL_SQL}
+"""
+
+# ``swap`` with version 0: a new task, or nothing.
+_CREATE = f"""
+    INSERT INTO tasks ({_COLUMNS}, version, node) VALUES ({", ".join("?" * 18)})
+    ON CONFLICT (id) DO NOTHING
+"""
+
+# ``swap`` over a version: the row only if it still holds that version and has not ended.
+_SWAP = f"""
+    UPDATE tasks SET {", ".join(f"{name} = ?" for name in _NAMES[1:])}, node = ?, version = version + 1
+    WHERE id = ? AND version = ? AND status NOT IN {_TERMINAL_SQL}
 """
 
 
@@ -180,16 +207,33 @@ class SqliteTaskStore:
 
     # -- TaskStore ---------------------------------------------------------------------------
 
+    @property
+    def leases(self) -> None:
+        """``None``: one process per file (see the module), so nothing to lease."""
+        return None
+
     async def put(self, task: Task) -> bool:
         row = _to_row(task)  # encode on the loop: a bad value fails at the caller's line
         return await self._run(lambda conn: conn.execute(_PUT, row).rowcount == 1)
 
-    async def get(self, task_id: str) -> Task | None:
-        def get(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return None if row is None else _from_row(row)
+    async def swap(self, task: Task, *, version: int, node: str | None) -> Swap:
+        row = _to_row(task)
 
-        return await self._run(get)
+        def swap(conn: sqlite3.Connection) -> Swap:
+            if version == 0:
+                written = conn.execute(_CREATE, (*row, 1, node)).rowcount == 1
+            else:
+                written = conn.execute(_SWAP, (*row[1:], node, task.id, version)).rowcount == 1
+            return Swap(written, _read(conn, task.id))
+
+        return await self._run(swap)
+
+    async def get(self, task_id: str) -> Task | None:
+        stored = await self.read(task_id)
+        return None if stored is None else stored.task
+
+    async def read(self, task_id: str) -> Stored | None:
+        return await self._run(lambda conn: _read(conn, task_id))
 
     async def list(
         self,
@@ -200,12 +244,11 @@ class SqliteTaskStore:
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
     ) -> tuple[builtins.list[Task], str | None]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PAGE_SIZE:
-            raise TaskError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+        check_limit(limit)
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         if status is not None:
-            statuses = _statuses(status)
+            statuses = status_values(status)
             if not statuses:
                 return [], None
             where.append(f"status IN ({', '.join('?' * len(statuses))})")
@@ -218,7 +261,7 @@ class SqliteTaskStore:
             params.append(owner)
         if cursor is not None:
             where.append("(created_at, id) < (?, ?)")
-            params.extend(_decode_cursor(cursor))
+            params.extend(decode_cursor(cursor))
         sql = f"SELECT {_COLUMNS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -234,15 +277,14 @@ class SqliteTaskStore:
         if len(tasks) <= limit:
             return tasks, None
         del tasks[limit:]
-        return tasks, _encode_cursor(tasks[-1])
+        return tasks, encode_cursor(tasks[-1])
 
     async def delete_older_than(self, ts: float) -> int:
         sql = f"DELETE FROM tasks WHERE status IN {_TERMINAL_SQL} AND COALESCE(finished_at, updated_at) < ?"
         return await self._run(lambda conn: conn.execute(sql, (ts,)).rowcount)
 
     async def keep_newest(self, count: int) -> int:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise TaskError(f"count must be a non-negative integer, got {count!r}")
+        check_count(count)
 
         def trim(conn: sqlite3.Connection) -> int:
             with _transaction(conn):
@@ -445,6 +487,11 @@ def _to_row(task: Task) -> tuple[Any, ...]:
     )
 
 
+def _read(conn: sqlite3.Connection, task_id: str) -> Stored | None:
+    row = conn.execute(f"SELECT {_COLUMNS}, version, node FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return None if row is None else Stored(_from_row(row[:-2]), row[-2], row[-1])
+
+
 def _from_row(row: Sequence[Any]) -> Task:
     # Through ``Task.from_json`` so that a row edited by hand is checked like any input.
     data = dict(zip(_NAMES, row))
@@ -455,29 +502,3 @@ def _from_row(row: Sequence[Any]) -> Task:
         return Task.from_json(data)
     except (ValueError, TypeError, TaskError) as exc:  # JSONDecodeError is a ValueError
         raise TaskError(f"stored task {data['id']!r} is unreadable ({exc})") from None
-
-
-def _statuses(status: StatusFilter) -> builtins.list[str]:
-    given = [status] if isinstance(status, (str, TaskStatus)) else builtins.list(status or ())
-    try:
-        return [TaskStatus(s).value for s in given]
-    except ValueError:
-        raise TaskError(f"unknown task status in {status!r}") from None
-
-
-def _encode_cursor(last: Task) -> str:
-    raw = _json.dumps([last.created_at, last.id])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, task_id = _json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise TaskError("invalid cursor") from None
-    if isinstance(created_at, bool) or not isinstance(created_at, (int, float)):
-        raise TaskError("invalid cursor")
-    if not isinstance(task_id, str):
-        raise TaskError("invalid cursor")
-    return float(created_at), task_id
