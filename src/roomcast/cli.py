@@ -20,7 +20,7 @@ from roomcast.errors import PublishError, TaskError
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.config import Settings
-from roomcast.server.runner import run
+from roomcast.server.runner import NEEDS_REDIS, run, run_workers
 from roomcast.tail import Tail
 from roomcast.tasks.model import TaskEvents, TaskStatus, parse_event_aliases
 
@@ -379,6 +379,16 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     "Without it this process serves alone.",
 )
 @click.option(
+    "--workers",
+    envvar="ROOMCAST_WORKERS",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    show_envvar=True,
+    help="Processes serving the port together (SO_REUSEPORT), for more cores; needs --redis. "
+    "A worker that dies is started again; SIGTERM or Ctrl-C stops them all.",
+)
+@click.option(
     "--api-key",
     envvar="ROOMCAST_API_KEY",
     show_envvar=True,
@@ -436,10 +446,13 @@ def serve(
     max_messages_per_second: float,
     message_burst: int,
     redis_url: str | None,
+    workers: int,
     api_key: str | None,
     poll_allow: tuple[str, ...],
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
+    if workers > 1 and redis_url is None:  # refused before anything else: nothing starts
+        _usage_error(NEEDS_REDIS.format(workers=workers))
     if ping_interval <= 0 or ping_timeout <= 0 or sse_heartbeat <= 0:
         raise click.BadParameter("ping interval, ping timeout and SSE heartbeat must be > 0")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -497,15 +510,30 @@ def serve(
         click.echo(f"  browser    {base}/roomcast.js  (ES module for pages on /ws or SSE)")
         click.echo(f"  health     {base}/healthz")
         click.echo(f"  readiness  {base}/readyz")
+        if workers > 1:
+            click.echo(f"  workers    {workers} processes on this port (SO_REUSEPORT), rooms shared through Redis")
 
     try:
-        app = App(settings=settings)
+        app = App(settings=settings)  # with --workers too: checked once here, not N times
     except ValueError as exc:  # an unsafe or inconsistent auth configuration
         raise click.BadParameter(str(exc)) from exc
+    if workers > 1:
+        del app  # never started: each worker builds its own, with its own node identity
+        try:
+            code = run_workers(settings, workers, on_ready=ready)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+        raise SystemExit(code)
     try:
         run(app, on_ready=ready)
     except TaskError as exc:  # the task database is another running server's, or unreadable
         raise click.ClickException(str(exc)) from None
+
+
+def _usage_error(message: str) -> NoReturn:
+    """A refused combination of options: one line on stderr and exit status 2."""
+    click.echo(f"roomcast serve: {message}", err=True)
+    raise SystemExit(2)
 
 
 def _task_aliases(specs: tuple[str, ...]) -> dict[str, TaskEvents]:

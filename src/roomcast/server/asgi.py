@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import types
 from collections import deque
@@ -237,11 +238,37 @@ class AsgiStream(AsgiSender):
 
 
 class RoomcastApp:
-    """A plain ASGI 3 application serving ``app``, or a new ``App(hub, settings)`` without one."""
+    """A plain ASGI 3 application serving ``app``, or a new ``App(hub, settings)`` without one.
 
-    def __init__(self, app: App | None = None, *, hub: Hub | None = None, settings: Settings | None = None) -> None:
-        if app is not None and (hub is not None or settings is not None):
-            raise TypeError("pass either an App or hub/settings to build one, not both")
+    ``redis="redis://..."`` (or ``settings=Settings(redis_url=...)``) makes the new hub share
+    its rooms through that Redis: what ``uvicorn --workers N`` (or several hosts behind a
+    load balancer) needs, since each worker process imports the module and builds its own
+    ``RoomcastApp``, with its own hub and node identity. Without a shared Redis each worker
+    would hold only the subscribers that happened to connect to it. The hub is built here,
+    so handlers go on ``rt.hub``; ``redis=`` with ``hub=`` is a ``TypeError``, since a hub
+    already built has its broker and the URL would be silently ignored.
+    """
+
+    def __init__(
+        self,
+        app: App | None = None,
+        *,
+        hub: Hub | None = None,
+        settings: Settings | None = None,
+        redis: str | None = None,
+    ) -> None:
+        if app is not None and (hub is not None or settings is not None or redis is not None):
+            raise TypeError("pass either an App or hub/settings/redis to build one, not both")
+        if redis is not None:
+            if hub is not None:  # a hub comes with its broker: redis= would be silently ignored
+                raise TypeError(
+                    "redis= builds the hub on that Redis, but hub= passes one already built: leave "
+                    "hub= out and register handlers on the new app's .hub, or build your hub on "
+                    "Redis and pass settings=Settings(redis_url=...) for the rest"
+                )
+            if settings is not None and settings.redis_url not in (None, redis):
+                raise TypeError("redis= and settings.redis_url name different Redis servers: pass one")
+            settings = dataclasses.replace(settings if settings is not None else Settings(), redis_url=redis)
         self.app = app if app is not None else App(hub, settings)
         self.hub = self.app.hub
         self.settings = self.app.settings
