@@ -28,6 +28,8 @@ from roomcast.tasks.model import Task, TaskEvents, TaskStatus
 from roomcast.tasks.service import TaskHandle, TaskService
 from roomcast.types import Publication, StreamPosition
 
+# The one source of the version: setuptools reads this line for the package metadata
+# (pyproject.toml, [tool.setuptools.dynamic]); keep it a plain string literal.
 __version__ = "0.1.0"
 
 __all__ = [
