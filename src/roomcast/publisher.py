@@ -603,7 +603,7 @@ class RedisPublisher:
             encoded, binary = prepare(event, args)
         except InvalidPublication as exc:
             raise PublishError(400, "bad_request", str(exc)) from None
-        return publish_call(room, event, time.time(), encoded, binary, self._history_size, self._ttl)
+        return publish_call(room, event, time.time(), args, encoded, binary, self._history_size, self._ttl)
 
     def _script(self) -> Any:
         loop = asyncio.get_running_loop()

@@ -43,14 +43,20 @@ expire ``history_ttl`` seconds after its last publication: history, epoch and te
 go together, and the room comes back under a new epoch. A node has ``rc:alive:<node_id>``
 and the channel ``rc:node:<node_id>``.
 
+**Binary attachments** cross nodes as bytes: a publication's wire form is its serialised
+data (``json_safe``'s form, where bytes are ``{"$binary": "<base64>"}``) and, in place of
+the ``binary`` flag, the path to each of those objects that stood for bytes. A receiving
+node turns exactly those back into bytes, once per publication, so Socket.IO sends them as
+attachments on every node, while SSE and ``/ws`` embed the serialised data as they are.
+
 What it does not do yet: Redis Cluster (it talks to one Redis, or the master a Sentinel
-names; ``presence`` reads liveness keys outside the room's slot), and binary attachments
-across nodes (they arrive in ``json_safe``'s form).
+names; ``presence`` reads liveness keys outside the room's slot).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import secrets
@@ -415,7 +421,7 @@ class RedisBroker:
     ) -> Publication:
         if encoded is None:
             encoded = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in data)
-        keys, args = publish_call(room, event, ts, encoded, binary, self._history_size, self._ttl)
+        keys, args = publish_call(room, event, ts, data, encoded, binary, self._history_size, self._ttl)
         try:
             epoch, offset = await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -578,23 +584,82 @@ IDEMPOTENCY_WINDOW = 300
 
 
 def publish_call(
-    room: RoomName, event: str, ts: float, encoded: tuple[bytes, ...], binary: bool, history_size: int, ttl: int
+    room: RoomName,
+    event: str,
+    ts: float,
+    data: tuple[JSONValue, ...],
+    encoded: tuple[bytes, ...],
+    binary: bool,
+    history_size: int,
+    ttl: int,
 ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of ``PUBLISH_SCRIPT`` for one publication: the one wire form.
+
+    The payload is ``[event, ts, attachments, [each argument's JSON text]]``: the texts are
+    ``encoded`` as the hub serialised them (``hub.publication.prepare``), and
+    ``attachments`` is ``false``, or for a publication with binary attachments (``binary``)
+    the path from ``data`` to each of them (``[argument index, key or index, ...]``), which
+    in the texts is ``json_safe``'s ``{"$binary": "<base64>"}``. The bytes travel once, in
+    the base64 the JSON transports embed anyway, so a receiving node encodes nothing again
+    and the payload stays one JSON text; the paths tell bytes from application data that
+    merely looks like ``{"$binary": ...}``. A node of the previous release, which had
+    ``true`` there, reads a list as true and delivers the JSON form as it did.
 
     Made once per publish call, so redis-py's automatic retries resend the same idempotency
     key: a publish whose answer was lost on the way back (the connection cut after Redis ran
     it) is answered from ``rc:{room}:i:<key>`` when retried, never appended twice.
     """
-    payload = _json.dumps([event, ts, binary, [raw.decode() for raw in encoded]])
+    attachments: list[list[int | str]] | bool = False
+    if binary:
+        attachments = []
+        for index, arg in enumerate(data):
+            _find_binary(arg, [index], attachments)
+    payload = _json.dumps([event, ts, attachments or binary, [raw.decode() for raw in encoded]])
     meta, stream, _, _, channel = _keys(room)
     done = f"rc:{{{room}}}:i:{secrets.token_urlsafe(12)}"
     return [meta, stream, channel, done], [secrets.token_urlsafe(6), history_size, ttl, payload, IDEMPOTENCY_WINDOW]
 
 
+def _find_binary(value: Any, path: list[int | str], out: list[list[int | str]]) -> None:
+    """Append to ``out`` the path to each binary leaf of ``value`` (at ``path``), with keys as
+    ``json_safe`` writes them."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        out.append(path.copy())
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            path.append(_json.json_safe(key) if isinstance(key, str) and not key.isascii() else key)
+            _find_binary(item, path, out)
+            path.pop()
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            path.append(index)
+            _find_binary(item, path, out)
+            path.pop()
+
+
 def _publication(room: RoomName, epoch: str, offset: int, payload: bytes) -> Publication:
-    """A publication from its wire form: decoded once per node, its bytes kept for encoders."""
-    event, ts, binary, raws = _json.loads(payload)
+    """A publication from its wire form: decoded once per node, its bytes kept for encoders,
+    its binary attachments made bytes again (see ``publish_call``)."""
+    event, ts, attachments, raws = _json.loads(payload)
     encoded = tuple(raw.encode() for raw in raws)
-    data = tuple(_json.loads(raw) for raw in encoded)
-    return Publication(room, event, data, StreamPosition(epoch, offset), ts, encoded, binary)
+    data = [_json.loads(raw) for raw in encoded]
+    if type(attachments) is list:
+        for path in attachments:
+            _restore(data, path)
+    return Publication(room, event, tuple(data), StreamPosition(epoch, offset), ts, encoded, bool(attachments))
+
+
+def _restore(data: list[Any], path: Any) -> None:
+    """Replace the ``{"$binary": "<base64>"}`` at ``path`` in ``data`` by its bytes. A path
+    that leads to nothing of that form (a stream entry not written by ``publish_call``) is
+    left alone: one odd entry must not stop a node's delivery."""
+    try:
+        node: Any = data
+        for step in path[:-1]:
+            node = node[step]
+        leaf = path[-1]
+        blob = node[leaf]
+        if type(blob) is dict and len(blob) == 1 and type(blob.get("$binary")) is str:
+            node[leaf] = base64.b64decode(blob["$binary"], validate=True)
+    except (LookupError, TypeError, ValueError):  # binascii.Error is a ValueError
+        pass

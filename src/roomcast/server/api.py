@@ -53,7 +53,7 @@ from roomcast.tasks.poller import PollSpec, TaskPoller
 from roomcast.tasks.service import TaskService
 from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
-from roomcast.types import MAX_NAME_LENGTH, MAX_OFFSET, StreamPosition
+from roomcast.types import MAX_NAME_LENGTH, MAX_OFFSET, Publication, StreamPosition
 
 __all__ = ["ApiServer", "OPENAPI"]
 
@@ -75,6 +75,14 @@ class BadRequest(Exception):
 
 def _ok(body: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(status, _json.dumps(body), [], "application/json")
+
+
+def _history_data(publication: Publication) -> Any:
+    """A publication's arguments as the JSON transports carry them: binary attachments as
+    ``{"$binary": "<base64>"}`` (``_json.json_safe``), embedded as serialised when published."""
+    if publication.encoded is not None:
+        return _json.embed(publication.encoded)
+    return _json.json_safe(list(publication.data))
 
 
 def _name(value: Any, what: str) -> str:
@@ -368,7 +376,7 @@ class ApiServer:
                 "offset": result.position.offset,
                 "complete": result.complete,
                 "publications": [
-                    {"offset": p.position.offset, "event": p.event, "data": list(p.data), "ts": p.ts}
+                    {"offset": p.position.offset, "event": p.event, "data": _history_data(p), "ts": p.ts}
                     for p in result.publications
                 ],
             }
