@@ -34,7 +34,7 @@ async def running(app: App) -> AsyncIterator[RunningServer]:
     """Serve ``app`` on the native door at 127.0.0.1:0 for the duration of the block."""
     s = app.settings
     await app.startup()
-    counters = DoorCounters()
+    counters = app.door_counters  # the ones its /metrics reads
     server = await serve(app, "127.0.0.1", 0, limits=DoorLimits.from_settings(s), counters=counters)
     host, port = server.sockets[0].getsockname()[:2]
     try:

@@ -224,12 +224,14 @@ class Authenticator:
     the token or key material. The PyJWT exception stays as ``__cause__`` for server logs.
     """
 
-    __slots__ = ("config", "_key", "_algorithms")
+    __slots__ = ("config", "_key", "_algorithms", "refused", "denied")
 
     def __init__(self, config: AuthConfig) -> None:
         if config.open:
             raise ValueError("an open configuration (no secret, no public key) needs no Authenticator")
         self.config = config
+        self.refused = 0  # tokens refused (``verify``), for operators
+        self.denied = 0  # actions a valid token does not grant (``permit``)
         self._key: Any = config.secret
         self._algorithms: list[str] = list(config.algorithms)
         if config.public_key is not None:
@@ -273,6 +275,25 @@ class Authenticator:
             Unauthorized: missing, malformed, badly signed, wrong ``alg``/``aud``/``iss``,
                 expired or not yet valid token, or malformed ``sub``/``rooms`` claims.
         """
+        try:
+            return self._verify(token, now)
+        except Unauthorized:
+            self.refused += 1
+            raise
+
+    def permit(self, claims: Claims, action: Literal["subscribe", "publish"], room: RoomName) -> None:
+        """``require(claims, action, room)``, counting a refusal in ``denied``.
+
+        Raises:
+            PermissionDenied: ``claims`` do not allow ``action`` on ``room``.
+        """
+        try:
+            require(claims, action, room)
+        except PermissionDenied:
+            self.denied += 1
+            raise
+
+    def _verify(self, token: str | None, now: float | None) -> Claims:
         config = self.config
         if not token:
             raise Unauthorized("token required")

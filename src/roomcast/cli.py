@@ -397,6 +397,14 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     "API answers loopback clients only.",
 )
 @click.option(
+    "--metrics-key",
+    envvar="ROOMCAST_METRICS_KEY",
+    show_envvar=True,
+    default=None,
+    help="Key a Prometheus server presents to GET /metrics (Authorization: Bearer), besides --api-key, "
+    "so it can scrape without the key that publishes. Without either, /metrics answers loopback clients only.",
+)
+@click.option(
     "--poll-allow",
     "poll_allow",
     envvar="ROOMCAST_POLL_ALLOW",
@@ -448,6 +456,7 @@ def serve(
     redis_url: str | None,
     workers: int,
     api_key: str | None,
+    metrics_key: str | None,
     poll_allow: tuple[str, ...],
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
@@ -490,6 +499,7 @@ def serve(
         message_burst=message_burst,
         redis_url=redis_url,
         api_key=api_key,
+        metrics_key=metrics_key,
         poll_allow=poll_allow or None,
         recovery_window=recovery_window,
         task_db=task_db,
@@ -510,6 +520,7 @@ def serve(
         click.echo(f"  browser    {base}/roomcast.js  (ES module for pages on /ws or SSE)")
         click.echo(f"  health     {base}/healthz")
         click.echo(f"  readiness  {base}/readyz")
+        click.echo(f"  metrics    {base}/metrics  (Prometheus)")
         if workers > 1:
             click.echo(f"  workers    {workers} processes on this port (SO_REUSEPORT), rooms shared through Redis")
 

@@ -33,6 +33,7 @@ from roomcast import disconnect
 from roomcast.broker.base import Broker
 from roomcast.broker.memory import MemoryBroker
 from roomcast.cluster.base import Cluster, LocalCluster
+from roomcast.disconnect import Disconnect
 from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded, ShuttingDown
 from roomcast.hub.connection import Connection
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
@@ -99,10 +100,13 @@ class Hub:
         self._chains: dict[RoomName, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.published = 0
-        self.delivered = 0
+        # Counted for operators (``server.metrics`` reads them when scraped), never per recipient:
+        self.accepted = 0  # publications accepted by ``publish`` here (given a position)
+        self.published = 0  # publications fanned out to this node's members
+        self.delivered = 0  # writes of a publication to a member
         self.slow_disconnects = 0
         self.stream_losses = 0
+        self.disconnects: dict[Disconnect | None, int] = {}  # ended connections by reason
         self._closing = False
 
     # -- lifecycle --------------------------------------------------------------------
@@ -174,9 +178,11 @@ class Hub:
     def add_connection(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
 
-    def remove_connection(self, conn: Connection) -> None:
-        """Forget ``conn`` and its memberships. Transports call this once when it ends."""
-        self.connections.pop(conn.id, None)
+    def remove_connection(self, conn: Connection, reason: Disconnect | None = None) -> None:
+        """Forget ``conn`` and its memberships. Transports call this when it ends, with why:
+        the first call for a connection counts it in ``disconnects`` under ``reason``."""
+        if self.connections.pop(conn.id, None) is not None:
+            self.disconnects[reason] = self.disconnects.get(reason, 0) + 1
         for room in list(conn.rooms):
             self.leave(conn, room)
 
@@ -366,6 +372,7 @@ class Hub:
             raise ShuttingDown(f"the hub is closing: {event!r} to {room!r} was not published")
         encoded, binary = prepare(event, args)
         pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary)
+        self.accepted += 1
         return pub.position
 
     def publish_threadsafe(

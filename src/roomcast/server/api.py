@@ -55,7 +55,7 @@ from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
 from roomcast.types import MAX_NAME_LENGTH, MAX_OFFSET, Publication, StreamPosition
 
-__all__ = ["ApiServer", "OPENAPI"]
+__all__ = ["ApiServer", "OPENAPI", "route_label"]
 
 logger = logging.getLogger("roomcast.api")
 
@@ -238,6 +238,8 @@ class ApiServer:
         self.poll_any = "*" in poll_allow
         self.poll_prefixes = tuple(_poll_prefix(entry) for entry in poll_allow if entry != "*")
         self.refused = 0
+        self.requests: dict[tuple[str, str, int], int] = {}
+        """Answers by method, route and status, for operators (``route_label``: a fixed set)."""
         self.accepting = True
 
     def stop_accepting(self) -> None:
@@ -252,6 +254,13 @@ class ApiServer:
         self.accepting = False
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        response = await self._answer(request)
+        method = request.method if request.method in _METHODS else "other"
+        key = (method, route_label(request.path), response.status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        return response
+
+    async def _answer(self, request: HttpRequest) -> HttpResponse:
         path, method = request.path.rstrip("/") or "/", request.method
         if path == "/api/openapi.json" and method == "GET":
             return _ok(OPENAPI)
@@ -302,7 +311,18 @@ class ApiServer:
             return api_error(400, "bad_request", str(exc))
 
     def _check_key(self, request: HttpRequest) -> HttpResponse | None:
-        if self.api_key is None:
+        return self.check_access(request)
+
+    def check_access(self, request: HttpRequest, *, also: str | None = None) -> HttpResponse | None:
+        """The API's rule, for the routes protected like it (``/metrics``): ``None`` when
+        ``request`` may pass, else the refusal to answer.
+
+        With a key configured (the API key, or ``also``: another key accepted besides it), the
+        request must present one of them (401 otherwise); with none, the keyless rule applies
+        (loopback only, no proxy, 403 otherwise: the module docstring).
+        """
+        keys = [key for key in (self.api_key, also) if key]
+        if not keys:
             return self._check_local(request)
         presented = request.headers.get("x-api-key")
         authorization = request.headers.get("authorization", "")
@@ -310,7 +330,8 @@ class ApiServer:
             presented = authorization[7:].strip()
         if presented is None:
             return api_error(401, "unauthorized", "API key required (Authorization: Bearer <key> or X-API-Key)")
-        if not hmac.compare_digest(presented.encode(), self.api_key.encode()):
+        matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]  # each compared
+        if not any(matches):
             return api_error(401, "unauthorized", "invalid API key")
         return None
 
@@ -494,6 +515,23 @@ class ApiServer:
         body = _body(request) if request.body else {}
         by = body.get("by")
         return _ok((await self._service().request_stop(task_id, by=by if isinstance(by, str) else None)).to_json())
+
+
+_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def route_label(path: str) -> str:
+    """The route a request path falls under, as ``/metrics`` labels API requests: a route of
+    ``ROUTES``, ``/api/tasks/{id}`` with its action, ``/api/openapi.json``, or ``other``. A
+    fixed set, whatever paths clients send, so the labels cannot grow without bound."""
+    path = path.rstrip("/") or "/"
+    if path in ROUTES or path == "/api/openapi.json":
+        return path
+    if path.startswith("/api/tasks/"):
+        task_id, _, action = path[len("/api/tasks/") :].partition("/")
+        if task_id and action in TASK_ROUTES:
+            return "/api/tasks/{id}" + (f"/{action}" if action else "")
+    return "other"
 
 
 TaskRoute = Callable[["ApiServer", HttpRequest, str], Awaitable[HttpResponse]]

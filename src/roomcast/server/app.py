@@ -27,6 +27,8 @@ from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.server.api import ApiServer
 from roomcast.server.config import Settings
+from roomcast.server.door_limits import DoorCounters
+from roomcast.server.metrics import Metrics
 from roomcast.tasks.model import Task, task_room
 from roomcast.tasks.poller import TaskPoller
 from roomcast.tasks.service import TaskService
@@ -201,6 +203,10 @@ class App:
         self.api = ApiServer(
             self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers, poll_allow=settings.poll_allow
         )
+        self.door = "native"
+        """The front door serving this app (``"asgi"`` once ``RoomcastApp`` wraps it), for metrics."""
+        self.door_counters = DoorCounters()  # the native door counts here (``server.runner``)
+        self.metrics = Metrics(self)  # GET /metrics
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
         self._ready = False
@@ -241,6 +247,7 @@ class App:
             await self.task_store.aclose()  # releases the file for the server that may follow
             await self.hub.aclose()
             raise
+        self.metrics.start()
         self._ready = True
 
     async def shutdown(self, reason: Disconnect | None = None) -> None:
@@ -276,6 +283,7 @@ class App:
         self.expiry.close()
         await self.socketio.aclose()  # the sessions just saved reach Redis before it closes
         await self.hub.aclose()
+        await self.metrics.aclose()  # after every disconnect is counted: the final figures
         await self.task_store.aclose()
 
     def _route(self, path: str) -> EngineIOServer | None:
@@ -299,6 +307,8 @@ class App:
             return json_error(413, 3, "Payload too large")
         if request.path == "/healthz":
             return HttpResponse(200, b"ok")
+        if request.path == "/metrics":
+            return await self.metrics.handle(request)
         if request.path == "/roomcast.js":
             return _serve_browser_module(request)
         if request.path == "/readyz":

@@ -270,6 +270,7 @@ class RoomcastApp:
                 raise TypeError("redis= and settings.redis_url name different Redis servers: pass one")
             settings = dataclasses.replace(settings if settings is not None else Settings(), redis_url=redis)
         self.app = app if app is not None else App(hub, settings)
+        self.app.door = "asgi"  # its metrics label connections with the door that serves them
         self.hub = self.app.hub
         self.settings = self.app.settings
         self._starting = asyncio.Lock()

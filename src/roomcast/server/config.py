@@ -96,6 +96,9 @@ class Settings:
         jwt_leeway: seconds of clock skew allowed on ``exp``.
         api_key: the key backends present to ``/api/``; without one the API answers
             loopback clients only.
+        metrics_key: a key that ``GET /metrics`` accepts besides ``api_key``, so a Prometheus
+            server can scrape without holding the key that publishes. Without either key,
+            ``/metrics`` answers loopback clients only, as the API does.
         poll_allow: URL prefixes (``https://api.example.com/jobs/``) or ``"*"`` that a task's
             ``"poll"`` spec may name, since the server fetches them; ``None``: any URL with an
             ``api_key``, none without one (any local program could make it fetch for them).
@@ -150,6 +153,7 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_leeway: float = 0.0
     api_key: str | None = field(default=None, repr=False)
+    metrics_key: str | None = field(default=None, repr=False)
     poll_allow: tuple[str, ...] | None = None
     task_db: str = "roomcast-tasks.db"
     task_stop_grace: float = 5.0

@@ -65,12 +65,15 @@ class DoorLimits:
 
 @dataclass(slots=True)
 class DoorCounters:
-    """What the door refused or cut, for operators (one per server)."""
+    """What the door refused or cut, for operators (one per server; ``App.door_counters`` is the
+    one ``/metrics`` reads)."""
 
     refused_heads: int = 0
+    bad_requests: int = 0  # requests httptools could not parse, bad WebSocket handshakes: 400
     timeouts: int = 0
     output_cut: int = 0
     slow_goodbyes: int = 0
     slow_aborts: int = 0
     refused_connections: int = 0  # past max_connections: 503
     refused_per_address: int = 0  # past max_connections_per_address: 429
+    open_connections: int = 0  # TCP connections held now (a gauge, kept by the door's gate)

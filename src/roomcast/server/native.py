@@ -152,11 +152,13 @@ class ConnectionGate:
         if per_address:
             self.per_address[address] = held + 1
         self.open += 1
+        self.counters.open_connections += 1
         return None
 
     def release(self, address: str) -> None:
         """A connection ``admit`` counted has ended."""
         self.open -= 1
+        self.counters.open_connections -= 1
         if self.max_per_address:
             held = self.per_address.pop(address) - 1
             if held:
@@ -280,6 +282,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._reply_and_close(json_error(500, 500, "Internal server error"))
         except httptools.HttpParserError as exc:
             logger.debug("bad HTTP request: %s", exc)
+            self.coalescer.counters.bad_requests += 1
             self._reply_and_close(json_error(400, 3, "Bad request"))
         else:
             # httptools gathers a header line in one growing string, so a line that never ends
@@ -520,12 +523,14 @@ class HttpProtocol(asyncio.Protocol):
             self._reply_and_close(json_error(400, 3, "Bad request"))
             return
         if request.headers.get("upgrade", "").lower() != "websocket":
+            self.coalescer.counters.bad_requests += 1
             self._reply_and_close(json_error(400, 3, "Unsupported upgrade"))
             return
         try:
             accept_key = wsproto.check_client_handshake(request.method, request.headers)
         except RemoteProtocolError as exc:
             logger.debug("bad websocket handshake: %s", exc)
+            self.coalescer.counters.bad_requests += 1
             self._reply_and_close(json_error(400, 3, "Bad request"))
             return
         decision = self.router.websocket(request)

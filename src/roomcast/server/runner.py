@@ -102,6 +102,7 @@ async def serve_app(
                 s.host,
                 s.port,
                 limits=DoorLimits.from_settings(s),
+                counters=app.door_counters,  # what /metrics reads
                 reuse_port=reuse_port or None,
             )
             try:

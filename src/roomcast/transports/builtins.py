@@ -15,6 +15,7 @@ or one of the errors below) back onto its wire:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from roomcast.auth import Authenticator, Claims, require
 from roomcast.errors import PermissionDenied, RemoteProtocolError
@@ -67,7 +68,7 @@ class Builtins:
         claims = conn.claims
         if claims is not None:
             for room, _ in checked:
-                require(claims, "subscribe", room)
+                self._permit(claims, "subscribe", room)
         return await self.hub.subscribe_many(conn, checked)
 
     def unsubscribe(self, conn: Connection, room: object) -> RoomName:
@@ -84,8 +85,15 @@ class Builtins:
         event_name = _check_name(event, "event")
         claims = conn.claims
         if claims is not None:
-            require(claims, "publish", name)
+            self._permit(claims, "publish", name)
         return await self.hub.publish(name, event_name, *args)
+
+    def _permit(self, claims: Claims, action: Literal["subscribe", "publish"], room: RoomName) -> None:
+        """``require``, through the authenticator when there is one, which counts a refusal."""
+        if self.authenticator is not None:
+            self.authenticator.permit(claims, action, room)
+        else:
+            require(claims, action, room)
 
     def refresh(self, conn: Connection, token: object) -> Claims | None:
         """Take a fresh token for ``conn`` (same subject); its expiry watch restarts from it.

@@ -293,7 +293,7 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
         return
     sock.closed = True
     hub = sock.hub
-    hub.remove_connection(sock)
+    hub.remove_connection(sock, reason)
     if sock.expiry is not None:
         sock.expiry.forget(sock)
     for future in sock.acks.values():

@@ -29,7 +29,7 @@ import secrets
 from typing import Any
 
 from roomcast import _json, disconnect
-from roomcast.auth import Authenticator, Claims, require, token_from_request
+from roomcast.auth import Authenticator, Claims, token_from_request
 from roomcast.disconnect import Disconnect
 from roomcast.errors import AuthError, ConnectionClosed, LocalProtocolError, PermissionDenied, RemoteProtocolError
 from roomcast.hub.connection import Connection
@@ -146,7 +146,7 @@ class SseConnection(Connection):
             return
         self._error("disconnect", reason.reason, reconnect=reason.reconnect)
         self.channel.close()
-        self.hub.remove_connection(self)  # out of its rooms now, not when the goodbye is read
+        self.hub.remove_connection(self, reason)  # out of its rooms now, not when the goodbye is read
 
     def room_terminal(self, room: RoomName) -> None:
         self.finished.add(room)
@@ -248,6 +248,7 @@ class SseServer:
         # Ids are unique across processes too: presence and "disconnect this connection" meet
         # every node's connections in one place when the rooms are shared (RedisBroker).
         self.id_prefix = f"sse-{secrets.token_hex(4)}-"
+        self.bad_requests = 0  # streams refused with 400 (bad rooms or Last-Event-ID), for operators
         self._beat: asyncio.TimerHandle | None = None
 
     async def handle(
@@ -264,18 +265,20 @@ class SseServer:
             rooms = tuple(dict.fromkeys(request.query_all.get("room", [])))
         problem = self._check_rooms(rooms)
         if problem:
+            self.bad_requests += 1
             return api_error(400, "bad_request", problem, cors)
         last_id = request.headers.get("last-event-id") or request.query.get("last_event_id")
         try:
             cursor = sse.decode_cursor(last_id) if last_id else {}
         except RemoteProtocolError as exc:
+            self.bad_requests += 1
             return api_error(400, "bad_request", exc.reason, cors)
         auth: Claims | None = None
         if self.authenticator is not None:
             try:
                 auth = self.authenticator.verify(token_from_request(request.headers, request.query))
                 for room in rooms:
-                    require(auth, "subscribe", room)
+                    self.authenticator.permit(auth, "subscribe", room)
             except PermissionDenied as exc:
                 return api_error(403, "forbidden", str(exc), cors)
             except AuthError as exc:
@@ -336,7 +339,8 @@ class SseServer:
     def forget(self, conn: SseConnection) -> None:
         """A stream ended: drop it from the hub, its group and the heartbeat."""
         self.streams.discard(conn)
-        self.hub.remove_connection(conn)
+        finished = conn.finished.issuperset(conn.stream_rooms)  # it ended the stream, or the client left
+        self.hub.remove_connection(conn, disconnect.NORMAL if finished else disconnect.TRANSPORT_CLOSE)
         if self.expiry is not None:
             self.expiry.forget(conn)
         encoder = conn.encoder

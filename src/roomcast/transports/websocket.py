@@ -125,7 +125,7 @@ class WsConnection(Connection):
         if not self.closed:
             self.server.stop_pinging(self)
             self.channel.close(disconnect.websocket_close_code(reason), reason.reason)
-            self.hub.remove_connection(self)  # out of its rooms now, not when the close frame is read
+            self.hub.remove_connection(self, reason)  # out of its rooms now, not when the close frame is read
 
     # -- the door's side (WebSocketHandler) ----------------------------------------------
     def on_message(self, data: str | bytes) -> None:
@@ -165,7 +165,8 @@ class WsConnection(Connection):
         self.closed = True
         for task in self.tasks:
             task.cancel()
-        self.hub.remove_connection(self)
+        # The client closed (1000, or 1001 for a page that went away), or the connection broke.
+        self.hub.remove_connection(self, disconnect.NORMAL if code in (1000, 1001) else disconnect.TRANSPORT_CLOSE)
         self.server.forget(self)
 
     # -- requests ---------------------------------------------------------------------
