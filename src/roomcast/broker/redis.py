@@ -66,6 +66,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from roomcast import _json
+from roomcast.backoff import Backoff
 from roomcast.broker import redis_client
 from roomcast.broker.base import BrokerEvents, HistoryResult
 from roomcast.errors import BrokerUnavailable
@@ -304,18 +305,26 @@ class RedisBroker:
 
     async def _read_forever(self, *, reconnect_first: bool = False) -> None:
         """Deliver what the subscription receives; when it breaks (or is found deaf), reconnect
-        with backoff and jitter, subscribe every followed room again, and report the loss."""
-        delay = 0.05
+        with backoff and jitter, subscribe every followed room again, and report the loss.
+
+        While the subscription is down the node says so (``unhealthy``: ``/readyz`` answers
+        503 with the reason) until it has subscribed again: a load balancer then sends new
+        clients elsewhere, and the node's own clients recover once it reports the loss.
+        """
+        backoff = Backoff(0.1, max(0.1, self._reconnect_max))
         while True:
+            said: str | None = None  # what this loop put in ``unhealthy``, to take back
             if not reconnect_first:
                 try:
                     async for message in self._pubsub.listen():
-                        delay = 0.05
                         self._handle(message)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # any failure: the reader must outlive it, or the node goes deaf
                     logger.warning("redis subscription lost (%s); reconnecting", type(exc).__name__)
+                    if self.unhealthy is None:
+                        said = f"the redis subscription was lost ({type(exc).__name__}); subscribing again"
+                        self.unhealthy = said
             reconnect_first = False
             while True:
                 with contextlib.suppress(Exception):
@@ -324,8 +333,10 @@ class RedisBroker:
                     await self._connect_pubsub()
                     break
                 except Exception:
-                    await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-                    delay = min(delay * 2, self._reconnect_max)
+                    await asyncio.sleep(backoff.next())
+            backoff.reset()
+            if said is not None and self.unhealthy is said:
+                self.unhealthy = None  # subscribed again (a deaf verdict is cleared by hearing itself)
             with contextlib.suppress(RedisError, OSError):  # Redis may have restarted empty
                 await self._renew_liveness(rewrite=True)
             events = self._events
