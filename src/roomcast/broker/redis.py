@@ -69,6 +69,7 @@ from roomcast import _json
 from roomcast.backoff import Backoff
 from roomcast.broker import redis_client
 from roomcast.broker.base import BrokerEvents, HistoryResult
+from roomcast.broker.redis_pipeline import AutoPipeline
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
@@ -224,7 +225,7 @@ class RedisBroker:
         self._reconnect_max = reconnect_max
         self._redis: aioredis.Redis = redis_client.connect(url)
         self._subscriber: aioredis.Redis = redis_client.connect(url, retry=False)  # every break reported
-        self._publish = self._redis.register_script(_PUBLISH)
+        self._publish = AutoPipeline(self._redis, self._redis.register_script(_PUBLISH))
         self._read = self._redis.register_script(_READ)
         self._terminate = self._redis.register_script(_TERMINATE)
         self._presence = self._redis.register_script(_PRESENCE)
@@ -434,7 +435,7 @@ class RedisBroker:
             encoded = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in data)
         keys, args = publish_call(room, event, ts, data, encoded, binary, self._history_size, self._ttl)
         try:
-            epoch, offset = await self._publish(keys=keys, args=args)
+            epoch, offset = await self._publish.call(keys, args)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(redis_client.describe(exc)) from None
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
