@@ -22,6 +22,14 @@ Scenarios (``--scenarios``; sizes per ``--scale``):
   1000 × 10/s); publish-to-receive time measured inside the load generator, p50 and p99.
 * ``conns``: idle Socket.IO connections opened in steps (warm-up, N1, N2); resident memory
   per connection from each step's ``VmRSS`` growth, CPU per connect over the N1 step.
+* ``publisher`` (cluster rows only): a worker process publishes straight into Redis with
+  ``RedisPublisher`` (blocking, then 16 in flight), then over HTTP (``bench/publish_load.py``).
+
+Cluster rows: ``roomcast-redis1`` is one node on a fresh redis-server, ``roomcast-redis2``
+two nodes on it; the load generator spreads its connections over the nodes (the publisher
+too), so most deliveries cross Redis. Their CPU is summed over every node and Redis, all on
+core 0 like the single server, so the ratio to ``roomcast`` is what scaling out costs per
+delivered message.
 
 This is a benchmark, not a test: it measures and prints; ``tests/bench`` only checks that a
 small run works and prints its table.
@@ -67,12 +75,25 @@ SERVERS: dict[str, list[str]] = {
 # publisher included, so most deliveries cross Redis. CPU is summed over every process.
 CLUSTERS: dict[str, int] = {"roomcast-redis1": 1, "roomcast-redis2": 2}
 REDIS = shutil.which("redis-server") or "redis-server"
-DEFAULT_SERVERS = ["roomcast", "roomcast-asgi", "node", "python-socketio", "bare-asgi"]
+DEFAULT_SERVERS = [
+    "roomcast",
+    "roomcast-asgi",
+    "node",
+    "python-socketio",
+    "bare-asgi",
+    "roomcast-redis1",
+    "roomcast-redis2",
+]
 # roomcast's own transports: only its two doors speak them (the publisher stays Socket.IO)
 ONLY_ROOMCAST = {"fanout1000ws", "fanout1000sse"}
 ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *CLUSTERS}
-# memory per connection is one process's figure: a cluster's is its nodes', measured alone
-NOT_FOR_CLUSTERS = {"conns"}
+# what a cluster row runs: fan-out and latency against one process, and workers publishing
+# (memory per connection is one process's figure, and the transports' rows are the single
+# node's: the cluster differs from it per publication, not per connection)
+FOR_CLUSTERS = {"fanout1000", "fanout5000", "latency", "latency1000", "publisher"}
+PUBLISHER_ROW = "roomcast-redis1"
+# workers publishing straight into Redis: only a cluster has a Redis to publish into
+ONLY_CLUSTERS = {"publisher"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,10 @@ METRICS = [
     Metric("latency_p99", "latency p99 at fixed delivery rate", "ms"),
     Metric("latency1000_p50", "latency p50 at fixed delivery rate, big room", "ms"),
     Metric("latency1000_p99", "latency p99 at fixed delivery rate, big room", "ms"),
+    Metric("pub_sync_rate", "RedisPublisher.publish, one at a time: publications/s", "pub/s", lower_is_better=False),
+    Metric("pub_async_rate", "RedisPublisher.apublish, 16 in flight: publications/s", "pub/s", lower_is_better=False),
+    Metric("pub_http_rate", "Publisher over HTTP, one at a time: publications/s", "pub/s", lower_is_better=False),
+    Metric("pub_cpu", "publishing from a worker: node + Redis CPU per publication", "µs"),
     Metric("mem_small", "idle memory per connection (N1 conns)", "KiB"),
     Metric("mem_large", "idle memory per connection (N2 conns)", "KiB"),
     Metric("connect_cpu", "server CPU per connect (WS + Engine.IO + Socket.IO)", "µs"),
@@ -111,6 +136,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "latency": {"subs": 100, "rate": 100, "seconds": 5, "warmup": 1},
         "latency1000": {"subs": 1000, "rate": 10, "seconds": 5, "warmup": 1},
         "conns": {"targets": [5000, 20000], "warm": 100},
+        "publisher": {"count": 5000, "concurrency": 16},
     },
     "small": {
         "fanout1000": {"subs": 50, "messages": 20, "window": 4},
@@ -121,6 +147,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "latency": {"subs": 10, "rate": 50, "seconds": 0.5, "warmup": 0.2},
         "latency1000": {"subs": 20, "rate": 20, "seconds": 0.5, "warmup": 0.2},
         "conns": {"targets": [100, 200], "warm": 20},
+        "publisher": {"count": 200, "concurrency": 4},
     },
 }
 
@@ -171,7 +198,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
 class Run:
     """One fresh server process and one load generator driving it through a scenario."""
 
-    def __init__(self, server: str, spec: dict[str, Any]) -> None:
+    def __init__(self, server: str, spec: dict[str, Any] | None) -> None:
         self.port = free_port()
         self.others: list[subprocess.Popen[bytes]] = []  # a cluster's Redis and further nodes
         self.loadgen: subprocess.Popen[str] | None = None
@@ -181,6 +208,8 @@ class Run:
                 self.server = self._start([*SERVERS[server], "--port", str(self.port)])
             for proc, port in zip([self.server, *self.others], ports):
                 wait_for_port(port, proc)
+            if spec is None:  # the caller drives the server itself
+                return
             self.loadgen = subprocess.Popen(
                 pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps({**spec, "ports": ports})]),
                 stdin=subprocess.PIPE,
@@ -203,7 +232,7 @@ class Run:
         )
         self.others.append(redis)
         wait_for_port(redis_port, redis)
-        url = f"redis://127.0.0.1:{redis_port}/0"
+        url = self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         ports = [self.port, *(free_port() for _ in range(nodes - 1))]
         node_argv = [PY, str(BENCH / "server.py"), "--door", "native", "--redis", url]
         self.server = self._start([*node_argv, "--port", str(ports[0])])
@@ -310,6 +339,34 @@ def conns(server: str, params: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def publisher(server: str, params: dict[str, Any]) -> dict[str, float]:
+    """A worker process (core 1) publishing straight into the cluster's Redis, then over HTTP."""
+    run = Run(server, None)
+    try:
+        procs = [run.server, *run.others]
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        spec = {**params, "redis": run.redis_url, "http": f"http://127.0.0.1:{run.port}"}
+        done = subprocess.run(
+            pinned(1, [PY, str(BENCH / "publish_load.py"), json.dumps(spec)]),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+    finally:
+        run.close()
+    rates = json.loads(done.stdout.strip().splitlines()[-1])
+    published = params["count"] * 2 + params["count"] // 4 + 1
+    return {
+        "pub_sync_rate": rates["sync_rate"],
+        "pub_async_rate": rates["async_rate"],
+        "pub_http_rate": rates["http_rate"],
+        "pub_cpu": cpu / published * 1e6,
+    }
+
+
 def max_idle_connections() -> int:
     """The most connections one server process can hold under this machine's open-file limit."""
     import resource
@@ -353,6 +410,8 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
             ("roomcast", "python-socketio"),
             ("roomcast-asgi", "node"),
             ("bare-asgi", "node"),
+            ("roomcast-redis1", "roomcast"),
+            ("roomcast-redis2", "roomcast"),
         )
         if a in servers and b in servers
     ]
@@ -401,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated, from: " + ", ".join([*SERVERS, *CLUSTERS]),
     )
     parser.add_argument(
-        "--scenarios", default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns"
+        "--scenarios",
+        default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns,publisher",
     )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
@@ -448,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda s: latency(s, scale["latency"], "latency"),
         "latency1000": lambda s: latency(s, scale["latency1000"], "latency1000"),
         "conns": lambda s: conns(s, scale["conns"]),
+        "publisher": lambda s: publisher(s, scale["publisher"]),
     }
     chosen = [s for s in args.scenarios.split(",") if s]
 
@@ -459,7 +520,11 @@ def main(argv: list[str] | None = None) -> int:
             for server in order:
                 if scenario in ONLY_ROOMCAST and server not in ROOMCAST_SERVERS:
                     continue
-                if scenario in NOT_FOR_CLUSTERS and server in CLUSTERS:
+                if scenario not in FOR_CLUSTERS and server in CLUSTERS:
+                    continue
+                if scenario == "publisher" and server != PUBLISHER_ROW:  # one Redis is enough
+                    continue
+                if scenario in ONLY_CLUSTERS and server not in CLUSTERS:
                     continue
                 started = time.monotonic()
                 try:

@@ -25,9 +25,21 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("metric"))
-    for column in (*SERVERS, "roomcast/node", "roomcast/python-socketio", "roomcast-asgi/node"):
+    for column in (
+        *SERVERS,
+        "roomcast-redis1",
+        "roomcast-redis2",
+        "roomcast/node",
+        "roomcast/python-socketio",
+        "roomcast-asgi/node",
+        "roomcast-redis2/roomcast",
+    ):
         assert column in header.split()
-    for metric in ("server CPU per delivered msg", "latency p99", "idle memory per connection", "CPU per connect"):
+    for metric in ("server CPU per delivered msg", "latency p99"):
         row = next(line for line in lines if metric in line)
-        assert "–" not in row.split("]", 1)[1], row  # every server measured it
+        assert "–" not in row.split("]", 1)[1], row  # every server measured it, the clusters too
+    for metric in ("idle memory per connection", "CPU per connect"):  # one process's figures
+        row = next(line for line in lines if metric in line)
+        assert "–" not in row.split("]", 1)[1].split()[: len(SERVERS)], row
+    assert any("RedisPublisher.publish" in line for line in lines)
     assert "failed runs" not in result.stdout
