@@ -9,6 +9,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 REDIS_SERVER := /usr/bin/redis-server
+NGINX := /usr/sbin/nginx
 
 .PHONY: run test install test-deps bench soak conformance-server conformance lint types clean
 
@@ -39,7 +40,12 @@ $(CHROMIUM):
 $(REDIS_SERVER):
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
-test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json $(CHROMIUM) $(REDIS_SERVER)
+# The reverse proxy the deployment tests run in front of roomcast (tests/nginxserver.py starts it
+# on free ports with the config of docs/deploy.md); the package's own service is never used.
+$(NGINX):
+	@command -v nginx >/dev/null || test -x $(NGINX) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+
+test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json $(CHROMIUM) $(REDIS_SERVER) $(NGINX)
 
 # The peers the benchmark runs beside roomcast: python-socketio under uvicorn, Node socket.io.
 $(BENCH_STAMP): $(STAMP) pyproject.toml

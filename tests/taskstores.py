@@ -4,6 +4,13 @@
 migration only happen for a file); ``redis`` is ``RedisTaskStore`` on the session's real
 redis-server (``redis_url`` in tests/conftest.py), emptied first. ``make`` builds a task in any
 status by legal steps, so a store test never stores a value the model could not produce.
+
+``opened_node`` is what a task service runs beside, per broker (``broker_kind``): a started
+``Hub`` and an opened store, paired as ``roomcast serve`` pairs them (``server/app.py``).
+Without Redis (``memory``; ``async``, a broker over a network played in one process) the
+tasks are in a SQLite file this process has alone; with ``--redis`` the hub is a
+``RedisBroker`` and a ``RedisCluster`` under one node id, and the tasks are a
+``RedisTaskStore``, all on one (emptied) Redis database.
 """
 
 from __future__ import annotations
@@ -12,16 +19,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from brokers import make_hub
 from redisserver import fresh_url
 
+from roomcast.broker.redis import RedisBroker
+from roomcast.cluster.redis import RedisCluster
+from roomcast.hub import Hub
 from roomcast.tasks.model import Task, TaskStatus
 from roomcast.tasks.store import TaskStore
 from roomcast.tasks.store_redis import RedisTaskStore
 from roomcast.tasks.store_sqlite import SqliteTaskStore
 
-__all__ = ["STORES", "opened_store", "make"]
+__all__ = ["STORES", "STORE_OF_BROKER", "opened_store", "opened_node", "make"]
 
 STORES = ["sqlite-memory", "sqlite-file", "redis"]
+
+STORE_OF_BROKER = {"memory": "sqlite-file", "async": "sqlite-file", "redis": "redis"}
+"""The store a server keeps its tasks in beside each broker (``brokers.BROKERS``)."""
 
 S = TaskStatus
 
@@ -38,6 +52,33 @@ async def opened_store(kind: str, tmp_path: Path, redis_url: str) -> AsyncIterat
     try:
         yield store
     finally:
+        await store.aclose()
+
+
+@asynccontextmanager
+async def opened_node(broker_kind: str, tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Hub, TaskStore]]:
+    """A started hub over a fresh broker of ``broker_kind`` and an opened, empty store of the
+    kind a server pairs with it (``STORE_OF_BROKER``); closed at the end (the hub, then the store, as ``App`` does)."""
+    hub: Hub
+    store: SqliteTaskStore | RedisTaskStore
+    if broker_kind == "redis":  # as App does with Settings.redis_url: one node id for bus and broker
+        url = fresh_url(redis_url)
+        cluster = RedisCluster(url)
+        hub = Hub(broker=RedisBroker(url, node_id=cluster.node_id), cluster=cluster)
+        store = RedisTaskStore(url)
+    else:
+        hub = make_hub(broker_kind)
+        store = SqliteTaskStore(tmp_path / "tasks.db")
+    await hub.start()
+    try:
+        await store.open()
+    except BaseException:
+        await hub.aclose()
+        raise
+    try:
+        yield hub, store
+    finally:  # the order App.shutdown closes them in
+        await hub.aclose()
         await store.aclose()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import queue
 import signal
@@ -80,6 +79,7 @@ def test_help_lists_every_option_with_its_environment_variable() -> None:
         ("--task-list-room", "ROOMCAST_TASK_LIST_ROOM"),
         ("--task-keep-days", "ROOMCAST_TASK_KEEP_DAYS"),
         ("--task-keep-count", "ROOMCAST_TASK_KEEP_COUNT"),
+        ("--task-lease-ttl", "ROOMCAST_TASK_LEASE_TTL"),
     ]:
         assert flag in out and var in out
 
@@ -172,29 +172,45 @@ def test_bad_task_event_alias_is_refused_with_a_reason() -> None:
     assert "--task-event" in result.stderr and "EVENT must be one of" in result.stderr
 
 
-def test_settings_defaults_are_what_serve_builds_with_no_flag_and_no_variable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Embedding roomcast (``App()``, ``RoomcastApp()``) and running ``roomcast serve`` must
-    give the same server: every ``Settings`` field, including those the CLI has no flag for."""
+def _settings_of_serve(monkeypatch: pytest.MonkeyPatch, *args: str, **env: str) -> Settings:
+    """The ``Settings`` ``roomcast serve *args`` builds with only ``env`` of the ROOMCAST_ variables.
+
+    serve's own code builds the Settings; the App (which would open the task file) and the
+    server loop are the only things replaced, and logging is left as the test runner set it.
+    """
     built: list[Settings] = []
 
     def capture(*, settings: Settings) -> object:
         built.append(settings)
         return object()
 
-    # serve's own code builds the Settings; the App (which would open the task file) and the
-    # server loop are the only things replaced, and logging is left as the test runner set it.
     monkeypatch.setattr(cli, "App", capture)
     monkeypatch.setattr(cli, "run", lambda app, **_: None)
-    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda *_, **__: None)  # the test runner's logging stays
     unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith("ROOMCAST_")}
-    result = CliRunner().invoke(cli.main, ["serve"], env=unset, catch_exceptions=False)
+    result = CliRunner().invoke(cli.main, ["serve", *args], env={**unset, **env}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    [from_cli] = built
+    [settings] = built
+    return settings
+
+
+def test_settings_defaults_are_what_serve_builds_with_no_flag_and_no_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Embedding roomcast (``App()``, ``RoomcastApp()``) and running ``roomcast serve`` must
+    give the same server: every ``Settings`` field, including those the CLI has no flag for."""
+    from_cli = _settings_of_serve(monkeypatch)
 
     def values(settings: Settings) -> dict[str, Any]:
         return {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
 
     assert values(from_cli) == values(Settings())
     assert Settings().task_db == "roomcast-tasks.db"  # the file finished tasks outlive a restart in
+
+
+def test_task_lease_ttl_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The App passes it to TaskService(lease_ttl=): tests/server/test_api_tasks.py sees the lease.
+    assert _settings_of_serve(monkeypatch, "--task-lease-ttl", "4").task_lease_ttl == 4.0
+    assert _settings_of_serve(monkeypatch, ROOMCAST_TASK_LEASE_TTL="2.5").task_lease_ttl == 2.5
+    refused = CliRunner().invoke(cli.main, ["serve", "--task-lease-ttl", "0"])
+    assert refused.exit_code == 2 and "--task-lease-ttl" in refused.output

@@ -2,25 +2,31 @@
 ``roomcast publish`` and ``roomcast tail`` talk to a running one (its API, its SSE stream).
 
 Every option is also read from a ``ROOMCAST_*`` environment variable (shown in ``--help``);
-an explicit flag wins over the environment.
+an explicit flag wins over the environment. ``serve --config FILE`` reads a TOML file under
+both (``server.config_file``). Value rules live in ``Settings``, not in the options' types.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import signal
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from roomcast import __version__
 from roomcast.errors import PublishError, TaskError
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
-from roomcast.server.config import Settings
-from roomcast.server.runner import NEEDS_REDIS, run, run_workers
+from roomcast.server.config import LOG_FORMATS, LOG_LEVELS, Settings, SettingsError
+from roomcast.server.config_file import ConfigFileError, read_config
+from roomcast.server.logs import configure_logging, log_settings
+from roomcast.server.proxy import ProxyTrust
+from roomcast.server.runner import NEEDS_REDIS, CannotListen, run, run_workers
+from roomcast.server.tls import CertificateError, server_context
 from roomcast.tail import Tail
 from roomcast.tasks.model import TaskEvents, TaskStatus, parse_event_aliases
 
@@ -37,6 +43,18 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 
 
 @main.command()
+@click.option(
+    "--config",
+    envvar="ROOMCAST_CONFIG",
+    show_envvar=True,
+    default=None,
+    is_eager=True,  # read before the other options, whose defaults it sets
+    expose_value=False,
+    callback=lambda ctx, param, path: _read_config(ctx, path),
+    metavar="FILE",
+    help="TOML file of settings, keyed by these options' names with underscores (port = 8001, "
+    'cors_origins = ["https://a"]); flags and ROOMCAST_* variables override it.',
+)
 @click.option(
     "--host",
     envvar="ROOMCAST_HOST",
@@ -84,7 +102,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-payload",
     envvar="ROOMCAST_MAX_PAYLOAD",
-    type=click.IntRange(min=1),
+    type=int,
     default=1_000_000,
     show_default=True,
     show_envvar=True,
@@ -96,7 +114,17 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     default="info",
     show_default=True,
     show_envvar=True,
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    envvar="ROOMCAST_LOG_FORMAT",
+    default=_DEFAULTS.log_format,
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(list(LOG_FORMATS), case_sensitive=False),
+    help="Log lines on stderr as text, or as one JSON object per line (connection and request "
+    "fields as keys). Written off the event loop; a stalled stderr drops lines, never delivery.",
 )
 @click.option(
     "--sse-heartbeat",
@@ -133,7 +161,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--recovery-window",
     envvar="ROOMCAST_RECOVERY_WINDOW",
-    type=click.FloatRange(min=0),
+    type=float,
     default=0.0,
     show_default=True,
     show_envvar=True,
@@ -152,7 +180,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--task-stop-grace",
     envvar="ROOMCAST_TASK_STOP_GRACE",
-    type=click.FloatRange(min=0),
+    type=float,
     default=5.0,
     show_default=True,
     show_envvar=True,
@@ -180,7 +208,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--task-keep-days",
     envvar="ROOMCAST_TASK_KEEP_DAYS",
-    type=click.FloatRange(min=0),
+    type=float,
     default=30.0,
     show_default=True,
     show_envvar=True,
@@ -189,16 +217,46 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--task-keep-count",
     envvar="ROOMCAST_TASK_KEEP_COUNT",
-    type=click.IntRange(min=0),
+    type=int,
     default=10_000,
     show_default=True,
     show_envvar=True,
     help="Keep at most this many finished tasks, the newest (0: no limit).",
 )
 @click.option(
+    "--task-lease-ttl",
+    envvar="ROOMCAST_TASK_LEASE_TTL",
+    type=float,
+    default=10.0,
+    show_default=True,
+    show_envvar=True,
+    help="With --redis: seconds a node's running tasks outlive its last lease renewal before "
+    "another node fails them as lost (renewed every third of it).",
+)
+@click.option(
+    "--shutdown-grace",
+    envvar="ROOMCAST_SHUTDOWN_GRACE",
+    type=float,
+    default=_DEFAULTS.shutdown_grace,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds from SIGTERM to exit: /readyz answers 503 at once, clients are told to reconnect "
+    "elsewhere in jittered batches over it, in-process tasks have it to finish. 0: stop at once.",
+)
+@click.option(
+    "--drain-delay",
+    envvar="ROOMCAST_DRAIN_DELAY",
+    type=float,
+    default=_DEFAULTS.drain_delay,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds after SIGTERM that new connections are still accepted, so a load balancer sees "
+    "/readyz fail first (at most a quarter of --shutdown-grace).",
+)
+@click.option(
     "--max-rooms-per-connection",
     envvar="ROOMCAST_MAX_ROOMS_PER_CONNECTION",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.max_rooms_per_connection,
     show_default=True,
     show_envvar=True,
@@ -207,7 +265,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--history-size",
     envvar="ROOMCAST_HISTORY_SIZE",
-    type=click.IntRange(min=0),
+    type=int,
     default=_DEFAULTS.history_size,
     show_default=True,
     show_envvar=True,
@@ -216,7 +274,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--history-ttl",
     envvar="ROOMCAST_HISTORY_TTL",
-    type=click.FloatRange(min=0),
+    type=float,
     default=_DEFAULTS.history_ttl,
     show_default=True,
     show_envvar=True,
@@ -225,7 +283,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--history-room-bytes",
     envvar="ROOMCAST_HISTORY_ROOM_BYTES",
-    type=click.IntRange(min=0),
+    type=int,
     default=_DEFAULTS.history_room_bytes,
     show_default=True,
     show_envvar=True,
@@ -234,7 +292,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--history-bytes",
     envvar="ROOMCAST_HISTORY_BYTES",
-    type=click.IntRange(min=0),
+    type=int,
     default=_DEFAULTS.history_bytes,
     show_default=True,
     show_envvar=True,
@@ -243,7 +301,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--output-high-water",
     envvar="ROOMCAST_OUTPUT_HIGH_WATER",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.output_high_water,
     show_default=True,
     show_envvar=True,
@@ -252,7 +310,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-buffer-bytes",
     envvar="ROOMCAST_MAX_BUFFER_BYTES",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.max_buffer_bytes,
     show_default=True,
     show_envvar=True,
@@ -261,7 +319,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-request-line",
     envvar="ROOMCAST_MAX_REQUEST_LINE",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.max_request_line,
     show_default=True,
     show_envvar=True,
@@ -270,7 +328,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-header-bytes",
     envvar="ROOMCAST_MAX_HEADER_BYTES",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.max_header_bytes,
     show_default=True,
     show_envvar=True,
@@ -279,7 +337,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-headers",
     envvar="ROOMCAST_MAX_HEADERS",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.max_headers,
     show_default=True,
     show_envvar=True,
@@ -288,7 +346,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--request-timeout",
     envvar="ROOMCAST_REQUEST_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=_DEFAULTS.request_timeout,
     show_default=True,
     show_envvar=True,
@@ -297,7 +355,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--keepalive-timeout",
     envvar="ROOMCAST_KEEPALIVE_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=_DEFAULTS.keepalive_timeout,
     show_default=True,
     show_envvar=True,
@@ -306,7 +364,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-attachments",
     envvar="ROOMCAST_MAX_ATTACHMENTS",
-    type=click.IntRange(min=0),
+    type=int,
     default=_DEFAULTS.max_attachments,
     show_default=True,
     show_envvar=True,
@@ -315,7 +373,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-connections",
     envvar="ROOMCAST_MAX_CONNECTIONS",
-    type=click.IntRange(min=0),
+    type=int,
     default=_DEFAULTS.max_connections,
     show_default=True,
     show_envvar=True,
@@ -325,7 +383,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-connections-per-address",
     envvar="ROOMCAST_MAX_CONNECTIONS_PER_ADDRESS",
-    type=click.IntRange(min=0),
+    type=int,
     default=_DEFAULTS.max_connections_per_address,
     show_default=True,
     show_envvar=True,
@@ -335,7 +393,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--ws-ping-interval",
     envvar="ROOMCAST_WS_PING_INTERVAL",
-    type=click.FloatRange(min=0),
+    type=float,
     default=_DEFAULTS.ws_ping_interval,
     show_default=True,
     show_envvar=True,
@@ -344,7 +402,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--ws-ping-timeout",
     envvar="ROOMCAST_WS_PING_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=_DEFAULTS.ws_ping_timeout,
     show_default=True,
     show_envvar=True,
@@ -353,7 +411,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--max-messages-per-second",
     envvar="ROOMCAST_MAX_MESSAGES_PER_SECOND",
-    type=click.FloatRange(min=0),
+    type=float,
     default=_DEFAULTS.max_messages_per_second,
     show_default=True,
     show_envvar=True,
@@ -363,7 +421,7 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
 @click.option(
     "--message-burst",
     envvar="ROOMCAST_MESSAGE_BURST",
-    type=click.IntRange(min=1),
+    type=int,
     default=_DEFAULTS.message_burst,
     show_default=True,
     show_envvar=True,
@@ -414,6 +472,31 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     "https://api.example.com/jobs/, or '*' for any; repeat for several. None given: any "
     "with --api-key, none without. In the variable, separate them with spaces.",
 )
+@click.option(
+    "--ssl-certfile",
+    envvar="ROOMCAST_SSL_CERTFILE",
+    show_envvar=True,
+    default=None,
+    help="PEM certificate chain: serve HTTPS and WSS only. SIGHUP reads it (and the key) again "
+    "without dropping a connection.",
+)
+@click.option(
+    "--ssl-keyfile",
+    envvar="ROOMCAST_SSL_KEYFILE",
+    show_envvar=True,
+    default=None,
+    help="PEM private key of --ssl-certfile (not needed when the certificate file holds it).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="ROOMCAST_FORWARDED_ALLOW_IPS",
+    show_envvar=True,
+    default=",".join(_DEFAULTS.forwarded_allow_ips),
+    show_default=True,
+    help="Comma-separated addresses or networks of reverse proxies (or '*') whose Forwarded / "
+    "X-Forwarded-For / -Proto / -Host headers give the client's address, scheme and Host. The "
+    "keyless API refuses forwarded requests whatever this says.",
+)
 def serve(
     host: str,
     port: int,
@@ -422,6 +505,7 @@ def serve(
     ping_timeout: float,
     max_payload: int,
     log_level: str,
+    log_format: str,
     sse_heartbeat: float,
     jwt_secret: str | None,
     jwt_public_key_file: str | None,
@@ -434,6 +518,9 @@ def serve(
     task_list_rooms: tuple[str, ...],
     task_keep_days: float,
     task_keep_count: int,
+    task_lease_ttl: float,
+    shutdown_grace: float,
+    drain_delay: float,
     max_rooms_per_connection: int,
     history_size: int,
     history_ttl: float,
@@ -458,14 +545,28 @@ def serve(
     api_key: str | None,
     metrics_key: str | None,
     poll_allow: tuple[str, ...],
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    forwarded_allow_ips: str,
 ) -> None:
     """Serve Socket.IO, SSE and the plain WebSocket until Ctrl-C or SIGTERM."""
     if workers > 1 and redis_url is None:  # refused before anything else: nothing starts
         _usage_error(NEEDS_REDIS.format(workers=workers))
-    if ping_interval <= 0 or ping_timeout <= 0 or sse_heartbeat <= 0:
-        raise click.BadParameter("ping interval, ping timeout and SSE heartbeat must be > 0")
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(
+    if ssl_keyfile and not ssl_certfile:
+        _usage_error("--ssl-keyfile needs --ssl-certfile")
+    if ssl_certfile:
+        try:  # checked here so a bad file is one line and status 2, not a traceback
+            server_context(ssl_certfile, ssl_keyfile)
+        except CertificateError as exc:
+            _usage_error(str(exc))
+    proxies = tuple(entry.strip() for entry in forwarded_allow_ips.split(",") if entry.strip())
+    try:
+        ProxyTrust(proxies)
+    except ValueError as exc:
+        _usage_error(str(exc))
+    configure_logging(log_level, log_format.lower())  # stderr through a bounded queue (server.logs)
+    settings = _built(  # Settings checks every value; a refusal names the flag or the file key
+        Settings,
         host=host,
         port=port,
         cors_origins=cors_origins,
@@ -473,6 +574,7 @@ def serve(
         ping_timeout=ping_timeout,
         max_payload=max_payload,
         log_level=log_level.lower(),
+        log_format=log_format.lower(),
         sse_heartbeat=sse_heartbeat,
         jwt_secret=jwt_secret,
         jwt_public_key_file=jwt_public_key_file,
@@ -508,10 +610,16 @@ def serve(
         task_list_rooms=tuple(dict.fromkeys(task_list_rooms)),
         task_keep_days=task_keep_days or None,
         task_keep_count=task_keep_count or None,
+        task_lease_ttl=task_lease_ttl,
+        shutdown_grace=shutdown_grace,
+        drain_delay=drain_delay,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        forwarded_allow_ips=proxies,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:
-        base = f"http://{bound_host}:{bound_port}"
+        base = f"{'https' if ssl_certfile else 'http'}://{bound_host}:{bound_port}"
         click.echo(f"roomcast {__version__} listening on {base}")
         click.echo(f"  Socket.IO  {base}/socket.io/")
         click.echo(f"  SSE        {base}/sse?room=...")
@@ -521,6 +629,8 @@ def serve(
         click.echo(f"  health     {base}/healthz")
         click.echo(f"  readiness  {base}/readyz")
         click.echo(f"  metrics    {base}/metrics  (Prometheus)")
+        login = "log in with the API key" if settings.api_key else "this machine only: no --api-key"
+        click.echo(f"  dashboard  {base}/dashboard  ({login})")
         if workers > 1:
             click.echo(f"  workers    {workers} processes on this port (SO_REUSEPORT), rooms shared through Redis")
 
@@ -528,15 +638,18 @@ def serve(
         app = App(settings=settings)  # with --workers too: checked once here, not N times
     except ValueError as exc:  # an unsafe or inconsistent auth configuration
         raise click.BadParameter(str(exc)) from exc
+    log_settings(settings)  # the effective values, secrets masked: once, even for N workers
     if workers > 1:
         del app  # never started: each worker builds its own, with its own node identity
         try:
             code = run_workers(settings, workers, on_ready=ready)
-        except OSError as exc:  # the port is taken, or the address is not this machine's
-            raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+        except CannotListen as exc:  # the port is taken, or the address is not this machine's
+            _usage_error(str(exc))
         raise SystemExit(code)
     try:
         run(app, on_ready=ready)
+    except CannotListen as exc:  # as with --workers: one line, status 2, no traceback
+        _usage_error(str(exc))
     except TaskError as exc:  # the task database is another running server's, or unreadable
         raise click.ClickException(str(exc)) from None
 
@@ -545,6 +658,47 @@ def _usage_error(message: str) -> NoReturn:
     """A refused combination of options: one line on stderr and exit status 2."""
     click.echo(f"roomcast serve: {message}", err=True)
     raise SystemExit(2)
+
+
+def _read_config(ctx: click.Context, path: str | None) -> None:
+    """``--config``: the file's values become the other options' defaults (click's
+    ``default_map``), so a flag or a ``ROOMCAST_*`` variable still wins over the file."""
+    if path is None:
+        return
+    try:
+        values = read_config(path, ctx.command.params, ctx)
+    except ConfigFileError as exc:
+        _usage_error(str(exc))
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.meta[_CONFIG_PATH] = path
+
+
+_CONFIG_PATH = "roomcast.config_path"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _built(make: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``make(...)`` (``Settings``), its ``SettingsError`` told where the user wrote each bad
+    value: the flag, the ``ROOMCAST_*`` variable or the config file's key; one line, status 2."""
+    try:
+        return make(*args, **kwargs)
+    except SettingsError as exc:
+        ctx = click.get_current_context()
+        options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+        _usage_error("; ".join(f"{_where(ctx, options.get(name), name)} {reason}" for name, reason in exc.problems))
+
+
+def _where(ctx: click.Context, option: click.Option | None, name: str) -> str:
+    if option is None:  # a rule between settings, or a field serve has no flag for
+        return name
+    source = ctx.get_parameter_source(name)
+    if source is ParameterSource.DEFAULT_MAP:
+        return f"{ctx.meta.get(_CONFIG_PATH, 'the config file')}: {name}"
+    if source is ParameterSource.ENVIRONMENT and isinstance(option.envvar, str):
+        return option.envvar
+    return max(option.opts, key=len)  # the long flag
 
 
 def _task_aliases(specs: tuple[str, ...]) -> dict[str, TaskEvents]:

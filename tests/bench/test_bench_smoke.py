@@ -19,7 +19,7 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
         [sys.executable, str(ROOT / "bench" / "run.py"), "--reps", "1", "--scale", "small"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr

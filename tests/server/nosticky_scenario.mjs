@@ -12,7 +12,8 @@
 //          (the test then SIGKILLs the session's owner), then on the reconnection: subscribe
 //          again, publish and receive through the new session, disconnect.
 //
-// Options: url, apis, room, transports (default ["polling"]), timeoutMs (default 15000).
+// Options: url, apis, room, transports (default ["polling"]), timeoutMs (default 15000), apiKey
+// (sent as a Bearer token by the API publishes).
 //
 // Output: one JSON object per line: open {transport, sid}, connected {transport, sid, n},
 // ack {event, reply}, received {data}, upgrade {outcome}, ready {sid}, disconnect {reason},
@@ -48,7 +49,7 @@ async function publishVia(api, data) {
   waitingFor = `the API publish of ${data} on ${api}`;
   const response = await fetch(`${api}/api/publish`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...(options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {}) },
     body: JSON.stringify({ room: options.room, event: 'n', data }),
   });
   if (response.status !== 200) throw new Error(`publish via ${api}: ${response.status} ${await response.text()}`);

@@ -1,6 +1,10 @@
 """Tasks over the backend API: an external worker reports, subscribers see it, late ones too.
 
-A real server on the native door; the worker is plain HTTP (aiohttp), the subscribers SSE.
+A real server on the native door; the worker is plain HTTP (aiohttp), the subscribers SSE,
+Socket.IO and the plain WebSocket. Every test runs once per broker (``broker_kind``: memory,
+async, redis; ``brokers.make_app``), with the task store a server pairs with it: a SQLite file
+beside memory and async, and with redis ``Settings(redis_url=...)``, so the server builds its
+``RedisBroker``, ``RedisCluster`` and ``RedisTaskStore`` on one Redis as ``--redis`` does.
 """
 
 from __future__ import annotations
@@ -8,12 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import brokers
+import redis.asyncio as aioredis
+from redisserver import fresh_url
 from servers import RunningServer, running
 from sseclient import open_sse
 
-from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.config import Settings
+from roomcast.tasks.service import DEFAULT_LEASE_TTL
+from roomcast.tasks.store_redis import RedisTaskStore
+
+
+def _app(broker_kind: str, **settings: Any) -> App:
+    """A server over ``broker_kind``; without Redis its tasks are in a SQLite file, as
+    ``roomcast serve``'s are by default (in the test's own directory)."""
+    settings.setdefault("task_db", Settings().task_db)
+    return brokers.make_app(broker_kind, **settings)
 
 
 async def _call(srv: RunningServer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -22,8 +37,8 @@ async def _call(srv: RunningServer, method: str, path: str, body: Any = None) ->
             return response.status, await response.json(content_type=None)
 
 
-async def test_an_external_worker_drives_a_task_that_subscribers_follow_to_the_end() -> None:
-    async with running(App(Hub(), Settings())) as srv:
+async def test_an_external_worker_drives_a_task_that_subscribers_follow_to_the_end(broker_kind: str) -> None:
+    async with running(_app(broker_kind)) as srv:
         status, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl", "title": "example.com", "owner": "ann"})
         assert status == 201 and task["status"] == "pending" and task["kind"] == "crawl"
         room = f"task:{task['id']}"
@@ -50,8 +65,8 @@ async def test_an_external_worker_drives_a_task_that_subscribers_follow_to_the_e
         assert status == 200 and fetched["progress"] == 100
 
 
-async def test_bad_task_requests_are_refused_and_change_nothing() -> None:
-    async with running(App(Hub(), Settings())) as srv:
+async def test_bad_task_requests_are_refused_and_change_nothing(broker_kind: str) -> None:
+    async with running(_app(broker_kind)) as srv:
         _, task = await _call(srv, "POST", "/api/tasks", {"kind": "import"})
         tid = task["id"]
         cases: list[tuple[str, str, Any, int, str]] = [
@@ -74,8 +89,8 @@ async def test_bad_task_requests_are_refused_and_change_nothing() -> None:
         assert (await _call(srv, "GET", f"/api/tasks/{tid}"))[1]["result"] == 1  # nothing corrupted
 
 
-async def test_a_stop_request_is_published_and_the_task_ends_cancelled() -> None:
-    app = App(Hub(), Settings(task_stop_grace=0.05))  # an external worker that never acknowledges
+async def test_a_stop_request_is_published_and_the_task_ends_cancelled(broker_kind: str) -> None:
+    app = _app(broker_kind, task_stop_grace=0.05)  # an external worker that never acknowledges
     async with running(app) as srv:
         _, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl"})
         await _call(srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 10})
@@ -87,8 +102,8 @@ async def test_a_stop_request_is_published_and_the_task_ends_cancelled() -> None
             assert events == ["task:stopping", "task:cancelled"]
 
 
-async def test_task_events_stream_a_task_to_its_end_and_204_after() -> None:
-    app = App(Hub(), Settings())
+async def test_task_events_stream_a_task_to_its_end_and_204_after(broker_kind: str) -> None:
+    app = _app(broker_kind)
     async with running(app) as srv:
         _, task = await _call(srv, "POST", "/api/tasks", {"kind": "gen"})
         path = f"/tasks/{task['id']}/events"
@@ -105,7 +120,9 @@ async def test_task_events_stream_a_task_to_its_end_and_204_after() -> None:
             assert missing.status == 404
 
 
-async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a_granted_kind() -> None:
+async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a_granted_kind(
+    broker_kind: str,
+) -> None:
     import json
     import time
 
@@ -118,7 +135,7 @@ async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a
     def token(sub: str, **extra: Any) -> str:
         return jwt.encode({"sub": sub, "exp": time.time() + 60, **extra}, secret, algorithm="HS256")
 
-    app = App(Hub(), Settings(jwt_secret=secret, api_key="k", task_stop_grace=0.05))
+    app = _app(broker_kind, jwt_secret=secret, api_key="k", task_stop_grace=0.05)
     async with running(app) as srv:
         mine = await app.tasks.create("crawl", owner="ann")
         theirs = await app.tasks.create("crawl", owner="bob")
@@ -157,8 +174,8 @@ async def test_the_stop_button_over_socketio_and_websocket_is_for_the_owner_or_a
         assert (await app.tasks.get(other_kind.id)).status.value == "running"  # refused: untouched
 
 
-async def test_a_worker_acknowledges_a_stop_and_the_task_ends_cancelled_at_once() -> None:
-    async with running(App(Hub(), Settings())) as srv:  # the default 5 s grace: no waiting on it
+async def test_a_worker_acknowledges_a_stop_and_the_task_ends_cancelled_at_once(broker_kind: str) -> None:
+    async with running(_app(broker_kind)) as srv:  # the default 5 s grace: no waiting on it
         _, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl"})
         _, reported = await _call(srv, "POST", f"/api/tasks/{task['id']}/progress", {"progress": 5})
         assert reported["status"] == "running"
@@ -169,13 +186,13 @@ async def test_a_worker_acknowledges_a_stop_and_the_task_ends_cancelled_at_once(
         assert status == 200 and ended["status"] == "cancelled" and ended["message"] == "stopped at page 6"
 
 
-async def test_a_subscriber_arriving_after_the_end_gets_the_result_on_socketio_and_websocket() -> None:
+async def test_a_subscriber_arriving_after_the_end_gets_the_result_on_socketio_and_websocket(broker_kind: str) -> None:
     import json
 
     import socketio
     from rawclient import open_websocket
 
-    async with running(App(Hub(), Settings())) as srv:
+    async with running(_app(broker_kind)) as srv:
         _, task = await _call(srv, "POST", "/api/tasks", {"kind": "crawl", "title": "done before anyone looked"})
         await _call(srv, "POST", f"/api/tasks/{task['id']}/complete", {"result": {"pages": 7}})
         room = f"task:{task['id']}"
@@ -196,3 +213,19 @@ async def test_a_subscriber_arriving_after_the_end_gets_the_result_on_socketio_a
             ws.close()
         assert answer["type"] == "snapshot" and answer["room"] == room
         assert answer["snapshot"]["status"] == "completed" and answer["snapshot"]["result"] == {"pages": 7}
+
+
+# Leases exist only beside a shared store: this one is about Redis alone.
+async def test_a_node_holds_its_task_lease_for_the_configured_time(redis_url: str) -> None:
+    assert Settings().task_lease_ttl == DEFAULT_LEASE_TTL  # `roomcast serve` without the flag
+    url = fresh_url(redis_url)
+    app = App(None, Settings(redis_url=url, task_lease_ttl=2.5))
+    assert isinstance(app.task_store, RedisTaskStore)  # with --redis the tasks are shared
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with running(app):
+            lease = f"{{rc-tasks}}:lease:{app.tasks.node_id}"  # RedisTaskStore's default namespace
+            assert 0 < await client.pttl(lease) <= 2500  # the default would be 10,000 ms
+        assert await client.exists(lease) == 0  # released at shutdown
+    finally:
+        await client.aclose()

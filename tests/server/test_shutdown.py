@@ -86,7 +86,12 @@ async def test_after_sigterm_publications_and_reports_are_refused_and_pending_pr
     write (for up to its 5 s busy timeout) while the test sends what arrives too late."""
     db = tmp_path / "tasks.db"
     connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection, opened before the signal
-    async with serving(db) as (proc, url), aiohttp.ClientSession(connector=connector) as http:
+    # Grace 0: the shutdown's own steps at once. A drain (test_drain) would keep serving the
+    # API and move the subscriber away first; this is about what comes after it.
+    async with (
+        serving(db, "--shutdown-grace", "0") as (proc, url),
+        aiohttp.ClientSession(connector=connector) as http,
+    ):
         publisher = Publisher(url)
         task_id = (await publisher.acreate_task("crawl"))["id"]
         async with open_sse(url, [], path=f"/tasks/{task_id}/events") as stream:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 from keyspace import key_events
 from redisserver import fresh_url
-from taskrecorder import subscribed
+from taskrecorder import recorder
 from taskstores import make
 
 from roomcast.broker.redis import RedisBroker
@@ -80,7 +80,7 @@ async def test_a_worker_reporting_through_two_nodes_loses_no_update(nodes: Calla
     re-applies its progress over A's version, and both survive into the final task."""
     a = await nodes(progress_interval=0.0)
     b = await nodes(progress_interval=60.0)  # B's second report stays pending until a change
-    watch = await subscribed(a.hub, task_room("t1"))
+    watch = await recorder(a.hub, task_room("t1"))
     await a.tasks.create("import", id="t1")
     await b.tasks.report("t1", progress=10)  # starts it; B's first progress is written at once
     await watch.until(
@@ -107,7 +107,7 @@ async def test_a_worker_reporting_through_two_nodes_loses_no_update(nodes: Calla
 async def test_two_nodes_ending_one_task_at_once_let_exactly_one_win(nodes: Callable[..., Awaitable[Node]]) -> None:
     a, b = await nodes(), await nodes()
     ids = [f"t{i}" for i in range(20)]
-    watch = await subscribed(b.hub, *(task_room(i) for i in ids))
+    watch = await recorder(b.hub, *(task_room(i) for i in ids))
     for task_id in ids:
         await a.tasks.create("race", id=task_id)
         await b.tasks.begin(task_id)  # both nodes now hold a record of it
@@ -148,7 +148,7 @@ async def test_a_stop_sent_to_node_b_cancels_the_producer_running_on_node_a(
 
     started = await a.tasks.spawn("crawl", crawl, id="t1")
     assert (await a.store.read("t1")).node == a.tasks.node_id  # type: ignore[union-attr]
-    watch = await subscribed(b.hub, task_room("t1"))
+    watch = await recorder(b.hub, task_room("t1"))
     began = time.monotonic()
     stopping = await b.tasks.request_stop(started.id, by="ann")
     assert stopping.status is S.STOPPING
@@ -168,7 +168,7 @@ async def test_a_stop_for_a_node_that_cannot_be_reached_ends_at_the_grace(
     b = await nodes(stop_grace=0.2)
     await b.store.hold("gone", ttl=60)  # alive by its lease, deaf on the bus: a hung node
     await b.store.swap(make("t1", S.RUNNING), version=0, node="gone")
-    watch = await subscribed(b.hub, task_room("t1"))
+    watch = await recorder(b.hub, task_room("t1"))
     assert (await b.tasks.request_stop("t1")).status is S.STOPPING
     final = await watch.until_event(task_room("t1"), "task:cancelled")
     assert final["message"] == "stop not acknowledged within 0.2s"
@@ -184,7 +184,7 @@ async def test_a_dead_nodes_task_is_failed_as_node_lost_and_its_room_ends(
     async with key_events(redis_url, "*:lease:gone") as events:
         await b.store.hold("gone", ttl=0.5)  # what node "gone" did while it lived
         await b.store.swap(make("t1", S.RUNNING), version=0, node="gone")
-        watch = await subscribed(b.hub, task_room("t1"))
+        watch = await recorder(b.hub, task_room("t1"))
         async with asyncio.timeout(WAIT):
             await events.until("{rc-tasks}:lease:gone", "expired")  # then it died: no renewal
         lapsed = time.monotonic()
@@ -215,7 +215,7 @@ async def test_a_restarted_node_fails_nothing_that_a_live_node_runs(nodes: Calla
             assert await b.tasks.sweep() == 0
             assert (await b.tasks.get("held")).status is S.RUNNING
             assert (await b.tasks.get("worker")).status is S.RUNNING
-    watch = await subscribed(a.hub, task_room("held"))
+    watch = await recorder(a.hub, task_room("held"))
     release.set()
     await watch.until_event(task_room("held"), "task:completed")
     assert (await a.tasks.get("held")).result == "done"
@@ -271,7 +271,7 @@ async def test_an_overdue_task_no_live_node_watches_is_timed_out_by_any_node(
     b = await nodes()
     late = make("late", S.RUNNING, deadline=time.time() - 1)  # its creator died before its timer fired
     await b.store.swap(late, version=0, node=None)
-    watch = await subscribed(b.hub, task_room("late"))
+    watch = await recorder(b.hub, task_room("late"))
     assert await b.tasks.sweep() == 1
     ended = await watch.until_event(task_room("late"), "task:timed_out")
     assert ended["error"] == "deadline exceeded"

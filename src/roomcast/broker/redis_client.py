@@ -74,6 +74,17 @@ class _Retry(Retry):
         return super().call_with_retry(do, fail, is_retryable or _worth_retrying, with_failure_count)
 
 
+POOL_SIZE = 100
+"""Connections one asyncio client opens at most (``?max_connections=`` in the URL overrides
+it). A burst asks for more at once (hundreds of subscribers reading their rooms after a
+node restart): past the size a call waits for a connection to come free, up to
+``POOL_WAIT`` seconds, where redis-py's default pool would fail it at once
+(``MaxConnectionsError``: 51 of 150 SSE streams opened together were refused)."""
+
+POOL_WAIT = 10.0
+"""Seconds a call waits for a free connection before it fails (``BrokerUnavailable``)."""
+
+
 def _retry_options(*, for_asyncio: bool) -> dict[str, Any]:
     """A fresh retry policy. An asyncio client needs ``redis.asyncio.retry.Retry``: given the
     blocking one, its ``call_with_retry`` hands back the coroutine unawaited and a failure
@@ -102,7 +113,10 @@ def connect(url: str, *, retry: bool = True) -> aioredis.Redis:
             manager: Any = _untyped(AsyncSentinel)(sentinels, sentinel_kwargs=to_sentinels, **to_master, **options)
             client: aioredis.Redis = manager.master_for(master, redis_class=_AsyncSentinelMaster)
             return client
-        return aioredis.from_url(url, **options)
+        if not retry:  # a subscription holds one connection of its own: redis-py's plain pool
+            return aioredis.from_url(url, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options)
+        return aioredis.Redis.from_pool(pool)
     except ValueError:
         raise ValueError(f"cannot read the Redis URL {redact(url)}: {_URL_HELP}") from None
 

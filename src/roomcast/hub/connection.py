@@ -52,7 +52,7 @@ class Connection:
         hub: the hub this connection belongs to.
     """
 
-    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user", "claims")
+    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user", "claims", "opened_at")
 
     def __init__(
         self,
@@ -73,9 +73,16 @@ class Connection:
         self.closed = False
         self.user: str | None = None
         self.claims: Claims | None = None
+        self.opened_at = 0.0  # time.monotonic() when the hub added it (``hub.connlog``)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.namespace}>"
+
+    @property
+    def transport_label(self) -> str:
+        """The wire this connection speaks, as ``/metrics`` labels it (``sse``, ``ws``,
+        ``socketio-polling`` ...): the connection log names it. Transports override it."""
+        return type(self).__name__
 
     # -- the application's API -------------------------------------------------------
     def join(self, room: RoomName) -> asyncio.Future[None]:

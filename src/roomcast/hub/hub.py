@@ -36,6 +36,7 @@ from roomcast.cluster.base import Cluster, LocalCluster
 from roomcast.disconnect import Disconnect
 from roomcast.errors import BrokerError, ConnectionClosed, LimitExceeded, ShuttingDown
 from roomcast.hub.connection import Connection
+from roomcast.hub.connlog import ConnectionLog
 from roomcast.hub.handlers import ConnectHandler, Handler, HandlerRegistry
 from roomcast.hub.nodes import NodeOps, RoomListing
 from roomcast.hub.publication import prepare
@@ -107,6 +108,7 @@ class Hub:
         self.slow_disconnects = 0
         self.stream_losses = 0
         self.disconnects: dict[Disconnect | None, int] = {}  # ended connections by reason
+        self.connection_log = ConnectionLog()  # one info line per connection open and close
         self._closing = False
 
     # -- lifecycle --------------------------------------------------------------------
@@ -177,12 +179,15 @@ class Hub:
     # -- connections and rooms ----------------------------------------------------------
     def add_connection(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
+        self.connection_log.opened(conn)
 
     def remove_connection(self, conn: Connection, reason: Disconnect | None = None) -> None:
         """Forget ``conn`` and its memberships. Transports call this when it ends, with why:
-        the first call for a connection counts it in ``disconnects`` under ``reason``."""
+        the first call for a connection counts it in ``disconnects`` under ``reason`` and
+        logs its close line (with its rooms, so before they are left)."""
         if self.connections.pop(conn.id, None) is not None:
             self.disconnects[reason] = self.disconnects.get(reason, 0) + 1
+            self.connection_log.closed(conn, reason)
         for room in list(conn.rooms):
             self.leave(conn, room)
 

@@ -341,7 +341,7 @@ class ApiServer:
         says why, so whoever meets one behind a proxy or in a browser knows to set a key."""
         headers = request.headers
         if not _is_loopback(request.client[0]):
-            problem = "this client is not on this machine"
+            problem = f"this client ({request.client[0][:64]}) is not on this machine"
         elif forwarded := [name for name in FORWARDING_HEADERS if name.lower() in headers]:
             problem = f"this request came through a proxy ({', '.join(forwarded)})"
         elif not _loopback_authority(headers.get("host", "")):

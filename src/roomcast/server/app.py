@@ -27,6 +27,7 @@ from roomcast.hub.connection import Connection
 from roomcast.hub.hub import Hub
 from roomcast.server.api import ApiServer
 from roomcast.server.config import Settings
+from roomcast.server.dashboard import Dashboard
 from roomcast.server.door_limits import DoorCounters
 from roomcast.server.metrics import Metrics
 from roomcast.tasks.model import Task, task_room
@@ -197,20 +198,30 @@ class App:
             list_rooms=settings.task_list_rooms,
             keep_days=settings.task_keep_days,
             keep_count=settings.task_keep_count,
+            lease_ttl=settings.task_lease_ttl,
             cluster=self.hub.nodes.cluster,  # a stop reaches the node running the task's producer
         )
         self.pollers = TaskPoller(self.tasks)  # tasks that follow an upstream job's URL
         self.api = ApiServer(
             self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers, poll_allow=settings.poll_allow
         )
-        self.door = "native"
-        """The front door serving this app (``"asgi"`` once ``RoomcastApp`` wraps it), for metrics."""
         self.door_counters = DoorCounters()  # the native door counts here (``server.runner``)
         self.metrics = Metrics(self)  # GET /metrics
+        self.dashboard = Dashboard(self)  # GET / and /dashboard (after metrics: it reads them)
         if self.hub.handler("/", "task:stop") is None:  # the application's own handler wins
             self.hub.on("task:stop")(self._client_stop)
         self._ready = False
         self._shutdown: asyncio.Task[None] | None = None
+
+    @property
+    def door(self) -> str:
+        """The front door serving this app (``"asgi"`` once ``RoomcastApp`` wraps it), for
+        metrics and the connection log: kept in one place, the hub's ``connection_log``."""
+        return self.hub.connection_log.door
+
+    @door.setter
+    def door(self, value: str) -> None:
+        self.hub.connection_log.door = value
 
     def _engine(self, app: EchoApp | SocketIOServer, cors: CorsPolicy, name: str) -> EngineIOServer:
         s = self.settings
@@ -250,6 +261,12 @@ class App:
         self.metrics.start()
         self._ready = True
 
+    def drain(self) -> None:
+        """Answer ``/readyz`` with 503 from now on, and serve everything else as before: a
+        graceful drain (``server.drain``) has begun, so load balancers stop sending clients
+        here while the connected ones are moved away and tasks end."""
+        self._ready = False
+
     async def shutdown(self, reason: Disconnect | None = None) -> None:
         """Stop accepting, then flush, then close. Idempotent: a second call waits for the first.
 
@@ -280,6 +297,7 @@ class App:
                 engine.close_all(reason or disconnect.SHUTDOWN)
         self.sse.close_all(reason or disconnect.SHUTDOWN)
         self.ws.close_all(reason or disconnect.SHUTDOWN)
+        await self.dashboard.aclose()  # its streams and its stats publisher, with the others
         self.expiry.close()
         await self.socketio.aclose()  # the sessions just saved reach Redis before it closes
         await self.hub.aclose()
@@ -307,6 +325,8 @@ class App:
             return json_error(413, 3, "Payload too large")
         if request.path == "/healthz":
             return HttpResponse(200, b"ok")
+        if request.path == "/" or request.path == "/dashboard" or request.path.startswith("/dashboard/"):
+            return await self.dashboard.handle(request)
         if request.path == "/metrics":
             return await self.metrics.handle(request)
         if request.path == "/roomcast.js":

@@ -1,17 +1,192 @@
 """``Settings``: every knob of a roomcast server, with the embedded defaults.
 
-Imports L0 and the task model (for event aliases). The CLI fills it from flags and
-``ROOMCAST_*`` variables; code that embeds roomcast builds it directly.
+Imports L0 and the task model (for event aliases). The CLI fills it from flags, a
+``--config`` file and ``ROOMCAST_*`` variables; code that embeds roomcast builds it directly.
+
+``Settings`` checks its own values when it is built (``SettingsError``), so a server embedded
+with ``App(settings=Settings(...))`` is refused as ``roomcast serve`` is, before anything
+listens, rather than failing at its first connection. The rules live here once: the CLI has
+no range checks of its own and turns ``SettingsError`` into a usage error naming the flag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import functools
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from roomcast.tasks.model import TaskEvents
+from roomcast.tasks.service import LIST_ROOM_KINDS
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SettingsError", "LOG_LEVELS", "LOG_FORMATS"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""The values of ``Settings.log_level`` (the CLI's ``--log-level`` choices)."""
+
+LOG_FORMATS = ("text", "json")
+"""The values of ``Settings.log_format`` (the CLI's ``--log-format`` choices, ``server.logs``)."""
+
+
+class SettingsError(ValueError):
+    """``Settings`` refused: every bad field at once, so one run shows all there is to fix.
+
+    ``problems`` holds ``(field, reason)`` pairs; ``reason`` reads after the field's name
+    (``"must be > 0, got -1"``), so the CLI can put a flag or a config-file key there instead.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(f"{name} {reason}" for name, reason in self.problems))
+
+
+# -- the rules ------------------------------------------------------------------------------
+# Every field is checked against its annotation, and every number must be finite and >= 0
+# (0 being "off" or "none" for limits, windows and graces): a field added later is covered
+# without touching this. The tables list only the fields that need more.
+
+_RANGES: dict[str, tuple[int, int]] = {"port": (0, 65535)}
+
+_POSITIVE = frozenset(
+    {
+        # Timers: 0 would fire without pause, or give a client no time at all to answer.
+        "ping_interval",
+        "ping_timeout",
+        "connect_timeout",
+        "request_timeout",
+        "keepalive_timeout",
+        "ws_ping_timeout",
+        "sse_heartbeat",
+        "task_lease_ttl",
+        # None keeps finished tasks; 0 days would delete each one as it ends.
+        "task_keep_days",
+    }
+)
+
+_AT_LEAST_ONE = frozenset(
+    {
+        # Sizes and counts where 0 would refuse every message, request or room.
+        "max_payload",
+        "max_buffer_bytes",
+        "output_high_water",
+        "max_request_line",
+        "max_header_bytes",
+        "max_headers",
+        "message_burst",
+        "max_rooms_per_connection",
+    }
+)
+
+_CHOICES: dict[str, Sequence[str]] = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """The resolved annotations of ``Settings`` (strings under ``from __future__``)."""
+    return typing.get_type_hints(Settings)
+
+
+def _problems(settings: Settings) -> list[tuple[str, str]]:
+    """``(field, reason)`` for every value of ``settings`` that breaks a rule, in field order."""
+    hints = _hints()
+    problems: list[tuple[str, str]] = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        hint = hints.get(f.name, Any)
+        if not _matches(hint, value):
+            shown = f" {value!r}" if f.repr else ""  # secrets (repr=False) are never echoed
+            problems.append((f.name, f"must be {_describe(hint)}, got {type(value).__name__}{shown}"))
+            continue
+        reason = _number_problem(f.name, value) or _choice_problem(f.name, value)
+        if reason:
+            problems.append((f.name, reason))
+    bad = {name for name, _ in problems}
+    unknown = sorted(set(settings.task_list_rooms) - LIST_ROOM_KINDS) if "task_list_rooms" not in bad else []
+    if unknown:
+        problems.append(("task_list_rooms", f"may only hold {sorted(LIST_ROOM_KINDS)}, got {unknown}"))
+    if settings.redis_url is not None and "history_ttl" not in bad and settings.history_ttl == 0:
+        # Redis expires a room's history by it; the memory broker reads 0 as "keep none".
+        problems.append(("history_ttl", "must be > 0 with redis_url, got 0"))
+    return problems
+
+
+def _number_problem(name: str, value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if name in _RANGES:
+        low, high = _RANGES[name]
+        return None if low <= value <= high else f"must be between {low} and {high}, got {value!r}"
+    if name in _POSITIVE:
+        return None if value > 0 else f"must be > 0, got {value!r}"
+    if name in _AT_LEAST_ONE:
+        return None if value >= 1 else f"must be >= 1, got {value!r}"
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+def _choice_problem(name: str, value: object) -> str | None:
+    choices = _CHOICES.get(name)
+    if choices is None or value in choices:
+        return None
+    return f"must be one of {', '.join(choices)}, got {value!r}"
+
+
+def _matches(hint: Any, value: object) -> bool:
+    """Whether ``value`` fits the annotation ``hint``; a kind of annotation this does not know
+    (a field added later with a new type) passes, so only the types below are enforced."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(arg, value) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an int is a float here, as for the type checker; True is not
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(args[0], item) for item in value)
+        return len(args) == len(value) and all(_matches(a, item) for a, item in zip(args, value))
+    if origin is Mapping:
+        if not isinstance(value, Mapping):
+            return False
+        key_hint, value_hint = args or (Any, Any)
+        return all(_matches(key_hint, k) and _matches(value_hint, v) for k, v in value.items())
+    if origin is None and isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in words, for a refusal."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is tuple:
+        return "a tuple of strings" if args == (str, Ellipsis) else "a tuple"
+    if origin is Mapping:
+        return f"a mapping of strings to {getattr(args[1], '__name__', 'values')}" if args else "a mapping"
+    words = {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    return getattr(hint, "__name__", str(hint))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +259,9 @@ class Settings:
             ``subscribe {room, epoch, offset}``; turn this on when the clients are the
             official JavaScript client.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        log_format: ``text`` (one line per record) or ``json`` (one object per line, with
+            the connection and request fields as keys); ``roomcast serve`` only: an embedding
+            application keeps its own logging.
         engineio_echo: also serve a bare Engine.IO echo endpoint at ``/engine.io/``
             (for the official Engine.IO test suite).
         sse_heartbeat: seconds between ``: ping`` comments on SSE streams.
@@ -113,7 +291,33 @@ class Settings:
             (``tasks:kind:{kind}``) and/or ``"owner"`` (``tasks:owner:{owner}``).
         task_keep_days: finished tasks older than this are deleted (``None`` keeps them).
         task_keep_count: at most this many finished tasks are kept, the newest (``None``: all).
+        task_lease_ttl: with ``redis_url``, seconds this node's running tasks outlive its last
+            lease renewal before another node fails them as lost (``TaskService(lease_ttl=)``,
+            renewed every third of it); unused without Redis.
+        ssl_certfile: a PEM certificate chain: the native door then serves HTTPS and WSS only
+            (``roomcast.server.tls``). ``SIGHUP`` reads it again, for renewed certificates,
+            without dropping a connection.
+        ssl_keyfile: the PEM private key of ``ssl_certfile``; ``None`` when that file holds it.
+        forwarded_allow_ips: addresses (or networks, ``"*"`` for any) of the reverse proxies
+            whose ``Forwarded`` / ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` headers the
+            native door believes (``roomcast.server.proxy``): loopback only by default, as
+            uvicorn, for an nginx on the same host. The keyless API refuses forwarded
+            requests whatever this holds: a proxy is never "this machine".
+        shutdown_grace: seconds from SIGTERM to exit (``server.drain``): ``/readyz`` answers
+            503 at once, clients are told to reconnect elsewhere in jittered batches over
+            it, in-process tasks have it to finish (then fail with "server shutting
+            down"). 0: stop at once, closing every connection together.
+        drain_delay: seconds, at the start of the grace, that new connections are still
+            accepted, so a load balancer's next readiness probe sees the 503 before
+            connections are refused (at most a quarter of the grace is used).
     """
+
+    def __post_init__(self) -> None:
+        """Refuse bad values now (``SettingsError``, naming each field), not at the first
+        connection; the rules are below the class (``_problems``)."""
+        problems = _problems(self)
+        if problems:
+            raise SettingsError(problems)
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -144,6 +348,7 @@ class Settings:
     history_bytes: int = 256_000_000
     recovery_window: float = 0.0
     log_level: str = "info"
+    log_format: str = "text"
     engineio_echo: bool = False
     sse_heartbeat: float = 15.0
     sse_retry_ms: int = 2000
@@ -161,3 +366,9 @@ class Settings:
     task_list_rooms: tuple[str, ...] = ()
     task_keep_days: float | None = 30.0
     task_keep_count: int | None = 10_000
+    task_lease_ttl: float = 10.0  # roomcast.tasks.service.DEFAULT_LEASE_TTL
+    shutdown_grace: float = 10.0
+    drain_delay: float = 1.0
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")

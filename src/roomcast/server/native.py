@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from ssl import SSLContext
 from typing import Any, Protocol
 
 import httptools
@@ -27,6 +28,7 @@ from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import websocket as wsproto
 from roomcast.server.config import Settings
 from roomcast.server.door_limits import DoorCounters, DoorLimits
+from roomcast.server.logs import log_refused, log_request
 from roomcast.server.native_output import (
     SLOW_GOODBYE_SECONDS,
     CoalescedOutput,
@@ -34,6 +36,7 @@ from roomcast.server.native_output import (
     NativeWebSocket,
     WriteCoalescer,
 )
+from roomcast.server.proxy import ProxyTrust
 from roomcast.transports.base import (
     HttpRequest,
     HttpResponse,
@@ -191,6 +194,8 @@ class HttpProtocol(asyncio.Protocol):
         "limits",
         "coalescer",
         "gate",
+        "proxies",
+        "scheme",
         "_address",
         "transport",
         "parser",
@@ -221,8 +226,12 @@ class HttpProtocol(asyncio.Protocol):
         limits: DoorLimits,
         coalescer: WriteCoalescer | None = None,
         gate: ConnectionGate | None = None,
+        proxies: ProxyTrust | None = None,
+        tls: bool = False,
     ) -> None:
         self.router = router
+        self.proxies = proxies  # whose forwarding headers count (server.proxy); None: nobody's
+        self.scheme = "https" if tls else "http"
         self.limits = limits
         self.coalescer = coalescer if coalescer is not None else WriteCoalescer()
         self.gate = gate if gate is not None else ConnectionGate(limits, self.coalescer.counters)
@@ -281,7 +290,7 @@ class HttpProtocol(asyncio.Protocol):
                 logger.exception("HTTP parser callback failed")
                 self._reply_and_close(json_error(500, 500, "Internal server error"))
         except httptools.HttpParserError as exc:
-            logger.debug("bad HTTP request: %s", exc)
+            log_refused("native", 400, "bad HTTP request", str(exc))
             self.coalescer.counters.bad_requests += 1
             self._reply_and_close(json_error(400, 3, "Bad request"))
         else:
@@ -414,7 +423,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _refuse_with(self, response: HttpResponse) -> None:
         self.coalescer.counters.refused_heads += 1
-        logger.debug("refused a request: %d", response.status)
+        log_refused("native", response.status, "request head")
         self._reply_and_close(response)
 
     def _arm(self, seconds: float) -> None:
@@ -443,7 +452,7 @@ class HttpProtocol(asyncio.Protocol):
     def _build(self, parser: httptools.HttpRequestParser) -> HttpRequest:
         url = httptools.parse_url(b"".join(self._url))
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        return build_request(
+        request = build_request(
             parser.get_method().decode(),
             url.path.decode("latin-1"),
             url.query or b"",
@@ -451,7 +460,12 @@ class HttpProtocol(asyncio.Protocol):
             body=b"".join(self._body),
             client=(peer[0], peer[1]) if peer else ("", 0),
             body_too_large=self._too_big,
+            scheme=self.scheme,
         )
+        proxies = self.proxies
+        if proxies is not None and proxies.trusts(request.client[0]):
+            return proxies.apply(request)
+        return request
 
     async def _serve_pending(self) -> None:
         try:
@@ -462,6 +476,7 @@ class HttpProtocol(asyncio.Protocol):
                 except Exception:
                     logger.exception("request %s %s failed", request.method, request.path)
                     response = json_error(500, 500, "Internal server error")
+                log_request("native", request.method, request.path, getattr(response, "status", 200))
                 transport = self.transport
                 if transport is None or transport.is_closing():
                     return
@@ -529,11 +544,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             accept_key = wsproto.check_client_handshake(request.method, request.headers)
         except RemoteProtocolError as exc:
-            logger.debug("bad websocket handshake: %s", exc)
+            log_refused("native", 400, "websocket handshake", str(exc))
             self.coalescer.counters.bad_requests += 1
             self._reply_and_close(json_error(400, 3, "Bad request"))
             return
         decision = self.router.websocket(request)
+        log_request("native", request.method, request.path, getattr(decision, "status", 101))
         if isinstance(decision, HttpResponse):
             self._reply_and_close(decision)
             return
@@ -557,16 +573,26 @@ async def serve(
     limits: DoorLimits | None = None,
     counters: DoorCounters | None = None,
     backlog: int = 2048,
+    proxies: ProxyTrust | None = None,
+    ssl: SSLContext | None = None,
     **kwargs: Any,
 ) -> asyncio.Server:
     """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port).
 
-    ``counters``, when given, is where the door counts what it refused or cut.
+    ``counters``, when given, is where the door counts what it refused or cut. ``proxies``:
+    the reverse proxies whose forwarding headers count (``server.proxy``). ``ssl``: serve
+    HTTPS and WSS with this context (``server.tls``); the door keeps no reference of its
+    own, so ``load_cert_chain`` on it later changes what new handshakes present.
     """
     loop = asyncio.get_running_loop()
     door = limits if limits is not None else DoorLimits.from_settings(Settings())
     coalescer = WriteCoalescer(counters)  # one per server: one flush per loop iteration for all its sockets
     gate = ConnectionGate(door, coalescer.counters)  # one per server: its connection limits
     return await loop.create_server(
-        lambda: HttpProtocol(router, limits=door, coalescer=coalescer, gate=gate), host, port, backlog=backlog, **kwargs
+        lambda: HttpProtocol(router, limits=door, coalescer=coalescer, gate=gate, proxies=proxies, tls=ssl is not None),
+        host,
+        port,
+        backlog=backlog,
+        ssl=ssl,
+        **kwargs,
     )

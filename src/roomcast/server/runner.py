@@ -24,8 +24,8 @@ How ``--workers N`` works, and why this way:
   parent only, which forwards the signal once; a worker never gets a stray SIGINT while
   it is still importing (a traceback instead of a clean stop), nor one signal twice.
 * **Stopping:** SIGTERM or SIGINT to the parent is forwarded to every worker, which stops
-  gracefully (``App.shutdown``); a worker still running ``STOP_TIMEOUT`` seconds later is
-  killed. A second signal kills the remaining workers at once. The parent then exits 0.
+  gracefully (it drains for up to ``--shutdown-grace``, ``server.drain``, then
+  ``App.shutdown``); a worker still running ``STOP_TIMEOUT`` seconds past the grace is killed. A second signal kills the remaining workers at once. The parent then exits 0.
 * **A worker that dies** is logged with its status and started again, after a delay from
   ``roomcast.backoff`` (0.5 s growing to 30 s with jitter while it keeps dying; reset once a
   worker has served ``STABLE_AFTER`` seconds): the other workers keep serving, the dead one's
@@ -55,19 +55,53 @@ from typing import Any
 from roomcast.backoff import Backoff
 from roomcast.server.app import App
 from roomcast.server.config import Settings
+from roomcast.server.drain import Drain, DrainPlan
+from roomcast.server.logs import configure_logging
 from roomcast.server.native import DoorLimits, serve
+from roomcast.server.proxy import ProxyTrust
+from roomcast.server.tls import reload_certificate, server_context
 
-__all__ = ["run", "serve_app", "run_workers", "NEEDS_REDIS", "STOP_TIMEOUT", "STABLE_AFTER"]
+__all__ = [
+    "run",
+    "serve_app",
+    "run_workers",
+    "CannotListen",
+    "NEEDS_REDIS",
+    "STOP_TIMEOUT",
+    "HURRY_BOUND",
+    "STABLE_AFTER",
+]
 
 logger = logging.getLogger("roomcast.workers")
 
-STOP_TIMEOUT = 10.0
-"""Seconds the parent waits for a signalled worker to stop gracefully before killing it."""
+STOP_TIMEOUT = 5.0
+"""Seconds past ``Settings.shutdown_grace`` that the parent waits for a signalled worker to
+stop gracefully before killing it: a worker drains for up to the grace (``server.drain``),
+and this margin is for its shutdown on a loaded machine."""
+
+HURRY_BOUND = 1.0
+"""Seconds after a second signal within which a process exits, its shutdown done or not."""
 
 STABLE_AFTER = 30.0
 """Seconds a worker must have served for its restart delay to start again from the shortest."""
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class CannotListen(OSError):
+    """The listening socket could not be had: the port is taken, the address is not this
+    machine's, or a low port needs privileges. One class for ``run`` and ``run_workers``, so
+    the CLI reports both the same way, in one line; ``str()`` is that line's text."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        # create_server's message repeats the address; the errno's own text says it plainly.
+        reason = os.strerror(cause.errno) if isinstance(cause.errno, int) and cause.errno > 0 else None
+        reason = (reason or cause.strerror or str(cause)).lower()
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(cause.errno, f"cannot listen on {shown}:{port}: {reason}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 async def serve_app(
@@ -83,33 +117,54 @@ async def serve_app(
     The signal handlers are installed before the app starts, so a signal that arrives while
     it is starting still ends in a graceful stop rather than the default abrupt exit.
     ``reuse_port`` binds with ``SO_REUSEPORT`` (the listening socket of one worker of many).
+    With ``ssl_certfile`` it serves TLS, and ``SIGHUP`` reads the certificate again
+    (``server.tls``): renewed certificates are taken without a restart or a dropped client.
+
+    Raises:
+        CertificateError: the certificate or key cannot be used (before anything starts).
+        CannotListen: the address or port cannot be bound (after the app started; it is
+            shut down again).
     """
     s = app.settings
     loop = asyncio.get_running_loop()
+    context = server_context(s.ssl_certfile, s.ssl_keyfile) if s.ssl_certfile else None
+    if context is not None and s.ssl_certfile:
+        certfile, keyfile = s.ssl_certfile, s.ssl_keyfile
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+            loop.add_signal_handler(signal.SIGHUP, reload_certificate, context, certfile, keyfile)
     stop = stop if stop is not None else asyncio.Event()
+    hurry = asyncio.Event()
     installed = []
     for sig in _SIGNALS:
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_stop_signal, sig, stop, hurry)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / Windows
             pass
     try:
         await app.startup()
         try:
-            server = await serve(
-                app,
-                s.host,
-                s.port,
-                limits=DoorLimits.from_settings(s),
-                counters=app.door_counters,  # what /metrics reads
-                reuse_port=reuse_port or None,
-            )
+            try:
+                server = await serve(
+                    app,
+                    s.host,
+                    s.port,
+                    limits=DoorLimits.from_settings(s),
+                    counters=app.door_counters,  # what /metrics reads
+                    reuse_port=reuse_port or None,
+                    proxies=ProxyTrust(s.forwarded_allow_ips),
+                    ssl=context,
+                )
+            except OSError as exc:  # only the bind is left to fail here: the certificate is loaded
+                raise CannotListen(s.host, s.port, exc) from exc
             try:
                 host, port = server.sockets[0].getsockname()[:2]
-                if on_ready is not None and not stop.is_set():
+                served = not stop.is_set()  # a stop while starting: nobody to drain
+                if on_ready is not None and served:
                     on_ready(host, port)
                 await stop.wait()
+                if served and s.shutdown_grace > 0:
+                    await Drain(app, server, DrainPlan.of(s.shutdown_grace, s.drain_delay), hurry).run()
             finally:
                 server.close()
         finally:
@@ -117,6 +172,30 @@ async def serve_app(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if context is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _on_stop_signal(sig: signal.Signals, stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    """SIGTERM or SIGINT: the first one starts the graceful drain (``server.drain``); the
+    second one hurries it (every client closed now, then the shutdown) and, should even that
+    hang (a store that does not answer), ends the process ``HURRY_BOUND`` seconds later."""
+    if not stop.is_set():
+        logger.info("%s: draining, then stopping", sig.name)
+        stop.set()
+        return
+    if hurry.is_set():
+        return
+    logger.warning("%s again: stopping now", sig.name)
+    hurry.set()
+    asyncio.get_running_loop().call_later(HURRY_BOUND, _exit_now)
+
+
+def _exit_now() -> None:
+    """The hurried shutdown did not end in time: exit without it (status 1: not graceful)."""
+    logger.error("the shutdown did not end %.1f s after the second signal; exiting", HURRY_BOUND)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -152,7 +231,7 @@ def run_workers(
     workers: int,
     *,
     on_ready: Callable[[str, int], None] | None = None,
-    stop_timeout: float = STOP_TIMEOUT,
+    stop_timeout: float | None = None,
 ) -> int:
     """Serve ``App(settings=settings)`` from ``workers`` processes on one port until SIGINT or
     SIGTERM; returns the exit status (0 after a requested stop, 1 when the start failed).
@@ -163,15 +242,19 @@ def run_workers(
 
     Raises:
         ValueError: ``workers`` is below 2, or there is no ``redis_url`` (``NEEDS_REDIS``).
-        OSError: the port cannot be bound (in use by another process, a bad address).
+        CannotListen: the port cannot be bound (in use by another process, a bad address).
     """
     if workers < 2:
         raise ValueError(f"run_workers is for 2 workers or more, got {workers}: use run() for one")
     if settings.redis_url is None:
         raise ValueError(NEEDS_REDIS.format(workers=workers))
-    sockets, host, port = _reserve(settings.host, settings.port)
     try:
-        supervisor = _Supervisor(dataclasses.replace(settings, port=port), workers, stop_timeout)
+        sockets, host, port = _reserve(settings.host, settings.port)
+    except OSError as exc:
+        raise CannotListen(settings.host, settings.port, exc) from exc
+    try:
+        bound = settings.shutdown_grace + STOP_TIMEOUT if stop_timeout is None else stop_timeout
+        supervisor = _Supervisor(dataclasses.replace(settings, port=port), workers, bound)
         return asyncio.run(supervisor.run(lambda: on_ready(host, port) if on_ready is not None else None))
     finally:
         for sock in sockets:
@@ -249,10 +332,8 @@ def _worker_main() -> None:
     the worker stops gracefully rather than serve on unsupervised.
     """
     order = _read_order(0)
-    logging.basicConfig(
-        level=order.settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [worker {order.index}] %(name)s: %(message)s",
-    )
+    # off the loop through a bounded queue, as ``roomcast serve`` itself (``server.logs``)
+    configure_logging(order.settings.log_level, order.settings.log_format, worker=order.index)
     _run_loop(_serve_worker(App(settings=order.settings), order))
 
 
@@ -339,6 +420,8 @@ class _Supervisor:
         self.all_listening = asyncio.Event()
         for sig in _SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        if self.settings.ssl_certfile:  # each worker reads its certificate again (server.tls)
+            loop.add_signal_handler(signal.SIGHUP, self._forward_hangup)
         self.slots = slots = [_Slot(n) for n in range(1, self.workers + 1)]
         keepers = [asyncio.ensure_future(self._keep(slot)) for slot in slots]
         try:
@@ -357,9 +440,17 @@ class _Supervisor:
         finally:
             for sig in _SIGNALS:
                 loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(signal.SIGHUP)
             for keeper in keepers:
                 keeper.cancel()
         return 1 if self.failed else 0
+
+    def _forward_hangup(self) -> None:
+        """SIGHUP: every worker reloads its TLS certificate; nothing stops."""
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(signal.SIGHUP)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():

@@ -186,6 +186,10 @@ class TaskService:
         )
         self._nodes = NodeDuties(self._tasks, cluster, store.leases, lease_ttl=lease_ttl)
         self._spawned: set[asyncio.Task[Any]] = set()  # producers started by ``spawn``
+        self.shutdown_reason = "producer was cancelled"
+        """The error a task is failed with when ``aclose`` cancels its producer; a graceful
+        drain (``server.drain``) sets ``"server shutting down"``, which tells a dashboard and
+        the task's subscribers that the deploy, not the work, ended it."""
         self._opened = False
         self._closer: asyncio.Task[None] | None = None
 
@@ -290,6 +294,12 @@ class TaskService:
         await tasks.cancel_helpers()
         await self._nodes.aclose()
 
+    def producers(self) -> set[asyncio.Task[Any]]:
+        """The asyncio tasks running this process's producers now (``spawn``, ``start``
+        blocks): what a graceful drain gives the grace to end before ``aclose`` cuts them."""
+        running = {live.producer for live in self._tasks.live.values() if live.producer is not None}
+        return running | {job for job in self._spawned if not job.done()}
+
     # -- reading -----------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> Task:
@@ -360,7 +370,8 @@ class TaskService:
         except asyncio.CancelledError:
             live.producer = None
             if not live.producer_cancelled:
-                await tasks.end(live, lambda t, now: t.fail(now, "producer was cancelled"))
+                error = self.shutdown_reason if tasks.closing else "producer was cancelled"
+                await tasks.end(live, lambda t, now: t.fail(now, error))
                 raise
             absorb_cancel()
             await tasks.end(live, lambda t, now: t.cancel(now))

@@ -44,6 +44,8 @@ class HttpRequest:
         client: the peer's address, ``(host, port)``.
         body_too_large: the body passed the door's size limit and was dropped; the route
             answers 413 (and Engine.IO also closes the session, as the official server does).
+        scheme: ``"https"`` when the client used TLS, to the door or to a trusted proxy
+            (``server.proxy``), else ``"http"``.
     """
 
     method: str
@@ -54,6 +56,7 @@ class HttpRequest:
     client: tuple[str, int] = ("", 0)
     raw_query: str = ""
     body_too_large: bool = False
+    scheme: str = "http"
 
     @property
     def query_all(self) -> dict[str, list[str]]:
@@ -70,6 +73,7 @@ def build_request(
     body: bytes = b"",
     client: tuple[str, int] = ("", 0),
     body_too_large: bool = False,
+    scheme: str = "http",
 ) -> HttpRequest:
     """Build an ``HttpRequest`` from wire values; both front doors call this one function."""
     query_text = raw_query.decode("latin-1")
@@ -91,6 +95,7 @@ def build_request(
         client=client,
         raw_query=query_text,
         body_too_large=body_too_large,
+        scheme=scheme,
     )
 
 

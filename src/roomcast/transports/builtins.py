@@ -24,7 +24,17 @@ from roomcast.hub.hub import Hub
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.types import MAX_NAME_LENGTH, JSONValue, RoomName, StreamPosition, Subscription
 
-__all__ = ["Builtins", "valid_name"]
+__all__ = ["Builtins", "valid_name", "ADMIN_ROOM_PREFIX", "is_admin_room"]
+
+ADMIN_ROOM_PREFIX = "$roomcast:"
+"""Rooms the server keeps for itself (the dashboard's stats, ``server.dashboard``). No client
+may subscribe or publish to one, whatever its token grants and on an open server too: only a
+``Builtins`` whose ``admin`` is set (the dashboard's own stream, behind its login) may subscribe."""
+
+
+def is_admin_room(room: str) -> bool:
+    """Whether ``room`` is reserved for the server (``ADMIN_ROOM_PREFIX``)."""
+    return room.startswith(ADMIN_ROOM_PREFIX)
 
 
 def valid_name(value: object) -> bool:
@@ -39,6 +49,11 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
+def _refuse_admin_room(action: str, room: RoomName) -> None:
+    if is_admin_room(room):
+        raise PermissionDenied(f"not allowed to {action} {room!r}: {ADMIN_ROOM_PREFIX}* rooms are the server's")
+
+
 class Builtins:
     """The built-in requests, shared by the Socket.IO, ``/ws`` and SSE transports.
 
@@ -46,6 +61,10 @@ class Builtins:
         hub: the rooms.
         authenticator: verifies refreshed tokens; ``None`` on an open server.
         expiry: restarts a connection's expiry watch from a refreshed token.
+
+    Attributes:
+        admin: may subscribe to the server's reserved rooms (``ADMIN_ROOM_PREFIX``); only the
+            dashboard's own stream sets it, after its login.
     """
 
     def __init__(
@@ -54,6 +73,7 @@ class Builtins:
         self.hub = hub
         self.authenticator = authenticator
         self.expiry = expiry
+        self.admin = False
 
     async def subscribe(self, conn: Connection, room: object, since: StreamPosition | None = None) -> Subscription:
         """Join ``room`` in sync: write the answer before awaiting anything else."""
@@ -65,6 +85,9 @@ class Builtins:
     ) -> list[Subscription]:
         """Join every room in sync, released together (SSE's one cursor resumes them all)."""
         checked = [(_check_name(room, "room"), since) for room, since in requests]
+        if not self.admin:
+            for room, _ in checked:
+                _refuse_admin_room("subscribe", room)
         claims = conn.claims
         if claims is not None:
             for room, _ in checked:
@@ -83,6 +106,7 @@ class Builtins:
         """Publish for a client: to every member of ``room``, on every transport and node."""
         name = _check_name(room, "room")
         event_name = _check_name(event, "event")
+        _refuse_admin_room("publish", name)  # never from a client, admin or not: the server writes them
         claims = conn.claims
         if claims is not None:
             self._permit(claims, "publish", name)

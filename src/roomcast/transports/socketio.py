@@ -223,6 +223,10 @@ class SioSocket(Connection):
     def transport(self) -> str:
         return self.session.transport.value
 
+    @property
+    def transport_label(self) -> str:
+        return "socketio-" + self.session.transport.value
+
     def write(self, encoded: Prepared) -> bool:
         self.written = encoded.seq  # an int store, no allocation, even on the hot path
         ws = self.session.ws  # the fan-out hot path: straight to the channel when it can

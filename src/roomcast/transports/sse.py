@@ -37,7 +37,7 @@ from roomcast.hub.hub import Hub
 from roomcast.protocol import sse
 from roomcast.protocol.wsjson import publication_data
 from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, StreamChannel, api_error
-from roomcast.transports.builtins import Builtins, valid_name
+from roomcast.transports.builtins import ADMIN_ROOM_PREFIX, Builtins, is_admin_room, valid_name
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.types import MAX_NAME_LENGTH, Publication, RoomName, StreamPosition, Subscription
 
@@ -107,6 +107,8 @@ class SseConnection(Connection):
     """One open event stream (a hub ``Connection`` and the door's ``StreamHandler``)."""
 
     __slots__ = ("channel", "server", "stream_rooms", "cursor", "finished", "sync_task")
+
+    transport_label = "sse"  # a constant where the base computes it
 
     def __init__(
         self,
@@ -267,6 +269,8 @@ class SseServer:
         if problem:
             self.bad_requests += 1
             return api_error(400, "bad_request", problem, cors)
+        if not self.calls.admin and any(is_admin_room(r) for r in rooms):  # refused before a stream opens
+            return api_error(403, "forbidden", f"{ADMIN_ROOM_PREFIX}* rooms are the server's", cors)
         last_id = request.headers.get("last-event-id") or request.query.get("last_event_id")
         try:
             cursor = sse.decode_cursor(last_id) if last_id else {}

@@ -95,6 +95,8 @@ class WsConnection(Connection):
 
     __slots__ = ("channel", "server", "tasks", "bucket", "heard", "ping_tick", "pinged_at")
 
+    transport_label = "ws"  # a constant where the base computes it
+
     def __init__(self, server: WsServer, channel: WebSocketChannel, auth: Any) -> None:
         super().__init__(f"{server.id_prefix}{next(server.ids)}", hub=server.hub, encoder=server.encoder, auth=auth)
         self.server = server
