@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from keyspace import key_events
 from redisserver import fresh_url
 
 from roomcast.cluster.base import LocalCluster, NodeUnreachable
-from roomcast.cluster.redis import RedisCluster
+from roomcast.cluster.redis import RedisCluster, alive_key
 from roomcast.types import JSONValue
 
 
@@ -103,7 +104,7 @@ async def test_a_node_that_left_fails_fast_and_leaves_the_list(pair: tuple[Redis
 
 _NODE = """
 import asyncio, sys
-from roomcast.cluster.redis import RedisCluster
+from roomcast.cluster.redis import RedisCluster, alive_key
 
 async def main():
     node = RedisCluster(sys.argv[1], beat=0.2, alive_ttl=1.0)
@@ -124,13 +125,13 @@ async def test_a_killed_node_leaves_the_list_once_its_liveness_expires(redis_url
         assert proc.stdout is not None
         other = (await asyncio.to_thread(proc.stdout.readline)).decode().strip()
         assert other in await a.alive()
-        proc.kill()
-        proc.wait(timeout=10)
-        killed = time.monotonic()
-        async with asyncio.timeout(5):
-            while other in await a.alive():
-                await asyncio.sleep(0.05)
+        async with key_events(url, alive_key(other)) as events:
+            proc.kill()
+            proc.wait(timeout=10)
+            killed = time.monotonic()
+            await asyncio.wait_for(events.until(alive_key(other), "expired"), 5)  # Redis says so
         assert time.monotonic() - killed < 1.0 + 0.5  # its key's lifetime, and no more than a beat past it
+        assert other not in await a.alive()
         with pytest.raises(NodeUnreachable):
             await a.ask(other, "echo", 1, timeout=1)
     finally:
