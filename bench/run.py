@@ -399,7 +399,10 @@ def ratio(results: dict[str, dict[str, list[float]]], key: str, a: str, b: str) 
     va, vb = results[a].get(key), results[b].get(key)
     if not va or not vb:
         return "–"
-    return f"{statistics.median(va) / statistics.median(vb):.2f}×"
+    denominator = statistics.median(vb)
+    if denominator == 0:
+        return "–"  # a metric too small to resolve at this scale (CPU ticks of 10 ms) has no ratio
+    return f"{statistics.median(va) / denominator:.2f}×"
 
 
 def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], labels: dict[str, str]) -> None:
