@@ -264,8 +264,9 @@ class Run:
         self.loadgen.stdin.flush()
 
     def close(self) -> None:
-        """End the server we started (by its PID; a cluster's every process), then the load generator."""
-        for proc in (getattr(self, "server", None), *self.others, self.loadgen):
+        """End the load generator, then the server we started (by its PID; a cluster's every
+        process): with its clients gone first, a server has nothing left to drain."""
+        for proc in (self.loadgen, getattr(self, "server", None), *self.others):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)

@@ -29,6 +29,10 @@ def build(port: int, redis_url: str | None = None) -> App:
         log_level="warning",
         task_db=":memory:",
         redis_url=redis_url,
+        # the harness ends every run with SIGTERM after its load generator has gone: nothing is
+        # left to drain, and a drain's grace would only lengthen every run (docs/operations.md)
+        shutdown_grace=1.0,
+        drain_delay=0.0,
     )
     app = App(None, settings)
     register_demo_events(app.hub)
