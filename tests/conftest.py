@@ -12,6 +12,10 @@ from hypothesis import settings
 
 # `roomcast serve` processes started by tests keep tasks in memory, not in a file in the repo.
 os.environ.setdefault("ROOMCAST_TASK_DB", ":memory:")
+# ... and drain for at most 1 s at SIGTERM: a server a test stops usually still holds that test's
+# clients, whom a full 10 s drain would spread over the whole grace. The drain's own tests
+# (tests/server/test_drain.py) pass the grace they test.
+os.environ.setdefault("ROOMCAST_SHUTDOWN_GRACE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from brokers import BROKERS  # noqa: E402

@@ -220,7 +220,9 @@ def _serving(*args: str, cwd: Path, **env: str) -> Iterator[str]:
     """A running ``roomcast serve *args``: its base URL (as it printed it); SIGTERM to its PID
     at the end, and its exit status must be 0."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "roomcast", "serve", "--log-level", "error", *args],
+        # a short grace: these servers hold a client session at SIGTERM, and the environment
+        # (so conftest's short grace) is cleared here; the drain has its own tests (test_drain)
+        [sys.executable, "-m", "roomcast", "serve", "--log-level", "error", "--shutdown-grace", "1", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

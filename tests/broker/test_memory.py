@@ -245,24 +245,25 @@ async def test_the_global_cap_drops_the_oldest_publications_of_any_room_first() 
     assert not old.complete and newest.complete and len(newest.publications) == 4
 
 
-async def test_100000_one_off_rooms_leave_nothing_behind_once_they_expire() -> None:
+async def test_25000_one_off_rooms_leave_nothing_behind_once_they_expire() -> None:
     """Published once each, marked finished, and forgotten after their lifetime; twice, with
     no growth the second time (tracemalloc, not RSS)."""
     import gc
     import tracemalloc
 
+    ROOMS = 25_000  # enough that a leak of a few bytes a room shows; tracemalloc makes each one slow
     clock = Clock()
     b = MemoryBroker(history_ttl=300.0, clock=clock)
     empty = {"streams": 0, "publications": 0, "order": 0, "bytes": 0, "terminal": 0, "presence": 0}
 
     async def cycle() -> None:
-        for n in range(100_000):
+        for n in range(ROOMS):
             await b.publish(f"job:{n}", "done", ({"n": n},), ts=clock.now, encoded=(b'{"n":%d}' % n,))
             if n % 10 == 0:
                 await b.mark_terminal(f"job:{n}")
-        assert b.held()["streams"] == 100_000
+        assert b.held()["streams"] == ROOMS
         clock.now += 301
-        assert b.sweep() == 100_000
+        assert b.sweep() == ROOMS
         assert b.held() == empty
 
     tracemalloc.start()
@@ -275,7 +276,7 @@ async def test_100000_one_off_rooms_leave_nothing_behind_once_they_expire() -> N
         second = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert second - first < 1_000_000, f"grew {second - first} bytes in a second cycle"
+    assert second - first < 10 * ROOMS, f"grew {second - first} bytes in a second cycle"  # < 10 B a room
 
 
 async def test_the_sweep_runs_by_itself_once_started() -> None:
