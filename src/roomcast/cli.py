@@ -21,7 +21,7 @@ from roomcast import __version__
 from roomcast.errors import PublishError, TaskError
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
-from roomcast.server.config import LOG_FORMATS, LOG_LEVELS, Settings, SettingsError
+from roomcast.server.config import LOG_FORMATS, LOG_LEVELS, SSE_FORMATS, Settings, SettingsError
 from roomcast.server.config_file import ConfigFileError, read_config
 from roomcast.server.logs import configure_logging, log_settings
 from roomcast.server.proxy import ProxyTrust
@@ -134,6 +134,17 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     show_default=True,
     show_envvar=True,
     help="Seconds between heartbeat comments on SSE streams.",
+)
+@click.option(
+    "--sse-format",
+    envvar="ROOMCAST_SSE_FORMAT",
+    default=_DEFAULTS.sse_format,
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(list(SSE_FORMATS), case_sensitive=False),
+    help="How SSE streams frame events unless a stream asks with ?format=: 'events' names each "
+    'event (addEventListener); \'message\' sends each unnamed with {"event": name, "data": ...} '
+    "as its data, for pages that use EventSource.onmessage. Recovery is the same in both.",
 )
 @click.option(
     "--jwt-secret",
@@ -507,6 +518,7 @@ def serve(
     log_level: str,
     log_format: str,
     sse_heartbeat: float,
+    sse_format: str,
     jwt_secret: str | None,
     jwt_public_key_file: str | None,
     jwt_audience: str | None,
@@ -576,6 +588,7 @@ def serve(
         log_level=log_level.lower(),
         log_format=log_format.lower(),
         sse_heartbeat=sse_heartbeat,
+        sse_format=sse_format.lower(),
         jwt_secret=jwt_secret,
         jwt_public_key_file=jwt_public_key_file,
         jwt_audience=jwt_audience,

@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from roomcast.protocol.sse import FORMATS as SSE_FORMATS
 from roomcast.tasks.model import TaskEvents
-from roomcast.tasks.service import LIST_ROOM_KINDS
+from roomcast.tasks.service import LIST_ROOM_KINDS, PayloadMap
 
-__all__ = ["Settings", "SettingsError", "LOG_LEVELS", "LOG_FORMATS"]
+__all__ = ["Settings", "SettingsError", "LOG_LEVELS", "LOG_FORMATS", "SSE_FORMATS"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 """The values of ``Settings.log_level`` (the CLI's ``--log-level`` choices)."""
@@ -81,7 +82,7 @@ _AT_LEAST_ONE = frozenset(
     }
 )
 
-_CHOICES: dict[str, Sequence[str]] = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}
+_CHOICES: dict[str, Sequence[str]] = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS, "sse_format": SSE_FORMATS}
 
 
 @functools.cache
@@ -266,6 +267,10 @@ class Settings:
             (for the official Engine.IO test suite).
         sse_heartbeat: seconds between ``: ping`` comments on SSE streams.
         sse_retry_ms: the reconnection delay suggested to ``EventSource`` (``retry:``).
+        sse_format: how ``/sse`` and ``/tasks/{id}/events`` frame events unless a stream asks
+            with ``?format=``: ``"events"`` (each event named, for ``addEventListener``) or
+            ``"message"`` (each unnamed, ``{"event": name, "data": ...}`` as its data, for
+            ``EventSource.onmessage``). Ids, and so recovery, are the same in both.
         jwt_secret: HS256 secret; with it (or ``jwt_public_key_file``) every client needs a
             valid token. Neither: the server runs open and says so when it starts.
         jwt_public_key_file: PEM public key for RS256 / ES256 tokens.
@@ -287,6 +292,8 @@ class Settings:
             is marked ``cancelled`` anyway.
         task_events: event-name aliases per task kind (``roomcast.tasks.model.TaskEvents``),
             so clients that already listen for ``crawl_progress`` work unchanged.
+        task_payloads: what clients receive per task kind, ``task -> JSON``
+            (``TaskService.payload``), so clients that read other field names work unchanged.
         task_list_rooms: extra task summary rooms besides ``tasks``: ``"kind"``
             (``tasks:kind:{kind}``) and/or ``"owner"`` (``tasks:owner:{owner}``).
         task_keep_days: finished tasks older than this are deleted (``None`` keeps them).
@@ -352,6 +359,7 @@ class Settings:
     engineio_echo: bool = False
     sse_heartbeat: float = 15.0
     sse_retry_ms: int = 2000
+    sse_format: str = "events"
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key_file: str | None = None
     jwt_audience: str | None = None
@@ -363,6 +371,7 @@ class Settings:
     task_db: str = "roomcast-tasks.db"
     task_stop_grace: float = 5.0
     task_events: Mapping[str, TaskEvents] = field(default_factory=dict)
+    task_payloads: Mapping[str, PayloadMap] = field(default_factory=dict)
     task_list_rooms: tuple[str, ...] = ()
     task_keep_days: float | None = 30.0
     task_keep_count: int | None = 10_000

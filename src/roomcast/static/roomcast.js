@@ -515,7 +515,7 @@ export class RoomcastClient {
     return new Promise((done) => {
       const auth = token ? {token} : {};
       const link = (this._link = this._sse
-        ? new SseLink(this._url("/sse", {room: [...this._rooms.keys()], last_event_id: encodeCursor(this._rooms), ...auth}))
+        ? new SseLink(this._url("/sse", {room: [...this._rooms.keys()], format: "events", last_event_id: encodeCursor(this._rooms), ...auth}))
         : new WsLink(this._url("/ws", auth)));
       let stable = null;
       const timeout = setTimeout(() => link.abort("connect timeout"), this.options.connectTimeout);
