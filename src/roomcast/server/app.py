@@ -366,7 +366,8 @@ class App:
 
         Allowed for the task's owner (the token's ``sub``), for tokens whose ``tasks.stop``
         claim lists a glob matching the task's kind, and for everyone on an open server.
-        Answers with the task as it now is, or ``{"error"}``.
+        Answers with the task as it now is, in the form its kind's clients read
+        (``TaskService.payload``), or ``{"error"}``.
         """
         task_id = request.get("id") if isinstance(request, dict) else None
         if not isinstance(task_id, str):
@@ -376,7 +377,7 @@ class App:
             task = await self.tasks.get(task_id)
             if not _may_stop(conn, task):
                 return refused  # the same answer as for an unknown id: it reveals nothing
-            return (await self.tasks.request_stop(task_id, by=conn.user)).to_json()
+            return self.tasks.client_form(await self.tasks.request_stop(task_id, by=conn.user))
         except TaskNotFound:
             return refused
         except ShuttingDown:
