@@ -16,7 +16,7 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,8 @@ def _matches(hint: Any, value: object) -> bool:
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(args[0], item) for item in value)
         return len(args) == len(value) and all(_matches(a, item) for a, item in zip(args, value))
+    if origin is Callable:
+        return callable(value)
     if origin is Mapping:
         if not isinstance(value, Mapping):
             return False
@@ -183,6 +185,8 @@ def _describe(hint: Any) -> str:
     if origin is tuple:
         return "a tuple of strings" if args == (str, Ellipsis) else "a tuple"
     if origin is Mapping:
+        if args and typing.get_origin(args[1]) is Callable:
+            return "a mapping of strings to functions"
         return f"a mapping of strings to {getattr(args[1], '__name__', 'values')}" if args else "a mapping"
     words = {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}
     if hint in words:
