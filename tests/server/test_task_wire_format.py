@@ -18,13 +18,14 @@ import aiohttp
 import pytest
 import socketio
 from rawclient import RawWebSocket, open_websocket
-from servers import RunningServer, running
+from servers import RunningServer, running, uvicorn_running
 from sseclient import SseEvent, open_sse
 
 from roomcast.broker.memory import MemoryBroker
 from roomcast.hub.hub import Hub
 from roomcast.protocol.sse import decode_cursor
 from roomcast.server.app import App
+from roomcast.server.asgi import RoomcastApp
 from roomcast.server.config import Settings
 from roomcast.tail import Tail
 from roomcast.tasks.model import Task, TaskEvents, TaskStatus
@@ -281,3 +282,37 @@ async def test_the_per_task_websocket_resumes_from_its_offset_and_refuses_an_unk
         bad = await open_websocket(srv.host, srv.port, f"/tasks/{task.id}/ws?offset=3", headers=PROTOCOL)
         assert bad.status == 400
         bad.close()
+
+
+async def test_the_asgi_door_serves_the_per_task_websocket_and_format_message_alike() -> None:
+    rt = RoomcastApp(_app())
+    async with uvicorn_running(rt) as url:
+        try:
+            tasks = rt.app.tasks
+            task = await tasks.create("crawl")
+            wire = crawl_wire(task)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(f"{url}/tasks/{task.id}/ws", protocols=["roomcast.v1"]) as ws,
+                open_sse(url, [], path=f"/tasks/{task.id}/events", extra_query={"format": "message"}) as stream,
+            ):
+                snapshot = await ws.receive_json(timeout=10)
+                assert (snapshot["id"], snapshot["snapshot"]) == ("stream", wire)
+                assert _unnamed(await stream.next(timeout=10)) == (
+                    "snapshot",
+                    {"room": f"task:{task.id}", "epoch": snapshot["epoch"], "offset": 1, "snapshot": wire},
+                )
+                await tasks.complete(task.id, {"pages": 1})
+                done = {**wire, "percentage": 100.0, "status": "completed"}
+                assert [(e["event"], e["data"]) for e in [await ws.receive_json(timeout=10) for _ in range(2)]] == [
+                    ("task:updated", {**wire, "status": "crawling"}),
+                    ("crawl:completed", done),
+                ]
+                assert [_unnamed(e) for e in await stream.until_end(timeout=10)] == [
+                    ("task:updated", {**wire, "status": "crawling"}),
+                    ("crawl:completed", done),
+                ]
+                closing = await ws.receive(timeout=10)
+                assert (closing.type, ws.close_code) == (aiohttp.WSMsgType.CLOSE, 1000)
+        finally:
+            await rt.shutdown()
