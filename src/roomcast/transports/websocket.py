@@ -13,6 +13,11 @@ releases the subscription (``Builtins.subscribe``); the hub held the room's live
 until then, so they follow with nothing twice and nothing skipped. Bad messages get an ``error``
 reply with the request's id and the connection carries on; bytes that are not a message at
 all, or too big, close it with the code documented for that reason.
+
+A stream URL (``/tasks/{id}/ws``, routed by the app) speaks the same protocol on a connection
+subscribed to its one room as it opens, the way ``/tasks/{id}/events`` is an SSE stream on
+one room: the client resumes by ``?epoch=&offset=`` instead of a ``subscribe`` of its own,
+and the connection closes normally once that room is terminal.
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ from roomcast.transports.base import (
     WebSocketChannel,
     json_error,
 )
-from roomcast.transports.builtins import Builtins, valid_name
+from roomcast.transports.builtins import Builtins
 from roomcast.transports.deadlines import DeadlineWheel
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.ratelimit import MessageRate
-from roomcast.types import MAX_NAME_LENGTH, MAX_OFFSET, Publication, RoomName, StreamPosition
+from roomcast.types import MAX_OFFSET, Publication, RoomName, StreamPosition
 
 __all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared", "STREAM_ID", "StreamCheck"]
 
@@ -390,9 +395,7 @@ class WsServer:
             return json_error(403, 4, "Origin not allowed")
         since: StreamPosition | None = None
         if room is not None:
-            problem = _check_stream_room(room)
-            if problem is None:
-                since, problem = _stream_position(request.query)
+            since, problem = _stream_position(request.query)
             if problem is not None:
                 return json_error(400, 3, problem)
         offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
@@ -479,10 +482,6 @@ class WsServer:
             self.ping_timeouts += 1
             logger.debug("connection %s: no answer to a ping in %gs", conn.id, self.ping_timeout)
             conn.disconnect(disconnect.PING_TIMEOUT)
-
-
-def _check_stream_room(room: RoomName) -> str | None:
-    return None if valid_name(room) else f"room names are 1 to {MAX_NAME_LENGTH} characters"
 
 
 def _stream_position(query: Mapping[str, str]) -> tuple[StreamPosition | None, str | None]:
