@@ -167,6 +167,8 @@ async def test_a_map_that_raises_or_returns_non_json_is_logged_and_the_canonical
                 first = await stream.next(timeout=10)
                 await service.report(task.id, 20, step="set")
                 second = await stream.next(timeout=10)
+                async with open_sse(srv.url, [], path=f"/tasks/{task.id}/events") as late:
+                    late_snapshot = (await late.next(timeout=10)).json()["snapshot"]  # a subscriber's own: canonical
                 await service.report(task.id, 30, step="fine")
                 third = await stream.next(timeout=10)
             # Refused maps: the canonical event, nothing lost; the next change is mapped again.
@@ -176,8 +178,9 @@ async def test_a_map_that_raises_or_returns_non_json_is_logged_and_the_canonical
             )
             assert second.json()["progress"] == 20.0 and second.json()["step"] == "set"
             assert third.json() == {"progressId": task.id, "percentage": 30.0, "status": "crawling", "log": "fine"}
+            assert (late_snapshot["kind"], late_snapshot["progress"], late_snapshot["step"]) == ("crawl", 20.0, "set")
             failed = [r for r in caplog.records if "payload map" in r.getMessage()]
-            assert len(failed) == 2
+            assert len(failed) == 3 and "not JSON" in failed[2].getMessage()
             assert "'crawl' failed on task " + task.id in failed[0].getMessage()
             assert failed[0].exc_info is not None and isinstance(failed[0].exc_info[1], KeyError)
             assert "not JSON" in failed[1].getMessage() and task.id in failed[1].getMessage()

@@ -590,13 +590,7 @@ class LiveTasks:
         except InvalidPublication:
             if task.kind not in self.payloads:
                 raise  # the event name itself is refused: the canonical form would be too
-            logger.error(
-                "task payload map for kind %r returned data that is not JSON; task %s "
-                "is published in its canonical form",
-                task.kind,
-                task.id,
-            )
-            full = task.to_json()
+            full = _not_json(task)
             await self.hub.publish(task_room(task.id), event, full)
         for route in self.routes:
             try:
@@ -648,13 +642,7 @@ class LiveTasks:
             try:  # per subscriber, off the fan-out path: a transport must not fail on it later
                 _json.dumps_checked(form)
             except _json.JSONEncodeError:
-                logger.error(
-                    "task payload map for kind %r returned data that is not JSON; task %s "
-                    "is sent in its canonical form",
-                    task.kind,
-                    task.id,
-                )
-                return task.to_json()
+                return _not_json(task)
         return form
 
     def refuse_if_closing(self, task_id: str | None = None) -> None:
@@ -694,6 +682,16 @@ def absorb_cancel() -> None:
 def shutting_down(task_id: str | None) -> ShuttingDown:
     what = "nothing was changed" if task_id is None else f"task {task_id} was not changed"
     return ShuttingDown(f"the task service is shutting down; {what}")
+
+
+def _not_json(task: Task) -> dict[str, JSONValue]:
+    """Log that ``task``'s payload map returned what is not JSON; the canonical form to send."""
+    logger.error(
+        "task payload map for kind %r returned data that is not JSON; task %s is sent in its canonical form",
+        task.kind,
+        task.id,
+    )
+    return task.to_json()
 
 
 def _summary(task: Task) -> dict[str, JSONValue]:

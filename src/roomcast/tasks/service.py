@@ -452,7 +452,8 @@ class TaskService:
                         "status": "crawling" if task.status == "running" else task.status.value}
 
         It shapes what the task's room (``task:{id}``) and its routed rooms carry, events and
-        snapshot alike, on every transport; it runs once per change, not per recipient. The
+        snapshot alike, on every transport; it runs once per change, not per recipient, under
+        the task's lock, so it must be quick and depend only on the task. The
         store, the API, the dashboard and the list rooms keep the canonical ``Task.to_json``.
         A map that raises or returns what is not JSON is logged, and that change goes out in
         the canonical form: nothing is lost.

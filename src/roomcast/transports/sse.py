@@ -5,9 +5,10 @@ Imports L0, L1 (``protocol.sse``), L3 (the hub) and ``transports.base``. A strea
 
 The cursor (the SSE ``id``) resumes every room of a stream, so it names a position in each
 of them. Fan-out stays one encoding per publication per *group*: streams subscribed to the
-same set of rooms in the same format (``?format=events|message``) share one ``SseEncoder``, and once a stream is in sync it has everything
-up to the current position of every room in its set — so the cursor after a publication is
-the same for every member of the group and is built once, not per recipient.
+same set of rooms in the same format (``?format=events|message``) share one ``SseEncoder``,
+and once a stream is in sync it has everything up to the current position of every room in
+its set — so the cursor after a publication is the same for every member of the group and
+is built once, not per recipient.
 
 Opening a stream (``SseServer.handle``): bad rooms or a ``Last-Event-ID`` that does not
 parse → 400 with a JSON error; a reconnect whose rooms are all terminal and whose cursor
