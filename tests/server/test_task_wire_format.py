@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import aiohttp
+import brokers
 import pytest
 import socketio
 from rawclient import RawWebSocket, open_websocket
@@ -319,3 +320,26 @@ async def test_the_asgi_door_serves_the_per_task_websocket_and_format_message_al
                 assert (closing.type, ws.close_code) == (aiohttp.WSMsgType.CLOSE, 1000)
         finally:
             await rt.shutdown()
+
+
+async def test_every_broker_delivers_the_mapped_task_to_its_streams_and_ends_them(broker_kind: str) -> None:
+    """Over a broker that delivers later (async, Redis) too: the mapped events arrive in order,
+    then the per-task socket closes and the per-task stream ends, after the last one."""
+    app = brokers.make_app(broker_kind, task_events={"crawl": CRAWL_EVENTS}, task_payloads={"crawl": crawl_wire})
+    async with running(app) as srv:
+        tasks = srv.app.tasks
+        task = await tasks.create("crawl")
+        ws = await open_websocket(srv.host, srv.port, f"/tasks/{task.id}/ws", headers=PROTOCOL)
+        async with open_sse(srv.url, [], path=f"/tasks/{task.id}/events", extra_query={"format": "message"}) as stream:
+            assert (await _json_reply(ws))["snapshot"] == crawl_wire(task)
+            assert _unnamed(await stream.next(timeout=10))[1]["snapshot"] == crawl_wire(task)
+            await tasks.report(task.id, 25)
+            await tasks.complete(task.id, {"pages": 2})
+            expected = [
+                ("task:updated", {**crawl_wire(task), "status": "crawling"}),
+                ("crawl_progress", {**crawl_wire(task), "status": "crawling", "percentage": 25.0}),
+                ("crawl:completed", {**crawl_wire(task), "status": "completed", "percentage": 100.0}),
+            ]
+            assert [(m["event"], m["data"]) for m in [await _json_reply(ws) for _ in expected]] == expected
+            assert await asyncio.wait_for(ws.closed, 10) == 1000
+            assert [_unnamed(e) for e in await stream.until_end(timeout=10)] == expected
