@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
 import brokers
+import jwt
 import pytest
 import socketio
 from rawclient import RawWebSocket, open_websocket
@@ -343,3 +345,29 @@ async def test_every_broker_delivers_the_mapped_task_to_its_streams_and_ends_the
             assert [(m["event"], m["data"]) for m in [await _json_reply(ws) for _ in expected]] == expected
             assert await asyncio.wait_for(ws.closed, 10) == 1000
             assert [_unnamed(e) for e in await stream.until_end(timeout=10)] == expected
+
+
+async def test_the_per_task_websocket_checks_the_right_to_the_tasks_room_at_the_handshake() -> None:
+    secret = "wire-format-test-secret-long-enough-for-hs256"
+
+    def token(*rooms: str) -> str:
+        claims = {"sub": "ann", "exp": time.time() + 60, "rooms": {"subscribe": list(rooms)}}
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+    async with running(_app(jwt_secret=secret)) as srv:
+        mine, theirs = await srv.app.tasks.create("crawl"), await srv.app.tasks.create("crawl")
+        granted = token(f"task:{mine.id}")
+        ok = await open_websocket(srv.host, srv.port, f"/tasks/{mine.id}/ws?token={granted}", headers=PROTOCOL)
+        try:
+            assert ok.status == 101 and (await _json_reply(ok))["snapshot"] == crawl_wire(mine)
+        finally:
+            ok.close()
+        refused = await open_websocket(srv.host, srv.port, f"/tasks/{theirs.id}/ws?token={granted}", headers=PROTOCOL)
+        assert refused.status == 403
+        refused.close()
+        # A browser is told in a close frame it can read (it would hide a 403).
+        browser = await open_websocket(
+            srv.host, srv.port, f"/tasks/{theirs.id}/ws?token={granted}", headers={**PROTOCOL, "Origin": srv.url}
+        )
+        assert browser.status == 101 and await browser.closed == 1008
+        assert f"task:{theirs.id}" in browser.close_reason
