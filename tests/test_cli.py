@@ -12,6 +12,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from roomcast.server.config import Settings
 
 
 def _serve(
-    *args: str, env: dict[str, str] | None = None, seen: list[str] | None = None
+    *args: str, env: dict[str, str] | None = None, seen: list[str] | None = None, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "roomcast", "serve", "--port", "0", *args],
@@ -30,6 +31,7 @@ def _serve(
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
@@ -76,6 +78,8 @@ def test_help_lists_every_option_with_its_environment_variable() -> None:
         ("--task-db", "ROOMCAST_TASK_DB"),
         ("--task-stop-grace", "ROOMCAST_TASK_STOP_GRACE"),
         ("--task-event", "ROOMCAST_TASK_EVENT"),
+        ("--task-payload", "ROOMCAST_TASK_PAYLOAD"),
+        ("--sse-format", "ROOMCAST_SSE_FORMAT"),
         ("--task-list-room", "ROOMCAST_TASK_LIST_ROOM"),
         ("--task-keep-days", "ROOMCAST_TASK_KEEP_DAYS"),
         ("--task-keep-count", "ROOMCAST_TASK_KEEP_COUNT"),
@@ -170,6 +174,45 @@ def test_bad_task_event_alias_is_refused_with_a_reason() -> None:
     )
     assert result.returncode == 2
     assert "--task-event" in result.stderr and "EVENT must be one of" in result.stderr
+
+
+WIRE_MODULE = """
+def crawl_wire(task):
+    return {"progressId": task.id, "percentage": task.progress or 0, "status": task.status.value}
+"""
+
+
+def test_a_task_payload_map_from_a_module_of_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "wiremap.py").write_text(WIRE_MODULE)
+    proc, base = _serve(
+        "--task-payload", "crawl=wiremap:crawl_wire", "--sse-format", "message", "--task-db", ":memory:", cwd=tmp_path
+    )
+    try:
+        task = _post(base, "/api/tasks", {"kind": "crawl"})
+        assert "percentage" not in task  # the API keeps the canonical task
+        with urllib.request.urlopen(f"{base}/tasks/{task['id']}/events", timeout=5) as stream:
+            line = b""
+            while not line.startswith(b"data: "):
+                line = stream.readline()
+        snapshot = json.loads(line[len(b"data: ") :])
+        assert snapshot["event"] == "snapshot"
+        assert snapshot["data"]["snapshot"] == {"progressId": task["id"], "percentage": 0, "status": "pending"}
+    finally:
+        assert _stop(proc) == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("crawl=wiremap", "must look like KIND=MODULE:FUNCTION"),
+        ("crawl=no_such_module_here:f", "cannot import 'no_such_module_here'"),
+        ("crawl=json:no_such_function", "'json:no_such_function' is not a function"),
+    ],
+)
+def test_a_bad_task_payload_is_refused_with_a_reason(spec: str, reason: str) -> None:
+    refused = CliRunner().invoke(cli.main, ["serve", "--task-payload", spec])
+    assert refused.exit_code == 2
+    assert "--task-payload" in refused.output and reason in refused.output
 
 
 def _settings_of_serve(monkeypatch: pytest.MonkeyPatch, *args: str, **env: str) -> Settings:

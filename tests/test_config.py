@@ -98,6 +98,8 @@ RULES: list[tuple[str, object, str]] = [
     ("task_db", None, "must be a string, got NoneType None"),
     ("task_events", {"crawl": "crawl_progress"}, "must be a mapping of strings to TaskEvents"),
     ("task_list_rooms", ("kind", "team"), "may only hold ['kind', 'owner'], got ['team']"),
+    ("task_payloads", {"crawl": {"percentage": "progress"}}, "must be a mapping of strings to functions"),
+    ("sse_format", "onmessage", "must be one of events, message, got 'onmessage'"),
     ("poll_allow", "https://x/", "must be a tuple of strings or None"),
 ]
 
@@ -267,6 +269,7 @@ def test_the_file_is_under_the_variables_which_are_under_the_flags(tmp_path: Pat
         'cors_origins = ["https://a.example"]\n'
         'task_db = ":memory:"\n'
         'log_level = "ERROR"\n'  # the option's own type takes it, case and all
+        'sse_format = "message"\n'
     )
     with _serving(
         "--config",
@@ -283,6 +286,9 @@ def test_the_file_is_under_the_variables_which_are_under_the_flags(tmp_path: Pat
         with pytest.raises(urllib.error.HTTPError) as other:  # the file's list of origins, and only it
             _handshake(base, origin="https://b.example")
         assert other.value.code == 403
+        with urllib.request.urlopen(f"{base}/sse?room=a", timeout=5) as stream:  # unnamed, for onmessage
+            lines = [stream.readline() for _ in range(4)]  # retry, blank, id, data
+        assert lines[2].startswith(b"id: ") and lines[3].startswith(b'data: {"event":"snapshot"')
 
 
 def test_the_file_can_come_from_roomcast_config_and_a_flag_still_wins(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ Rooms: ``projects`` (project:created, project:renamed) and ``project:{pid}`` (ca
 card:updated, card:deleted, and every event of that project's crawls). A client subscribing
 to either gets the current state first. A crawl is a roomcast task of kind ``crawl``: its own
 room ``task:{id}`` gets its state on join (also after it ended), ``crawl_progress`` (coalesced
-to ~10/s), ``crawl:stopping``, ``crawl:stopped`` and ``crawl:completed``; ``task:stop {id}``
-from a client is the stop button.
+to ~10/s), ``crawl:stopping``, ``crawl:stopped`` and ``crawl:completed``, each carrying the
+crawl in the hand-rolled board's own field names (``crawl_wire``); ``task:stop {id}`` from a
+client is the stop button.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel
 
 from roomcast import Hub, InvalidTransition, RoomcastApp, Settings, Task, TaskEvents, TaskHandle, TaskNotFound
+from roomcast.tasks.model import TaskStatus
 
 HERE = Path(__file__).parent
 CLIENT_JS = HERE.parents[1] / "tests/interop/node/node_modules/socket.io-client/dist/socket.io.min.js"
@@ -41,9 +43,30 @@ CRAWL_EVENTS = TaskEvents(
     failed="crawl:failed",
 )
 
+# The field names the hand-rolled board sent, kept on the wire unchanged too: its page reads
+# `progressId`, `percentage` and `status: "crawling"`. Clients get this form; roomcast's API,
+# store and dashboard keep the canonical task.
+CRAWL_STATUS = {TaskStatus.RUNNING: "crawling"}
+
+
+def crawl_wire(task: Task) -> dict[str, Any]:
+    return {
+        "progressId": task.id,
+        "project": task.metadata.get("project"),
+        "status": CRAWL_STATUS.get(task.status, task.status.value),
+        "percentage": task.progress or 0,
+        "log": task.step,
+        "result": task.result,
+        "error": task.error,
+    }
+
+
 hub = Hub()
 # recovery_window: a browser that drops for < 2 min gets its rooms and missed events back.
-rt = RoomcastApp(hub=hub, settings=Settings(task_events={"crawl": CRAWL_EVENTS}, recovery_window=120))
+rt = RoomcastApp(
+    hub=hub,
+    settings=Settings(task_events={"crawl": CRAWL_EVENTS}, task_payloads={"crawl": crawl_wire}, recovery_window=120),
+)
 tasks = rt.app.tasks
 
 
@@ -95,7 +118,7 @@ async def project_state(room: str) -> dict[str, Any] | None:
     project = projects.get(room.removeprefix("project:"))
     if project is None:
         return None
-    crawl = (await tasks.get(project.crawl)).to_json() if project.crawl else None
+    crawl = tasks.client_form(await tasks.get(project.crawl)) if project.crawl else None  # as its events read
     return {**project.summary(), "cards": list(project.cards.values()), "crawl": crawl}
 
 
@@ -187,14 +210,14 @@ async def start_crawl(
 
 
 @app.post("/projects/{pid}/crawl/{task_id}/stop")
-async def stop_crawl(pid: str, task_id: str) -> dict[str, Any]:
+async def stop_crawl(pid: str, task_id: str) -> Any:
     """The stop button over HTTP; Socket.IO clients can emit ``task:stop {id}`` instead."""
     project_or_404(pid)
     try:
         task = await tasks.get(task_id)
         if task.kind != "crawl" or task.metadata.get("project") != pid:
             raise TaskNotFound(task_id)
-        return (await tasks.request_stop(task_id)).to_json()
+        return tasks.client_form(await tasks.request_stop(task_id))
     except TaskNotFound:
         raise HTTPException(404, f"no crawl {task_id!r} in project {pid!r}") from None
     except InvalidTransition as exc:

@@ -8,8 +8,11 @@ both (``server.config_file``). Value rules live in ``Settings``, not in the opti
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -21,7 +24,7 @@ from roomcast import __version__
 from roomcast.errors import PublishError, TaskError
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
-from roomcast.server.config import LOG_FORMATS, LOG_LEVELS, Settings, SettingsError
+from roomcast.server.config import LOG_FORMATS, LOG_LEVELS, SSE_FORMATS, Settings, SettingsError
 from roomcast.server.config_file import ConfigFileError, read_config
 from roomcast.server.logs import configure_logging, log_settings
 from roomcast.server.proxy import ProxyTrust
@@ -29,6 +32,7 @@ from roomcast.server.runner import NEEDS_REDIS, CannotListen, run, run_workers
 from roomcast.server.tls import CertificateError, server_context
 from roomcast.tail import Tail
 from roomcast.tasks.model import TaskEvents, TaskStatus, parse_event_aliases
+from roomcast.tasks.service import PayloadMap
 
 __all__ = ["main"]
 
@@ -136,6 +140,17 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     help="Seconds between heartbeat comments on SSE streams.",
 )
 @click.option(
+    "--sse-format",
+    envvar="ROOMCAST_SSE_FORMAT",
+    default=_DEFAULTS.sse_format,
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(list(SSE_FORMATS), case_sensitive=False),
+    help="How SSE streams frame events unless a stream asks with ?format=: 'events' names each "
+    'event (addEventListener); \'message\' sends each unnamed with {"event": name, "data": ...} '
+    "as its data, for pages that use EventSource.onmessage. Recovery is the same in both.",
+)
+@click.option(
     "--jwt-secret",
     envvar="ROOMCAST_JWT_SECRET",
     show_envvar=True,
@@ -195,6 +210,16 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     help="Alias a task event name for one kind: KIND.EVENT=NAME, e.g. crawl.progress=crawl_progress "
     "(EVENT: created, progress, stopping, cancelled, completed, failed, timed_out, updated). "
     "Repeat for several; in the variable, separate them with spaces.",
+)
+@click.option(
+    "--task-payload",
+    "task_payloads",
+    envvar="ROOMCAST_TASK_PAYLOAD",
+    multiple=True,
+    show_envvar=True,
+    help="What clients receive for one kind of task: KIND=MODULE:FUNCTION, a function task -> JSON "
+    "importable from the working directory or PYTHONPATH, e.g. crawl=myapp.wire:crawl_payload. "
+    "The API, the dashboard and the store keep the canonical task. Repeat for several.",
 )
 @click.option(
     "--task-list-room",
@@ -507,6 +532,7 @@ def serve(
     log_level: str,
     log_format: str,
     sse_heartbeat: float,
+    sse_format: str,
     jwt_secret: str | None,
     jwt_public_key_file: str | None,
     jwt_audience: str | None,
@@ -515,6 +541,7 @@ def serve(
     task_db: str,
     task_stop_grace: float,
     task_events: tuple[str, ...],
+    task_payloads: tuple[str, ...],
     task_list_rooms: tuple[str, ...],
     task_keep_days: float,
     task_keep_count: int,
@@ -576,6 +603,7 @@ def serve(
         log_level=log_level.lower(),
         log_format=log_format.lower(),
         sse_heartbeat=sse_heartbeat,
+        sse_format=sse_format.lower(),
         jwt_secret=jwt_secret,
         jwt_public_key_file=jwt_public_key_file,
         jwt_audience=jwt_audience,
@@ -607,6 +635,7 @@ def serve(
         task_db=task_db,
         task_stop_grace=task_stop_grace,
         task_events=_task_aliases(task_events),
+        task_payloads=_task_payloads(task_payloads),
         task_list_rooms=tuple(dict.fromkeys(task_list_rooms)),
         task_keep_days=task_keep_days or None,
         task_keep_count=task_keep_count or None,
@@ -706,6 +735,35 @@ def _task_aliases(specs: tuple[str, ...]) -> dict[str, TaskEvents]:
         return parse_event_aliases(specs)
     except TaskError as exc:
         raise click.BadParameter(str(exc), param_hint="--task-event") from exc
+
+
+def _task_payloads(specs: tuple[str, ...]) -> dict[str, PayloadMap]:
+    """``KIND=MODULE:FUNCTION`` specs as payload maps, imported the way uvicorn finds an app:
+    the working directory first on the path, so ``roomcast serve`` in a project finds its
+    modules. A module-level function also reaches ``--workers`` processes (by reference)."""
+    maps: dict[str, PayloadMap] = {}
+    for spec in specs:
+        kind, sep, target = (part.strip() for part in spec.partition("="))
+        module_name, colon, name = target.partition(":")
+        if not (sep and colon and kind and module_name and name):
+            raise click.BadParameter(
+                f"{spec!r} must look like KIND=MODULE:FUNCTION (crawl=myapp.wire:crawl_payload)",
+                param_hint="--task-payload",
+            )
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            found: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise click.BadParameter(
+                f"{spec!r}: cannot import {module_name!r} ({exc})", param_hint="--task-payload"
+            ) from None
+        for part in name.split("."):
+            found = getattr(found, part, None)
+        if not callable(found):
+            raise click.BadParameter(f"{spec!r}: {target!r} is not a function", param_hint="--task-payload")
+        maps[kind] = found
+    return maps
 
 
 _url_option = click.option(

@@ -225,7 +225,9 @@ class Tail:
         self.tls = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port
-        query = [("room", room) for room in rooms] + ([("token", token)] if token else [])
+        # Named events whatever the server's default (``--sse-format message``): a line per
+        # event says its name, and roomcast's own events are told apart by it.
+        query = [("room", room) for room in rooms] + [("format", "events")] + ([("token", token)] if token else [])
         self.path = parts.path.rstrip("/") + "/sse?" + urlencode(query)
         self.rooms = list(rooms)
         self.retry_max = retry_max

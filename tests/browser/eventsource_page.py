@@ -137,7 +137,7 @@ class SseSpy:
         sse = self.app.sse
         handle, forget = sse.handle, sse.forget
 
-        async def spied_handle(request: HttpRequest) -> HttpResponse | StreamAccept:
+        async def spied_handle(request: HttpRequest, *fixed: Any) -> HttpResponse | StreamAccept:
             seen = SeenRequest(
                 request.query_all.get("room", []), request.headers.get("last-event-id"), request.headers.get("origin")
             )
@@ -145,7 +145,7 @@ class SseSpy:
             self._changed.set()
             if self.gate is not None:
                 await self.gate.wait()
-            response = await handle(request)
+            response = await handle(request, *fixed)  # ``fixed``: the rooms of /tasks/{id}/events
             seen.status = 200 if isinstance(response, StreamAccept) else response.status
             self._changed.set()
             return response

@@ -65,7 +65,12 @@ class Door:
 
 @asynccontextmanager
 async def serving(
-    browser: Any, *, history: int = 100, secret: str | None = None, setup: Callable[[Hub], None] | None = None
+    browser: Any,
+    *,
+    history: int = 100,
+    secret: str | None = None,
+    setup: Callable[[Hub], None] | None = None,
+    sse_format: str = "events",
 ) -> AsyncIterator[tuple[RunningServer, ModulePage, Door]]:
     """A roomcast server with a snapshot for every room, and a page that imported the module."""
     hub = Hub(broker=MemoryBroker(history_size=history))
@@ -77,7 +82,7 @@ async def serving(
     if setup is not None:
         setup(hub)
     async with asyncio.timeout(TEST_S), page_server() as origin:
-        app = App(hub, Settings(cors_origins=(origin,), sse_retry_ms=200, jwt_secret=secret))
+        app = App(hub, Settings(cors_origins=(origin,), sse_retry_ms=200, jwt_secret=secret, sse_format=sse_format))
         door = Door(app)
         async with running(app) as srv:
             context = await browser.new_context()
@@ -193,6 +198,19 @@ async def test_connects_subscribes_with_a_snapshot_first_then_receives_events(br
             "recovered": False,
         }
         assert door.attempts(transport) == 1
+
+
+async def test_over_sse_the_module_reads_named_events_whatever_the_servers_default_format(browser: Any) -> None:
+    async with serving(browser, sse_format="message") as (srv, page, door):
+        await page.make("c", transport="sse")
+        await page.run("() => record('c', ['chat'])")
+        await page.run("() => start('c', ['a'])")
+        snapshots = (await page.log("c"))["snapshots"]
+        assert [s["snapshot"] for s in snapshots] == [{"room": "a", "items": []}]
+        await srv.hub.publish("a", "chat", {"text": "hi"})
+        (event,) = await page.wait_count("c", "events", 1)
+        assert (event["event"], event["meta"]["offset"], event["data"]) == ("chat", 1, {"text": "hi"})
+        assert door.attempts("sse") == 1  # one stream: nothing was refused or misread
 
 
 @BOTH

@@ -121,34 +121,47 @@ async def test_the_official_client_drives_the_board(board: str) -> None:
     names = [name for name, _ in crawl_events]
     assert names[:2] == ["crawl:started", "task:updated"] and names[-1] == "crawl:completed"
     assert set(names[2:-1]) == {"crawl_progress"} and 1 <= len(names[2:-1]) <= 5
-    progress = [data["progress"] for name, data in crawl_events if name == "crawl_progress"]
+    progress = [data["percentage"] for name, data in crawl_events if name == "crawl_progress"]
     assert progress == sorted(progress) and all(0 < p <= 100 for p in progress)
     done = crawl_events[-1][1]
-    assert (done["id"], done["status"], done["progress"]) == (crawl["id"], "completed", 100.0)
-    assert done["result"] == {"pages": 5, "links": 35}
-    assert done["metadata"] == {"project": pid}
+    # In the hand-rolled board's field names (the example's payload map), with nothing else.
+    assert done == {
+        "progressId": crawl["id"],
+        "project": pid,
+        "status": "completed",
+        "percentage": 100.0,
+        "log": "page 5 of 5",
+        "result": {"pages": 5, "links": 35},
+        "error": None,
+    }
+    assert {data["status"] for name, data in crawl_events[1:-1]} == {"crawling"}
+    # roomcast's own API keeps the canonical task (so do its store and dashboard).
+    async with aiohttp.ClientSession(board) as http, http.get(f"/api/tasks/{crawl['id']}") as response:
+        canonical = await response.json()
+    assert (canonical["id"], canonical["status"], canonical["progress"]) == (crawl["id"], "completed", 100.0)
+    assert canonical["metadata"] == {"project": pid} and "percentage" not in canonical
 
     # The stop button: the ack says stopping, then crawl:stopping, crawl:stopped last. (A
     # page that was fetched as the stop arrived may still report its progress in between.)
     stop = section(obs, "stop")
     long_id = mark(obs, "late")["stopped"]
     stop_ack = acks(stop, "board")[0]
-    assert (stop_ack["id"], stop_ack["status"]) == (long_id, "stopping")
-    stop_names = [name for name, data in events(stop) if data["id"] == long_id]
+    assert (stop_ack["progressId"], stop_ack["status"]) == (long_id, "stopping")
+    stop_names = [name for name, data in events(stop) if data["progressId"] == long_id]
     assert len(stop_names) == len(events(stop))
     assert stop_names[:3] == ["crawl:started", "task:updated", "crawl_progress"]
     assert stop_names.count("crawl:stopping") == 1 and stop_names[-1] == "crawl:stopped"
     assert set(stop_names[2 : stop_names.index("crawl:stopping")]) == {"crawl_progress"}
     assert set(stop_names[stop_names.index("crawl:stopping") + 1 : -1]) <= {"crawl_progress"}
     stopped = events(stop)[-1][1]
-    assert stopped["status"] == "cancelled" and stopped["result"] is None and stopped["progress"] < 100
+    assert stopped["status"] == "cancelled" and stopped["result"] is None and stopped["percentage"] < 100
 
     # Late joiners: a finished crawl's room answers with its final state and result; the
     # project's state names its latest crawl.
     late_done, late_stopped, late_project = (a["snapshot"] for a in acks(obs, "late"))
     assert (late_done["status"], late_done["result"]) == ("completed", {"pages": 5, "links": 35})
     assert late_done == done
-    assert late_stopped["status"] == "cancelled" and late_stopped["id"] == long_id
+    assert late_stopped["status"] == "cancelled" and late_stopped["progressId"] == long_id
     assert late_project["name"] == "Website 2" and late_project["cards"] == [{**card, "done": True}]
     assert late_project["crawl"] == late_stopped
     assert events(section(obs, "late"), "late") == []

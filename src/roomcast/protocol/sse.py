@@ -24,6 +24,9 @@ from roomcast.types import StreamPosition
 
 __all__ = [
     "CONTENT_TYPE",
+    "FORMATS",
+    "EVENTS",
+    "MESSAGE",
     "RESERVED_EVENTS",
     "MAX_CURSOR_LENGTH",
     "event_frame",
@@ -38,6 +41,17 @@ CONTENT_TYPE: Final = "text/event-stream"
 RESERVED_EVENTS: Final = frozenset({"snapshot", "reset", "error"})
 """Event names roomcast itself sends on an SSE stream (and ``/ws`` clients expect from it):
 a publication may not use them, or ``EventSource`` pages would take it for roomcast's own."""
+
+FORMATS: Final = ("events", "message")
+"""How a stream frames its events (``?format=``, ``Settings.sse_format``).
+
+``events``: each event has its name in an ``event:`` field, so a page listens with
+``addEventListener(name)``. ``message``: no ``event:`` field, and the data is
+``{"event": name, "data": ...}``, so the browser dispatches every event, roomcast's own
+(``snapshot``, ``reset``, ``error``) included, to ``EventSource.onmessage``: the handler most
+pages use, which receives nothing from named events. The ``id:`` is the same in both, so
+``Last-Event-ID`` recovery is too."""
+EVENTS, MESSAGE = FORMATS
 
 MAX_CURSOR_LENGTH: Final = 8192
 """The longest cursor :func:`decode_cursor` accepts, and so the longest one we may send."""

@@ -174,6 +174,7 @@ class App:
             cors=cors,
             authenticator=self.authenticator,
             expiry=self.expiry,
+            default_format=settings.sse_format,
         )
         self.ws = WsServer(
             self.hub,
@@ -195,6 +196,7 @@ class App:
             self.task_store,
             stop_grace=settings.task_stop_grace,
             events=settings.task_events,
+            payloads=settings.task_payloads,
             list_rooms=settings.task_list_rooms,
             keep_days=settings.task_keep_days,
             keep_count=settings.task_keep_count,
@@ -364,7 +366,8 @@ class App:
 
         Allowed for the task's owner (the token's ``sub``), for tokens whose ``tasks.stop``
         claim lists a glob matching the task's kind, and for everyone on an open server.
-        Answers with the task as it now is, or ``{"error"}``.
+        Answers with the task as it now is, in the form its kind's clients read
+        (``TaskService.payload``), or ``{"error"}``.
         """
         task_id = request.get("id") if isinstance(request, dict) else None
         if not isinstance(task_id, str):
@@ -374,7 +377,7 @@ class App:
             task = await self.tasks.get(task_id)
             if not _may_stop(conn, task):
                 return refused  # the same answer as for an unknown id: it reveals nothing
-            return (await self.tasks.request_stop(task_id, by=conn.user)).to_json()
+            return self.tasks.client_form(await self.tasks.request_stop(task_id, by=conn.user))
         except TaskNotFound:
             return refused
         except ShuttingDown:
@@ -388,4 +391,26 @@ class App:
             return engine.handle_websocket(request)
         if request.path == "/ws":
             return self.ws.handle_websocket(request)
+        if request.path.startswith("/tasks/") and request.path.endswith("/ws"):
+            return self._task_ws(request)
         return json_error(404, 404, "Not found")
+
+    def _task_ws(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:
+        """``/tasks/{id}/ws``: one task over the plain WebSocket protocol, as
+        ``/tasks/{id}/events`` over SSE: subscribed as it opens (``?epoch=&offset=`` resumes),
+        its snapshot, progress and end, then a normal close.
+
+        The WebSocket server decides first (origin, subprotocol, token, the right to subscribe
+        to the task's room); an unknown task is told once the socket is open (an ``error``
+        ``not_found``, then close 3501), since a handshake answers before the store is read.
+        """
+        task_id = request.path[len("/tasks/") : -len("/ws")]
+
+        async def exists() -> str | None:
+            try:
+                await self.tasks.get(task_id)
+            except TaskError:
+                return f"no task {task_id!r}"
+            return None
+
+        return self.ws.handle_websocket(request, task_room(task_id), exists)

@@ -16,14 +16,15 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from roomcast.protocol.sse import FORMATS as SSE_FORMATS
 from roomcast.tasks.model import TaskEvents
-from roomcast.tasks.service import LIST_ROOM_KINDS
+from roomcast.tasks.service import LIST_ROOM_KINDS, PayloadMap
 
-__all__ = ["Settings", "SettingsError", "LOG_LEVELS", "LOG_FORMATS"]
+__all__ = ["Settings", "SettingsError", "LOG_LEVELS", "LOG_FORMATS", "SSE_FORMATS"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 """The values of ``Settings.log_level`` (the CLI's ``--log-level`` choices)."""
@@ -81,7 +82,7 @@ _AT_LEAST_ONE = frozenset(
     }
 )
 
-_CHOICES: dict[str, Sequence[str]] = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}
+_CHOICES: dict[str, Sequence[str]] = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS, "sse_format": SSE_FORMATS}
 
 
 @functools.cache
@@ -161,6 +162,8 @@ def _matches(hint: Any, value: object) -> bool:
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(args[0], item) for item in value)
         return len(args) == len(value) and all(_matches(a, item) for a, item in zip(args, value))
+    if origin is Callable:
+        return callable(value)
     if origin is Mapping:
         if not isinstance(value, Mapping):
             return False
@@ -182,6 +185,8 @@ def _describe(hint: Any) -> str:
     if origin is tuple:
         return "a tuple of strings" if args == (str, Ellipsis) else "a tuple"
     if origin is Mapping:
+        if args and typing.get_origin(args[1]) is Callable:
+            return "a mapping of strings to functions"
         return f"a mapping of strings to {getattr(args[1], '__name__', 'values')}" if args else "a mapping"
     words = {type(None): "None", bool: "True or False", int: "an integer", float: "a number", str: "a string"}
     if hint in words:
@@ -266,6 +271,10 @@ class Settings:
             (for the official Engine.IO test suite).
         sse_heartbeat: seconds between ``: ping`` comments on SSE streams.
         sse_retry_ms: the reconnection delay suggested to ``EventSource`` (``retry:``).
+        sse_format: how ``/sse`` and ``/tasks/{id}/events`` frame events unless a stream asks
+            with ``?format=``: ``"events"`` (each event named, for ``addEventListener``) or
+            ``"message"`` (each unnamed, ``{"event": name, "data": ...}`` as its data, for
+            ``EventSource.onmessage``). Ids, and so recovery, are the same in both.
         jwt_secret: HS256 secret; with it (or ``jwt_public_key_file``) every client needs a
             valid token. Neither: the server runs open and says so when it starts.
         jwt_public_key_file: PEM public key for RS256 / ES256 tokens.
@@ -287,6 +296,8 @@ class Settings:
             is marked ``cancelled`` anyway.
         task_events: event-name aliases per task kind (``roomcast.tasks.model.TaskEvents``),
             so clients that already listen for ``crawl_progress`` work unchanged.
+        task_payloads: what clients receive per task kind, ``task -> JSON``
+            (``TaskService.payload``), so clients that read other field names work unchanged.
         task_list_rooms: extra task summary rooms besides ``tasks``: ``"kind"``
             (``tasks:kind:{kind}``) and/or ``"owner"`` (``tasks:owner:{owner}``).
         task_keep_days: finished tasks older than this are deleted (``None`` keeps them).
@@ -352,6 +363,7 @@ class Settings:
     engineio_echo: bool = False
     sse_heartbeat: float = 15.0
     sse_retry_ms: int = 2000
+    sse_format: str = "events"
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key_file: str | None = None
     jwt_audience: str | None = None
@@ -363,6 +375,7 @@ class Settings:
     task_db: str = "roomcast-tasks.db"
     task_stop_grace: float = 5.0
     task_events: Mapping[str, TaskEvents] = field(default_factory=dict)
+    task_payloads: Mapping[str, PayloadMap] = field(default_factory=dict)
     task_list_rooms: tuple[str, ...] = ()
     task_keep_days: float | None = 30.0
     task_keep_count: int | None = 10_000

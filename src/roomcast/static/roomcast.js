@@ -515,7 +515,7 @@ export class RoomcastClient {
     return new Promise((done) => {
       const auth = token ? {token} : {};
       const link = (this._link = this._sse
-        ? new SseLink(this._url("/sse", {room: [...this._rooms.keys()], last_event_id: encodeCursor(this._rooms), ...auth}))
+        ? new SseLink(this._sseUrl(auth))
         : new WsLink(this._url("/ws", auth)));
       let stable = null;
       const timeout = setTimeout(() => link.abort("connect timeout"), this.options.connectTimeout);
@@ -578,6 +578,12 @@ export class RoomcastClient {
   async _token() {
     const token = this.options.token;
     return typeof token === "function" ? await token() : token;
+  }
+
+  /** The stream of every room, from the cursor; named events whatever the server's default format. */
+  _sseUrl(auth) {
+    const rooms = [...this._rooms.keys()];
+    return this._url("/sse", {room: rooms, format: "events", last_event_id: encodeCursor(this._rooms), ...auth});
   }
 
   _url(path, params) {

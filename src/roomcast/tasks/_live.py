@@ -42,7 +42,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from roomcast.errors import InvalidTransition, ShuttingDown, TaskError, TaskNotFound
+from roomcast import _json
+from roomcast.errors import InvalidPublication, InvalidTransition, ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub import Hub
 from roomcast.tasks.model import (
     DEFAULT_EVENTS,
@@ -58,7 +59,7 @@ from roomcast.tasks.model import (
 from roomcast.tasks.store import Stored, Swap, TaskStore
 from roomcast.types import JSONValue, RoomName
 
-__all__ = ["LiveTasks", "Live", "Change", "shutting_down", "absorb_cancel"]
+__all__ = ["LiveTasks", "Live", "Change", "PayloadMap", "shutting_down", "absorb_cancel"]
 
 logger = logging.getLogger("roomcast.tasks")
 
@@ -70,6 +71,9 @@ Change = Callable[[Task, float], Task]
 Computed again from the stored value when a write is refused, so it must depend only on the
 task it is given (``t.start(now) if t.status is PENDING else t``), never on what the caller
 saw before."""
+
+PayloadMap = Callable[[Task], JSONValue]
+"""``task -> JSON``: what one kind of task looks like to clients (``TaskService.payload``)."""
 
 Progress = tuple[float | None, str | None, str | None]
 """``(progress, step, message)`` recorded since the last write; ``None`` keeps the stored one."""
@@ -130,6 +134,7 @@ class LiveTasks:
         store: where every change is written before it is published.
         progress_interval: seconds between two progress publications of one task.
         events: event names per task kind; other kinds use ``DEFAULT_EVENTS``.
+        payloads: the client form per task kind (``PayloadMap``); other kinds send ``to_json``.
         stop_grace: seconds a producer has to end after a stop before it is cancelled anyway.
         list_rooms: ``"kind"`` and/or ``"owner"``: summary rooms besides ``LIST_ROOM``.
         node_id: this process's node id: the tasks whose producer runs here are stored with it.
@@ -145,6 +150,7 @@ class LiveTasks:
         stop_grace: float,
         list_rooms: frozenset[str],
         node_id: str,
+        payloads: Mapping[str, PayloadMap] | None = None,
     ) -> None:
         self.hub = hub
         self.store = store
@@ -152,6 +158,7 @@ class LiveTasks:
         self.shared = store.leases is not None
         self.interval = progress_interval
         self.events: Mapping[str, TaskEvents] = dict(events)
+        self.payloads: dict[str, PayloadMap] = dict(payloads or {})
         self.grace = stop_grace
         self.list_rooms = list_rooms
         self.live: dict[str, Live] = {}
@@ -569,8 +576,22 @@ class LiveTasks:
                 logger.error("task service job failed", exc_info=exc)
 
     async def publish(self, task: Task, event: str) -> None:
-        full = task.to_json()
-        await self.hub.publish(task_room(task.id), event, full)
+        """Publish one change: the client form to the task's room and its routed rooms, the
+        canonical summary to the list rooms (which the dashboard follows).
+
+        The kind's payload map runs once per change, and its result is what every subscriber
+        of those rooms gets, encoded once per transport. A map that raises or returns what is
+        not JSON is logged and the canonical form is published instead: the change was stored
+        before this, and its subscribers still get it.
+        """
+        full = self.client_form(task)
+        try:
+            await self.hub.publish(task_room(task.id), event, full)
+        except InvalidPublication:
+            if task.kind not in self.payloads:
+                raise  # the event name itself is refused: the canonical form would be too
+            full = _not_json(task)
+            await self.hub.publish(task_room(task.id), event, full)
         for route in self.routes:
             try:
                 rooms = list(route(task))
@@ -594,10 +615,35 @@ class LiveTasks:
     def events_of(self, task: Task) -> TaskEvents:
         return self.events.get(task.kind, DEFAULT_EVENTS)
 
-    async def snapshot(self, room: RoomName) -> dict[str, JSONValue] | None:
-        """The snapshot provider of every ``task:*`` room."""
+    def client_form(self, task: Task) -> JSONValue:
+        """The task as its kind's clients read it: its payload map's result, else ``to_json``.
+
+        A map that raises is logged (with the task) and the canonical form is returned, so a
+        bug in the application's map costs its clients the field names, never the change.
+        """
+        payload = self.payloads.get(task.kind)
+        if payload is None:
+            return task.to_json()
+        try:
+            return payload(task)
+        except Exception:
+            logger.exception(
+                "task payload map for kind %r failed on task %s; its canonical form is sent", task.kind, task.id
+            )
+            return task.to_json()
+
+    async def snapshot(self, room: RoomName) -> JSONValue:
+        """The snapshot provider of every ``task:*`` room: the client form, like its events."""
         task = await self.peek(room[len(_TASK_ROOM_PREFIX) :])
-        return None if task is None else task.to_json()
+        if task is None:
+            return None
+        form = self.client_form(task)
+        if task.kind in self.payloads:
+            try:  # per subscriber, off the fan-out path: a transport must not fail on it later
+                _json.dumps_checked(form)
+            except _json.JSONEncodeError:
+                return _not_json(task)
+        return form
 
     def refuse_if_closing(self, task_id: str | None = None) -> None:
         if self.closing:
@@ -636,6 +682,16 @@ def absorb_cancel() -> None:
 def shutting_down(task_id: str | None) -> ShuttingDown:
     what = "nothing was changed" if task_id is None else f"task {task_id} was not changed"
     return ShuttingDown(f"the task service is shutting down; {what}")
+
+
+def _not_json(task: Task) -> dict[str, JSONValue]:
+    """Log that ``task``'s payload map returned what is not JSON; the canonical form to send."""
+    logger.error(
+        "task payload map for kind %r returned data that is not JSON; task %s is sent in its canonical form",
+        task.kind,
+        task.id,
+    )
+    return task.to_json()
 
 
 def _summary(task: Task) -> dict[str, JSONValue]:

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from roomcast.cluster.base import Cluster
 from roomcast.errors import TaskNotFound
 from roomcast.hub import Hub
-from roomcast.tasks._live import Live, LiveTasks, absorb_cancel
+from roomcast.tasks._live import Live, LiveTasks, PayloadMap, absorb_cancel
 from roomcast.tasks._nodes import DEFAULT_LEASE_TTL, NODE_LOST_REASON, NodeDuties
 from roomcast.tasks.model import Task, TaskEvents, TaskStatus, event_for, task_room
 from roomcast.tasks.store import DEFAULT_PAGE_SIZE, StatusFilter, TaskStore
@@ -53,6 +53,7 @@ __all__ = [
     "NODE_LOST_REASON",
     "DEFAULT_LEASE_TTL",
     "LIST_ROOM_KINDS",
+    "PayloadMap",
 ]
 
 logger = logging.getLogger("roomcast.tasks")
@@ -133,6 +134,8 @@ class TaskService:
             processes may write a shared store: see ``TaskStore.leases``).
         progress_interval: seconds between two progress publications of one task.
         events: event names per task kind (aliases); other kinds use ``DEFAULT_EVENTS``.
+        payloads: what clients receive per task kind, ``task -> JSON`` (see ``payload``);
+            other kinds send ``Task.to_json``.
         stop_grace: seconds a producer has to end after ``request_stop`` before the task is
             marked ``cancelled`` anyway.
         list_rooms: extra summary rooms besides ``LIST_ROOM``: ``"kind"`` and/or ``"owner"``.
@@ -152,6 +155,7 @@ class TaskService:
         *,
         progress_interval: float = 0.1,
         events: Mapping[str, TaskEvents] | None = None,
+        payloads: Mapping[str, PayloadMap] | None = None,
         stop_grace: float = 5.0,
         list_rooms: Collection[str] = (),
         keep_days: float | None = None,
@@ -180,6 +184,7 @@ class TaskService:
             store,
             progress_interval=progress_interval,
             events=events or {},
+            payloads=payloads,
             stop_grace=stop_grace,
             list_rooms=frozenset(list_rooms),
             node_id=cluster.node_id,
@@ -434,6 +439,36 @@ class TaskService:
         """
         self._tasks.routes.append(fn)
         return fn
+
+    def payload(self, kind: str) -> Callable[[PayloadMap], PayloadMap]:
+        """Register ``fn(task) -> JSON``: the form clients receive for tasks of ``kind``.
+
+        For a frontend written against another server's field names, beside renaming the
+        events (``TaskEvents``)::
+
+            @hub.tasks.payload("crawl")
+            def crawl_wire(task: Task) -> dict:
+                return {"progressId": task.id, "percentage": task.progress,
+                        "status": "crawling" if task.status == "running" else task.status.value}
+
+        It shapes what the task's room (``task:{id}``) and its routed rooms carry, events and
+        snapshot alike, on every transport; it runs once per change, not per recipient, under
+        the task's lock, so it must be quick and depend only on the task. The
+        store, the API, the dashboard and the list rooms keep the canonical ``Task.to_json``.
+        A map that raises or returns what is not JSON is logged, and that change goes out in
+        the canonical form: nothing is lost.
+        """
+
+        def register(fn: PayloadMap) -> PayloadMap:
+            self._tasks.payloads[kind] = fn
+            return fn
+
+        return register
+
+    def client_form(self, task: Task) -> JSONValue:
+        """The task as its kind's clients read it (``payload``), for an application snapshot
+        that embeds a task (a project's latest crawl) in the form its events use."""
+        return self._tasks.client_form(task)
 
     def add_listener(self, listener: Callable[[Task], None]) -> None:
         """Call ``listener(task)`` after every status change this service makes, once it is

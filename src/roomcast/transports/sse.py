@@ -5,9 +5,10 @@ Imports L0, L1 (``protocol.sse``), L3 (the hub) and ``transports.base``. A strea
 
 The cursor (the SSE ``id``) resumes every room of a stream, so it names a position in each
 of them. Fan-out stays one encoding per publication per *group*: streams subscribed to the
-same set of rooms share one ``SseEncoder``, and once a stream is in sync it has everything
-up to the current position of every room in its set — so the cursor after a publication is
-the same for every member of the group and is built once, not per recipient.
+same set of rooms in the same format (``?format=events|message``) share one ``SseEncoder``,
+and once a stream is in sync it has everything up to the current position of every room in
+its set — so the cursor after a publication is the same for every member of the group and
+is built once, not per recipient.
 
 Opening a stream (``SseServer.handle``): bad rooms or a ``Last-Event-ID`` that does not
 parse → 400 with a JSON error; a reconnect whose rooms are all terminal and whose cursor
@@ -41,7 +42,7 @@ from roomcast.transports.builtins import ADMIN_ROOM_PREFIX, Builtins, is_admin_r
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.types import MAX_NAME_LENGTH, Publication, RoomName, StreamPosition, Subscription
 
-__all__ = ["SseServer", "SseConnection", "SseEncoder", "SseFrame"]
+__all__ = ["SseServer", "SseConnection", "SseEncoder", "SseFrame", "event_body", "framed"]
 
 logger = logging.getLogger("roomcast.sse")
 
@@ -60,18 +61,24 @@ class SseFrame:
         self.data = data
 
 
-def event_body(publication: Publication) -> bytes:
+def framed(event: str, data: Any, form: str) -> bytes:
+    """One event without its ``id`` in the stream's format (``protocol.sse.FORMATS``): named
+    with its data, or unnamed with ``{"event": name, "data": data}`` as its data."""
+    if form == sse.MESSAGE:
+        return sse.event_frame(_json.dumps_str({"event": event, "data": data}))
+    return sse.event_frame(_json.dumps_str(data), event=event)
+
+
+def event_body(publication: Publication, form: str = sse.EVENTS) -> bytes:
     """A publication as an SSE event without its ``id`` (live and replayed alike).
 
     Its data was serialised when it was published (``Publication.encoded``) and is embedded
-    as it is.
+    as it is, in either format.
     """
     encoded = publication.encoded
     if encoded is not None:
-        return sse.event_frame(_json.dumps_str(publication_data(_json.embed(encoded))), event=publication.event)
-    return sse.event_frame(
-        _json.dumps_str(_json.json_safe(publication_data(publication.data))), event=publication.event
-    )
+        return framed(publication.event, publication_data(_json.embed(encoded)), form)
+    return framed(publication.event, _json.json_safe(publication_data(publication.data)), form)
 
 
 def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
@@ -79,16 +86,19 @@ def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
 
 
 class SseEncoder:
-    """Encodes publications for the streams subscribed to one set of rooms (a hub ``Encoder``).
+    """Encodes publications for the streams subscribed to one set of rooms in one format (a
+    hub ``Encoder``): a page on ``onmessage`` and one on named events are two groups, each
+    encoded once per publication.
 
     ``positions`` is the current position of every room of the set as far as this group has
     seen it: from each publication it encodes and from each member's subscribe result.
     """
 
-    __slots__ = ("rooms", "positions", "members")
+    __slots__ = ("rooms", "form", "positions", "members")
 
-    def __init__(self, rooms: tuple[RoomName, ...]) -> None:
+    def __init__(self, rooms: tuple[RoomName, ...], form: str = sse.EVENTS) -> None:
         self.rooms = rooms
+        self.form = form
         self.positions: dict[RoomName, StreamPosition] = {}
         self.members = 0
 
@@ -98,7 +108,7 @@ class SseEncoder:
 
     def encode(self, publication: Publication) -> SseFrame:
         self.advance(publication.room, publication.position)
-        body = event_body(publication)
+        body = event_body(publication, self.form)
         cursor = sse.encode_cursor(self.positions)
         return SseFrame(publication.room, publication.position, sse.id_line(cursor) + body)
 
@@ -106,7 +116,7 @@ class SseEncoder:
 class SseConnection(Connection):
     """One open event stream (a hub ``Connection`` and the door's ``StreamHandler``)."""
 
-    __slots__ = ("channel", "server", "stream_rooms", "cursor", "finished", "sync_task")
+    __slots__ = ("channel", "server", "stream_rooms", "form", "cursor", "finished", "sync_task")
 
     transport_label = "sse"  # a constant where the base computes it
 
@@ -125,6 +135,7 @@ class SseConnection(Connection):
         if isinstance(auth, Claims):
             self.claims, self.user = auth, auth.subject
         self.stream_rooms = rooms
+        self.form = encoder.form
         # What this client holds, room by room, while it syncs: the cursor it came back with.
         self.cursor: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
         self.finished: set[RoomName] = set()
@@ -137,7 +148,7 @@ class SseConnection(Connection):
     def emit(self, event: str, *args: Any) -> None:
         """An event for this stream alone; it carries no ``id``, so the cursor is unchanged."""
         if not self.closed:
-            self.channel.write(sse.event_frame(_json.dumps_str(publication_data(args)), event=event))
+            self.channel.write(framed(event, publication_data(args), self.form))
 
     async def call(self, event: str, *args: Any, timeout: float = 10.0) -> Any:
         raise NotImplementedError("an SSE stream cannot acknowledge: it only receives")
@@ -197,10 +208,10 @@ class SseConnection(Connection):
             base = sub.base
             self.cursor[room] = base
             body = {"room": room, "epoch": base.epoch, "offset": base.offset, "snapshot": sub.snapshot}
-            self._write_own(sse.event_frame(_json.dumps_str(body), event="reset" if held is not None else "snapshot"))
+            self._write_own(framed("reset" if held is not None else "snapshot", body, self.form))
         for pub in sub.publications:
             self.cursor[room] = pub.position
-            self._write_own(event_body(pub))
+            self._write_own(event_body(pub, self.form))
         self.cursor[room] = sub.position
 
     def _write_own(self, body: bytes) -> None:
@@ -209,7 +220,7 @@ class SseConnection(Connection):
 
     def _error(self, code: str, message: str, *, reconnect: bool) -> None:
         body = {"code": code, "message": message, "reconnect": reconnect}
-        self.channel.write(sse.event_frame(_json.dumps_str(body), event="error"))
+        self.channel.write(framed("error", body, self.form))
 
 
 class SseServer:
@@ -225,6 +236,8 @@ class SseServer:
             ``None``.
         expiry: ends a stream when its token expires (``EventSource`` cannot refresh one
             in-band: it reconnects, and a new URL carries a new token).
+        default_format: how a stream that does not ask (``?format=events|message``) frames
+            its events (``protocol.sse.FORMATS``).
     """
 
     def __init__(
@@ -236,8 +249,12 @@ class SseServer:
         cors: CorsPolicy | None = None,
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
+        default_format: str = sse.EVENTS,
     ) -> None:
+        if default_format not in sse.FORMATS:
+            raise ValueError(f"default_format must be one of {', '.join(sse.FORMATS)}, not {default_format!r}")
         self.hub = hub
+        self.default_format = default_format
         self.heartbeat = heartbeat
         self.retry = sse.retry_frame(retry_ms)
         self.cors = cors if cors is not None else CorsPolicy()
@@ -245,7 +262,7 @@ class SseServer:
         self.expiry = expiry
         self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.streams: set[SseConnection] = set()
-        self.encoders: dict[tuple[RoomName, ...], SseEncoder] = {}
+        self.encoders: dict[tuple[str, tuple[RoomName, ...]], SseEncoder] = {}
         self.ids = itertools.count(1)
         # Ids are unique across processes too: presence and "disconnect this connection" meet
         # every node's connections in one place when the rooms are shared (RedisBroker).
@@ -265,7 +282,10 @@ class SseServer:
         cors = self.cors.headers(request)
         if rooms is None:
             rooms = tuple(dict.fromkeys(request.query_all.get("room", [])))
-        problem = self._check_rooms(rooms)
+        form = request.query.get("format", self.default_format)
+        problem = self._check_rooms(rooms) or (
+            None if form in sse.FORMATS else f"format must be one of {', '.join(sse.FORMATS)}"
+        )
         if problem:
             self.bad_requests += 1
             return api_error(400, "bad_request", problem, cors)
@@ -290,7 +310,7 @@ class SseServer:
         if last_id and await self._finished(rooms, cursor):
             return HttpResponse(204, b"", cors)  # it has everything and nothing more will come
         return StreamAccept(
-            lambda channel: self._open(channel, rooms, cursor, auth),
+            lambda channel: self._open(channel, rooms, cursor, auth, form),
             content_type=sse.CONTENT_TYPE,
             headers=[*cors, ("X-Accel-Buffering", "no")],
         )
@@ -323,11 +343,12 @@ class SseServer:
         rooms: tuple[RoomName, ...],
         cursor: dict[RoomName, StreamPosition],
         auth: Claims | None,
+        form: str,
     ) -> SseConnection:
-        key = tuple(sorted(rooms))
+        key = (form, tuple(sorted(rooms)))
         encoder = self.encoders.get(key)
         if encoder is None:
-            encoder = self.encoders[key] = SseEncoder(key)
+            encoder = self.encoders[key] = SseEncoder(key[1], form)
         encoder.members += 1
         conn = SseConnection(self, channel, encoder, rooms, cursor, auth)
         self.streams.add(conn)
@@ -350,8 +371,9 @@ class SseServer:
         encoder = conn.encoder
         assert isinstance(encoder, SseEncoder)
         encoder.members -= 1
-        if encoder.members == 0 and self.encoders.get(encoder.rooms) is encoder:
-            del self.encoders[encoder.rooms]
+        key = (encoder.form, encoder.rooms)
+        if encoder.members == 0 and self.encoders.get(key) is encoder:
+            del self.encoders[key]
 
     def _heartbeat(self) -> None:
         """One timer for every stream: a comment each keeps proxies from closing it."""

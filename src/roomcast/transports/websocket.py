@@ -13,6 +13,11 @@ releases the subscription (``Builtins.subscribe``); the hub held the room's live
 until then, so they follow with nothing twice and nothing skipped. Bad messages get an ``error``
 reply with the request's id and the connection carries on; bytes that are not a message at
 all, or too big, close it with the code documented for that reason.
+
+A stream URL (``/tasks/{id}/ws``, routed by the app) speaks the same protocol on a connection
+subscribed to its one room as it opens, the way ``/tasks/{id}/events`` is an SSE stream on
+one room: the client resumes by ``?epoch=&offset=`` instead of a ``subscribe`` of its own,
+and the connection closes normally once that room is terminal.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import asyncio
 import itertools
 import logging
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, TypeAlias
 
 from roomcast import _json, disconnect
 from roomcast.auth import Authenticator, Claims, token_from_request
@@ -43,11 +49,19 @@ from roomcast.transports.builtins import Builtins
 from roomcast.transports.deadlines import DeadlineWheel
 from roomcast.transports.expiry import ExpiryWatch
 from roomcast.transports.ratelimit import MessageRate
-from roomcast.types import Publication, RoomName, StreamPosition
+from roomcast.types import MAX_OFFSET, Publication, RoomName, StreamPosition
 
-__all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared"]
+__all__ = ["WsServer", "WsConnection", "WsEncoder", "WsPrepared", "STREAM_ID", "StreamCheck"]
 
 logger = logging.getLogger("roomcast.ws")
+
+STREAM_ID: Final = "stream"
+"""The request id of the ``snapshot`` answering the subscribe a stream URL (``/tasks/{id}/ws``)
+makes on the client's behalf when it opens."""
+
+StreamCheck: TypeAlias = Callable[[], Awaitable[str | None]]
+"""Run as a stream URL's connection opens, before its subscribe: why it cannot be served
+(``"no task 'x'"``), or ``None``."""
 
 _PING = wsproto.serialize_frame(wsproto.OP_PING, b"")
 """The keep-alive ping, built once: the same bytes for every connection."""
@@ -93,7 +107,7 @@ class WsConnection(Connection):
     ``ping_tick`` and ``pinged_at`` are its keep-alive state, kept by ``WsServer``.
     """
 
-    __slots__ = ("channel", "server", "tasks", "bucket", "heard", "ping_tick", "pinged_at")
+    __slots__ = ("channel", "server", "tasks", "bucket", "heard", "ping_tick", "pinged_at", "stream_room")
 
     transport_label = "ws"  # a constant where the base computes it
 
@@ -108,6 +122,7 @@ class WsConnection(Connection):
         self.heard = False  # a pong or a message arrived since the last ping
         self.ping_tick: int | None = None  # filed in the server's ping wheel
         self.pinged_at: float | None = None  # loop time of the ping awaiting an answer
+        self.stream_room: RoomName | None = None  # the room its URL names (``/tasks/{id}/ws``)
 
     # -- the hub's side ---------------------------------------------------------------
     def write(self, encoded: WsPrepared) -> bool:
@@ -156,6 +171,11 @@ class WsConnection(Connection):
             self._emit(message)
         elif isinstance(message, wsjson.Refresh):
             self._refresh(message)
+
+    def room_terminal(self, room: RoomName) -> None:
+        """The room its URL names has ended: close normally, as ``/tasks/{id}/events`` ends."""
+        if room == self.stream_room:
+            self.disconnect(disconnect.NORMAL)
 
     def on_pong(self) -> None:
         """The native door read a pong: the client is alive (see ``WsServer``'s pings)."""
@@ -210,6 +230,20 @@ class WsConnection(Connection):
         encoder = self.server.encoder
         for pub in sub.publications:
             self._send(encoder.encode(pub).message)
+        if sub.terminal and room == self.stream_room:
+            self.disconnect(disconnect.NORMAL)  # everything there is to say was said
+
+    async def open_stream(self, room: RoomName, since: StreamPosition | None, ready: StreamCheck | None) -> None:
+        """Subscribe the room the URL names, as if the client had sent ``subscribe`` with id
+        ``STREAM_ID``; ``ready`` first, which may refuse (an unknown task: error, then close)."""
+        if ready is not None:
+            problem = await ready()
+            if problem is not None:
+                self._send(wsjson.error_message("not_found", problem, STREAM_ID))
+                self.disconnect(disconnect.BAD_REQUEST)
+                return
+        epoch, offset = (since.epoch, since.offset) if since is not None else (None, None)
+        await self._subscribe(wsjson.Subscribe(STREAM_ID, room, epoch, offset))
 
     async def _publish(self, message: wsjson.Publish) -> None:
         try:
@@ -351,9 +385,19 @@ class WsServer:
         self.ping_timeouts = 0
         self.rate = MessageRate(max_messages_per_second, message_burst)
 
-    def handle_websocket(self, request: HttpRequest) -> WebSocketAccept | HttpResponse:
+    def handle_websocket(
+        self, request: HttpRequest, room: RoomName | None = None, ready: StreamCheck | None = None
+    ) -> WebSocketAccept | HttpResponse:
+        """Accept a ``roomcast.v1`` connection; with ``room`` (a stream URL, ``/tasks/{id}/ws``)
+        it is subscribed to that room as it opens, from ``?epoch=&offset=`` when the client
+        resumes, after ``ready`` allows it, and closed normally once the room is terminal."""
         if not self.cors.allowed(request):
             return json_error(403, 4, "Origin not allowed")
+        since: StreamPosition | None = None
+        if room is not None:
+            since, problem = _stream_position(request.query)
+            if problem is not None:
+                return json_error(400, 3, problem)
         offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         if offered and wsjson.SUBPROTOCOL not in offered:
             return json_error(400, 3, f"Unsupported subprotocol: this endpoint speaks {wsjson.SUBPROTOCOL}")
@@ -361,6 +405,8 @@ class WsServer:
         if self.authenticator is not None:
             try:
                 auth = self.authenticator.verify(token_from_request(request.headers, request.query))
+                if room is not None:  # refused at the door, as /tasks/{id}/events is
+                    self.authenticator.permit(auth, "subscribe", room)
             except AuthError as exc:
                 if "origin" in request.headers:
                     # A browser: it hides the status of a refused handshake (the page sees
@@ -372,11 +418,18 @@ class WsServer:
                     )
                 return json_error(403 if isinstance(exc, PermissionDenied) else 401, 401, str(exc))
         return WebSocketAccept(
-            lambda channel: self._open(channel, auth),
+            lambda channel: self._open(channel, auth, room, since, ready),
             subprotocol=wsjson.SUBPROTOCOL if offered else None,
         )
 
-    def _open(self, channel: WebSocketChannel, auth: Claims | None) -> WsConnection:
+    def _open(
+        self,
+        channel: WebSocketChannel,
+        auth: Claims | None,
+        room: RoomName | None = None,
+        since: StreamPosition | None = None,
+        ready: StreamCheck | None = None,
+    ) -> WsConnection:
         conn = WsConnection(self, channel, auth)
         self.connections.add(conn)
         self.hub.add_connection(conn)
@@ -384,6 +437,9 @@ class WsServer:
             conn.ping_tick = self._pings.file(conn, asyncio.get_running_loop().time() + self.ping_interval)
         if self.expiry is not None and auth is not None:
             self.expiry.watch(conn, auth)
+        if room is not None:
+            conn.stream_room = room
+            conn._spawn(conn.open_stream(room, since, ready))
         return conn
 
     def forget(self, conn: WsConnection) -> None:
@@ -426,3 +482,14 @@ class WsServer:
             self.ping_timeouts += 1
             logger.debug("connection %s: no answer to a ping in %gs", conn.id, self.ping_timeout)
             conn.disconnect(disconnect.PING_TIMEOUT)
+
+
+def _stream_position(query: Mapping[str, str]) -> tuple[StreamPosition | None, str | None]:
+    """Where a stream URL's client resumes from: ``?epoch=E&offset=N`` (both or neither), as
+    the last ``event`` it applied said; ``(None, None)`` for a first visit."""
+    epoch, offset = query.get("epoch"), query.get("offset")
+    if epoch is None and offset is None:
+        return None, None
+    if not epoch or offset is None or not offset.isdigit() or int(offset) > MAX_OFFSET:
+        return None, "resume with both epoch and offset (a non-negative integer), or neither"
+    return StreamPosition(epoch, int(offset)), None
