@@ -16,7 +16,7 @@ dropped") as soon as the queue takes records again.
 
 What is never logged: tokens, query strings (``?token=``), headers, bodies, payloads. The
 request lines below name the method, the path and the status only; ``settings_line`` masks
-``jwt_secret``, ``api_key`` and ``metrics_key`` and passes ``redis_url`` through ``redact``.
+``jwt_secret``, ``api_key``, ``metrics_key`` and ``dashboard_key`` and passes ``redis_url`` through ``redact``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ __all__ = [
 QUEUE_RECORDS = 10_000
 """Records waiting for the writer thread at most; past it they are dropped and counted."""
 
-SECRET_SETTINGS = frozenset({"jwt_secret", "api_key", "metrics_key"})
+SECRET_SETTINGS = frozenset({"jwt_secret", "api_key", "metrics_key", "dashboard_key"})
 """Settings shown only as ``***`` (set) or ``None``; ``redis_url`` goes through ``redact``."""
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
