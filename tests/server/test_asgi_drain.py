@@ -44,18 +44,20 @@ WAIT = 20.0
 ROOM = "board"
 PER_TRANSPORT = 8
 
-APP_MODULE = f"""\
+APP_MODULE = """\
 from roomcast import RoomcastApp
 from roomcast.server.config import Settings
 
-app = RoomcastApp(settings=Settings(task_db=":memory:", shutdown_grace={GRACE}, drain_delay={DELAY}))
+app = RoomcastApp(settings=Settings(task_db=":memory:", shutdown_grace={grace}, drain_delay={delay}))
 """
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, list[str]]]:
+async def uvicorn_serving(
+    tmp_path: Path, grace: float = GRACE
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, list[str]]]:
     """``uvicorn board:app`` on a free port: (process, base URL, its output lines so far and to come)."""
-    (tmp_path / "board.py").write_text(APP_MODULE)
+    (tmp_path / "board.py").write_text(APP_MODULE.format(grace=grace, delay=DELAY))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -235,3 +237,30 @@ async def test_sigterm_under_uvicorn_tells_every_client_to_reconnect_then_uvicor
     assert code == -signal.SIGTERM, output  # uvicorn re-raises the signal it stopped on
     assert "timeout graceful shutdown exceeded" not in output and "Traceback" not in output, output
     assert "Application shutdown complete" in output, output
+
+
+async def test_a_second_sigterm_under_uvicorn_moves_everyone_at_once_and_stops(tmp_path: Path) -> None:
+    """A long grace, cut short: the second signal closes every client now (still with the
+    reconnect signal) and uvicorn stops at once."""
+    grace = 20.0
+    async with uvicorn_serving(tmp_path, grace) as (proc, base, lines), aiohttp.ClientSession() as http:
+        host, port = _address(base)
+        ws = await open_websocket(host, port, "/ws", headers={"Sec-WebSocket-Protocol": "roomcast.v1"})
+        assert ws.status == 101
+        async with open_sse(base, [ROOM]) as stream:
+            assert (await stream.next(WAIT)).event == "snapshot"
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(WAIT):
+                while True:
+                    async with http.get(f"{base}/readyz") as ready:
+                        if ready.status == 503:
+                            break
+            proc.send_signal(signal.SIGTERM)
+            assert await _ws_told(ws) == "close 1001"
+            events = await stream.until_end(WAIT)
+            assert events[-1].event == "error" and events[-1].json()["reconnect"] is True
+        code = await asyncio.wait_for(proc.wait(), WAIT)
+        exited_after = time.monotonic() - signalled
+        ws.close()
+    assert code == -signal.SIGTERM and exited_after < grace / 4, (exited_after, "".join(lines))
