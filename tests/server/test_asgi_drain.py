@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -35,6 +36,8 @@ import socketio
 from rawclient import RawWebSocket, open_websocket
 from sseclient import SseStream, open_sse
 
+from roomcast import RoomcastApp
+from roomcast.server.config import Settings
 from roomcast.server.drain import DrainPlan
 
 GRACE = 2.5
@@ -264,3 +267,26 @@ async def test_a_second_sigterm_under_uvicorn_moves_everyone_at_once_and_stops(t
         exited_after = time.monotonic() - signalled
         ws.close()
     assert code == -signal.SIGTERM and exited_after < grace / 4, (exited_after, "".join(lines))
+
+
+async def test_a_host_that_handles_sigterm_on_its_loop_keeps_it_and_gets_every_handler_back() -> None:
+    """A host on ``loop.add_signal_handler`` (its loop dispatches the signal itself) is left
+    alone; a handler roomcast put in front is given back at shutdown."""
+    loop = asyncio.get_running_loop()
+    host_got: asyncio.Queue[str] = asyncio.Queue()
+    sigint_before = signal.getsignal(signal.SIGINT)
+    loop.add_signal_handler(signal.SIGTERM, host_got.put_nowait, "SIGTERM")
+    try:
+        sigterm_before = signal.getsignal(signal.SIGTERM)
+        rt = RoomcastApp(settings=Settings(task_db=":memory:"))
+        await rt.startup()
+        try:
+            assert signal.getsignal(signal.SIGTERM) is sigterm_before
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await asyncio.wait_for(host_got.get(), WAIT) == "SIGTERM"
+            assert rt.signals is None or rt.signals.drained is None  # roomcast did not start a drain
+        finally:
+            await rt.shutdown()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is sigint_before
