@@ -11,8 +11,8 @@ takes one. So a client may send ``burst`` messages at once (a reconnect that sub
 to every room, up to the rooms-per-connection limit of 100, must fit) and ``per_second`` on
 average for ever. Checked per inbound message only: nothing here is on the fan-out path.
 
-``AttemptLimit`` is the same bucket keyed by client address and refilling after a refusal:
-the dashboard's limit on failed logins.
+``AttemptLimit`` is the same bucket keyed by client address (or any key) and refilling after a
+refusal: the dashboard's limit on failed logins, and the debug log limiter's per kind.
 """
 
 from __future__ import annotations
@@ -84,14 +84,15 @@ _SPENT = -math.inf
 
 class AttemptLimit:
     """Refilling token buckets keyed by client address, for attempts a client may make again
-    later: the dashboard's failed logins (``server.dashboard``).
+    later: the dashboard's failed logins (``server.dashboard``); keyed by message kind, the
+    debug log limiter's (``server.logs.LogLimiter``).
 
     Unlike ``TokenBucket`` (one connection's messages; a dry bucket cuts the connection for
     good) a dry bucket here refuses only until it refills, and the caller tells the client
     when (``Retry-After``). Memory is bounded: at most ``max_keys`` buckets; past it the one
     touched longest ago is forgotten (so a flood from many addresses costs ``max_keys``
-    entries, and the worst it can do is give one of them a fresh burst). Only touched on the
-    event loop's thread (no lock).
+    entries, and the worst it can do is give one of them a fresh burst). Not thread-safe: the
+    dashboard touches it on the event loop's thread only, the log limiter under its lock.
 
     Args:
         per_second: attempts an address regains per second.
