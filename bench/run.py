@@ -31,6 +31,14 @@ too), so most deliveries cross Redis. Their CPU is summed over every node and Re
 core 0 like the single server, so the ratio to ``roomcast`` is what scaling out costs per
 delivered message.
 
+Variant rows of the native door, measured on fan-out only (``fanout1000``, ``fanout5000``) and
+shown as a ratio to ``roomcast``: ``roomcast-tls`` serves TLS (``--ssl-certfile``/
+``--ssl-keyfile``, a self-signed certificate made at the start of the run) and the load
+generator connects over wss://; ``roomcast-observed`` runs as an operator does, with
+``--log-level info --log-format json`` (a connection line per open and close, written to a
+file) while a scraper in this process reads ``/metrics`` every second, so its ratio is what
+metrics and logging cost a fan-out.
+
 This is a benchmark, not a test: it measures and prints; ``tests/bench`` only checks that a
 small run works and prints its table.
 """
@@ -38,6 +46,9 @@ small run works and prints its table.
 from __future__ import annotations
 
 import argparse
+import atexit
+import datetime
+import functools
 import json
 import os
 import shutil
@@ -46,7 +57,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +83,19 @@ SERVERS: dict[str, list[str]] = {
     "python-socketio": [PY, str(BENCH / "peers" / "pysio_server.py")],
     # a reference row, not a product: the least any ASGI app pays per message (peers/bare_asgi.py)
     "bare-asgi": [PY, str(BENCH / "peers" / "bare_asgi.py")],
+    # the native door as production runs it: TLS (a certificate added by ``Run``), and logs
+    # at info with /metrics scraped every second (``Scraper``)
+    "roomcast-tls": [PY, str(BENCH / "server.py"), "--door", "native"],
+    "roomcast-observed": [
+        PY,
+        str(BENCH / "server.py"),
+        "--door",
+        "native",
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+    ],
 }
 # Several processes: a redis-server (core 0, as the nodes) and roomcast nodes on it
 # (bench/server.py --redis); the load generator spreads its connections over the nodes, the
@@ -81,12 +108,20 @@ DEFAULT_SERVERS = [
     "node",
     "python-socketio",
     "bare-asgi",
+    "roomcast-tls",
+    "roomcast-observed",
     "roomcast-redis1",
     "roomcast-redis2",
 ]
+TLS_ROW = "roomcast-tls"
+OBSERVED_ROW = "roomcast-observed"
+# what the variant rows run: fan-out, where a per-message cost would show
+VARIANTS = {TLS_ROW, OBSERVED_ROW}
+FOR_VARIANTS = {"fanout1000", "fanout5000"}
+SCRAPE_INTERVAL = 1.0  # seconds between two reads of /metrics, as a Prometheus would
 # roomcast's own transports: only its two doors speak them (the publisher stays Socket.IO)
 ONLY_ROOMCAST = {"fanout1000ws", "fanout1000sse"}
-ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *CLUSTERS}
+ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *VARIANTS, *CLUSTERS}
 # what a cluster row runs: fan-out and latency against one process, and workers publishing
 # (memory per connection is one process's figure, and the transports' rows are the single
 # node's: the cluster differs from it per publication, not per connection)
@@ -195,6 +230,73 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
     raise RuntimeError(f"server did not listen on {port} within {timeout:.0f} s")
 
 
+@functools.cache
+def certificate() -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, made once per run (PEM files in a
+    temporary directory removed at exit): what ``roomcast-tls`` serves."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roomcast bench")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tempfile.mkdtemp(prefix="roomcast-bench-tls-")
+    atexit.register(shutil.rmtree, folder, True)
+    certfile, keyfile = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    with open(certfile, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(keyfile, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return certfile, keyfile
+
+
+class Scraper:
+    """Reads ``/metrics`` every ``SCRAPE_INTERVAL`` seconds on a thread, the first at once,
+    until ``stop``; a scrape that is not a 200 is an error of the run."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.scrapes = 0
+        self.error: str | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    response.read()
+                    self.scrapes += 1
+            except Exception as exc:  # reported by ``stop``
+                if not self._stopped.is_set():
+                    self.error = f"scraping /metrics failed: {exc}"
+                return
+            if self._stopped.wait(SCRAPE_INTERVAL):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(15)
+
+
 class Run:
     """One fresh server process and one load generator driving it through a scenario."""
 
@@ -202,16 +304,26 @@ class Run:
         self.port = free_port()
         self.others: list[subprocess.Popen[bytes]] = []  # a cluster's Redis and further nodes
         self.loadgen: subprocess.Popen[str] | None = None
+        self.scraper: Scraper | None = None
+        # the observed row's logs go to a file, as a production server's to its collector
+        self.log = tempfile.TemporaryFile() if server == OBSERVED_ROW else None
         try:
             ports = self._start_cluster(CLUSTERS[server]) if server in CLUSTERS else [self.port]
             if server not in CLUSTERS:
-                self.server = self._start([*SERVERS[server], "--port", str(self.port)])
+                argv = [*SERVERS[server], "--port", str(self.port)]
+                if server == TLS_ROW:
+                    certfile, keyfile = certificate()
+                    argv += ["--ssl-certfile", certfile, "--ssl-keyfile", keyfile]
+                self.server = self._start(argv)
             for proc, port in zip([self.server, *self.others], ports):
                 wait_for_port(port, proc)
+            if server == OBSERVED_ROW:
+                self.scraper = Scraper(self.port)
             if spec is None:  # the caller drives the server itself
                 return
+            spec = {**spec, "ports": ports, "tls": server == TLS_ROW}
             self.loadgen = subprocess.Popen(
-                pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps({**spec, "ports": ports})]),
+                pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps(spec)]),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -222,7 +334,20 @@ class Run:
             raise
 
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        stderr = self.log if self.log is not None else subprocess.PIPE
+        return subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT)
+
+    def check_observed(self) -> None:
+        """The observed row really was observed: scraped, and a connection line logged."""
+        if self.scraper is None or self.log is None:
+            return
+        self.scraper.stop()
+        if self.scraper.error is not None:
+            raise RuntimeError(self.scraper.error)
+        self.log.seek(0)
+        logged = sum(1 for line in self.log if b'"logger": "roomcast.connections"' in line)
+        if not self.scraper.scrapes or not logged:
+            raise RuntimeError(f"observed row: {self.scraper.scrapes} scrapes, {logged} connection lines")
 
     def _start_cluster(self, nodes: int) -> list[int]:
         """A fresh redis-server (no persistence) and ``nodes`` roomcast nodes on it; their ports."""
@@ -266,6 +391,8 @@ class Run:
     def close(self) -> None:
         """End the load generator, then the server we started (by its PID; a cluster's every
         process): with its clients gone first, a server has nothing left to drain."""
+        if self.scraper is not None:
+            self.scraper.stop()
         for proc in (self.loadgen, getattr(self, "server", None), *self.others):
             if proc is None or proc.poll() is not None:
                 continue
@@ -282,6 +409,8 @@ class Run:
             for stream in (self.loadgen.stdin, self.loadgen.stdout):
                 if stream is not None:
                     stream.close()
+        if self.log is not None:
+            self.log.close()
 
 
 # -- scenarios ----------------------------------------------------------------------------
@@ -293,6 +422,7 @@ def fanout(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]
         run.go()
         done = run.phase()
         cpu = run.cpu() - cpu0
+        run.check_observed()
     finally:
         run.close()
     delivered = done["delivered"]
@@ -414,6 +544,8 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
             ("roomcast", "python-socketio"),
             ("roomcast-asgi", "node"),
             ("bare-asgi", "node"),
+            ("roomcast-tls", "roomcast"),
+            ("roomcast-observed", "roomcast"),
             ("roomcast-redis1", "roomcast"),
             ("roomcast-redis2", "roomcast"),
         )
@@ -525,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                 if scenario in ONLY_ROOMCAST and server not in ROOMCAST_SERVERS:
                     continue
                 if scenario not in FOR_CLUSTERS and server in CLUSTERS:
+                    continue
+                if scenario not in FOR_VARIANTS and server in VARIANTS:
                     continue
                 if scenario == "publisher" and server != PUBLISHER_ROW:  # one Redis is enough
                     continue

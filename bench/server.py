@@ -1,12 +1,16 @@
 """roomcast's benchmark application, in the foreground: this process is the server measured.
 
     .venv/bin/python bench/server.py --port N --door native|asgi [--redis URL]
+        [--ssl-certfile F --ssl-keyfile F] [--log-level info --log-format json]
 
 Events (the same in every peer under ``bench/``): ``join {room}`` joins and acks ``true``;
 ``publish {room, event, data}`` emits ``event`` with ``data`` to the room, sender included,
 and acks; ``echo`` acks with its data. ``--door native`` serves on roomcast's own asyncio
 front door; ``--door asgi`` mounts ``RoomcastApp`` under uvicorn (uvloop, httptools), as an
-application adding rooms to an existing ASGI stack would.
+application adding rooms to an existing ASGI stack would. ``--ssl-certfile``/``--ssl-keyfile``
+serve TLS on the native door (the ``roomcast-tls`` row); ``--log-level``/``--log-format`` log
+as ``roomcast serve`` does (``server.logs``: a bounded queue, a writer thread), so the
+``roomcast-observed`` row pays for a connection line per open and close like production.
 """
 
 from __future__ import annotations
@@ -17,22 +21,31 @@ import logging
 from roomcast.server.app import App
 from roomcast.server.config import Settings
 from roomcast.server.conformance import register_demo_events
+from roomcast.server.logs import configure_logging
 
 
-def build(port: int, redis_url: str | None = None) -> App:
+def build(
+    port: int,
+    redis_url: str | None = None,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    log_level: str = "warning",
+    log_format: str = "text",
+) -> App:
     """The benchmark app: production defaults, any origin, the demo events; one node of
     several when ``redis_url`` is given (``roomcast serve --redis``)."""
     settings = Settings(
         host="127.0.0.1",
         port=port,
         cors_origins=("*",),
-        log_level="warning",
+        log_level=log_level,
+        log_format=log_format,
         task_db=":memory:",
         redis_url=redis_url,
-        # the harness ends every run with SIGTERM after its load generator has gone: nothing is
-        # left to drain, and a drain's grace would only lengthen every run (docs/operations.md)
-        shutdown_grace=1.0,
-        drain_delay=0.0,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        shutdown_grace=0,  # the bench measures serving, not stopping: no drain when a run ends
     )
     app = App(None, settings)
     register_demo_events(app.hub)
@@ -44,9 +57,23 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--door", choices=("native", "asgi"), default="native")
     parser.add_argument("--redis", help="serve as one node of several sharing this Redis")
+    parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (native door)")
+    parser.add_argument("--ssl-keyfile", help="the certificate's private key")
+    parser.add_argument("--log-level", default=None, help="log as roomcast serve does, at this level")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    app = build(args.port, args.redis)
+    if args.log_level is None:
+        logging.basicConfig(level=logging.WARNING)
+    else:
+        configure_logging(args.log_level, args.log_format)
+    app = build(
+        args.port,
+        args.redis,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        log_level=args.log_level or "warning",
+        log_format=args.log_format,
+    )
     if args.door == "native":
         from roomcast.server.runner import run
 

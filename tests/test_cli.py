@@ -251,6 +251,17 @@ def test_settings_defaults_are_what_serve_builds_with_no_flag_and_no_variable(
     assert Settings().task_db == "roomcast-tasks.db"  # the file finished tasks outlive a restart in
 
 
+def test_dashboard_key_from_the_flag_the_environment_or_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert _settings_of_serve(monkeypatch, "--dashboard-key", "from-flag").dashboard_key == "from-flag"
+    assert _settings_of_serve(monkeypatch, ROOMCAST_DASHBOARD_KEY="from-env").dashboard_key == "from-env"
+    (tmp_path / "roomcast.toml").write_text('dashboard_key = "from-file"\n')
+    config = str(tmp_path / "roomcast.toml")
+    assert _settings_of_serve(monkeypatch, "--config", config).dashboard_key == "from-file"
+    assert Settings().dashboard_key is None
+
+
 def test_task_lease_ttl_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # The App passes it to TaskService(lease_ttl=): tests/server/test_api_tasks.py sees the lease.
     assert _settings_of_serve(monkeypatch, "--task-lease-ttl", "4").task_lease_ttl == 4.0

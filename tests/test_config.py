@@ -153,7 +153,7 @@ def test_every_bad_field_is_named_at_once_in_field_order() -> None:
 
 
 def test_a_secret_of_the_wrong_type_is_named_but_never_echoed() -> None:
-    for name in ("jwt_secret", "api_key", "metrics_key", "redis_url"):
+    for name in ("jwt_secret", "api_key", "metrics_key", "dashboard_key", "redis_url"):
         refusal = _refusal(**{name: b"s3cret-value"})
         assert name in str(refusal) and "s3cret" not in str(refusal)
 

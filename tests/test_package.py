@@ -93,6 +93,8 @@ def test_the_wheel_carries_the_license_the_typing_marker_and_the_browser_module(
         assert whl.read(f"{info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
         assert "roomcast/py.typed" in names
         assert whl.read("roomcast/static/roomcast.js") == (REPO / "src/roomcast/static/roomcast.js").read_bytes()
+        for page in ("dashboard.html", "dashboard-login.html", "dashboard.js", "dashboard.css"):  # /dashboard's files
+            assert whl.read(f"roomcast/static/{page}") == (REPO / "src/roomcast/static" / page).read_bytes(), page
     assert not any(name.startswith(("tests/", "bench/", "examples/")) for name in names)
 
 
@@ -156,7 +158,7 @@ def served(installed: Installed) -> Iterator[tuple[str, str]]:
     assert code == 0, "".join(seen)
 
 
-def test_the_installed_server_answers_health_and_the_browser_module(served: tuple[str, str]) -> None:
+def test_the_installed_server_answers_health_the_browser_module_and_the_dashboard(served: tuple[str, str]) -> None:
     base, banner = served
     assert banner.startswith(f"roomcast {roomcast.__version__} listening on http://127.0.0.1:")
     with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
@@ -165,3 +167,11 @@ def test_the_installed_server_answers_health_and_the_browser_module(served: tupl
         assert r.status == 200
         assert r.headers.get_content_type() == "text/javascript"
         assert r.read() == (REPO / "src/roomcast/static/roomcast.js").read_bytes()
+    # Keyless and from loopback, /dashboard is the page itself, with its script and style.
+    with urllib.request.urlopen(f"{base}/dashboard", timeout=5) as r:
+        assert r.status == 200 and r.headers.get_content_type() == "text/html"
+        assert r.read() == (REPO / "src/roomcast/static/dashboard.html").read_bytes()
+    for name, content_type in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+        with urllib.request.urlopen(f"{base}/dashboard/{name}", timeout=5) as r:
+            assert r.status == 200 and r.headers.get_content_type() == content_type
+            assert r.read() == (REPO / "src/roomcast/static" / name).read_bytes()

@@ -6,7 +6,8 @@
 // on raw TCP (no client library), counts events by their first two bytes and parses JSON only where a figure needs
 // it (latency), so it stays well below one core while the server under test saturates its own.
 // Each connection binds its own loopback source address (127.1.x.y), so repeated runs never
-// run out of ephemeral ports to TIME_WAIT.
+// run out of ephemeral ports to TIME_WAIT. With `"tls": true` every connection is TLS (wss://,
+// https:// for SSE) to a server whose certificate is not checked (the bench makes its own).
 //
 // It reports on stdout, one JSON object per line, and waits for the orchestrator (bench/run.py)
 // on stdin between phases, so the orchestrator can read the server's CPU and memory from /proc
@@ -18,6 +19,7 @@
 import { performance } from "node:perf_hooks";
 import readline from "node:readline";
 import net from "node:net";
+import tls from "node:tls";
 
 const spec = JSON.parse(process.argv[2] ?? "{}");
 const url = `ws://127.0.0.1:${spec.port}${spec.path ?? "/socket.io/"}?EIO=4&transport=websocket`;
@@ -106,17 +108,21 @@ class Client {
       const timer = setTimeout(() => reject(new Error("connect timeout")), 10_000);
       this.resolveConnect = () => { clearTimeout(timer); this.connected = true; resolve(this); };
       this.rejectConnect = (err) => { clearTimeout(timer); reject(err); };
-      const socket = net.connect({
-        host: "127.0.0.1",
-        port: this.port,
-        localAddress: sourceAddress(),
-        // Read into one shared buffer, straight to our parser: no stream machinery, no
-        // Buffer and no 'data' event per read.
-        onread: { buffer: READ_BUFFER, callback: (n, buf) => { this.onData(buf.subarray(0, n)); } },
-      });
+      const socket = spec.tls
+        // TLS decrypts into a Buffer per read: a 'data' event (onread is plain TCP's only)
+        ? tls.connect({ host: "127.0.0.1", port: this.port, localAddress: sourceAddress(), rejectUnauthorized: false })
+        : net.connect({
+          host: "127.0.0.1",
+          port: this.port,
+          localAddress: sourceAddress(),
+          // Read into one shared buffer, straight to our parser: no stream machinery, no
+          // Buffer and no 'data' event per read.
+          onread: { buffer: READ_BUFFER, callback: (n, buf) => { this.onData(buf.subarray(0, n)); } },
+        });
       this.socket = socket;
       socket.setNoDelay(true);
-      socket.on("connect", () => socket.write(this.handshake()));
+      if (spec.tls) socket.on("data", (buf) => this.onData(buf));
+      socket.on(spec.tls ? "secureConnect" : "connect", () => socket.write(this.handshake()));
       socket.on("error", (err) => this.rejectConnect(err));
       socket.on("close", () => {
         if (this.connected && !stopping) fail("server closed a connection mid-run");

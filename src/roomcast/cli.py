@@ -488,6 +488,14 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     "so it can scrape without the key that publishes. Without either, /metrics answers loopback clients only.",
 )
 @click.option(
+    "--dashboard-key",
+    envvar="ROOMCAST_DASHBOARD_KEY",
+    show_envvar=True,
+    default=None,
+    help="Key that logs in to /dashboard besides --api-key, so an operator can watch the server (and stop "
+    "tasks) without the key that publishes. Without either, /dashboard answers loopback clients only.",
+)
+@click.option(
     "--poll-allow",
     "poll_allow",
     envvar="ROOMCAST_POLL_ALLOW",
@@ -571,6 +579,7 @@ def serve(
     workers: int,
     api_key: str | None,
     metrics_key: str | None,
+    dashboard_key: str | None,
     poll_allow: tuple[str, ...],
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
@@ -630,6 +639,7 @@ def serve(
         redis_url=redis_url,
         api_key=api_key,
         metrics_key=metrics_key,
+        dashboard_key=dashboard_key,
         poll_allow=poll_allow or None,
         recovery_window=recovery_window,
         task_db=task_db,
@@ -658,7 +668,10 @@ def serve(
         click.echo(f"  health     {base}/healthz")
         click.echo(f"  readiness  {base}/readyz")
         click.echo(f"  metrics    {base}/metrics  (Prometheus)")
-        login = "log in with the API key" if settings.api_key else "this machine only: no --api-key"
+        if settings.dashboard_key:
+            login = "log in with the dashboard key" + (" or the API key" if settings.api_key else "")
+        else:
+            login = "log in with the API key" if settings.api_key else "this machine only: no --api-key"
         click.echo(f"  dashboard  {base}/dashboard  ({login})")
         if workers > 1:
             click.echo(f"  workers    {workers} processes on this port (SO_REUSEPORT), rooms shared through Redis")

@@ -1,7 +1,9 @@
 """``make bench`` at a small scale: every server starts, every scenario runs, the table prints.
 
 Figures are not checked here (benchmarks are not tests; see docs/performance.md); what is
-checked is that the harness a reader reruns works end to end with every peer.
+checked is that the harness a reader reruns works end to end with every peer, and that the
+TLS row (wss:// to a certificate made at the start) and the observed row (info logs, /metrics
+scraped) run; the observed row itself fails its run unless it was scraped and logged.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("roomcast", "roomcast-asgi", "node", "python-socketio")
+VARIANTS = ("roomcast-tls", "roomcast-observed")  # the native door over TLS, and logged and scraped
 
 
 def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
@@ -27,22 +30,32 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
     header = next(line for line in lines if line.startswith("metric"))
     for column in (
         *SERVERS,
+        *VARIANTS,
         "roomcast-redis1",
         "roomcast-redis2",
         "roomcast/node",
         "roomcast/python-socketio",
         "roomcast-asgi/node",
         "roomcast-redis2/roomcast",
+        "roomcast-tls/roomcast",
+        "roomcast-observed/roomcast",
     ):
         assert column in header.split()
-    measured = len(SERVERS) + 3  # bare-asgi and the two cluster rows too
-    for metric in ("server CPU per delivered msg", "latency p99"):
+    names = header.split()[1:]
+
+    def measured(metric: str) -> dict[str, str]:
+        """The first row naming ``metric``: each column's cell (repetitions 1: one value each)."""
         row = next(line for line in lines if metric in line)
-        # every server measured it, the clusters too (a ratio may be "–" where a figure this
-        # small rounds to zero CPU ticks)
-        assert "–" not in row.split("]", 1)[1].split()[:measured], row
+        return dict(zip(names, row.split("]", 1)[1].split()))
+
+    # every server measured fan-out, the TLS and observed rows and the clusters too
+    fanout = measured("server CPU per delivered msg")
+    assert all(fanout[s] != "–" for s in (*SERVERS, *VARIANTS, "roomcast-redis1", "roomcast-redis2")), fanout
+    latency = measured("latency p99")  # the variant rows run fan-out only
+    assert all(latency[s] != "–" for s in (*SERVERS, "roomcast-redis1", "roomcast-redis2")), latency
+    assert all(latency[s] == "–" for s in VARIANTS), latency
     for metric in ("idle memory per connection", "CPU per connect"):  # one process's figures
-        row = next(line for line in lines if metric in line)
-        assert "–" not in row.split("]", 1)[1].split()[: len(SERVERS)], row
+        row = measured(metric)
+        assert all(row[s] != "–" for s in SERVERS), row
     assert any("RedisPublisher.publish" in line for line in lines)
     assert "failed runs" not in result.stdout

@@ -215,14 +215,16 @@ async def test_no_secret_reaches_the_log_and_json_lines_describe_each_connection
     jwt_secret = "jwt-secret-4f1c9a7e2b6d8053aa91c2e4f7b0d6e1"
     api_key = "api-key-9d2e71c04b8f"
     metrics_key = "metrics-key-51ab93e7c2"
+    dashboard_key = "dashboard-key-0e6a2f84b7"
     redis_password = "redis-pw-7c3e19a0d4"
     token = jwt.encode({"sub": "alice", "rooms": {"subscribe": ["*"]}}, jwt_secret, algorithm="HS256")
     forged = jwt.encode({"sub": "mallory"}, "not-the-secret-at-all-but-long-enough-0", algorithm="HS256")
     junk = "junk-token-6e0b2f9d81"
-    secrets = [jwt_secret, api_key, metrics_key, redis_password, token, forged, junk]
+    secrets = [jwt_secret, api_key, metrics_key, dashboard_key, redis_password, token, forged, junk]
     out = tmp_path / "stderr.log"
     args = ["--log-level", "debug", "--log-format", "json", "--jwt-secret", jwt_secret]
-    args += ["--api-key", api_key, "--metrics-key", metrics_key, "--redis", _redis_user(redis_url, redis_password)]
+    args += ["--api-key", api_key, "--metrics-key", metrics_key, "--dashboard-key", dashboard_key]
+    args += ["--redis", _redis_user(redis_url, redis_password)]
     with out.open("wb") as sink, _serve(args, stderr=sink, cwd=tmp_path) as (proc, base):
         async with aiohttp.ClientSession() as http:
             async with open_sse(base, ["r"], extra_query={"token": token}) as ok:
@@ -259,6 +261,9 @@ async def test_no_secret_reaches_the_log_and_json_lines_describe_each_connection
             for key in (metrics_key, junk):
                 async with http.get(f"{base}/metrics", headers={"Authorization": f"Bearer {key}"}) as answer:
                     assert answer.status == (200 if key == metrics_key else 401)
+            for key in (dashboard_key, junk):  # the login form posts the key in the body
+                async with http.post(f"{base}/dashboard/login", data={"key": key}, allow_redirects=False) as answer:
+                    assert answer.status == (303 if key == dashboard_key else 401)
         host, port = urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port
         with socket.create_connection((host or "", port or 0), timeout=5) as raw:  # a head httptools refuses
             raw.sendall(f"GET /sse?token={token} HTTP/1.1\r\nX-Token {api_key}\r\n\r\n".encode())
@@ -270,7 +275,8 @@ async def test_no_secret_reaches_the_log_and_json_lines_describe_each_connection
         assert secret not in written, f"a secret reached the log: {secret[:8]}..."
     lines = [json.loads(line) for line in written.splitlines()]
     settings = next(line["message"] for line in lines if line["message"].startswith("settings: "))
-    assert "jwt_secret='***'" in settings and "api_key='***'" in settings and "metrics_key='***'" in settings
+    for secret_setting in ("jwt_secret", "api_key", "metrics_key", "dashboard_key"):
+        assert f"{secret_setting}='***'" in settings
     assert ":***@" in settings  # the Redis URL, through redact()
     closes = [line for line in lines if line.get("event") == "close"]
     sse = next(c for c in closes if c["transport"] == "sse" and c["user"] == "alice")

@@ -313,6 +313,11 @@ class App:
             return self.echo
         return None
 
+    def opens_session(self, request: HttpRequest) -> bool:
+        """Whether ``request`` is an Engine.IO handshake (no ``sid``): a new client, which a
+        draining ASGI door refuses, unlike requests of a session already open here."""
+        return self._route(request.path) is not None and "sid" not in request.query
+
     async def http(self, request: HttpRequest) -> HttpResponse | StreamAccept:
         engine = self._route(request.path)
         if engine is not None:

@@ -6,7 +6,9 @@ offered to the transport as an ``AsgiWebSocket`` channel), so transports never s
 also owns the lifespan: the ``lifespan`` scope when the host forwards it, else a lazy start on
 the first request (Starlette/FastAPI ``mount()`` does not forward lifespan), plus
 ``lifespan(host)`` for ``FastAPI(lifespan=rt.lifespan)``. Mounted with
-``api.mount("/rt", rt)``, it routes on the path relative to the mount point.
+``api.mount("/rt", rt)``, it routes on the path relative to the mount point. Once started it
+drains on the host's SIGTERM as the native door does (``server.asgi_drain``), and after the
+drain delay answers new clients 503.
 
 Why it is slower than the native door, and allowed to be: each outbound message is an ASGI dict
 and a call into the host server's WebSocket layer, so fan-out cannot write one pre-built frame
@@ -27,12 +29,14 @@ from typing import Any
 
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
+from roomcast.server.asgi_drain import SignalDrain
 from roomcast.server.config import Settings
 from roomcast.transports.base import (
     HttpRequest,
     HttpResponse,
     StreamAccept,
     WebSocketHandler,
+    api_error,
     build_request,
     json_error,
 )
@@ -275,6 +279,10 @@ class RoomcastApp:
         self.settings = self.app.settings
         self._starting = asyncio.Lock()
         self._ready = self._stopped = False
+        self.accepting = True
+        """``False`` once a drain passed its delay: new clients are answered 503 (``asgi_drain``)."""
+        self.signals: SignalDrain | None = None
+        """The drain on the host's SIGTERM, once started in the main thread."""
 
     # -- lifespan -----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -283,12 +291,24 @@ class RoomcastApp:
             if not self._ready:
                 await self.app.startup()
                 self._ready = True
+                signals = SignalDrain(self.app, self._stop_accepting)
+                if signals.install():
+                    self.signals = signals
 
     async def shutdown(self) -> None:
         """Shut the app down once, if it was started."""
         if self._ready and not self._stopped:
             self._stopped = True
+            if self.signals is not None:
+                self.signals.uninstall()
             await self.app.shutdown()
+
+    def _stop_accepting(self) -> None:
+        self.accepting = False
+
+    def _refusal(self) -> HttpResponse:
+        """What a new client hears once a drain passed its delay: come back (elsewhere)."""
+        return api_error(503, "shutting_down", "this server is shutting down: connect again", [("retry-after", "1")])
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _host: object = None) -> AsyncIterator[None]:
@@ -340,15 +360,20 @@ class RoomcastApp:
             more = message.get("more_body", False)
         too_big = size > limit  # the router answers 413 (and Engine.IO ends the session)
         request = _request(scope, scope["method"], b"" if too_big else b"".join(chunks), too_big)
-        if request.method == "GET" and not too_big:
+        answer: HttpResponse | StreamAccept | None
+        if not self.accepting and self.app.opens_session(request):
+            answer = self._refusal()  # draining: a new Engine.IO session goes elsewhere
+        elif request.method == "GET" and not too_big:
             answer = await self._watched(request, receive)  # a long poll may wait
             if answer is None:
                 return
         else:
             answer = await self._handle(request)
         if isinstance(answer, StreamAccept):
-            await self._stream(answer, receive, send)
-            return
+            if self.accepting:
+                await self._stream(answer, receive, send)
+                return
+            answer = self._refusal()  # draining: a new stream (never started) goes elsewhere
         response = answer
         await send({"type": "http.response.start", "status": response.status, "headers": _headers(response)})
         await send({"type": "http.response.body", "body": response.body})
@@ -398,7 +423,7 @@ class RoomcastApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        decision = self.app.websocket(_request(scope, "GET"))
+        decision = self._refusal() if not self.accepting else self.app.websocket(_request(scope, "GET"))
         if isinstance(decision, HttpResponse):
             if "websocket.http.response" in scope.get("extensions", {}):  # (uvicorn's sansio
                 # impl then logs a spurious "without completing handshake": Kludex/uvicorn#3138)

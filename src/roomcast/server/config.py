@@ -286,6 +286,10 @@ class Settings:
         metrics_key: a key that ``GET /metrics`` accepts besides ``api_key``, so a Prometheus
             server can scrape without holding the key that publishes. Without either key,
             ``/metrics`` answers loopback clients only, as the API does.
+        dashboard_key: a key that logs in to ``/dashboard`` besides ``api_key``, so an
+            operator can watch the server (and stop tasks) without holding the key that
+            publishes. With either key the dashboard needs a login; without both it answers
+            loopback clients only.
         poll_allow: URL prefixes (``https://api.example.com/jobs/``) or ``"*"`` that a task's
             ``"poll"`` spec may name, since the server fetches them; ``None``: any URL with an
             ``api_key``, none without one (any local program could make it fetch for them).
@@ -371,6 +375,7 @@ class Settings:
     jwt_leeway: float = 0.0
     api_key: str | None = field(default=None, repr=False)
     metrics_key: str | None = field(default=None, repr=False)
+    dashboard_key: str | None = field(default=None, repr=False)
     poll_allow: tuple[str, ...] | None = None
     task_db: str = "roomcast-tasks.db"
     task_stop_grace: float = 5.0

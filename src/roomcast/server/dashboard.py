@@ -19,14 +19,22 @@ refuse it to every client (``transports.builtins``), token or not. The dashboard
 a separate ``SseServer`` at ``/dashboard/sse`` whose ``Builtins`` may subscribe to it, behind
 the same rule as every other dashboard route:
 
-* with ``--api-key``: a session cookie from ``POST /dashboard/login`` (the form posts the API
-  key once; the page's script never sees it). The cookie is ``HttpOnly``, ``SameSite=Strict``,
-  ``Path=/dashboard``, valid ``SESSION_TTL`` seconds. It is stateless: an expiry, a nonce and
-  an HMAC under a key derived from the API key, so every worker accepts it, and changing
-  the API key ends every session. Why the API key and not a key of its own: whoever
-  operates the server holds it already, and one more secret is one more to leak;
+* with ``--dashboard-key`` or ``--api-key``: a session cookie from ``POST /dashboard/login``
+  (the form posts a key once; the page's script never sees it). Either key logs in: the
+  dashboard key so an operator can watch the server and stop tasks without the key that
+  publishes, the API key because whoever holds it can already do all the dashboard does
+  through ``/api/`` (refusing it would protect nothing). The cookie is ``HttpOnly``,
+  ``SameSite=Strict``, ``Path=/dashboard``, valid ``SESSION_TTL`` seconds. It is stateless:
+  an expiry, a nonce and an HMAC under a key derived from both keys, so every worker
+  accepts it, and changing either key ends every session;
 * without a key: the API's keyless rule (loopback, no proxy headers, a loopback ``Host`` and
   ``Origin``: ``ApiServer.check_access``), and no login.
+
+**Guessing is slow.** Failed logins are counted per client address (the one
+``--forwarded-allow-ips`` resolves behind a proxy) in a bounded ``AttemptLimit``:
+``LOGIN_BURST`` wrong keys at once, then one every ``1 / LOGIN_REFILL`` seconds; past that
+every login from that address, right key or wrong, gets 429 with ``Retry-After`` until the
+bucket refills. Other addresses log in as before.
 
 A refused request gets 401 (the login form, for a browser) or 403. ``POST`` routes also
 require a same-origin ``Origin`` when one is sent (CSRF; ``SameSite=Strict`` is the first
@@ -46,6 +54,7 @@ import hashlib
 import hmac
 import importlib.resources
 import logging
+import math
 import re
 import secrets
 import time
@@ -58,13 +67,24 @@ from roomcast.errors import InvalidTransition, ShuttingDown, TaskNotFound
 from roomcast.tasks.model import LIST_ROOM, Task, TaskStatus
 from roomcast.transports.base import CorsPolicy, HttpRequest, HttpResponse, StreamAccept, api_error
 from roomcast.transports.builtins import ADMIN_ROOM_PREFIX
+from roomcast.transports.ratelimit import AttemptLimit
 from roomcast.transports.sse import SseServer
 
 if TYPE_CHECKING:
     from roomcast.server.app import App
     from roomcast.server.metrics_redis import Snapshot
 
-__all__ = ["Dashboard", "STATS_ROOM", "SESSION_COOKIE", "SESSION_TTL", "CSP", "STATS_EVENT"]
+__all__ = [
+    "Dashboard",
+    "STATS_ROOM",
+    "SESSION_COOKIE",
+    "SESSION_TTL",
+    "CSP",
+    "STATS_EVENT",
+    "LOGIN_BURST",
+    "LOGIN_REFILL",
+    "LOGIN_ADDRESSES",
+]
 
 logger = logging.getLogger("roomcast.dashboard")
 
@@ -74,6 +94,13 @@ STATS_EVENT: Final = "stats"
 SESSION_COOKIE: Final = "roomcast_dashboard"
 SESSION_TTL: Final = 15 * 60
 """Seconds a login lasts: short, since a stateless session cannot be revoked before it ends."""
+LOGIN_BURST: Final = 10
+"""Wrong keys one client address may present at once before its logins get 429."""
+LOGIN_REFILL: Final = 1 / 6
+"""Wrong keys an address regains per second (10 a minute): a person who mistypes waits
+seconds, a guesser gets 14,400 tries a day instead of thousands a second."""
+LOGIN_ADDRESSES: Final = 10_000
+"""Client addresses whose failed logins are remembered at once (``AttemptLimit.max_keys``)."""
 CSP: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -133,6 +160,8 @@ class Dashboard:
             app.hub, heartbeat=app.settings.sse_heartbeat, retry_ms=app.settings.sse_retry_ms, cors=CorsPolicy(())
         )
         self.sse.calls.admin = True
+        self.logins = AttemptLimit(LOGIN_REFILL, LOGIN_BURST, LOGIN_ADDRESSES)
+        """Failed logins per client address."""
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
         self._previous: tuple[float, dict[str, float]] | None = None
@@ -145,16 +174,22 @@ class Dashboard:
         app.tasks.add_listener(self._task_changed)
 
     # -- sessions -------------------------------------------------------------------------
+    def _keys(self) -> list[str]:
+        """The keys that log in: the dashboard key and the API key, those set."""
+        settings = self.app.settings
+        return [key for key in (settings.dashboard_key, settings.api_key) if key]
+
     def _session_key(self) -> bytes | None:
-        key = self.app.settings.api_key
-        if not key:
+        keys = self._keys()
+        if not keys:
             return None
-        return hmac.new(key.encode(), b"roomcast dashboard session v1", hashlib.sha256).digest()
+        material = b"\0".join(key.encode() for key in keys)  # changing either key ends every session
+        return hmac.new(material, b"roomcast dashboard session v1", hashlib.sha256).digest()
 
     def new_session(self, now: float | None = None) -> str:
         """A cookie value valid ``SESSION_TTL`` seconds: ``expiry.nonce.mac``."""
         key = self._session_key()
-        assert key is not None, "sessions exist only with an API key"
+        assert key is not None, "sessions exist only with a dashboard or API key"
         body = f"{int((now or time.time()) + SESSION_TTL)}.{secrets.token_urlsafe(16)}"
         return body + "." + hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
@@ -169,12 +204,12 @@ class Dashboard:
 
     def _refused(self, request: HttpRequest) -> HttpResponse | None:
         """``None`` when ``request`` may see the dashboard, else the answer that refuses it."""
-        if not self.app.settings.api_key:
+        if not self._keys():
             return self.app.api.check_access(request)  # keyless: loopback only, as the API
         cookie = _cookie(request, SESSION_COOKIE)
         if cookie is not None and self.valid_session(cookie):
             return None
-        return api_error(401, "unauthorized", "log in at /dashboard with the API key")
+        return api_error(401, "unauthorized", "log in at /dashboard with the dashboard key or the API key")
 
     # -- routes ---------------------------------------------------------------------------
     async def handle(self, request: HttpRequest) -> HttpResponse | StreamAccept:
@@ -216,12 +251,24 @@ class Dashboard:
         cross = _cross_origin(request)
         if cross is not None:
             return cross
-        api_key = self.app.settings.api_key
-        if not api_key:  # nothing to log in with: the keyless rule decides every request
+        keys = self._keys()
+        if not keys:  # nothing to log in with: the keyless rule decides every request
             return self._refused(request) or HttpResponse(303, b"", [("location", "/dashboard")])
+        address = request.client[0]
+        wait = self.logins.wait(address)
+        if wait > 0:  # too many wrong keys from here: not even a right one is looked at
+            seconds = math.ceil(wait)
+            return api_error(
+                429,
+                "too_many_requests",
+                f"too many failed logins from this address; try again in {seconds} s",
+                [("retry-after", str(seconds)), ("cache-control", "no-store")],
+            )
         presented = _presented_key(request)
-        if presented is None or not hmac.compare_digest(presented.encode(), api_key.encode()):
-            self.app.api.refused += 1  # counted with the API's refusals: it is the API key
+        matches = [presented is not None and hmac.compare_digest(presented.encode(), k.encode()) for k in keys]
+        if not any(matches):  # each key compared, whichever matched
+            self.logins.charge(address)
+            self.app.api.refused += 1  # counted with the API's refusals (auth refused)
             return HttpResponse(401, _static("dashboard-login.html"), list(_HTML_HEADERS), "text/html; charset=utf-8")
         cookie = (
             f"{SESSION_COOKIE}={self.new_session()}; Path=/dashboard; Max-Age={SESSION_TTL}; HttpOnly; SameSite=Strict"

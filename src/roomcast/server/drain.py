@@ -1,8 +1,9 @@
 """Graceful drain: what a server does between SIGTERM and its exit (``--shutdown-grace``).
 
-Imports ``server.app`` and L0. ``server.runner`` runs a ``Drain`` when it is told to stop, then
-``App.shutdown``. Why each step, on a timeline that starts at the signal and ends within the
-grace ``G``:
+Imports ``server.app`` and L0. ``server.runner`` (the native door) runs a ``Drain`` when it is
+told to stop, then ``App.shutdown``; under an ASGI host ``server.asgi_drain`` runs the same
+``Drain`` between the host's signal and the host's own shutdown. Why each step, on a timeline
+that starts at the signal and ends within the grace ``G``:
 
 1. **At once, not ready.** ``/readyz`` answers 503, so a load balancer stops choosing this
    node. Everything else still works: publications through the API reach Redis (and so the
@@ -10,7 +11,9 @@ grace ``G``:
 2. **Still accepting for the drain delay** (``Settings.drain_delay``, 1 s by default, at most a
    quarter of the grace). A load balancer notices a failed readiness probe only on its next
    probe; refusing connections before then would turn clients it still sends here into
-   errors. After the delay the listening socket is closed: no new connections.
+   errors. After the delay the door stops accepting (``stop_accepting``): the native door
+   closes its listening socket; the ASGI door, whose socket is the host's, answers every new
+   client 503 with ``Retry-After`` (``RoomcastApp``).
 3. **Clients are moved away in jittered batches** from the end of the delay to ``G`` less a
    shutdown reserve. Closing every connection at the same instant would have every client
    reconnect to the next node in the same second (a rolling restart then stampedes each node
@@ -115,7 +118,8 @@ class Drain:
 
     Args:
         app: the started app.
-        server: its listening server, closed after the drain delay.
+        stop_accepting: called after the drain delay, so no new client arrives (the native
+            door: its listening server's ``close``).
         plan: when each step happens.
         hurry: set by a second signal: every remaining wait ends at once.
         rng: the jitter's source (a seeded one makes a drain repeatable).
@@ -124,13 +128,13 @@ class Drain:
     def __init__(
         self,
         app: App,
-        server: asyncio.AbstractServer,
+        stop_accepting: Callable[[], None],
         plan: DrainPlan,
         hurry: asyncio.Event,
         rng: random.Random | None = None,
     ) -> None:
         self.app = app
-        self.server = server
+        self.stop_accepting = stop_accepting
         self.plan = plan
         self.hurry = hurry
         self.rng = rng if rng is not None else random.Random()
@@ -155,7 +159,7 @@ class Drain:
             plan.grace,
         )
         await self._until(start + plan.delay)
-        self.server.close()  # no new connections; those open stay
+        self.stop_accepting()  # no new connections; those open stay
         await asyncio.gather(self._spread(start + plan.delay, start + plan.spread_until), self._tasks(start))
         if self.hurry.is_set():
             for close in _clients(app):  # the rest at once

@@ -1,7 +1,8 @@
 """Logging for a running server: text or JSON lines, written off the event loop, a debug
 limiter, and the start-up line of effective settings with its secrets masked.
 
-Imports the stdlib, ``broker.redis_client.redact`` and ``server.config``. Used by
+Imports the stdlib, ``broker.redis_client.redact``, ``server.config`` and
+``transports.ratelimit`` (the debug limiter's buckets). Used by
 ``roomcast serve`` (``cli``) and its workers (``server.runner``); an application that embeds
 roomcast keeps its own logging configuration and never calls ``configure_logging``.
 
@@ -16,7 +17,7 @@ dropped") as soon as the queue takes records again.
 
 What is never logged: tokens, query strings (``?token=``), headers, bodies, payloads. The
 request lines below name the method, the path and the status only; ``settings_line`` masks
-``jwt_secret``, ``api_key`` and ``metrics_key`` and passes ``redis_url`` through ``redact``.
+``jwt_secret``, ``api_key``, ``metrics_key`` and ``dashboard_key`` and passes ``redis_url`` through ``redact``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from roomcast.broker.redis_client import redact
 from roomcast.server.config import LOG_FORMATS
+from roomcast.transports.ratelimit import AttemptLimit
 
 if TYPE_CHECKING:
     from roomcast.server.config import Settings
@@ -56,7 +58,7 @@ __all__ = [
 QUEUE_RECORDS = 10_000
 """Records waiting for the writer thread at most; past it they are dropped and counted."""
 
-SECRET_SETTINGS = frozenset({"jwt_secret", "api_key", "metrics_key"})
+SECRET_SETTINGS = frozenset({"jwt_secret", "api_key", "metrics_key", "dashboard_key"})
 """Settings shown only as ``***`` (set) or ``None``; ``redis_url`` goes through ``redact``."""
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -228,9 +230,10 @@ class LogLimiter:
 
     ``take(kind)`` answers whether one more line of ``kind`` may be written now, and how
     many were suppressed since the last one that was, so the caller writes "N similar
-    messages suppressed" first. Not ``transports.ratelimit.TokenBucket``: that bucket's
-    refusal is final (the connection is cut), while a log kind refills and speaks again.
-    Only touched on the event loop's thread (no lock).
+    messages suppressed" first. The buckets are ``transports.ratelimit.AttemptLimit``'s (one
+    refilling bucket per key, as for failed dashboard logins), not ``TokenBucket``'s: that
+    bucket's refusal is final (the connection is cut), while a log kind refills and speaks
+    again. Only touched under ``_limiter_lock``.
 
     Args:
         per_second: lines of one kind per second, on average.
@@ -238,29 +241,19 @@ class LogLimiter:
         clock: seconds, monotonic (injected so the tests need no real time).
     """
 
-    __slots__ = ("per_second", "burst", "clock", "_buckets")
+    __slots__ = ("_lines", "_suppressed")
 
     def __init__(self, per_second: float = 20.0, burst: int = 50, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_second = per_second
-        self.burst = burst
-        self.clock = clock
-        self._buckets: dict[str, list[float]] = {}  # kind: [tokens, stamp, suppressed]
+        self._lines = AttemptLimit(per_second, burst, clock=clock)
+        self._suppressed: dict[str, int] = {}
 
     def take(self, kind: str) -> tuple[bool, int]:
         """``(allowed, suppressed)``: suppressed is the count to report, reset when allowed."""
-        now = self.clock()
-        bucket = self._buckets.get(kind)
-        if bucket is None:
-            bucket = self._buckets[kind] = [float(self.burst), now, 0.0]
-        tokens = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.per_second)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            bucket[2] += 1
+        if self._lines.wait(kind) > 0:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
             return False, 0
-        bucket[0] = tokens - 1.0
-        suppressed, bucket[2] = int(bucket[2]), 0.0
-        return True, suppressed
+        self._lines.charge(kind)
+        return True, self._suppressed.pop(kind, 0)
 
 
 _limiter = LogLimiter()

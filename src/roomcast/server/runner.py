@@ -164,7 +164,7 @@ async def serve_app(
                     on_ready(host, port)
                 await stop.wait()
                 if served and s.shutdown_grace > 0:
-                    await Drain(app, server, DrainPlan.of(s.shutdown_grace, s.drain_delay), hurry).run()
+                    await Drain(app, server.close, DrainPlan.of(s.shutdown_grace, s.drain_delay), hurry).run()
             finally:
                 server.close()
         finally:
