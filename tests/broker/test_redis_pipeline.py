@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio as aioredis
 from redisserver import fresh_url, running_redis
 
 from roomcast.broker.base import BrokerEvents
 from roomcast.broker.redis import RedisBroker
+from roomcast.broker.redis_pipeline import AutoPipeline
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import Publication, RoomName, StreamPosition
 
@@ -77,3 +79,25 @@ async def test_every_caller_of_a_failed_batch_hears_it() -> None:
                 await broker.publish("r", "n", (99,), ts=0.0)  # and the next one is not stuck behind them
         finally:
             await broker.aclose()
+
+
+async def test_a_batch_that_meets_a_flushed_script_cache_loads_it_and_runs_once(redis_url: str) -> None:
+    """Redis restarted or ran ``SCRIPT FLUSH`` between two batches: the batch is answered
+    NOSCRIPT (nothing in it ran), so the script is loaded again and the batch sent again,
+    every call answered once."""
+    client = aioredis.from_url(fresh_url(redis_url))
+    try:
+        script = client.register_script("return redis.call('INCR', KEYS[1])")
+        pipeline = AutoPipeline(client, script)
+        assert await pipeline.call(["n"], []) == 1  # the script is known to Redis now
+        await client.script_flush()
+        # Calls queue behind one on its way; here that one is the test, which then lets the
+        # queue go (the moment a lone call returns), so the batch is what meets the flush.
+        pipeline._busy = True
+        queued = [asyncio.ensure_future(pipeline.call(["n"], [])) for _ in range(10)]
+        await asyncio.sleep(0)  # (they reach the queue: one loop turn, not a wait for time)
+        pipeline._next()
+        assert sorted(await asyncio.wait_for(asyncio.gather(*queued), 5)) == list(range(2, 12))
+        assert pipeline.batches == 1 and await client.get("n") == b"11"  # each ran exactly once
+    finally:
+        await client.aclose()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 __all__ = ["AutoPipeline"]
 
 _Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
@@ -68,10 +70,12 @@ class AutoPipeline:
     async def _send(self, batch: list[_Call]) -> None:
         self.batches += 1
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    await self._script(keys=keys, args=args, client=pipe)
-                answers: list[Any] = await pipe.execute(raise_on_error=False)
+            answers = await self._evalsha(batch)
+            if any(isinstance(answer, NoScriptError) for answer in answers):
+                # Redis lost its scripts (restarted, SCRIPT FLUSH): nothing ran, so load it and
+                # send the batch again (and every call carries its idempotency key anyway)
+                await self._redis.script_load(self._script.script)
+                answers = await self._evalsha(batch)
         except Exception as exc:  # the whole batch failed: each caller hears it
             answers = [exc] * len(batch)
         except BaseException:
@@ -80,10 +84,21 @@ class AutoPipeline:
             raise
         finally:
             self._next()
-        for (_, _, future), answer in zip(batch, answers):
+        for (_, _, future), answer in zip(batch, answers, strict=True):
             if future.done():  # its caller was cancelled meanwhile
                 continue
             if isinstance(answer, Exception):
                 future.set_exception(answer)
             else:
                 future.set_result(answer)
+
+    async def _evalsha(self, batch: list[_Call]) -> list[Any]:
+        """One pipeline of ``EVALSHA`` calls, answers or errors in order. Not redis-py's
+        pipelined ``Script``, which asks ``SCRIPT EXISTS`` before every pipeline: a second
+        round trip per batch, during which the next batch could not start."""
+        sha = self._script.sha
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            answers: list[Any] = await pipe.execute(raise_on_error=False)
+        return answers
