@@ -681,6 +681,7 @@ class RedisPublisher:
                 task.start(time.time()).progress_to(time.time(), progress, step, message)  # refuse before starting
                 task = writer.change(task_id, lambda t, now: t.start(now) if t.status is TaskStatus.PENDING else t)
             if progress is None and step is None and message is None:
+                task.progress_to(time.time())  # refused (409) once it has ended, as a node refuses it
                 return task
             return writer.change(task_id, lambda t, now: t.progress_to(now, progress, step, message))
 

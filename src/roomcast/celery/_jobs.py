@@ -146,8 +146,8 @@ class Job:
         answer = self._tracker.call(lambda p: p.report(self.id, progress=progress, step=step, message=message), self.id)
         self._note(answer)
 
-    def _note(self, answer: dict[str, Any] | None) -> None:
-        if answer is not None and answer.get("status") in _STOPPED:
+    def _note(self, answer: object) -> None:
+        if answer is _ENDED or (isinstance(answer, dict) and answer.get("status") in _STOPPED):
             self._stop_seen = True
 
 
@@ -206,13 +206,13 @@ class Tracker:
         duplicate and changes nothing.
         """
         answer = self.call(lambda p: p.report(task_id), task_id, missing=True)
-        if answer == _MISSING:
+        if answer is _MISSING:
             self.call(lambda p: p.create_task(kind, title=title, id=task_id), task_id, exists=True)
             answer = self.call(lambda p: p.report(task_id), task_id)
-        if isinstance(answer, dict) and answer.get("status") in _STOPPED - {"stopping"}:
+        if answer is _ENDED or (isinstance(answer, dict) and answer.get("status") in _STOPPED - {"stopping"}):
             return None
         job = Job(self, task_id)
-        job._note(answer if isinstance(answer, dict) else None)
+        job._note(answer)
         with self._guard:
             self._jobs[task_id] = job
             self._start_watcher()
@@ -270,8 +270,9 @@ class Tracker:
     def call(
         self, fn: Callable[[TaskPublisher], Any], task_id: str, *, missing: bool = False, exists: bool = False
     ) -> Any:
-        """``fn(publisher)``; a refusal is logged and answers ``None`` (``_MISSING`` for a 404
-        when ``missing``; a 409 is expected when ``exists``).
+        """``fn(publisher)``; a refusal is logged and answers ``None``, but ``_MISSING`` for a
+        404 when ``missing``, and ``_ENDED`` for a 409 (the task ended meanwhile: a stop's
+        grace, a deadline, a stop while it was queued), expected and not logged when ``exists``.
 
         On a thread that runs a loop it answers ``None`` at once and makes the call in the
         background: a report's answer is not worth blocking a loop for.
@@ -284,10 +285,10 @@ class Tracker:
         except PublishError as exc:
             if missing and exc.status == 404:
                 return _MISSING
-            if exc.status == 409:  # it ended meanwhile (a stop's grace, a deadline): nothing to do
+            if exc.status == 409:
                 if not exists:
                     logger.debug("roomcast task %s: %s", task_id, exc.message)
-                return None
+                return _ENDED
             logger.warning("roomcast task %s: %s (%s)", task_id, exc.message, exc.code)
         except Exception:
             logger.exception("roomcast task %s: the call failed", task_id)
@@ -325,6 +326,7 @@ class Tracker:
 
 
 _MISSING: Any = object()
+_ENDED: Any = object()
 
 
 def _loop_running() -> bool:
