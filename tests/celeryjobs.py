@@ -86,6 +86,12 @@ def explode(self: RoomcastTask, why: str) -> None:
     raise ValueError(why)
 
 
+@app.task(base=RoomcastTask, bind=True)
+def overshoot(self: RoomcastTask) -> None:
+    """A bad progress value: refused in the job's own call, which fails the job."""
+    self.roomcast.progress(150)
+
+
 @app.task(base=RoomcastTask, bind=True, max_retries=3)
 def flaky(self: RoomcastTask, failures: int) -> dict[str, int]:
     """Fails ``failures`` times (each retried at once), then succeeds."""

@@ -129,17 +129,21 @@ async def test_a_page_follows_a_job_from_before_it_is_sent_to_its_result_and_a_l
         first = await page.next(timeout=WAIT)
         assert first.event == "snapshot" and first.json()["snapshot"] is None  # nothing sent yet
         began = time.monotonic()
-        sent = celeryjobs.render.apply_async((3,), task_id=tid)  # in the loop, as an async view does
+        sent = celeryjobs.render.apply_async(  # in the loop, as an async view does
+            (3,), task_id=tid, roomcast_owner="ann", roomcast_title="sketch 7"
+        )
         assert time.monotonic() - began < 1.0 and sent.id == tid
         events = await _to_end(page)
     names = [name for name, _ in events]
     assert names[:2] == ["task:created", "task:updated"], names
     created, started = events[0][1], events[1][1]
-    assert (created["status"], created["kind"], created["metadata"]) == (
+    assert (created["status"], created["kind"], created["owner"], created["title"]) == (
         "pending",
         "celeryjobs.render",
-        {"celery_task": "celeryjobs.render"},
+        "ann",
+        "sketch 7",
     )
+    assert created["metadata"] == {"celery_task": "celeryjobs.render"}
     assert started["status"] == "running"
     progress = [data for name, data in events if name == "task:progress"]
     assert progress and all(p["status"] == "running" for p in progress)
@@ -152,6 +156,17 @@ async def test_a_page_follows_a_job_from_before_it_is_sent_to_its_result_and_a_l
     assert [name for name, _ in finals] == ["snapshot"]
     assert finals[0][1]["snapshot"]["status"] == "completed"
     assert finals[0][1]["snapshot"]["result"] == {"parts": 3}
+
+
+async def test_a_job_sent_by_name_without_tracking_is_created_by_the_worker(rig: Rig) -> None:
+    tid = uuid()
+    async with open_sse(rig.srv.url, [f"task:{tid}"]) as page:
+        await page.next(timeout=WAIT)
+        celeryjobs.app.send_task("celeryjobs.render", (1,), task_id=tid)  # no RoomcastTask on this side
+        events = await _to_end(page)
+    assert [name for name, _ in events][:2] == ["task:created", "task:updated"]
+    assert events[0][1]["metadata"] == {"celery_task": "celeryjobs.render"}
+    assert events[-1][0] == "task:completed" and events[-1][1]["result"] == {"parts": 1}
 
 
 async def test_a_stop_ends_a_job_that_checks_for_it_as_cancelled(rig: Rig) -> None:
@@ -195,14 +210,37 @@ async def test_a_job_stopped_while_queued_never_runs(rig: Rig) -> None:
     assert await asyncio.to_thread(lambda: celeryjobs.app.AsyncResult(after).state) == "SUCCESS"
 
 
-async def test_a_failure_ends_the_task_with_the_exception(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("job", "args", "error"),
+    [
+        ("explode", ("the sketch has no outline",), "ValueError: the sketch has no outline"),
+        ("overshoot", (), "InvalidProgress: progress must be a finite number from 0 to 100, got 150"),
+    ],
+)
+async def test_a_failure_ends_the_task_with_the_exception(
+    rig: Rig, job: str, args: tuple[Any, ...], error: str
+) -> None:
     tid = uuid()
     async with open_sse(rig.srv.url, [f"task:{tid}"]) as page:
         await page.next(timeout=WAIT)
-        celeryjobs.explode.apply_async(("the sketch has no outline",), task_id=tid)
+        getattr(celeryjobs, job).apply_async(args, task_id=tid)
         events = await _to_end(page)
     assert events[-1][0] == "task:failed"
-    assert events[-1][1]["error"] == "ValueError: the sketch has no outline"
+    assert events[-1][1]["error"] == error
+
+
+async def test_a_tracked_task_of_an_app_without_a_publisher_is_refused_before_it_is_sent() -> None:
+    from celery import Celery
+
+    from roomcast.celery import RoomcastTask
+
+    untracked = Celery("untracked", broker="redis://127.0.0.1:1/0")  # never reached
+
+    @untracked.task(base=RoomcastTask)
+    def orphan() -> None: ...
+
+    with pytest.raises(RuntimeError, match=r"roomcast\.celery\.track\(app, Publisher"):
+        orphan.delay()
 
 
 async def test_retries_show_in_the_step_while_the_task_stays_running(rig: Rig) -> None:

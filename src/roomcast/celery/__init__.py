@@ -73,6 +73,9 @@ logger = logging.getLogger("roomcast.celery")
 PROGRESS_STATE: Final = "PROGRESS"
 """The ``update_state`` state whose ``meta`` is reported as progress (Celery's custom-state idiom)."""
 
+_HEADER: Final = "roomcast_task"
+"""The message header that carries the roomcast task's fields from the sender to the worker."""
+
 _trackers: weakref.WeakKeyDictionary[Celery, Tracker] = weakref.WeakKeyDictionary()
 
 
@@ -150,13 +153,18 @@ class RoomcastTask(Task):  # type: ignore[misc]  # Celery has no type hints
     # -- sending -------------------------------------------------------------------------------
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any) -> Any:
-        owner = options.pop("roomcast_owner", None)
-        title = options.pop("roomcast_title", None) or self.roomcast_title
-        metadata: dict[str, JSONValue] = {"celery_task": str(self.name), **options.pop("roomcast_metadata", {})}
+        fields = self._fields(
+            options.pop("roomcast_title", None),
+            options.pop("roomcast_owner", None),
+            options.pop("roomcast_metadata", None),
+        )
+        # The same fields travel in the message: a worker that starts the job before the
+        # create lands (sent from a loop a moment ago) creates the very same task.
+        options["headers"] = {**(options.get("headers") or {}), _HEADER: fields}
         tracker = _tracker(self.app)
         task_id = task_id or uuid()
         if not options.get("retries"):  # a retry re-sends the running task under its own id
-            tracker.created(task_id, self._kind(), title=title, owner=owner, metadata=metadata)
+            tracker.created(task_id, self._kind(), **fields)
         try:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         except Exception as exc:
@@ -165,8 +173,18 @@ class RoomcastTask(Task):  # type: ignore[misc]  # Celery has no type hints
 
     # -- running -------------------------------------------------------------------------------
 
+    def _fields(self, title: str | None, owner: str | None, metadata: dict[str, JSONValue] | None) -> dict[str, Any]:
+        """The roomcast task's title, owner and metadata (which names the Celery task)."""
+        return {
+            "title": title or self.roomcast_title,
+            "owner": owner,
+            "metadata": {"celery_task": str(self.name), **(metadata or {})},
+        }
+
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        if _tracker(self.app).begin(task_id, self._kind(), title=self.roomcast_title) is None:
+        sent = getattr(self.request, _HEADER, None)  # absent: sent by name, by an untracked sender
+        fields = sent if isinstance(sent, dict) else self._fields(None, None, None)
+        if _tracker(self.app).begin(task_id, self._kind(), **fields) is None:
             raise Ignore(f"roomcast task {task_id} ended before it started (stopped while queued)")
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kw: Any) -> None:

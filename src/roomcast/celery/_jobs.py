@@ -197,17 +197,23 @@ class Tracker:
 
     # -- the worker side ---------------------------------------------------------------------
 
-    def begin(self, task_id: str, kind: str, *, title: str) -> Job | None:
+    def begin(
+        self, task_id: str, kind: str, *, title: str, owner: str | None, metadata: Mapping[str, JSONValue]
+    ) -> Job | None:
         """The worker picked the task up: ``running`` now; ``None`` if it ended already (a
         stop while it was queued cancelled it), so the run must be skipped.
 
         A task whose create has not landed (sent from a loop a moment ago, or by a sender
-        without tracking) is created here first; a create that lands later is refused as a
-        duplicate and changes nothing.
+        without tracking) is created here first, with the fields the sender gave; the create
+        that lands later is refused as a duplicate and changes nothing.
         """
         answer = self.call(lambda p: p.report(task_id), task_id, missing=True)
         if answer is _MISSING:
-            self.call(lambda p: p.create_task(kind, title=title, id=task_id), task_id, exists=True)
+
+            def create(p: TaskPublisher) -> object:
+                return p.create_task(kind, title=title, owner=owner, metadata=metadata, id=task_id)
+
+            self.call(create, task_id, exists=True)
             answer = self.call(lambda p: p.report(task_id), task_id)
         if answer is _ENDED or (isinstance(answer, dict) and answer.get("status") in _STOPPED - {"stopping"}):
             return None
