@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 
 from roomcast import Publisher, RedisPublisher
 from roomcast.celery import RoomcastTask, track
 
 app = Celery("celeryjobs")
-
-READY_LINE = "celeryjobs: worker ready"
 
 LONGEST_JOB = 20.0
 """Seconds a job that waits for a stop runs at most: a lost stop ends the test, not the suite."""
@@ -37,7 +34,6 @@ def configure(broker: str, roomcast: str) -> None:
         worker_prefetch_multiplier=1,  # one -c 1 worker takes one job at a time: the rest stay queued
         task_acks_late=False,
         worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,  # the ready line goes to the test on stdout
     )
     publisher = RedisPublisher(roomcast) if roomcast.startswith("redis") else Publisher(roomcast)
     track(app, publisher, progress_interval=0.05, stop_poll=0.1)
@@ -45,11 +41,6 @@ def configure(broker: str, roomcast: str) -> None:
 
 if "CELERYJOBS_BROKER" in os.environ:
     configure(os.environ["CELERYJOBS_BROKER"], os.environ["CELERYJOBS_ROOMCAST"])
-
-
-@signals.worker_ready.connect
-def _ready(**_: Any) -> None:
-    print(READY_LINE, flush=True)
 
 
 @app.task(base=RoomcastTask, bind=True)

@@ -3,7 +3,8 @@
 Per path, once per module: a roomcast server in this test's event loop (plain, the worker
 reports through ``Publisher`` over HTTP; or on Redis, ``serve --redis`` as the test's
 ``brokers.make_app`` builds it, the worker writing through ``RedisPublisher``), and one
-``celery worker`` (prefork, one child, ``celeryjobs``) started once and ended by its PID.
+``celery worker`` (prefork, one child, ``celeryjobs``; ``celeryworker``) started once and
+ended by its PID.
 The test sends the jobs itself, from this coroutine, as a FastAPI ``async def`` would, and
 follows them as a page does, over SSE, subscribed before the job is even sent.
 
@@ -16,9 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import pytest
 import pytest_asyncio
 import redis
 from celery.utils import uuid
+from celeryworker import celery_worker
 from servers import RunningServer, running
 from sseclient import SseStream, open_sse
 
@@ -58,54 +57,22 @@ class Rig:
         return Publisher(self.srv.url)
 
 
-async def _drain(stream: asyncio.StreamReader, ready: asyncio.Event) -> None:
-    while line := await stream.readline():
-        if line.decode().strip() == celeryjobs.READY_LINE:
-            ready.set()
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module", params=["http", "redis"])
 async def rig(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Rig]:
     path: str = request.param
     broker = redis_url.rsplit("/", 1)[0] + f"/{CELERY_DB}"
     redis.Redis.from_url(broker).flushdb()
-    if path == "http":
-        app = App(Hub(), Settings(task_db=":memory:"))
-    else:
-        app = brokers.make_app("redis")
+    app = App(Hub(), Settings(task_db=":memory:")) if path == "http" else brokers.make_app("redis")
     async with running(app) as srv:
         target = srv.url if path == "http" else str(app.settings.redis_url)
         celeryjobs.configure(broker, target)
         env = {
-            **os.environ,
             "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")]),
             "CELERYJOBS_BROKER": broker,
             "CELERYJOBS_ROOMCAST": target,
         }
-        timeout = shutil.which("timeout")
-        assert timeout is not None
-        worker = await asyncio.create_subprocess_exec(
-            *(timeout, "--kill-after=5", "120"),  # a bounded life, whatever happens to this test
-            *(sys.executable, "-m", "celery", "-A", "celeryjobs", "worker"),
-            *("--pool=prefork", "--concurrency=1", "--loglevel=warning"),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-            cwd=TESTS,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        ready = asyncio.Event()
-        assert worker.stdout is not None
-        drain = asyncio.create_task(_drain(worker.stdout, ready))
-        try:
-            async with asyncio.timeout(WAIT):
-                await ready.wait()
+        async with celery_worker("celeryjobs", cwd=TESTS, env=env) as worker:
             yield Rig(path, srv, worker)
-        finally:
-            if worker.returncode is None:
-                worker.send_signal(signal.SIGTERM)  # a warm shutdown; `timeout` passes it on
-            async with asyncio.timeout(WAIT):
-                await worker.wait()
-            await drain
 
 
 async def _to_end(stream: SseStream) -> list[tuple[str, Any]]:
