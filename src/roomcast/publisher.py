@@ -6,7 +6,8 @@ hub, no broker and no third-party HTTP client; it calls the backend API of a run
 server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
 ``roomcast.server.api``). ``RedisPublisher`` publishes straight into the Redis of a
 scaled-out deployment instead; it loads redis-py, the Redis broker's script and the
-publication gate when it is made, so ``Publisher`` alone still loads none of them.
+publication gate when it is made (and the task model and its Redis writer at its first task
+call), so ``Publisher`` alone still loads none of them.
 
 Tasks from another process: a worker creates a task (``create_task``), reports progress
 (``report``) and ends it (``complete_task`` / ``fail_task``). The worker is told of a stop
@@ -548,8 +549,8 @@ class RedisPublisher:
     The same ``publish`` / ``broadcast`` calls and answers as ``Publisher``, sync and async.
     It runs the nodes' own publish script (``broker.redis``), so a worker's publication is
     stored, numbered and delivered exactly as a node's, after the same gate (reserved names,
-    JSON depth: ``hub.publication``). Task reports still go to a node (``Publisher``), so
-    the task rules hold.
+    JSON depth: ``hub.publication``). Its task calls apply the nodes' task rules in this
+    process (``tasks.redis_writer``): no node is needed to drive a task either.
 
     Args:
         url: the nodes' ``--redis`` URL. It is never shown in a ``repr``: it may hold a password.

@@ -29,7 +29,7 @@ What happens, and where:
   event loop the create is handed to a background thread: sending never blocks the loop.
   A message the broker refuses ends the task ``failed``.
 * **Picked up** (``before_start``): ``running``. A task stopped while queued has ended
-  ``cancelled`` already and is skipped (Celery records it ``IGNORED``).
+  ``cancelled`` already and is skipped (Celery's ``Ignore``: the job never runs).
 * **Progress**: ``self.roomcast.progress(percent, step=, message=)``, and Celery's own
   ``self.update_state(state="PROGRESS", meta={...})`` with ``progress`` (0-100), or
   ``current`` and ``total``, and optional ``step`` and ``message`` in ``meta``.
@@ -45,8 +45,7 @@ What happens, and where:
   call under any pool (``solo`` and ``threads`` cannot terminate a running job).
 
 Why a base class and not only signals: the least change to a task is one argument
-(``base=RoomcastTask``, or ``Celery(task_cls=RoomcastTask)`` for every task), and a class
-can do what no signal offers: give the task ``self.roomcast``, catch ``update_state``, and
+(``base=RoomcastTask``), and a class can do what no signal offers: give the task ``self.roomcast``, catch ``update_state``, and
 name the task it belongs to without a registry (a signal handler sees every task of every
 app in the process and would need one to tell tracked tasks apart). The one signal used,
 ``task_revoked``, is how Celery reports a revoke done in the worker's main process, where
