@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,16 @@ async def test_a_job_stopped_while_queued_never_runs(rig: Rig) -> None:
     state = await asyncio.to_thread(lambda: celeryjobs.app.AsyncResult(queued).state)
     assert state == "PENDING"  # never run: an ignored job stores no state (a run would be SUCCESS)
     assert await asyncio.to_thread(lambda: celeryjobs.app.AsyncResult(after).state) == "SUCCESS"
+
+
+async def test_a_job_that_expired_before_a_worker_took_it_ends_cancelled(rig: Rig) -> None:
+    tid = uuid()
+    async with open_sse(rig.srv.url, [f"task:{tid}"]) as page:
+        await page.next(timeout=WAIT)
+        celeryjobs.render.apply_async((1,), task_id=tid, expires=datetime.now(UTC) - timedelta(seconds=1))
+        events = await _to_end(page)
+    assert [name for name, _ in events] == ["task:created", "task:cancelled"]
+    assert events[-1][1]["message"] == "expired before it ran"
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,6 @@ class RoomcastTask(Task):  # type: ignore[misc]  # Celery has no type hints
     metadata.
     """
 
-    abstract = True
     roomcast_kind: str | None = None
     roomcast_title: str = ""
 
@@ -217,13 +216,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
-    """A revoke done by the worker's main process: the job's own hooks never ran."""
+def _on_revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any
+) -> None:
+    """A revoke done by the worker's main process (ours, an application's, or an ``expires``
+    that passed): the job's own hooks never ran, so its task is ended here."""
     if not isinstance(sender, RoomcastTask) or request is None:
         return
     tracker = _trackers.get(sender.app)
     if tracker is not None:
-        tracker.revoked(request.id, "revoked (terminated)" if terminated else "revoked")
+        why = "expired before it ran" if expired else "revoked (terminated)" if terminated else "revoked"
+        tracker.revoked(request.id, why)
 
 
 signals.task_revoked.connect(_on_revoked, weak=False)
