@@ -188,3 +188,93 @@ async def test_refusals_raise_publish_error_with_the_servers_status_code_and_mes
             publisher.get_task("")  # would name the list route
         with pytest.raises(ValueError, match="task_id"):
             await publisher.astop_task("")
+
+
+async def test_a_worker_may_choose_the_task_id_and_a_taken_or_bad_one_is_refused_unchanged() -> None:
+    async with _server() as srv:
+        publisher = Publisher(srv.url, api_key=KEY)
+        tid = "0f6c1e2a-6a4b-4f5e-9b8e-3f1d2c4b5a69"  # a Celery task id
+        async with open_sse(srv.url, [f"task:{tid}"]) as page:  # subscribed before the task exists
+            assert (await page.next()).json()["snapshot"] is None
+            task = await publisher.acreate_task("render", title="first", id=tid)
+            assert (task["id"], task["status"]) == (tid, "pending")
+            created = await page.next()
+            assert (created.event, created.json()["title"]) == ("task:created", "first")
+
+            with pytest.raises(PublishError) as taken:
+                await asyncio.to_thread(publisher.create_task, "render", title="second", id=tid)
+            assert (taken.value.status, taken.value.code) == (
+                409,
+                "conflict",
+            ) and "already exists" in taken.value.message
+            for bad in ("a/b", "has space", "-starts-with-dash", "é", "x" * 252):
+                with pytest.raises(PublishError) as refused:
+                    await publisher.acreate_task("render", id=bad)
+                assert refused.value.status == 400 and "task id" in refused.value.message, bad
+            assert (await publisher.aget_task(tid))["title"] == "first"  # nothing changed
+
+            await publisher.areport(tid, progress=10)
+            cancelled = await asyncio.to_thread(publisher.cancel_task, tid, "user left")
+            assert (cancelled["status"], cancelled["message"]) == ("cancelled", "user left")
+            events = await _events_to_end(page)
+        assert events[-1][0] == "task:cancelled"
+        with pytest.raises(PublishError) as ended:
+            await publisher.acancel_task(tid)
+        assert ended.value.status == 409
+
+
+async def test_redis_publisher_drives_a_task_by_the_nodes_rules_with_no_node_between() -> None:
+    import brokers
+
+    from roomcast import RedisPublisher
+
+    async with running(brokers.make_app("redis")) as srv:
+        worker = RedisPublisher(str(srv.app.settings.redis_url))
+        node = Publisher(srv.url)
+        tid = "celery-7"
+        async with open_sse(srv.url, [f"task:{tid}", "tasks"]) as page:
+            await page.next()
+            await page.next()  # the two snapshots
+            task = await asyncio.to_thread(worker.create_task, "render", title="frame", owner="ann", id=tid)
+            assert (task["id"], task["status"], task["owner"]) == (tid, "pending", "ann")
+            assert (await node.aget_task(tid))["title"] == "frame"  # the nodes read what the worker wrote
+
+            running_task = await asyncio.to_thread(worker.report, tid, progress=40, step="mesh")
+            assert (running_task["status"], running_task["progress"]) == ("running", 40)
+            with pytest.raises(PublishError) as bad:
+                await asyncio.to_thread(worker.report, tid, progress=150)
+            assert (bad.value.status, bad.value.code) == (400, "bad_request") and "progress" in bad.value.message
+            with pytest.raises(PublishError) as taken:
+                await asyncio.to_thread(worker.create_task, "render", id=tid)
+            assert taken.value.status == 409
+
+            assert (await node.astop_task(tid, by="bob"))["status"] == "stopping"
+            answer = await asyncio.to_thread(worker.report, tid, progress=50)
+            assert answer["status"] == "stopping"  # how the worker learns of the stop, as over HTTP
+            done = await asyncio.to_thread(worker.cancel_task, tid, "stopped")
+            assert (done["status"], done["message"], done["progress"]) == ("cancelled", "stopped", 50)
+
+            seen = []
+            while not seen or seen[-1] != ("task:cancelled", f"task:{tid}"):
+                event = await page.next(timeout=10)
+                seen.append((event.event, f"task:{tid}" if "result" in event.json() else "tasks"))
+        names = [name for name, room in seen if room == f"task:{tid}"]
+        assert names == [
+            "task:created",
+            "task:updated",
+            "task:progress",
+            "task:stopping",
+            "task:progress",
+            "task:cancelled",
+        ]
+        assert ("task:created", "tasks") in seen  # the summary rooms, as a node publishes them
+
+        with pytest.raises(PublishError) as ended:
+            await asyncio.to_thread(worker.report, tid, progress=60)
+        assert (ended.value.status, ended.value.code) == (409, "conflict")
+        with pytest.raises(PublishError) as missing:
+            await asyncio.to_thread(worker.get_task, "nope")
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+        async with open_sse(srv.url, [f"task:{tid}"]) as late:  # the room was marked finished
+            finals = await late.until_end(timeout=10)
+        assert [e.event for e in finals] == ["snapshot"] and finals[0].json()["snapshot"]["status"] == "cancelled"

@@ -59,6 +59,7 @@ __all__ = [
     "TaskError",
     "InvalidTransition",
     "TaskNotFound",
+    "TaskExists",
     "InvalidProgress",
     "ClientError",
     "ConnectionClosed",
@@ -187,6 +188,15 @@ class TaskNotFound(TaskError):
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskExists(TaskError):
+    """A task with this id exists already: a caller that chose the id (a Celery task's own id)
+    created it twice, or two processes raced to create it; the first one won."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} already exists")
         self.task_id = task_id
 
 

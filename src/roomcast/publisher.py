@@ -6,7 +6,8 @@ hub, no broker and no third-party HTTP client; it calls the backend API of a run
 server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
 ``roomcast.server.api``). ``RedisPublisher`` publishes straight into the Redis of a
 scaled-out deployment instead; it loads redis-py, the Redis broker's script and the
-publication gate when it is made, so ``Publisher`` alone still loads none of them.
+publication gate when it is made (and the task model and its Redis writer at its first task
+call), so ``Publisher`` alone still loads none of them.
 
 Tasks from another process: a worker creates a task (``create_task``), reports progress
 (``report``) and ends it (``complete_task`` / ``fail_task``). The worker is told of a stop
@@ -167,8 +168,11 @@ def _create_body(
     deadline: float | None,
     metadata: Mapping[str, JSONValue] | None,
     poll: Mapping[str, JSONValue] | None = None,
+    task_id: str | None = None,
 ) -> bytes:
     body: dict[str, Any] = {"kind": kind, "title": title}
+    if task_id is not None:
+        body["id"] = task_id
     if owner is not None:
         body["owner"] = owner
     if deadline is not None:
@@ -301,6 +305,7 @@ class Publisher:
         deadline: float | None = None,
         metadata: Mapping[str, JSONValue] | None = None,
         poll: Mapping[str, JSONValue] | None = None,
+        id: str | None = None,
     ) -> dict[str, Any]:
         """Create a ``pending`` task of ``kind``; the answer's ``id`` names it from now on.
 
@@ -311,8 +316,12 @@ class Publisher:
         "fields": {"progress", "status", ...}, ...}``) the server itself follows the upstream
         job at that URL and the task is returned ``running``; a bad spec raises
         ``PublishError`` 400 and no task is created.
+
+        ``id`` chooses the task's id (a Celery task's own id, so that a page can subscribe to
+        ``task:{id}`` before this call lands): printable ASCII without spaces or ``/``. An id
+        already taken raises ``PublishError`` 409 ``conflict`` and changes nothing.
         """
-        body = _create_body(kind, title, owner, deadline, metadata, poll)
+        body = _create_body(kind, title, owner, deadline, metadata, poll, id)
         return self._parsed(_task, *self._request("POST", "/api/tasks", body))
 
     async def acreate_task(
@@ -324,9 +333,10 @@ class Publisher:
         deadline: float | None = None,
         metadata: Mapping[str, JSONValue] | None = None,
         poll: Mapping[str, JSONValue] | None = None,
+        id: str | None = None,
     ) -> dict[str, Any]:
         """``create_task`` for coroutines."""
-        body = _create_body(kind, title, owner, deadline, metadata, poll)
+        body = _create_body(kind, title, owner, deadline, metadata, poll, id)
         return self._parsed(_task, *await self._arequest("POST", "/api/tasks", body))
 
     def report(
@@ -372,6 +382,20 @@ class Publisher:
         """``fail_task`` for coroutines."""
         path = _task_path(task_id, "fail")
         return self._parsed(_task, *await self._arequest("POST", path, _json.dumps({"error": error})))
+
+    def cancel_task(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
+        """End the task as ``cancelled`` now: a worker acknowledging a stop, or giving up.
+
+        ``reason``, if given, becomes its message. Unlike ``stop_task`` this does not ask a
+        worker: it is the worker's own word that the work has ended.
+        """
+        body = _json.dumps({"reason": reason} if reason is not None else {})
+        return self._parsed(_task, *self._request("POST", _task_path(task_id, "cancel"), body))
+
+    async def acancel_task(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
+        """``cancel_task`` for coroutines."""
+        body = _json.dumps({"reason": reason} if reason is not None else {})
+        return self._parsed(_task, *await self._arequest("POST", _task_path(task_id, "cancel"), body))
 
     def stop_task(self, task_id: str, by: str | None = None) -> dict[str, Any]:
         """Ask the task to stop; ``by`` (who asked) goes into its message.
@@ -525,17 +549,33 @@ class RedisPublisher:
     The same ``publish`` / ``broadcast`` calls and answers as ``Publisher``, sync and async.
     It runs the nodes' own publish script (``broker.redis``), so a worker's publication is
     stored, numbered and delivered exactly as a node's, after the same gate (reserved names,
-    JSON depth: ``hub.publication``). Task reports still go to a node (``Publisher``), so
-    the task rules hold.
+    JSON depth: ``hub.publication``). Its task calls apply the nodes' task rules in this
+    process (``tasks.redis_writer``): no node is needed to drive a task either.
 
     Args:
         url: the nodes' ``--redis`` URL. It is never shown in a ``repr``: it may hold a password.
         history_size, history_ttl: the nodes' ``--history-size`` and ``--history-ttl``.
+        task_events: the nodes' ``--task-event`` aliases (``parse_event_aliases``), for the
+            task calls; the default names otherwise.
+        task_list_rooms: the nodes' ``--task-list-rooms`` (``"kind"``, ``"owner"``).
 
     Safe to share between threads; the async methods keep one connection pool per loop.
+
+    The task calls (``create_task``, ``report``, ``complete_task``, ``fail_task``,
+    ``cancel_task``, ``get_task``: blocking only) answer and refuse as ``Publisher``'s do
+    (404 ``not_found``, 409 ``conflict``, 400 ``bad_request``), by the same rules
+    (``tasks.redis_writer``): a worker needs no node to drive a task.
     """
 
-    def __init__(self, url: str, *, history_size: int = 1000, history_ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        task_events: Mapping[str, Any] | None = None,
+        task_list_rooms: Iterable[str] = (),
+    ) -> None:
         from roomcast.broker.redis import PUBLISH_SCRIPT
         from roomcast.broker.redis_client import connect_sync
 
@@ -546,6 +586,9 @@ class RedisPublisher:
         self._sync = connect_sync(url)
         self._sync_script = self._sync.register_script(PUBLISH_SCRIPT)
         self._async: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._task_events = dict(task_events or {})
+        self._task_list_rooms = tuple(task_list_rooms)
+        self._writer: Any = None  # made at the first task call: a publisher of events loads no task code
 
     def __repr__(self) -> str:
         return "<RedisPublisher>"
@@ -592,6 +635,113 @@ class RedisPublisher:
         """``broadcast`` for coroutines."""
         return [await self.apublish(room, event, data) for room in dict.fromkeys(rooms)]
 
+    # -- tasks ----------------------------------------------------------------------------
+    def create_task(
+        self,
+        kind: str,
+        *,
+        title: str = "",
+        owner: str | None = None,
+        deadline: float | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+        id: str | None = None,
+    ) -> dict[str, Any]:
+        """``Publisher.create_task``, written into Redis (no ``poll``: that needs a node)."""
+        from roomcast.tasks.model import Task, check_task_id
+        from roomcast.tasks.service import new_task_id
+
+        def create(writer: Any) -> Any:
+            for name, value in (("kind", kind), ("owner", owner)):
+                if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH):
+                    raise PublishError(
+                        400, "bad_request", f"'{name}' must be a string of 1 to {MAX_NAME_LENGTH} characters"
+                    )
+            task = Task.new(
+                new_task_id() if id is None else check_task_id(id),
+                kind,
+                now=time.time(),
+                title=title,
+                owner=owner,
+                deadline=deadline,
+                metadata=metadata,
+            )
+            return writer.create(task)
+
+        return self._task_call(create)
+
+    def report(
+        self, task_id: str, *, progress: float | None = None, step: str | None = None, message: str | None = None
+    ) -> dict[str, Any]:
+        """``Publisher.report``: the first report starts a ``pending`` task; the answer's
+        ``status`` is ``"stopping"`` once a stop was asked for."""
+        from roomcast.tasks.model import TaskStatus
+
+        def report(writer: Any) -> Any:
+            task = writer.get(_checked_id(task_id))
+            if task.status is TaskStatus.PENDING:
+                task.start(time.time()).progress_to(time.time(), progress, step, message)  # refuse before starting
+                task = writer.change(task_id, lambda t, now: t.start(now) if t.status is TaskStatus.PENDING else t)
+            if progress is None and step is None and message is None:
+                task.progress_to(time.time())  # refused (409) once it has ended, as a node refuses it
+                return task
+            return writer.change(task_id, lambda t, now: t.progress_to(now, progress, step, message))
+
+        return self._task_call(report)
+
+    def complete_task(self, task_id: str, result: JSONValue = None) -> dict[str, Any]:
+        """``Publisher.complete_task``: a ``pending`` task is started first."""
+        from roomcast.tasks.model import TaskStatus
+
+        def complete(writer: Any) -> Any:
+            writer.change(_checked_id(task_id), lambda t, now: t.start(now) if t.status is TaskStatus.PENDING else t)
+            return writer.change(task_id, lambda t, now: t.complete(now, result))
+
+        return self._task_call(complete)
+
+    def fail_task(self, task_id: str, error: str) -> dict[str, Any]:
+        """``Publisher.fail_task``."""
+        if not isinstance(error, str) or not error:
+            raise PublishError(400, "bad_request", "'error' must be a non-empty string")
+        return self._task_call(lambda w: w.change(_checked_id(task_id), lambda t, now: t.fail(now, error)))
+
+    def cancel_task(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
+        """``Publisher.cancel_task``."""
+        return self._task_call(lambda w: w.change(_checked_id(task_id), lambda t, now: t.cancel(now, reason)))
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """``Publisher.get_task``."""
+        return self._task_call(lambda w: w.get(_checked_id(task_id)))
+
+    def _task_call(self, call: Callable[[Any], Any]) -> dict[str, Any]:
+        """Run ``call(writer)``; the task's errors become the API's answers (``PublishError``)."""
+        from redis.exceptions import RedisError
+
+        from roomcast.broker import redis_client
+        from roomcast.errors import InvalidTransition, TaskError, TaskExists, TaskNotFound
+
+        if self._writer is None:
+            from roomcast.tasks.redis_writer import RedisTaskWriter
+
+            self._writer = RedisTaskWriter(
+                self._sync,
+                self.publish,
+                history_ttl=self._ttl,
+                events=self._task_events,
+                list_rooms=self._task_list_rooms,
+            )
+        try:
+            task = call(self._writer)
+        except (RedisError, OSError) as exc:
+            raise PublishError(0, "unreachable", redis_client.describe(exc)) from None
+        except TaskNotFound as exc:
+            raise PublishError(404, "not_found", str(exc)) from None
+        except (InvalidTransition, TaskExists) as exc:
+            raise PublishError(409, "conflict", str(exc)) from None
+        except TaskError as exc:
+            raise PublishError(400, "bad_request", str(exc)) from None
+        result: dict[str, Any] = task.to_json()
+        return result
+
     def _call(self, room: RoomName, event: str, data: JSONValue | _Absent) -> tuple[list[str], list[Any]]:
         if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
             raise PublishError(400, "bad_request", f"room names are 1 to {MAX_NAME_LENGTH} characters")
@@ -613,6 +763,12 @@ class RedisPublisher:
 
             script = self._async[loop] = connect(self._url).register_script(self._script_text)
         return script
+
+
+def _checked_id(task_id: str) -> str:
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("task_id must be a non-empty string")
+    return task_id
 
 
 def _redis_answer(room: RoomName, epoch: Any, offset: Any) -> PublishResult:

@@ -73,7 +73,15 @@ from roomcast.broker.redis_pipeline import AutoPipeline
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
-__all__ = ["RedisBroker", "ALIVE_PREFIX", "IDEMPOTENCY_WINDOW", "PUBLISH_SCRIPT", "publish_call"]
+__all__ = [
+    "RedisBroker",
+    "ALIVE_PREFIX",
+    "IDEMPOTENCY_WINDOW",
+    "PUBLISH_SCRIPT",
+    "TERMINATE_SCRIPT",
+    "publish_call",
+    "terminate_call",
+]
 
 logger = logging.getLogger("roomcast.broker.redis")
 
@@ -498,9 +506,9 @@ class RedisBroker:
 
     # -- room state ---------------------------------------------------------------------
     async def mark_terminal(self, room: RoomName) -> None:
-        _, _, terminal, _, channel = _keys(room)
+        keys, args = terminate_call(room, self._ttl)
         try:
-            await self._terminate(keys=[terminal, channel], args=[self._ttl])
+            await self._terminate(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(redis_client.describe(exc)) from None
 
@@ -589,6 +597,15 @@ ALIVE_PREFIX = "rc:alive:"
 
 PUBLISH_SCRIPT = _PUBLISH
 """The Lua script every publisher runs, a node or a worker (``RedisPublisher``)."""
+
+TERMINATE_SCRIPT = _TERMINATE
+"""The Lua script that marks a room finished (a task's, at its end), a node's or a worker's."""
+
+
+def terminate_call(room: RoomName, ttl: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of ``TERMINATE_SCRIPT``: the mark lives ``ttl`` seconds, as history does."""
+    _, _, terminal, _, channel = _keys(room)
+    return [terminal, channel], [ttl]
 
 
 IDEMPOTENCY_WINDOW = 300

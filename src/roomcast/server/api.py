@@ -44,11 +44,12 @@ from roomcast.errors import (
     InvalidTransition,
     ShuttingDown,
     TaskError,
+    TaskExists,
     TaskNotFound,
 )
 from roomcast.hub.hub import Hub
 from roomcast.server.openapi import OPENAPI
-from roomcast.tasks.model import TaskStatus
+from roomcast.tasks.model import TaskStatus, check_task_id
 from roomcast.tasks.poller import PollSpec, TaskPoller
 from roomcast.tasks.service import TaskService
 from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -305,7 +306,7 @@ class ApiServer:
             return api_error(400, "bad_request", str(exc))
         except TaskNotFound as exc:
             return api_error(404, "not_found", str(exc))
-        except InvalidTransition as exc:
+        except (InvalidTransition, TaskExists) as exc:
             return api_error(409, "conflict", str(exc))
         except TaskError as exc:  # bad progress, a bad cursor or filter
             return api_error(400, "bad_request", str(exc))
@@ -439,13 +440,18 @@ class ApiServer:
         if not isinstance(title, str):
             raise BadRequest("'title' must be a string")
         kind = _name(body.get("kind"), "kind")
+        task_id = body.get("id")
+        if task_id is not None:  # the caller's own id (a Celery task's), so it can subscribe before asking
+            check_task_id(task_id)  # a TaskError: 400
         poll = None
         if body.get("poll") is not None:  # checked before anything is created
             if self.pollers is None:
                 raise BadRequest("this server does not follow upstream jobs ('poll')")
             poll = PollSpec.from_json(body["poll"])
             self._check_poll_url(poll.url)
-        task = await self._service().create(kind, title=title, owner=owner, deadline=deadline, metadata=metadata)
+        task = await self._service().create(
+            kind, title=title, owner=owner, deadline=deadline, metadata=metadata, id=task_id
+        )
         if poll is not None and self.pollers is not None:
             task = await self.pollers.follow(task.id, poll)
         return _ok(task.to_json(), 201)

@@ -259,6 +259,10 @@ OPENAPI: dict[str, Any] = {
                                 "required": ["kind"],
                                 "properties": {
                                     "kind": {"type": "string"},
+                                    "id": {
+                                        "type": "string",
+                                        "description": "the caller's own id (a Celery task id); 409 if taken",
+                                    },
                                     "title": {"type": "string"},
                                     "owner": {"type": "string"},
                                     "deadline": {"type": "number"},
@@ -272,6 +276,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "201": {"description": "The task, with its id"},
                     **_error_responses(400, 401, 403, 413, 415, 503),
+                    "409": {"$ref": "#/components/responses/E409"},
                 },
             },
             "get": {

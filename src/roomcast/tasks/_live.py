@@ -43,17 +43,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from roomcast import _json
-from roomcast.errors import InvalidPublication, InvalidTransition, ShuttingDown, TaskError, TaskNotFound
+from roomcast.errors import InvalidPublication, InvalidTransition, ShuttingDown, TaskError, TaskExists, TaskNotFound
 from roomcast.hub import Hub
 from roomcast.tasks.model import (
     DEFAULT_EVENTS,
-    LIST_ROOM,
     Task,
     TaskEvents,
     TaskStatus,
     event_for,
-    kind_room,
-    owner_room,
+    summary_rooms,
     task_room,
 )
 from roomcast.tasks.store import Stored, Swap, TaskStore
@@ -189,16 +187,16 @@ class LiveTasks:
                 this node's id, so a stop reaches it here and its end is owed if we die.
 
         Raises:
-            TaskError: a task with this id exists.
+            TaskExists: a task with this id exists.
         """
         if task.id in self.live:
-            raise TaskError(f"task {task.id!r} already exists")
+            raise TaskExists(task.id)
         live = self.live[task.id] = Live(task, node=self.node_id if held else None)
         try:
             async with live.lock:
                 created = await self.store.swap(task, version=0, node=live.node)  # refused if the id is taken
                 if not created.ok or created.stored is None:
-                    raise TaskError(f"task {task.id!r} already exists")
+                    raise TaskExists(task.id)
                 live.version = created.stored.version
                 await self.publish(task, event_for(None, task.status, self.events_of(task)))
         except BaseException:
@@ -600,17 +598,9 @@ class LiveTasks:
                 continue
             for room in rooms:
                 await self.hub.publish(room, event, full)
-        summary = _summary(task)
-        for room in self._summary_rooms(task):
+        summary = task.summary()
+        for room in summary_rooms(task, self.list_rooms):
             await self.hub.publish(room, event, summary)
-
-    def _summary_rooms(self, task: Task) -> builtins.list[RoomName]:
-        rooms = [LIST_ROOM]
-        if "kind" in self.list_rooms:
-            rooms.append(kind_room(task.kind))
-        if "owner" in self.list_rooms and task.owner is not None:
-            rooms.append(owner_room(task.owner))
-        return rooms
 
     def events_of(self, task: Task) -> TaskEvents:
         return self.events.get(task.kind, DEFAULT_EVENTS)
@@ -692,10 +682,3 @@ def _not_json(task: Task) -> dict[str, JSONValue]:
         task.id,
     )
     return task.to_json()
-
-
-def _summary(task: Task) -> dict[str, JSONValue]:
-    """The list-room form: without ``result`` and ``metadata``, which may be large."""
-    data = task.to_json()
-    del data["result"], data["metadata"]
-    return data

@@ -22,20 +22,23 @@ event an explicit no-op by checking ``task.is_terminal`` (or ``err.current == er
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
 from roomcast import _json
 from roomcast.errors import InvalidProgress, InvalidTransition, TaskError
-from roomcast.types import JSONValue, RoomName
+from roomcast.types import MAX_NAME_LENGTH, JSONValue, RoomName
 
 __all__ = [
     "TaskStatus",
     "TERMINAL",
     "TRANSITIONS",
     "can_transition",
+    "check_progress",
+    "check_task_id",
+    "MAX_TASK_ID",
     "Task",
     "TaskEvents",
     "DEFAULT_EVENTS",
@@ -45,6 +48,7 @@ __all__ = [
     "LIST_ROOM",
     "kind_room",
     "owner_room",
+    "summary_rooms",
 ]
 
 
@@ -148,7 +152,7 @@ class Task:
         # as ``null`` (orjson's choice) and a store or subscriber would read back another task.
         if not self.id:
             raise TaskError("a task id must be a non-empty string")
-        _check_progress(self.progress)
+        check_progress(self.progress)
         for name in ("created_at", "updated_at", "started_at", "finished_at", "deadline"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -227,7 +231,7 @@ class Task:
                 target=None,
             )
         if progress is not None:
-            _check_progress(progress)
+            check_progress(progress)
             progress = float(progress)
         return replace(
             self,
@@ -307,6 +311,12 @@ class Task:
             "metadata": dict(self.metadata),
         }
 
+    def summary(self) -> dict[str, JSONValue]:
+        """The list-room form: ``to_json`` without ``result`` and ``metadata``, which may be large."""
+        data = self.to_json()
+        del data["result"], data["metadata"]
+        return data
+
     def snapshot(self) -> dict[str, JSONValue]:
         """What a new subscriber of ``task:{id}`` receives first (the same as ``to_json``)."""
         return self.to_json()
@@ -358,7 +368,36 @@ class Task:
         )
 
 
-def _check_progress(progress: float | None) -> None:
+MAX_TASK_ID = MAX_NAME_LENGTH - len("task:")
+"""The longest task id a caller may choose: its room ``task:{id}`` must still be a room name."""
+
+
+def check_task_id(task_id: object) -> str:
+    """A task id chosen by a caller (a Celery task's own id), or ``TaskError`` saying why not.
+
+    Printable ASCII without spaces or ``/`` (it is a URL path segment, part of a room name and
+    a shell argument), not starting with ``-`` (an option to ``roomcast tasks stop``), at
+    most ``MAX_TASK_ID`` characters.
+    """
+    if (
+        not isinstance(task_id, str)
+        or not 0 < len(task_id) <= MAX_TASK_ID
+        or not all("!" <= c <= "~" and c != "/" for c in task_id)
+        or task_id.startswith("-")
+    ):
+        raise TaskError(
+            f"a task id must be 1 to {MAX_TASK_ID} printable ASCII characters without spaces or '/', "
+            "not starting with '-'"
+        )
+    return task_id
+
+
+def check_progress(progress: float | None) -> None:
+    """Raise ``InvalidProgress`` unless ``progress`` is ``None`` or a finite number from 0 to 100.
+
+    Public so that a worker in another process refuses a bad value in its own call, by the
+    same rule the server applies.
+    """
     if progress is None:
         return
     # bool is an int: True would silently mean 1 %.
@@ -507,3 +546,14 @@ def kind_room(kind: str) -> RoomName:
 def owner_room(owner: str) -> RoomName:
     """The list room narrowed to one owner's tasks."""
     return f"tasks:owner:{owner}"
+
+
+def summary_rooms(task: Task, list_rooms: Collection[str]) -> list[RoomName]:
+    """The rooms that get ``task``'s summary: ``LIST_ROOM``, and its kind's and owner's rooms
+    when ``list_rooms`` names ``"kind"`` / ``"owner"`` (``--task-list-rooms``)."""
+    rooms = [LIST_ROOM]
+    if "kind" in list_rooms:
+        rooms.append(kind_room(task.kind))
+    if "owner" in list_rooms and task.owner is not None:
+        rooms.append(owner_room(task.owner))
+    return rooms

@@ -545,7 +545,9 @@ class TaskService:
         """Record progress (coalesced like a producer's); returns the task with it applied.
 
         A worker in another process reports on the task it was handed: its first valid report
-        starts a ``pending`` task (a bad one leaves it pending).
+        starts a ``pending`` task (a bad one leaves it pending). A report with no field only
+        starts the task, or answers its status (how a worker polls for a stop): nothing is
+        published for it.
 
         Raises:
             TaskNotFound, InvalidProgress, InvalidTransition: nothing changes then.
@@ -557,7 +559,10 @@ class TaskService:
             now = time.time()
             live.task.start(now).progress_to(now, progress, step, message)  # validate before starting
             await tasks.change(live, _start_if_pending)
-        tasks.progress(live, progress, step, message)
+        if progress is None and step is None and message is None:
+            live.task.progress_to(time.time())  # nothing to publish; refused if it has ended
+        else:
+            tasks.progress(live, progress, step, message)
         return live.task
 
     async def complete(self, task_id: str, result: JSONValue = None) -> Task:

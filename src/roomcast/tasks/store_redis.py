@@ -80,7 +80,15 @@ from roomcast.tasks.store import (
     status_values,
 )
 
-__all__ = ["RedisTaskStore", "DEFAULT_NAMESPACE"]
+__all__ = [
+    "RedisTaskStore",
+    "DEFAULT_NAMESPACE",
+    "WRITE_SCRIPT",
+    "task_key",
+    "write_call",
+    "write_answer",
+    "read_stored",
+]
 
 _T = TypeVar("_T")
 _Arg = str | int | bytes
@@ -365,8 +373,7 @@ class RedisTaskStore:
         return None if stored is None else stored.task
 
     async def read(self, task_id: str) -> Stored | None:
-        json, version, node = await self._call(lambda: self._redis.hmget(self._task_key(task_id), "j", "v", "n"))
-        return None if json is None else _stored(json, version, node)
+        return read_stored(await self._call(lambda: self._redis.hmget(self._task_key(task_id), "j", "v", "n")))
 
     async def list(
         self,
@@ -424,30 +431,12 @@ class RedisTaskStore:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _task_key(self, task_id: str) -> str:
-        return f"{self._p}:t:{task_id}"
+        return task_key(self._p, task_id)
 
     async def _put(self, task: Task, mode: str, version: int, node: str | None) -> Swap:
-        json = _encode(task)  # on the caller's line: a bad value fails there, before ordering
-        ended = task.finished_at if task.finished_at is not None else task.updated_at
-        args: builtins.list[_Arg] = [
-            self._p,
-            task.id,
-            mode,
-            version,
-            json,
-            node or "",
-            task.status.value,
-            task.kind,
-            int(task.owner is not None),
-            task.owner or "",
-            _sort_key(task.created_at),
-            repr(ended),
-            "" if task.deadline is None else repr(task.deadline),
-        ]
-        reply = await self._in_order(task.id, lambda: self._write(keys=[self._task_key(task.id)], args=args))
-        if reply[0] == 1:
-            return Swap(True, Stored(task, int(reply[1]), reply[2].decode() or None))
-        return Swap(False, None if len(reply) == 1 else _stored(reply[1], reply[2], reply[3]))
+        keys, args = write_call(self._p, task, mode, version, node)  # a bad value fails here, before ordering
+        reply = await self._in_order(task.id, lambda: self._write(keys=keys, args=args))
+        return write_answer(task, reply)
 
     async def _in_order(self, task_id: str, write: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``write`` once the previous write of this task (if any) has finished."""
@@ -490,6 +479,57 @@ class RedisTaskStore:
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidState(f"{self!r} is closed")
+
+
+WRITE_SCRIPT = _WRITE
+"""The script of every task write: a node's (``RedisTaskStore``) or a worker's (``tasks.redis_writer``)."""
+
+
+def task_key(prefix: str, task_id: str) -> str:
+    """The hash of one task under ``prefix`` (``{namespace}``, braces included)."""
+    return f"{prefix}:t:{task_id}"
+
+
+def write_call(
+    prefix: str, task: Task, mode: str, version: int, node: str | None
+) -> tuple[builtins.list[str], builtins.list[_Arg]]:
+    """The keys and arguments of ``WRITE_SCRIPT``: ``put`` (any version) or ``swap`` (only over
+    ``version``), held by ``node`` (``None``: by no node). The one wire form of a task write.
+
+    Raises:
+        TaskError: the task's result or metadata is not JSON.
+    """
+    ended = task.finished_at if task.finished_at is not None else task.updated_at
+    args: builtins.list[_Arg] = [
+        prefix,
+        task.id,
+        mode,
+        version,
+        _encode(task),
+        node or "",
+        task.status.value,
+        task.kind,
+        int(task.owner is not None),
+        task.owner or "",
+        _sort_key(task.created_at),
+        repr(ended),
+        "" if task.deadline is None else repr(task.deadline),
+    ]
+    return [task_key(prefix, task.id)], args
+
+
+def write_answer(task: Task, reply: builtins.list[Any]) -> Swap:
+    """What ``WRITE_SCRIPT`` answered, as ``swap`` returns it."""
+    if reply[0] == 1:
+        node = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        return Swap(True, Stored(task, int(reply[1]), node or None))
+    return Swap(False, None if len(reply) == 1 else _stored(reply[1], reply[2], reply[3]))
+
+
+def read_stored(reply: builtins.list[Any]) -> Stored | None:
+    """A task from ``HMGET {task_key} j v n``; ``None`` when it is not stored."""
+    json, version, node = reply
+    return None if json is None else _stored(json, version, node)
 
 
 def _sort_key(created_at: float) -> str:
