@@ -66,6 +66,7 @@ __all__ = [
     "arequest",
     "aconnect",
     "ensure_no_running_loop",
+    "default_context",
     "BlockingCallInLoop",
     "MAX_IDLE",
     "MAX_IDLE_SECONDS",
@@ -139,7 +140,7 @@ def parse_origin(url: str, ssl_context: ssl.SSLContext | None = None) -> tuple[O
     except ValueError:  # a port that is not a number or out of range
         raise ValueError(f"the URL has a bad port: {url!r}") from None
     if tls and ssl_context is None:
-        ssl_context = _default_context()
+        ssl_context = default_context()
     rest = parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else "")
     return Origin(tls, parts.hostname, port, ssl_context if tls else None), rest
 
@@ -147,7 +148,7 @@ def parse_origin(url: str, ssl_context: ssl.SSLContext | None = None) -> tuple[O
 _default: ssl.SSLContext | None = None
 
 
-def _default_context() -> ssl.SSLContext:
+def default_context() -> ssl.SSLContext:
     """The system's verification, made once per process (loading the CA store costs ms)."""
     global _default
     if _default is None:
