@@ -5,7 +5,7 @@ The public names; ``docs/client.md`` is the guide. Side stack: imports only the 
 contract keeps the server out).
 """
 
-from roomcast.client.backoff import Backoff
+from roomcast.backoff import Backoff
 from roomcast.client.batcher import Change, ChangeBatcher
 from roomcast.client.client import Auth, Client, SnapshotHandler
 from roomcast.client.listeners import ListenerSets

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from roomcast.client.backoff import Backoff
+from roomcast.backoff import Backoff
 from roomcast.client.batcher import BatchHandler, ChangeBatcher
 from roomcast.client.connection import TRANSPORTS, EngineConnection
 from roomcast.client.dispatcher import Dispatcher

@@ -217,7 +217,8 @@ class ResponseParser:
     def take_body(self) -> bytes:
         """The body bytes received (dechunked) since the last call: for a body that streams.
 
-        A whole :attr:`response` then holds only what was not taken.
+        With ``streaming=True`` the whole :attr:`response` has an empty body: every byte of
+        it comes through here, the last ones included.
         """
         taken = bytes(self._body)
         self._body.clear()
@@ -399,8 +400,11 @@ class ResponseParser:
         if self.head is None:
             self.head = Response(self._status, self._reason, self._headers, b"")
         self._state = _State.DONE
-        self.response = Response(self._status, self._reason, self._headers, bytes(self._body))
-        self._body = bytearray()
+        if self.streaming:  # the body is all for take_body, to its last byte
+            self.response = Response(self._status, self._reason, self._headers, b"")
+        else:
+            self.response = Response(self._status, self._reason, self._headers, bytes(self._body))
+            self._body = bytearray()
         return self.response
 
 
