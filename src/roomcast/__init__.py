@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from roomcast.broker.memory import MemoryBroker
     from roomcast.disconnect import Disconnect
     from roomcast.errors import (
+        BlockingCallInLoop,
         ConnectionRefused,
         InvalidTransition,
         PayloadTooBig,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 _WHERE: dict[str, str] = {
     "MemoryBroker": "roomcast.broker.memory",
     "Disconnect": "roomcast.disconnect",
+    "BlockingCallInLoop": "roomcast.errors",
     "ConnectionRefused": "roomcast.errors",
     "InvalidTransition": "roomcast.errors",
     "PayloadTooBig": "roomcast.errors",
@@ -87,6 +89,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "BlockingCallInLoop",
     "Connection",
     "ConnectionRefused",
     "Disconnect",

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from roomcast.errors import BlockingCallInLoop
 from roomcast.protocol import http1
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
     "aconnect",
     "ensure_no_running_loop",
     "default_context",
-    "BlockingCallInLoop",
     "MAX_IDLE",
     "MAX_IDLE_SECONDS",
 ]
@@ -81,15 +81,6 @@ idle keep-alive connections out: roomcast after 60 s, nginx 75 s; uvicorn's 5 s 
 by the end-of-stream check and the one retry)."""
 
 _READ_CHUNK: Final = 65536
-
-
-class BlockingCallInLoop(RuntimeError):
-    """A blocking call was made from the thread of a running event loop.
-
-    Why refuse rather than run it: it would freeze every other task of that loop (a
-    server's clients, heartbeats) for up to its timeout. ``str(exc)`` names the coroutine to
-    await instead.
-    """
 
 
 def ensure_no_running_loop(what: str, instead: str) -> None:

@@ -41,8 +41,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from roomcast import _json, httpclient
-from roomcast.errors import InvalidPublication, PayloadTooBig, PublishError, RemoteProtocolError
-from roomcast.httpclient import BlockingCallInLoop
+from roomcast.errors import BlockingCallInLoop, InvalidPublication, PayloadTooBig, PublishError, RemoteProtocolError
 from roomcast.types import MAX_NAME_LENGTH, JSONValue, RoomName, StreamPosition
 
 __all__ = ["Publisher", "RedisPublisher", "PublishResult", "PublishError", "BlockingCallInLoop"]
