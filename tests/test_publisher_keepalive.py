@@ -190,3 +190,35 @@ async def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_without
         for writer, _ in handlers:
             writer.close()  # the publisher's kept connections end; each handler returns
         await asyncio.wait_for(asyncio.gather(*(task for _, task in handlers)), 10)
+
+
+async def test_kept_connections_the_server_closed_while_idle_are_dropped_before_use() -> None:
+    """A server that closes each connection after its answer (a keep-alive timeout that
+    already fired): every later publish goes out on a new connection, and none fails."""
+    answer = json.dumps({"room": "r", "epoch": "e1", "offset": 1}).encode()
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(len(seen) + 1)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(ok)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        publisher = Publisher(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        for _ in range(3):
+            assert (await publisher.apublish("r", "e")).offset == 1
+
+        def three() -> list[int]:
+            return [publisher.publish("r", "e").offset for _ in range(3)]
+
+        assert await asyncio.to_thread(three) == [1, 1, 1]
+        assert seen == [1, 2, 3, 4, 5, 6]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -237,6 +237,10 @@ class _Stale(Exception):
     """A reused connection ended before a byte of the answer: send again on a new one."""
 
 
+# How a kept connection the server closed while it sat idle fails the next request.
+_CLOSED_WHILE_IDLE: Final = (http1.NoResponse, ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
 def _connect(origin: Origin, timeout: float) -> _SyncConn:
     sock = socket.create_connection((origin.host, origin.port), timeout=timeout)
     try:
@@ -263,7 +267,7 @@ def _exchange(conn: _SyncConn, data: bytes, parser: http1.ResponseParser, reused
                 parser.feed(chunk)
             else:
                 parser.feed_eof()
-    except (http1.NoResponse, ConnectionResetError, BrokenPipeError) as exc:
+    except _CLOSED_WHILE_IDLE as exc:
         if reused and not parser.seen:
             raise _Stale() from exc
         raise
@@ -307,8 +311,8 @@ def request(
     if not keep_alive:
         sent["Connection"] = "close"
     data = http1.request(method, target, origin.host_header, sent, body)
-    for _ in range(2):
-        conn, reused = _checkout(origin, timeout) if keep_alive else (_connect(origin, timeout), False)
+    for retry in (False, True):  # the retry, after a stale kept connection, is on a new one
+        conn, reused = _checkout(origin, timeout) if keep_alive and not retry else (_connect(origin, timeout), False)
         parser = http1.ResponseParser(max_body=max_body)
         try:
             answer = _exchange(conn, data, parser, reused)
@@ -428,7 +432,7 @@ async def _aexchange(conn: _AsyncConn, data: bytes, parser: http1.ResponseParser
         while response is None:
             chunk = await conn.reader.read(_READ_CHUNK)
             response = parser.feed(chunk) if chunk else parser.feed_eof()
-    except (http1.NoResponse, ConnectionResetError, BrokenPipeError) as exc:
+    except _CLOSED_WHILE_IDLE as exc:
         if reused and not parser.seen:
             raise _Stale() from exc
         raise
@@ -459,9 +463,9 @@ async def arequest(
         sent["Connection"] = "close"
     data = http1.request(method, target, origin.host_header, sent, body)
     idle = _pools.async_idle(origin) if keep_alive else []
-    for _ in range(2):
+    for retry in (False, True):  # the retry, after a stale kept connection, is on a new one
         conn: _AsyncConn | None = None
-        while idle:
+        while idle and not retry:
             candidate = idle.pop()
             if candidate.usable():
                 conn = candidate
