@@ -67,7 +67,6 @@ __all__ = [
     "arequest",
     "aconnect",
     "ensure_no_running_loop",
-    "default_context",
     "MAX_IDLE",
     "MAX_IDLE_SECONDS",
 ]
@@ -131,20 +130,11 @@ def parse_origin(url: str, ssl_context: ssl.SSLContext | None = None) -> tuple[O
     except ValueError:  # a port that is not a number or out of range
         raise ValueError(f"the URL has a bad port: {url!r}") from None
     if tls and ssl_context is None:
-        ssl_context = default_context()
+        # One per caller, made here (loading the CA store costs milliseconds, so callers
+        # keep their origin); made now, it reads SSL_CERT_FILE as it is when the caller is.
+        ssl_context = ssl.create_default_context()
     rest = parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else "")
     return Origin(tls, parts.hostname, port, ssl_context if tls else None), rest
-
-
-_default: ssl.SSLContext | None = None
-
-
-def default_context() -> ssl.SSLContext:
-    """The system's verification, made once per process (loading the CA store costs ms)."""
-    global _default
-    if _default is None:
-        _default = ssl.create_default_context()
-    return _default
 
 
 # -- the pools ------------------------------------------------------------------------------

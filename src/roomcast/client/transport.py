@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import secrets
+import ssl
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,12 +52,17 @@ class UpgradeRefused(ConnectionClosed):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the server is: host, port, TLS, and the Engine.IO endpoint path."""
+    """Where the server is: host, port, TLS, and the Engine.IO endpoint path.
+
+    ``ssl_context`` is made once per client (the system's trust store): the keep-alive pool
+    is per origin, context included, so a context per request would never reuse one.
+    """
 
     host: str
     port: int
     tls: bool
     path: str
+    ssl_context: ssl.SSLContext | None = None
 
     def resource(self, params: Mapping[str, str]) -> str:
         """The request target: the endpoint path with ``params`` as its query string."""
@@ -64,7 +70,7 @@ class Target:
 
     @property
     def origin(self) -> httpclient.Origin:
-        return httpclient.Origin(self.tls, self.host, self.port, httpclient.default_context() if self.tls else None)
+        return httpclient.Origin(self.tls, self.host, self.port, self.ssl_context)
 
 
 def parse_target(url: str, path: str) -> Target:
@@ -86,7 +92,8 @@ def parse_target(url: str, path: str) -> Target:
         path = "/" + path
     if not path.endswith("/"):
         path += "/"
-    return Target(parts.hostname, parts.port or (443 if tls else 80), tls, path)
+    context = ssl.create_default_context() if tls else None
+    return Target(parts.hostname, parts.port or (443 if tls else 80), tls, path, context)
 
 
 def _close_writer(writer: asyncio.StreamWriter) -> None:

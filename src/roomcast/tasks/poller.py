@@ -483,6 +483,8 @@ class TaskPoller:
         its body, is the network (transient); bytes that are not HTTP, or over ``MAX_BODY``,
         will not get better (final).
         """
+        if self._ssl is None and spec.url.startswith("https:"):
+            self._ssl = ssl.create_default_context()  # once per poller: a pool is per context
         origin, _ = httpclient.parse_origin(spec.url, self._ssl)
         parts = urlsplit(spec.url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
