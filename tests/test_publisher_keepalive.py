@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 import pytest
 from servers import RunningServer, running
 
-from roomcast import Publisher
+from roomcast import Publisher, RedisPublisher
 from roomcast.hub.hub import Hub
 from roomcast.publisher import BlockingCallInLoop
 from roomcast.server.app import App
@@ -130,6 +130,12 @@ async def test_a_sync_call_from_a_running_loop_fails_at_once_naming_the_coroutin
         assert time.monotonic() - started < 1  # not the 30 s timeout: nothing was sent
         assert srv.counters.accepted_connections == before
         assert isinstance(BlockingCallInLoop("x"), RuntimeError)
+
+    redis_worker = RedisPublisher("redis://127.0.0.1:1")  # never reached: refused before any I/O
+    with pytest.raises(BlockingCallInLoop, match=r"await redis_publisher\.apublish"):
+        redis_worker.publish("r", "e", 1)
+    with pytest.raises(BlockingCallInLoop, match=r"await redis_publisher\.abroadcast"):
+        redis_worker.broadcast(["r"], "e", 1)
 
 
 async def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_without_an_error() -> None:

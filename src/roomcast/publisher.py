@@ -528,7 +528,9 @@ class RedisPublisher:
 
         Raises:
             PublishError: refused (a reserved name, data too deep), or Redis unreachable.
+            BlockingCallInLoop: called from a running event loop's thread (use ``apublish``).
         """
+        httpclient.ensure_no_running_loop("RedisPublisher.publish()", "redis_publisher.apublish(...)")
         from redis.exceptions import RedisError
 
         from roomcast.broker import redis_client
@@ -557,6 +559,7 @@ class RedisPublisher:
         self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
     ) -> list[PublishResult]:
         """The same event to several rooms; one answer per room, in order."""
+        httpclient.ensure_no_running_loop("RedisPublisher.broadcast()", "redis_publisher.abroadcast(...)")
         return [self.publish(room, event, data) for room in dict.fromkeys(rooms)]
 
     async def abroadcast(
