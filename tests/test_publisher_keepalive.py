@@ -228,3 +228,20 @@ async def test_kept_connections_the_server_closed_while_idle_are_dropped_before_
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_fork_from_a_running_loop_leaves_the_parents_kept_connection_working() -> None:
+    """The child inherits the parent's loop, its selector (shared with the parent by the
+    fork) and its pooled connections: it must not close them, or the parent's selector stops
+    watching the parent's connection and its next answer is never read."""
+    async with _server() as srv:
+        publisher = Publisher(srv.url, api_key=KEY, timeout=10)
+        await publisher.apublish("r", "before")
+        before = srv.counters.accepted_connections
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # the child's fork handler ran; whatever it closed is closed
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (await publisher.apublish("r", "after")).offset == 2
+        assert srv.counters.accepted_connections == before  # the same kept connection

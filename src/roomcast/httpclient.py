@@ -25,9 +25,10 @@ back to a pool, so a worker that publishes 1,000 events opens one TCP connection
 1,000. The pools are:
 
 - per process: ``os.register_at_fork`` gives a forked child empty pools (it closes its
-  copies of the parent's sockets without a ``shutdown``, which would end the parent's
-  connections too), so an object made before a fork (Celery prefork, gunicorn) is safe
-  to use on both sides: no socket is ever written by two processes;
+  copies of the parent's blocking sockets without a ``shutdown``, which would end the
+  parent's connections too, and leaves its copies of async ones untouched: see
+  ``_forget_in_child``), so an object made before a fork (Celery prefork, gunicorn,
+  ``multiprocessing``) is safe to use on both sides: no socket is written by two processes;
 - per thread for the blocking calls (a thread holds at most ``MAX_IDLE`` idle connections
   per origin) and per event loop for the async ones, so no socket is shared between
   threads or loops and no lock is needed.
@@ -207,21 +208,26 @@ class _Pools:
 
 
 _pools = _Pools()
+_inherited: list[_Pools] = []
+"""In a forked child, the parent's pools: kept referenced, never used, never closed."""
 
 
 def _forget_in_child() -> None:
     """After ``fork``, in the child: start with empty pools; the parent's stay the parent's.
 
     The child's copies of blocking sockets are closed (a close without ``shutdown`` only
-    drops the child's file descriptor; the parent's connection goes on). Async ones are
-    only forgotten: their event loop's selector may be shared with the parent after a
-    fork, and touching it could unregister the parent's sockets.
+    drops the child's file descriptor; the parent's connection goes on). The async ones are
+    kept referenced and left alone: closing one unregisters it from its event loop's
+    selector, and after a fork that epoll instance is the parent's too, so the parent's
+    loop would stop reading that connection (``test_publisher_keepalive`` shows it).
     """
     global _pools
     old, _pools = _pools, _Pools()
     for conn in list(old.every_sync):
         with contextlib.suppress(OSError):
             conn.sock.close()
+    old.every_sync = weakref.WeakSet()
+    _inherited.append(old)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
