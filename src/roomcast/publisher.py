@@ -2,8 +2,8 @@
 
 L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom layers
 (``types``, ``errors``, ``_json``, ``httpclient``) and the stdlib. A process that only
-publishes needs no hub, no broker and no third-party HTTP client; it calls the backend API of a running
-server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
+publishes needs no hub, no broker and no third-party HTTP client; it calls the backend API
+of a running server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
 ``roomcast.server.api``). ``RedisPublisher`` publishes straight into the Redis of a
 scaled-out deployment instead; it loads redis-py, the Redis broker's script and the
 publication gate when it is made, so ``Publisher`` alone still loads none of them.
@@ -16,7 +16,8 @@ this module stays on the bottom layer.
 
 Connections: kept alive and reused, from pools that ``roomcast.httpclient`` keeps per
 process, per thread (``publish``) and per event loop (``apublish``): a worker publishing
-1,000 events opens one TCP connection, not 1,000 (``bench/publisher_keepalive.py``).
+1,000 events opens one TCP connection, not 1,000, and publishes about twice as many per
+second (``bench/publisher_keepalive.py``, ``docs/performance.md``).
 Until issue 15 every call opened its own connection, because a ``Publisher`` that holds
 no socket is trivially safe to share between threads, to use from any loop and to create
 before a worker process forks (Celery prefork, gunicorn), where an inherited socket would
