@@ -62,8 +62,9 @@ async def _async_run(publisher: Publisher, events: int) -> float:
 
 
 def _measure(url: str, events: int, rounds: int, run: str) -> tuple[float, int]:
-    """The best events/s over ``rounds`` fresh processes' worth of runs, and the connections
-    the first round opened (each round starts with a new ``Publisher``)."""
+    """The best events/s over ``rounds`` runs, each with a new ``Publisher``, and the TCP
+    connections the first run opened (later sync runs reuse this thread's kept connection;
+    each async run has a loop, and so a pool, of its own)."""
     best, connections = 0.0, -1
     for _ in range(rounds):
         publisher = Publisher(url)
