@@ -9,8 +9,8 @@ blocking socket (:func:`request`, :func:`stream`) or asyncio streams (:func:`are
 
 Why our own and not httpx, measured (``bench/publisher_keepalive.py``, 1,000 sequential
 publishes to a roomcast server on 127.0.0.1, both keeping the connection alive, same run):
-httpx 0.29 made 1,170-1,410 publishes/s sync and 650-710 async, this module 4,060-4,910 and
-3,400-3,940 (``docs/performance.md``). httpx also takes ~75 ms to import and would add
+httpx 0.29 made 1,170-1,680 publishes/s sync and 650-800 async, this module 4,060-4,910 and
+3,400-4,440 (``docs/performance.md``). httpx also takes ~75 ms to import and would add
 httpcore, h11, anyio, sniffio, idna and certifi to a client that needs none of them. And
 it would not be the only client: the SDK's WebSocket handshake needs the raw stream after
 the ``101`` and the bytes read past its head (the server's first frames), which httpx does
