@@ -42,7 +42,15 @@ from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from roomcast import _json, httpclient
-from roomcast.errors import BlockingCallInLoop, InvalidPublication, PayloadTooBig, PublishError, RemoteProtocolError
+from roomcast.errors import (
+    BlockingCallInLoop,
+    InvalidPublication,
+    LocalProtocolError,
+    PayloadTooBig,
+    PublishError,
+    RemoteProtocolError,
+)
+from roomcast.protocol import http1
 from roomcast.types import MAX_NAME_LENGTH, JSONValue, RoomName, StreamPosition
 
 __all__ = ["Publisher", "RedisPublisher", "PublishResult", "PublishError", "BlockingCallInLoop"]
@@ -225,7 +233,8 @@ class Publisher:
             verification otherwise (made once: loading the CA store costs milliseconds).
 
     Raises:
-        ValueError: ``url`` is not an ``http(s)://`` base URL, or ``timeout`` is not > 0.
+        ValueError: ``url`` is not an ``http(s)://`` base URL, ``timeout`` is not > 0, or
+            ``api_key`` cannot go in a header.
 
     Every method raises :class:`~roomcast.errors.PublishError` when the server refuses
     (``status``, ``code`` and ``message`` are the server's) or cannot be reached
@@ -250,6 +259,11 @@ class Publisher:
         self._origin, self._prefix = _target(url, ssl_context)
         self.url = url.rstrip("/")
         self.api_key = api_key or None
+        if self.api_key is not None:
+            try:
+                http1.check_headers({"Authorization": f"Bearer {self.api_key}"})
+            except LocalProtocolError:
+                raise ValueError("api_key cannot be sent in a header (CR, LF, NUL or not Latin-1)") from None
         self.timeout = timeout
         self.ssl_context = self._origin.ssl_context
 

@@ -47,6 +47,7 @@ from roomcast.errors import (
     RemoteProtocolError,
     SubscribeRefused,
 )
+from roomcast.protocol import http1
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.socketio import SioPacket, SioType
 from roomcast.types import MAX_NAME_LENGTH
@@ -122,7 +123,8 @@ class Client:
             order after the next connect) or ``"refuse"`` them at once.
         max_message_bytes: the largest message accepted from the server; a bigger one
             resets the connection (reason ``"message too big"``).
-        headers: extra HTTP headers on every handshake request.
+        headers: extra HTTP headers on every handshake request (``ValueError`` at once
+            for one HTTP cannot carry: a CR or LF in a value, a name that is not a token).
     """
 
     def __init__(
@@ -163,6 +165,10 @@ class Client:
         self.ack_timeout = ack_timeout
         self.max_message_bytes = max_message_bytes
         self.headers = dict(headers or {})
+        try:
+            http1.check_headers(self.headers)
+        except LocalProtocolError as exc:
+            raise ValueError(str(exc)) from None
         self._auth = auth
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._machine = StateMachine()

@@ -43,7 +43,7 @@ from typing import Final
 
 from roomcast.errors import LocalProtocolError, PayloadTooBig, RemoteProtocolError
 
-__all__ = ["Response", "ResponseParser", "IncompleteResponse", "NoResponse", "request"]
+__all__ = ["Response", "ResponseParser", "IncompleteResponse", "NoResponse", "request", "check_headers"]
 
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (.*))?")
 _PREFIX: Final = b"HTTP/1."
@@ -52,6 +52,33 @@ _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_LENGTH_DIGITS: Final = 18  # more digits than any sane limit; keeps int() cheap
 _METHOD: Final = re.compile(r"[A-Z]+")
 _TARGET: Final = re.compile(r"[!-~]+")  # visible ASCII, no space: RFC 9112 §3.2
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header names that are not tokens and values HTTP/1.1 cannot carry.
+
+    Why callers check at once (a client's ``headers=``, a publisher's API key): a value
+    with a CR or LF would start a header of its own, and one outside Latin-1 cannot be
+    sent; found only when a request is made, it would look like a network failure.
+
+    Raises:
+        LocalProtocolError: names the header, never quotes its value (it may be a secret).
+    """
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise LocalProtocolError("header names and values must be str")
+        if _TOKEN.fullmatch(name.encode("latin-1", "replace")) is None:
+            raise LocalProtocolError(f"invalid header name {name!r}")
+        if "\r" in value or "\n" in value or "\x00" in value or not value.isascii() and _not_latin1(value):
+            raise LocalProtocolError(f"the value of header {name!r} cannot be sent (CR, LF, NUL or not Latin-1)")
+
+
+def _not_latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def request(method: str, target: str, host: str, headers: Mapping[str, str], body: bytes = b"") -> bytes:
@@ -68,11 +95,9 @@ def request(method: str, target: str, host: str, headers: Mapping[str, str], bod
         raise LocalProtocolError(f"bad HTTP method {method!r}")
     if _TARGET.fullmatch(target) is None:
         raise LocalProtocolError("the request target must be visible ASCII without spaces")
+    check_headers(headers)
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    for name, value in headers.items():
-        if _TOKEN.fullmatch(name.encode("latin-1", "replace")) is None or "\r" in value or "\n" in value:
-            raise LocalProtocolError(f"invalid header {name!r}")
-        lines.append(f"{name}: {value}")
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")
     try:
