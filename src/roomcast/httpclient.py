@@ -5,7 +5,7 @@ poller's ``GET``, the client SDK's long-polling and WebSocket handshake, and ``r
 tail``'s event stream. The bytes are ``protocol.http1``'s (sans-I/O: the request, the
 response parser, whether a connection may be reused); this module only moves them over a
 blocking socket (:func:`request`, :func:`stream`) or asyncio streams (:func:`arequest`,
-:func:`aconnect`).
+:func:`aupgrade` for a WebSocket handshake).
 
 Why our own and not httpx, measured (``bench/publisher_keepalive.py``, 1,000 sequential
 publishes to a roomcast server on 127.0.0.1, both keeping the connection alive, same run):
@@ -72,6 +72,8 @@ __all__ = [
     "Stream",
     "arequest",
     "aconnect",
+    "aupgrade",
+    "Upgraded",
     "ensure_no_running_loop",
     "MAX_IDLE",
     "MAX_IDLE_SECONDS",
@@ -491,3 +493,48 @@ async def arequest(
             conn.close()
         return answer
     raise AssertionError("unreachable: a fresh connection is never stale")  # pragma: no cover
+
+
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """A handshake's answer and its connection, which now belongs to the caller.
+
+    Attributes:
+        head: the answer's status and headers (no body is read, whatever the status).
+        rest: the bytes that came after the head: after a ``101``, the peer's first frames.
+    """
+
+    head: http1.Response
+    rest: bytes
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def aupgrade(origin: Origin, target: str, *, headers: Mapping[str, str], max_line: int = 8192) -> Upgraded:
+    """Send a ``GET`` with ``headers`` (an upgrade request) on a new connection; read the head.
+
+    Never pooled: after a ``101`` the connection speaks another protocol. The caller checks
+    the status and the headers, and closes ``writer`` if it does not keep the connection.
+    The caller bounds the time (``asyncio.timeout``).
+
+    Raises:
+        OSError: no connection, or it broke.
+        RemoteProtocolError: not an HTTP/1.x head (``http1.IncompleteResponse`` when cut).
+        LocalProtocolError: ``headers`` or ``target`` cannot be sent.
+    """
+    data = http1.request("GET", target, origin.host_header, headers)
+    reader, writer = await aconnect(origin)
+    try:
+        writer.write(data)
+        await writer.drain()
+        # head_only: whatever the status, its body is not ours to wait for.
+        parser = http1.ResponseParser(max_body=0, max_line=max_line, head_only=True)
+        response = None
+        while response is None:
+            chunk = await reader.read(_READ_CHUNK)
+            response = parser.feed(chunk) if chunk else parser.feed_eof()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    return Upgraded(response, parser.rest, reader, writer)

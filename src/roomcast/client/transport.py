@@ -4,8 +4,9 @@ Owns the bytes below Engine.IO and nothing above: the RFC 6455 client handshake 
 ``Sec-WebSocket-Key``, the ``Sec-WebSocket-Accept`` check), masked frames out and unmasked
 frames in through the sans-I/O ``protocol.websocket``, and the long-polling requests.
 
-HTTP is the package's one client, ``roomcast.httpclient``: its connections (TCP and TLS)
-for the WebSocket, its keep-alive pool of the running loop for long-polling. A waiting GET
+HTTP is the package's one client, ``roomcast.httpclient``: its upgrade request
+(``aupgrade``) for the WebSocket handshake, its keep-alive pool of the running loop for
+long-polling. A waiting GET
 and a POST each hold a connection of their own while in flight, so one never queues behind
 the other; between requests the connections are reused.
 
@@ -101,22 +102,6 @@ def _close_writer(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader, parser: http1.ResponseParser) -> http1.Response:
-    """Feed ``parser`` until the answer is whole; a connection that ends first is ``ConnectionClosed``.
-
-    Why ``ConnectionClosed`` and not the parser's ``IncompleteResponse``: to the SDK a cut
-    answer is a lost connection (reconnect), not a server that breaks HTTP.
-    """
-    try:
-        response = None
-        while response is None:
-            data = await reader.read(_READ_CHUNK)
-            response = parser.feed(data) if data else parser.feed_eof()
-    except http1.IncompleteResponse as exc:
-        raise ConnectionClosed(exc.reason) from None
-    return response
-
-
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
     """One HTTP answer: status, lower-cased headers, whole body."""
@@ -202,17 +187,13 @@ class WebSocket:
             "Sec-WebSocket-Version": "13",
         }
         try:
-            handshake = http1.request("GET", resource, target.origin.host_header, upgrade)
+            upgraded = await httpclient.aupgrade(target.origin, resource, headers=upgrade, max_line=_MAX_HEAD_LINE)
         except LocalProtocolError as exc:
             raise ValueError(str(exc)) from None
-        reader, writer = await httpclient.aconnect(target.origin)
+        except http1.IncompleteResponse as exc:  # to the SDK a cut answer is a lost connection
+            raise ConnectionClosed(exc.reason) from None
         try:
-            writer.write(handshake)
-            await writer.drain()
-            # head_only: whatever the status, its body is not ours to wait for, and after a
-            # 101 the bytes past the head are the server's first frames (kept in ``rest``).
-            parser = http1.ResponseParser(max_body=0, max_line=_MAX_HEAD_LINE, head_only=True)
-            response = await _read_response(reader, parser)
+            response = upgraded.head
             if response.status != 101:
                 raise UpgradeRefused(response.status)
             answer = response.headers
@@ -221,9 +202,9 @@ class WebSocket:
             if "websocket" not in answer.get("upgrade", "").lower():
                 raise RemoteProtocolError("101 without Upgrade: websocket")
         except BaseException:
-            _close_writer(writer)
+            _close_writer(upgraded.writer)
             raise
-        return cls(reader, writer, max_message_bytes=max_message_bytes, received=parser.rest)
+        return cls(upgraded.reader, upgraded.writer, max_message_bytes=max_message_bytes, received=upgraded.rest)
 
     def send(self, data: str | bytes) -> None:
         """Send one message (text for ``str``, binary for ``bytes``), masked.
