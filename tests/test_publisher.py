@@ -254,6 +254,10 @@ def test_bad_urls_and_timeouts_are_refused_at_construction() -> None:
     with pytest.raises(ValueError):
         Publisher("http://h", timeout=0)
     assert repr(Publisher("http://h:1/rt/", api_key="secret")) == "Publisher('http://h:1/rt')"
+    for key in ["k\r\nX-Injected: 1", "k\n", "k€"]:  # would start a header of its own, or cannot be sent
+        with pytest.raises(ValueError, match="api_key") as refused:
+            Publisher("http://h", api_key=key)
+        assert key not in str(refused.value)  # a key is a secret: never echoed
 
 
 # -- https, through a TLS-terminating proxy ---------------------------------------------------

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomcast.tail import BACKOFF_START, MAX_LINE, SseEvent, SseParser, Tail
+from roomcast.errors import PayloadTooBig
+from roomcast.protocol.sse_parser import MAX_LINE, SseEvent, SseParser
+from roomcast.tail import BACKOFF_START, Tail
 
 
 def _feed_all(*chunks: bytes, last_id: str = "") -> tuple[SseParser, list[SseEvent]]:
@@ -86,8 +88,15 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
 
 def test_a_line_without_end_over_the_limit_is_refused() -> None:
     parser = SseParser()
-    with pytest.raises(ValueError, match="size limit"):
+    with pytest.raises(PayloadTooBig, match="size limit"):
         parser.feed(b"data: " + b"x" * MAX_LINE)
+
+
+def test_data_over_the_limit_across_many_lines_is_refused() -> None:
+    parser = SseParser(max_line=100)
+    assert parser.feed(b"data: " + b"x" * 60 + b"\n") == []
+    with pytest.raises(PayloadTooBig, match="size limit"):
+        parser.feed(b"data: " + b"x" * 60 + b"\n")
 
 
 _STREAM = (

@@ -31,7 +31,8 @@ Owns every exception the package raises on purpose; imports nothing but the stdl
     │   ├── SubscribeRefused          the built-in subscribe answered {"error": ...}
     │   └── OfflineRefused            an emit while offline, refused at once
     │       └── OfflineBufferFull     ... or because the offline buffer is full
-    └── PublishError                  the backend API refused a publish, or could not be reached
+    ├── PublishError                  the backend API refused a publish, or could not be reached
+    └── BlockingCallInLoop            a blocking call from a running event loop's thread (also RuntimeError)
 
 A transport maps a ``RemoteProtocolError`` to its own wire answer in one place (a close code,
 a Socket.IO disconnect, an HTTP 400) using the ``reason`` it carries; messages never include
@@ -70,6 +71,7 @@ __all__ = [
     "OfflineRefused",
     "OfflineBufferFull",
     "PublishError",
+    "BlockingCallInLoop",
 ]
 
 
@@ -278,3 +280,13 @@ class PublishError(RoomcastError):
 
     def __repr__(self) -> str:
         return f"PublishError({self.status!r}, {self.code!r}, {self.message!r})"
+
+
+class BlockingCallInLoop(RoomcastError, RuntimeError):
+    """A blocking call was made from the thread of a running event loop (``Publisher.publish``
+    inside a coroutine).
+
+    Why refuse rather than run it: it would freeze every other task of that loop (a
+    server's clients, heartbeats) for up to its timeout. ``str(exc)`` names the coroutine
+    to await instead.
+    """

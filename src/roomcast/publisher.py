@@ -1,9 +1,9 @@
 """Publish to rooms from other processes: web workers, Celery tasks, cron scripts.
 
 L5, beside ``roomcast.server`` and never importing it: only roomcast's bottom layers
-(``types``, ``errors``, ``_json``, the sans-I/O ``protocol.http1``) and the stdlib. A process that only publishes needs no
-hub, no broker and no third-party HTTP client; it calls the backend API of a running
-server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
+(``types``, ``errors``, ``_json``, ``httpclient``) and the stdlib. A process that only
+publishes needs no hub, no broker and no third-party HTTP client; it calls the backend API
+of a running server (``POST /api/publish``, ``POST /api/broadcast``, the ``/api/tasks`` routes, see
 ``roomcast.server.api``). ``RedisPublisher`` publishes straight into the Redis of a
 scaled-out deployment instead; it loads redis-py, the Redis broker's script and the
 publication gate when it is made (and the task model and its Redis writer at its first task
@@ -15,19 +15,26 @@ request in the answer to its next report: the returned task's ``status`` is ``"s
 Tasks are returned as the server's JSON (plain ``dict``), not ``roomcast.tasks.Task``, so
 this module stays on the bottom layer.
 
-Why a connection per call rather than a pooled keep-alive one: a ``Publisher`` then holds
-no socket and no lock, so one instance is safe to share between threads, to use from any
-event loop, and to create before a worker process forks (Celery prefork, gunicorn), where an
-inherited socket would be written by two processes at once. On a LAN the extra handshake is
-a fraction of a millisecond; to reach many rooms at once, ``broadcast`` makes one request.
+Connections: kept alive and reused, from pools that ``roomcast.httpclient`` keeps per
+process, per thread (``publish``) and per event loop (``apublish``): a worker publishing
+1,000 events opens one TCP connection, not 1,000, and publishes about twice as many per
+second (``bench/publisher_keepalive.py``, ``docs/performance.md``).
+Until issue 15 every call opened its own connection, because a ``Publisher`` that holds
+no socket is trivially safe to share between threads, to use from any loop and to create
+before a worker process forks (Celery prefork, gunicorn), where an inherited socket would
+be written by two processes at once. The pools keep those promises without the cost: a
+``Publisher`` still holds no socket itself, no socket is shared between threads or loops,
+and a forked child starts with empty pools (``os.register_at_fork``).
+
+A blocking method called from the thread of a running event loop raises
+``BlockingCallInLoop`` at once, naming the coroutine to await: run, it would freeze that
+loop for up to ``timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import http.client
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,12 +42,19 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from roomcast import _json
-from roomcast.errors import InvalidPublication, PublishError, RemoteProtocolError
+from roomcast import _json, httpclient
+from roomcast.errors import (
+    BlockingCallInLoop,
+    InvalidPublication,
+    LocalProtocolError,
+    PayloadTooBig,
+    PublishError,
+    RemoteProtocolError,
+)
 from roomcast.protocol import http1
 from roomcast.types import MAX_NAME_LENGTH, JSONValue, RoomName, StreamPosition
 
-__all__ = ["Publisher", "RedisPublisher", "PublishResult", "PublishError"]
+__all__ = ["Publisher", "RedisPublisher", "PublishResult", "PublishError", "BlockingCallInLoop"]
 
 MAX_ANSWER: Final = 8 * 1024 * 1024
 """The largest answer body read (a broadcast to 1000 rooms answers about 60 KiB)."""
@@ -79,29 +93,17 @@ class _BadAnswer(ValueError):
     """The peer's bytes are not the HTTP answer expected; ``str(exc)`` says how."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    tls: bool
-    host: str
-    port: int
-    host_header: str
-    prefix: str
-
-
-def _target(url: str) -> _Target:
+def _target(url: str, ssl_context: ssl.SSLContext | None) -> tuple[httpclient.Origin, str]:
+    """The server's origin and the path prefix it is mounted under."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"the roomcast URL must start with http:// or https://, not {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"the roomcast URL names no host: {url!r}")
     if parts.username is not None or parts.query or parts.fragment:
         raise ValueError(f"the roomcast URL must be a base URL without credentials, query or fragment: {url!r}")
-    tls = parts.scheme == "https"
     try:
-        port = parts.port or (443 if tls else 80)
-    except ValueError:  # a port that is not a number or out of range
-        raise ValueError(f"the roomcast URL has a bad port: {url!r}") from None
-    return _Target(tls, parts.hostname, port, parts.netloc, parts.path.rstrip("/"))
+        return httpclient.parse_origin(url, ssl_context)
+    except ValueError as exc:
+        raise ValueError(f"bad roomcast URL: {exc}") from None
 
 
 def _publish_body(room: RoomName, event: str, data: JSONValue | _Absent) -> bytes:
@@ -235,7 +237,8 @@ class Publisher:
             verification otherwise (made once: loading the CA store costs milliseconds).
 
     Raises:
-        ValueError: ``url`` is not an ``http(s)://`` base URL, or ``timeout`` is not > 0.
+        ValueError: ``url`` is not an ``http(s)://`` base URL, ``timeout`` is not > 0, or
+            ``api_key`` cannot go in a header.
 
     Every method raises :class:`~roomcast.errors.PublishError` when the server refuses
     (``status``, ``code`` and ``message`` are the server's) or cannot be reached
@@ -245,7 +248,7 @@ class Publisher:
     ``null`` argument.
     """
 
-    __slots__ = ("url", "api_key", "timeout", "ssl_context", "_target")
+    __slots__ = ("url", "api_key", "timeout", "ssl_context", "_origin", "_prefix")
 
     def __init__(
         self,
@@ -257,13 +260,16 @@ class Publisher:
     ) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be > 0 seconds")
-        self._target = _target(url)
+        self._origin, self._prefix = _target(url, ssl_context)
         self.url = url.rstrip("/")
         self.api_key = api_key or None
+        if self.api_key is not None:
+            try:
+                http1.check_headers({"Authorization": f"Bearer {self.api_key}"})
+            except LocalProtocolError:
+                raise ValueError("api_key cannot be sent in a header (CR, LF, NUL or not Latin-1)") from None
         self.timeout = timeout
-        if ssl_context is None and self._target.tls:
-            ssl_context = ssl.create_default_context()
-        self.ssl_context = ssl_context
+        self.ssl_context = self._origin.ssl_context
 
     def __repr__(self) -> str:  # never the key: reprs end up in logs and tracebacks
         return f"Publisher({self.url!r})"
@@ -271,7 +277,9 @@ class Publisher:
     # -- the API ------------------------------------------------------------------------
     def publish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
         """Publish ``event`` to ``room``; blocks until the server answers where it landed."""
-        return self._parsed(_result, *self._request("POST", "/api/publish", _publish_body(room, event, data)))
+        return self._parsed(
+            _result, *self._request("publish", "POST", "/api/publish", _publish_body(room, event, data))
+        )
 
     async def apublish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
         """``publish`` for coroutines: the same request on the running loop's own sockets."""
@@ -281,7 +289,9 @@ class Publisher:
         self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
     ) -> list[PublishResult]:
         """Publish one event to several rooms in one request; one result per distinct room, in order."""
-        return self._parsed(_results, *self._request("POST", "/api/broadcast", _broadcast_body(rooms, event, data)))
+        return self._parsed(
+            _results, *self._request("broadcast", "POST", "/api/broadcast", _broadcast_body(rooms, event, data))
+        )
 
     async def abroadcast(
         self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
@@ -322,7 +332,7 @@ class Publisher:
         already taken raises ``PublishError`` 409 ``conflict`` and changes nothing.
         """
         body = _create_body(kind, title, owner, deadline, metadata, poll, id)
-        return self._parsed(_task, *self._request("POST", "/api/tasks", body))
+        return self._parsed(_task, *self._request("create_task", "POST", "/api/tasks", body))
 
     async def acreate_task(
         self,
@@ -354,7 +364,7 @@ class Publisher:
         raise ``PublishError`` 409.
         """
         body = _report_body(progress, step, message)
-        return self._parsed(_task, *self._request("POST", _task_path(task_id, "progress"), body))
+        return self._parsed(_task, *self._request("report", "POST", _task_path(task_id, "progress"), body))
 
     async def areport(
         self, task_id: str, *, progress: float | None = None, step: str | None = None, message: str | None = None
@@ -366,7 +376,7 @@ class Publisher:
     def complete_task(self, task_id: str, result: JSONValue = None) -> dict[str, Any]:
         """End the task successfully with the JSON ``result``; its progress becomes 100."""
         path = _task_path(task_id, "complete")
-        return self._parsed(_task, *self._request("POST", path, _json.dumps({"result": result})))
+        return self._parsed(_task, *self._request("complete_task", "POST", path, _json.dumps({"result": result})))
 
     async def acomplete_task(self, task_id: str, result: JSONValue = None) -> dict[str, Any]:
         """``complete_task`` for coroutines."""
@@ -376,7 +386,7 @@ class Publisher:
     def fail_task(self, task_id: str, error: str) -> dict[str, Any]:
         """End the task as ``failed`` with the non-empty ``error`` text."""
         path = _task_path(task_id, "fail")
-        return self._parsed(_task, *self._request("POST", path, _json.dumps({"error": error})))
+        return self._parsed(_task, *self._request("fail_task", "POST", path, _json.dumps({"error": error})))
 
     async def afail_task(self, task_id: str, error: str) -> dict[str, Any]:
         """``fail_task`` for coroutines."""
@@ -390,7 +400,7 @@ class Publisher:
         worker: it is the worker's own word that the work has ended.
         """
         body = _json.dumps({"reason": reason} if reason is not None else {})
-        return self._parsed(_task, *self._request("POST", _task_path(task_id, "cancel"), body))
+        return self._parsed(_task, *self._request("cancel_task", "POST", _task_path(task_id, "cancel"), body))
 
     async def acancel_task(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
         """``cancel_task`` for coroutines."""
@@ -405,7 +415,7 @@ class Publisher:
         one already stopping is left as it is. An ended task raises ``PublishError`` 409.
         """
         body = _json.dumps({"by": by} if by is not None else {})
-        return self._parsed(_task, *self._request("POST", _task_path(task_id, "stop"), body))
+        return self._parsed(_task, *self._request("stop_task", "POST", _task_path(task_id, "stop"), body))
 
     async def astop_task(self, task_id: str, by: str | None = None) -> dict[str, Any]:
         """``stop_task`` for coroutines."""
@@ -414,7 +424,7 @@ class Publisher:
 
     def get_task(self, task_id: str) -> dict[str, Any]:
         """The task as it is now."""
-        return self._parsed(_task, *self._request("GET", _task_path(task_id)))
+        return self._parsed(_task, *self._request("get_task", "GET", _task_path(task_id)))
 
     async def aget_task(self, task_id: str) -> dict[str, Any]:
         """``get_task`` for coroutines."""
@@ -435,7 +445,7 @@ class Publisher:
         as ``cursor`` for the next page (``None``: this was the last).
         """
         path = _list_query(status, kind, owner, limit, cursor)
-        return self._parsed(_task_list, *self._request("GET", path))
+        return self._parsed(_task_list, *self._request("list_tasks", "GET", path))
 
     async def alist_tasks(
         self,
@@ -460,14 +470,9 @@ class Publisher:
             ) from None
 
     def _headers(self, body: bytes | None) -> dict[str, str]:
-        headers = {
-            "Accept": "application/json",
-            "User-Agent": "roomcast-publisher",
-            "Connection": "close",
-        }
+        headers = {"Accept": "application/json", "User-Agent": "roomcast-publisher"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-            headers["Content-Length"] = str(len(body))
         if self.api_key is not None:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
@@ -479,67 +484,50 @@ class Publisher:
             reason = str(exc) or type(exc).__name__
         return PublishError(0, "unreachable", f"cannot reach roomcast at {self.url}: {reason}")
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        """One request with ``http.client``: a blocking socket of this thread's own, closed on return."""
-        t = self._target
-        conn: http.client.HTTPConnection
-        if t.tls:
-            conn = http.client.HTTPSConnection(t.host, t.port, timeout=self.timeout, context=self.ssl_context)
-        else:
-            conn = http.client.HTTPConnection(t.host, t.port, timeout=self.timeout)
+    def _not_http(self, exc: RemoteProtocolError) -> PublishError:
+        if isinstance(exc, PayloadTooBig):
+            return PublishError(0, "bad_response", f"the answer from {self.url} is too large")
+        return PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc.reason}")
+
+    def _request(self, name: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        """One request on this thread's pooled connection; ``timeout`` bounds each network wait.
+
+        ``name`` is the public method, for the error that names its coroutine twin.
+        """
+        httpclient.ensure_no_running_loop(f"Publisher.{name}()", f"publisher.a{name}(...)")
         try:
-            conn.request(method, t.prefix + path, body=body, headers=self._headers(body))
-            response = conn.getresponse()
-            payload = response.read(MAX_ANSWER + 1)
+            answer = httpclient.request(
+                self._origin,
+                method,
+                self._prefix + path,
+                headers=self._headers(body),
+                body=body or b"",
+                timeout=self.timeout,
+                max_body=MAX_ANSWER,
+            )
         except OSError as exc:  # refused, reset, timed out, DNS, TLS: no answer came
             raise self._unreachable(exc) from exc
-        except http.client.HTTPException as exc:
-            raise PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc!r}") from exc
-        finally:
-            conn.close()
-        if len(payload) > MAX_ANSWER:
-            raise PublishError(response.status, "bad_response", f"the answer from {self.url} is too large")
-        return response.status, _answer(self.url, response.status, payload)
+        except RemoteProtocolError as exc:  # not HTTP, over a limit, or cut short
+            raise self._not_http(exc) from exc
+        return answer.status, _answer(self.url, answer.status, answer.body)
 
     async def _arequest(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        """One request on ``asyncio`` streams, within one ``timeout`` for the whole exchange."""
-        t = self._target
-        head = [f"{method} {t.prefix + path} HTTP/1.1", f"Host: {t.host_header}"]
-        head.extend(f"{name}: {value}" for name, value in self._headers(body).items())
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        """The same request on the running loop's pool, within one ``timeout`` for the whole exchange."""
         try:
             async with asyncio.timeout(self.timeout):
-                status, payload = await self._exchange(request)
+                answer = await httpclient.arequest(
+                    self._origin,
+                    method,
+                    self._prefix + path,
+                    headers=self._headers(body),
+                    body=body or b"",
+                    max_body=MAX_ANSWER,
+                )
         except OSError as exc:  # TimeoutError is one, from asyncio.timeout or the socket
             raise self._unreachable(exc) from exc
-        except RemoteProtocolError as exc:  # not HTTP, over a limit, or cut short (even before a byte)
-            raise PublishError(0, "bad_response", f"roomcast at {self.url} did not answer HTTP: {exc.reason}") from exc
-        return status, _answer(self.url, status, payload)
-
-    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
-        t = self._target
-        if t.tls:
-            reader, writer = await asyncio.open_connection(t.host, t.port, ssl=self.ssl_context, server_hostname=t.host)
-        else:
-            reader, writer = await asyncio.open_connection(t.host, t.port)
-        try:
-            writer.write(request)
-            await writer.drain()
-            return await _read_answer(reader)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Status and body of one answer, read by the sans-I/O parser (interim answers skipped)."""
-    parser = http1.ResponseParser(max_body=MAX_ANSWER)
-    response = None
-    while response is None:
-        data = await reader.read(65536)
-        response = parser.feed(data) if data else parser.feed_eof()
-    return response.status, response.body
+        except RemoteProtocolError as exc:
+            raise self._not_http(exc) from exc
+        return answer.status, _answer(self.url, answer.status, answer.body)
 
 
 class RedisPublisher:
@@ -598,7 +586,9 @@ class RedisPublisher:
 
         Raises:
             PublishError: refused (a reserved name, data too deep), or Redis unreachable.
+            BlockingCallInLoop: called from a running event loop's thread (use ``apublish``).
         """
+        httpclient.ensure_no_running_loop("RedisPublisher.publish()", "redis_publisher.apublish(...)")
         from redis.exceptions import RedisError
 
         from roomcast.broker import redis_client
@@ -627,6 +617,7 @@ class RedisPublisher:
         self, rooms: Iterable[RoomName], event: str, data: JSONValue | _Absent = _ABSENT
     ) -> list[PublishResult]:
         """The same event to several rooms; one answer per room, in order."""
+        httpclient.ensure_no_running_loop("RedisPublisher.broadcast()", "redis_publisher.abroadcast(...)")
         return [self.publish(room, event, data) for room in dict.fromkeys(rooms)]
 
     async def abroadcast(

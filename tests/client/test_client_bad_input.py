@@ -206,3 +206,13 @@ async def test_pings_are_answered_and_a_silent_server_is_noticed_within_interval
             assert noticed < 0.25 + 0.2  # pingInterval + pingTimeout after the last ping, plus slack
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Cookie": "a=1\r\nX-Injected: 1"}, {"Bad Name": "1"}, {"X-Euro": "€"}],
+)
+def test_headers_http_cannot_carry_are_refused_when_the_client_is_made(headers: dict[str, str]) -> None:
+    """Found only at connect, they would look like a network failure and be retried for ever."""
+    with pytest.raises(ValueError, match="header"):
+        Client("http://127.0.0.1:1", headers=headers)

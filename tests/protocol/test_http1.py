@@ -1,4 +1,4 @@
-"""The sans-I/O HTTP/1.1 response parser: bytes in, one ``Response`` out.
+"""The sans-I/O HTTP/1.1 exchange: a request's bytes out; bytes in, one ``Response`` out.
 
 Why split every message at every position: a socket may hand over any prefix, and a parser
 that only works on whole lines or whole heads fails in production, not here.
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roomcast.errors import PayloadTooBig, RemoteProtocolError
+from roomcast.errors import LocalProtocolError, PayloadTooBig, RemoteProtocolError
+from roomcast.protocol import http1
 from roomcast.protocol.http1 import IncompleteResponse, NoResponse, Response, ResponseParser
 
 
@@ -373,3 +374,71 @@ def test_arbitrary_bytes_end_in_a_response_or_a_remote_protocol_error(data: byte
         return
     if response is not None:
         assert len(response.body) <= 64
+
+
+# -- requests and keep-alive ---------------------------------------------------------------
+
+
+def test_a_request_is_its_line_host_headers_in_order_and_a_length_for_a_body() -> None:
+    assert http1.request("POST", "/api/publish", "h:8", {"Accept": "a/b"}, b"{}") == (
+        b"POST /api/publish HTTP/1.1\r\nHost: h:8\r\nAccept: a/b\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    assert http1.request("GET", "/x?y=1", "h", {}) == b"GET /x?y=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert http1.request("POST", "/", "h", {}).endswith(b"Content-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/a b", {}),
+        ("GET", "/a\r\nX: 1", {}),
+        ("get", "/", {}),
+        ("GET", "/", {"X-Evil": "1\r\nInjected: yes"}),
+        ("GET", "/", {"Bad Name": "1"}),
+        ("GET", "/", {"X": "ünï€"}),
+    ],
+)
+def test_a_request_that_would_break_the_message_is_refused(method: str, target: str, headers: dict[str, str]) -> None:
+    with pytest.raises(LocalProtocolError):
+        http1.request(method, target, "h", headers)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reusable"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", True),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.1 200 OK\r\n\r\nok", False),  # delimited by the end of the connection
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", False),  # bytes nobody asked for
+    ],
+)
+def test_only_a_cleanly_ended_http11_answer_leaves_its_connection_reusable(answer: bytes, reusable: bool) -> None:
+    parser = ResponseParser(max_body=100)
+    if parser.feed(answer) is None:
+        parser.feed_eof()
+    assert parser.reusable is reusable
+
+
+def test_a_streamed_body_is_taken_piece_by_piece_to_its_last_byte() -> None:
+    parser = ResponseParser(max_body=10, streaming=True)
+    parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n")
+    assert parser.head is not None and parser.head.headers["content-type"] == "text/event-stream"
+    assert parser.response is None and parser.take_body() == b""
+    taken = []
+    for piece in (b"5\r\nhel", b"lo\r\n6\r\n world\r\n", b"0\r\n\r\n"):  # 11 bytes in all: over max_body
+        parser.feed(piece)
+        taken.append(parser.take_body())
+    assert taken == [b"hel", b"lo world", b""] and parser.response is not None
+    assert parser.response.body == b""
+
+
+def test_seen_tells_a_connection_that_never_answered_from_one_that_started_to() -> None:
+    silent, started = ResponseParser(max_body=10), ResponseParser(max_body=10)
+    started.feed(b"HTTP/1.1 2")
+    assert (silent.seen, started.seen) == (False, True)
+    with pytest.raises(NoResponse):
+        silent.feed_eof()

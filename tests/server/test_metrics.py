@@ -236,6 +236,8 @@ async def test_a_scrape_is_valid_and_every_figure_moves_with_what_clients_do() -
                     assert now.value("roomcast_connections", transport=transport, door="native") == 1, transport
                 assert now.value("roomcast_rooms") == 1
                 assert now.value("roomcast_door_connections", door="native") >= 3  # sse, ws, sio held open
+                accepted = now.value("roomcast_door_accepted_connections_total", door="native")
+                assert accepted >= first.value("roomcast_door_accepted_connections_total", door="native") + 3
 
                 # a publication reaches the three subscribers: one fan-out, three deliveries
                 assert (await request(srv.url, "POST", "/api/publish", {"room": "news", "event": "e", "data": 1}))[
@@ -380,6 +382,7 @@ async def test_behind_the_asgi_door_connections_are_labelled_with_it() -> None:
             now = await scrape(url)
             assert now.value("roomcast_connections", transport="sse", door="asgi") == 1
             assert "roomcast_door_connections" not in now.types  # the host's connections, not ours
+            assert "roomcast_door_accepted_connections_total" not in now.types
 
 
 # -- who may scrape -----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from sseclient import open_sse
 from test_task_restart import WAIT, serving
 
 from roomcast import Publisher
-from roomcast.tasks.service import DEFAULT_LEASE_TTL, NODE_LOST_REASON
+from roomcast.tasks.service import NODE_LOST_REASON
 
 GRACE = "30"  # a stop grace no test waits for: an end before it was the producer's doing
 

@@ -1,11 +1,13 @@
 """``roomcast.client``: an asyncio Socket.IO v5 client whose rooms survive reconnects.
 
 The public names; ``docs/client.md`` is the guide. Side stack: imports only the stdlib,
-``roomcast.types/errors/disconnect/_json`` and ``roomcast.protocol`` (an import-linter
-contract keeps the server out).
+``roomcast.types/errors/_json/backoff``, the sans-I/O ``roomcast.protocol`` and the one HTTP
+client ``roomcast.httpclient``; orjson is its only third-party need. An import-linter
+contract keeps the server out of its imports, and ``tests/client/test_standalone.py`` out
+of ``sys.modules`` (lazy imports included).
 """
 
-from roomcast.client.backoff import Backoff
+from roomcast.backoff import Backoff
 from roomcast.client.batcher import Change, ChangeBatcher
 from roomcast.client.client import Auth, Client, SnapshotHandler
 from roomcast.client.listeners import ListenerSets

@@ -1,10 +1,11 @@
 """The public asyncio ``Client``: Socket.IO v5 with rooms that survive reconnects.
 
-Owns the Socket.IO half of the client and its lifecycle: the namespace ``CONNECT`` (with
-``auth``, and ``{pid, offset}`` when the server offers connection state recovery), the
+Owns the client's lifecycle above one connection: what goes in the namespace ``CONNECT``
+(``auth``, and ``{pid, offset}`` when the server offers connection state recovery), the
 reconnect loop (``Backoff`` delays, ``StateMachine`` states), events in and out with acks,
 the offline buffer, rooms re-subscribed from their last position, and pause/resume/close.
-The Engine.IO session below it (``client.connection``) is disposable: one per connection.
+One connection's Socket.IO (the namespace handshake, packets, acks) is ``client.session``,
+disposable like the Engine.IO session below it (``client.connection``): one per connection.
 
 Three tasks at most: the *supervisor* (connect, read, decide what to do when the connection
 ends), the *dispatcher* (runs handlers one event at a time, in arrival order, so a handler
@@ -22,18 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from roomcast.client.backoff import Backoff
+from roomcast.backoff import Backoff
 from roomcast.client.batcher import BatchHandler, ChangeBatcher
-from roomcast.client.connection import TRANSPORTS, EngineConnection
+from roomcast.client.connection import TRANSPORTS
 from roomcast.client.dispatcher import Dispatcher
 from roomcast.client.listeners import Handler, ListenerSets
 from roomcast.client.outbox import OfflinePolicy, Outbox, Outgoing
+from roomcast.client.session import ServerAck, SioSession, unpack
 from roomcast.client.state import ClientState, StateChange, StateMachine
 from roomcast.client.subscriptions import RoomState, Subscriptions
 from roomcast.client.transport import parse_target
@@ -46,6 +47,7 @@ from roomcast.errors import (
     RemoteProtocolError,
     SubscribeRefused,
 )
+from roomcast.protocol import http1
 from roomcast.protocol import socketio as sio
 from roomcast.protocol.socketio import SioPacket, SioType
 from roomcast.types import MAX_NAME_LENGTH
@@ -73,44 +75,6 @@ class _Held:
     epoch: str
     offset: int
     ack_id: int | None
-
-
-@dataclass(slots=True)
-class _Session:
-    """What belongs to one connection: dropped as a whole when it ends."""
-
-    engine: EngineConnection
-    decoder: sio.Decoder
-    acks: dict[int, asyncio.Future[list[Any]]] = field(default_factory=dict)
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    early: list[SioPacket] = field(default_factory=list)  # events that came before CONNECT
-
-
-class _ServerAck:
-    """The last argument of an event the server wants acknowledged: call it with the answer.
-
-    Called more than once, only the first call is sent; not called by any handler, an
-    empty ack is sent once the handlers ran, so the server never waits for nothing.
-    """
-
-    __slots__ = ("_client", "_session", "_id", "sent")
-
-    def __init__(self, client: Client, session: _Session, ack_id: int) -> None:
-        self._client, self._session, self._id, self.sent = client, session, ack_id, False
-
-    def __call__(self, *args: Any) -> None:
-        if self.sent:
-            return
-        self.sent = True
-        if self._client._session is self._session:  # a reconnect makes the id meaningless
-            self._client._write(self._session, SioPacket(SioType.ACK, self._client.namespace, list(args), self._id))
-
-
-def _unpack(args: list[Any]) -> Any:
-    """An ack's arguments as a value: none → None, one → it, several → a tuple."""
-    if not args:
-        return None
-    return args[0] if len(args) == 1 else tuple(args)
 
 
 def _room_meta(args: list[Any]) -> tuple[str, str, int] | None:
@@ -159,7 +123,8 @@ class Client:
             order after the next connect) or ``"refuse"`` them at once.
         max_message_bytes: the largest message accepted from the server; a bigger one
             resets the connection (reason ``"message too big"``).
-        headers: extra HTTP headers on every handshake request.
+        headers: extra HTTP headers on every handshake request (``ValueError`` at once
+            for one HTTP cannot carry: a CR or LF in a value, a name that is not a token).
     """
 
     def __init__(
@@ -200,6 +165,10 @@ class Client:
         self.ack_timeout = ack_timeout
         self.max_message_bytes = max_message_bytes
         self.headers = dict(headers or {})
+        try:
+            http1.check_headers(self.headers)
+        except LocalProtocolError as exc:
+            raise ValueError(str(exc)) from None
         self._auth = auth
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._machine = StateMachine()
@@ -207,9 +176,8 @@ class Client:
         self._rooms = Subscriptions()
         self._snapshot_handlers: list[tuple[str | None, SnapshotHandler]] = []
         self._batchers: list[ChangeBatcher] = []
-        self._ack_ids = itertools.count()
         self._held: dict[str, list[_Held]] = {}  # rooms whose subscribe is in flight
-        self._session: _Session | None = None
+        self._session: SioSession | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._outcome: asyncio.Future[None] | None = None
         self._dispatcher = Dispatcher()
@@ -233,7 +201,7 @@ class Client:
     @property
     def transport(self) -> str | None:
         """``"websocket"`` or ``"polling"`` while connected, else None."""
-        return self._session.engine.transport if self._session is not None else None
+        return self._session.transport if self._session is not None else None
 
     @property
     def backoff(self) -> Backoff:
@@ -352,7 +320,7 @@ class Client:
                 logger.debug("unsubscribe %r not confirmed: %r", room, exc)
 
     async def _subscribe_on(
-        self, session: _Session, room: str, *, timeout: float | None = None, raise_refusal: bool
+        self, session: SioSession, room: str, *, timeout: float | None = None, raise_refusal: bool
     ) -> RoomState:
         """Send ``subscribe`` for ``room`` from its last position and apply the answer."""
         self._held.setdefault(room, [])
@@ -388,7 +356,7 @@ class Client:
         self._release(session, room, held)
         return self._rooms.get(room) or state
 
-    def _release(self, session: _Session, room: str, held: list[_Held]) -> None:
+    def _release(self, session: SioSession, room: str, held: list[_Held]) -> None:
         """Deliver live events that waited for the subscribe answer, minus duplicates."""
         for event in held:
             if self._rooms.advance(room, event.epoch, event.offset):
@@ -435,46 +403,27 @@ class Client:
             return None
         try:
             async with asyncio.timeout(timeout if timeout is not None else self.ack_timeout):
-                return _unpack(await future)
+                return unpack(await future)
         except TimeoutError:
             if entry is not None:
                 self._outbox.discard(entry)  # never send what the caller gave up on
             raise AckTimeout(f"no ack for {event!r} within {timeout or self.ack_timeout} s") from None
 
     def _send_event(
-        self, session: _Session, event: str, args: Sequence[Any], future: asyncio.Future[list[Any]] | None
+        self, session: SioSession, event: str, args: Sequence[Any], future: asyncio.Future[list[Any]] | None
     ) -> None:
-        ack_id = None
-        if future is not None:
-            ack_id = next(self._ack_ids)
-            session.acks[ack_id] = future
-            future.add_done_callback(lambda _: session.acks.pop(ack_id, None))
         try:
-            self._write(session, SioPacket(SioType.EVENT, self.namespace, [event, *args], ack_id))
+            session.send_event(event, args, future)
         except LocalProtocolError as exc:
-            if future is not None:
-                future.cancel()
             raise ValueError(str(exc)) from None
 
-    async def _call(self, session: _Session, event: str, payload: Any, timeout: float) -> Any:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._send_event(session, event, (payload,), future)
+    async def _call(self, session: SioSession, event: str, payload: Any, timeout: float) -> Any:
         try:
-            async with asyncio.timeout(timeout):
-                return _unpack(await future)
+            return await session.call(event, payload, timeout)
         except TimeoutError:
             raise AckTimeout(f"no answer to {event!r} within {timeout} s") from None
 
-    def _write(self, session: _Session, packet: SioPacket) -> None:
-        """Encode and send one packet; a dead connection is noticed by the read loop."""
-        parts = sio.encode(packet)
-        try:
-            for part in parts:
-                session.engine.send(part)
-        except ConnectionClosed:
-            logger.debug("dropped a %s packet: the connection is gone", packet.type.name)
-
-    def _flush_offline(self, session: _Session) -> None:
+    def _flush_offline(self, session: SioSession) -> None:
         for entry in self._outbox.drain():
             self._send_event(session, entry.event, entry.args, entry.future)
 
@@ -613,7 +562,7 @@ class Client:
         try:
             session = self._session
             if session is not None and self.state is _S.CONNECTED:
-                self._write(session, SioPacket(SioType.DISCONNECT, self.namespace))
+                session.write(SioPacket(SioType.DISCONNECT, self.namespace))
             supervisor, self._supervisor = self._supervisor, None
             if supervisor is not None:
                 supervisor.cancel()
@@ -690,7 +639,7 @@ class Client:
             raise TypeError("auth must be a mapping or return one")
         return dict(auth)
 
-    async def _attempt(self) -> tuple[_Session, dict[str, Any]]:
+    async def _attempt(self) -> tuple[SioSession, dict[str, Any]]:
         """One connection: Engine.IO session, then the namespace CONNECT and its answer."""
         payload = await self._auth_payload()
         refused = self._refused_auth
@@ -700,40 +649,21 @@ class Client:
         payload_sent = payload
         if self.pid is not None:  # connection state recovery: as the official client does
             payload = {"pid": self.pid, "offset": self._csr_offset, **(payload or {})}
-        engine = await EngineConnection.open(
-            self.target,
-            transports=self.transports,
-            headers=self.headers,
-            query=META_QUERY,
-            max_message_bytes=self.max_message_bytes,
-        )
-        session = _Session(engine, sio.Decoder())
         try:
-            self._write(session, SioPacket(SioType.CONNECT, self.namespace, payload))
-            while True:
-                packet = session.decoder.feed(await engine.recv())
-                if packet is None or packet.namespace != self.namespace:
-                    continue
-                if packet.type is SioType.CONNECT:
-                    if not isinstance(packet.data, dict) or not isinstance(packet.data.get("sid"), str):
-                        raise RemoteProtocolError("CONNECT reply without a sid")
-                    return session, packet.data
-                if packet.type is SioType.CONNECT_ERROR:
-                    data = packet.data
-                    message = str(data.get("message", "refused")) if isinstance(data, dict) else str(data)
-                    self._refused_auth = (payload_sent, message)
-                    raise ConnectRefused(message, data.get("data") if isinstance(data, dict) else None)
-                if packet.type is SioType.EVENT:
-                    # The official server replays a recovered session's missed events before
-                    # its CONNECT reply; they are handled right after it, as its client does.
-                    session.early.append(packet)
-                else:
-                    logger.debug("ignored a %s packet before CONNECT", packet.type.name)
-        except BaseException:
-            engine.fail("connect failed")
+            return await SioSession.open(
+                self.target,
+                self.namespace,
+                payload,
+                transports=self.transports,
+                headers=self.headers,
+                query=META_QUERY,
+                max_message_bytes=self.max_message_bytes,
+            )
+        except ConnectRefused as exc:
+            self._refused_auth = (payload_sent, exc.message)
             raise
 
-    async def _serve(self, session: _Session, reply: dict[str, Any]) -> str:
+    async def _serve(self, session: SioSession, reply: dict[str, Any]) -> str:
         """Run one connection until it ends; returns the reason."""
         pid = reply.get("pid") if isinstance(reply.get("pid"), str) else None
         self.recovered = pid is not None and pid == self.pid
@@ -742,31 +672,22 @@ class Client:
         self.pid, self.sid = pid, reply["sid"]
         self._session = session
         self._retries = 0
-        self._move(_S.CONNECTED, "recovered" if self.recovered else f"connected over {session.engine.transport}")
+        self._move(_S.CONNECTED, "recovered" if self.recovered else f"connected over {session.transport}")
         self._settle(None)
         early, session.early = session.early, []
         for before in early:
             self._on_packet(session, before)
         for state in self._rooms:
-            task = asyncio.get_running_loop().create_task(self._resubscribe(session, state.room))
-            session.tasks.add(task)
-            task.add_done_callback(session.tasks.discard)
+            session.spawn(self._resubscribe(session, state.room))
         self._flush_offline(session)
         reason = "transport close"
         try:
             while True:
-                data = await session.engine.recv()
+                packet = await session.next_packet()
                 try:
-                    packet: SioPacket | None = session.decoder.feed(data)
-                except RemoteProtocolError as exc:
-                    logger.warning("bad Socket.IO packet from the server (%s); resetting the connection", exc.reason)
-                    session.engine.fail("parse error")
-                    continue
-                if packet is not None:
-                    try:
-                        self._on_packet(session, packet)
-                    except Exception:  # a bug of ours must not end the read loop
-                        logger.exception("could not handle a %s packet", packet.type.name)
+                    self._on_packet(session, packet)
+                except Exception:  # a bug of ours must not end the read loop
+                    logger.exception("could not handle a %s packet", packet.type.name)
         except ConnectionClosed as exc:
             reason = str(exc.args[0]) if exc.args else reason
         finally:
@@ -774,19 +695,13 @@ class Client:
                 self._end_session(session, reason)
         return reason
 
-    def _end_session(self, session: _Session, reason: str) -> None:
+    def _end_session(self, session: SioSession, reason: str) -> None:
         if self._session is session:
             self._session = None
-        session.engine.fail(reason)
-        for task in session.tasks:
-            task.cancel()
-        for future in list(session.acks.values()):
-            if not future.done():
-                future.set_exception(ConnectionClosed(f"connection lost before the answer ({reason})"))
-        session.acks.clear()
+        session.end(reason)
         self._held.clear()
 
-    async def _resubscribe(self, session: _Session, room: str) -> None:
+    async def _resubscribe(self, session: SioSession, room: str) -> None:
         try:
             state = await self._subscribe_on(session, room, raise_refusal=False)
             logger.info("room %r re-subscribed: %s", room, "recovered" if state.recovered else "reset")
@@ -794,26 +709,18 @@ class Client:
             logger.warning("re-subscribe of %r failed: %r", room, exc)
 
     # -- incoming packets -----------------------------------------------------------------
-    def _on_packet(self, session: _Session, packet: SioPacket) -> None:
-        if packet.namespace != self.namespace:
-            logger.debug("packet for namespace %s ignored", packet.namespace)
-            return
+    def _on_packet(self, session: SioSession, packet: SioPacket) -> None:
+        """An event or the server's DISCONNECT of our namespace (``SioSession`` settled acks)."""
         kind = packet.type
         if kind is SioType.EVENT:
             self._on_event(session, packet)
-        elif kind is SioType.ACK:
-            future = session.acks.pop(packet.id, None) if packet.id is not None else None
-            if future is None:
-                logger.warning("ack for unknown id %s dropped", packet.id)
-            elif not future.done():
-                future.set_result(packet.data)
         elif kind is SioType.DISCONNECT:
             logger.info("the server disconnected namespace %s", self.namespace)
             session.engine.fail("io server disconnect")
         else:
             logger.warning("unexpected %s packet dropped", kind.name)
 
-    def _on_event(self, session: _Session, packet: SioPacket) -> None:
+    def _on_event(self, session: SioSession, packet: SioPacket) -> None:
         args: list[Any] = list(packet.data)
         name = args.pop(0)
         if not isinstance(name, str):
@@ -836,13 +743,13 @@ class Client:
                 return
         self._deliver(session, name, args, packet.id)
 
-    def _deliver(self, session: _Session, name: str, args: list[Any], ack_id: int | None) -> None:
+    def _deliver(self, session: SioSession, name: str, args: list[Any], ack_id: int | None) -> None:
         if ack_id is None:
             self._queue_event(name, args, None)
         else:
-            self._queue_event(name, args, _ServerAck(self, session, ack_id))
+            self._queue_event(name, args, ServerAck(session, ack_id))
 
-    def _queue_event(self, name: str, args: list[Any], ack: _ServerAck | None) -> None:
+    def _queue_event(self, name: str, args: list[Any], ack: ServerAck | None) -> None:
         # The listener set is chosen when the event's turn comes in the dispatch loop, not on
         # arrival: a handler (or the app between two events) that calls ``use()`` switches
         # every later event, even ones already read from the socket, and each event is still
@@ -863,7 +770,7 @@ class _CredentialsUnchanged(ConnectRefused):
     """The auth callable returned the credentials the server just refused: final, not retried."""
 
 
-async def _acked(dispatch: Coroutine[Any, Any, int], ack: _ServerAck) -> None:
+async def _acked(dispatch: Coroutine[Any, Any, int], ack: ServerAck) -> None:
     """Run the handlers, then send an empty ack if none of them answered."""
     try:
         await dispatch

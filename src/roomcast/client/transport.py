@@ -1,13 +1,14 @@
-"""The client's two wires: a WebSocket and one-shot HTTP/1.1 requests, on asyncio streams.
+"""The client's two wires: a WebSocket and HTTP/1.1 requests, on asyncio streams.
 
 Owns the bytes below Engine.IO and nothing above: the RFC 6455 client handshake (a random
 ``Sec-WebSocket-Key``, the ``Sec-WebSocket-Accept`` check), masked frames out and unmasked
-frames in through the sans-I/O ``protocol.websocket``, and a minimal HTTP/1.1 client for
-long-polling (one request per TCP connection, ``Connection: close``, a bounded body).
+frames in through the sans-I/O ``protocol.websocket``, and the long-polling requests.
 
-Why our own and not a third-party client: the SDK has no runtime dependency, and what
-Engine.IO needs from HTTP is small — a GET that may wait a long time and a POST, each on
-its own connection so that one waiting GET never blocks a POST.
+HTTP is the package's one client, ``roomcast.httpclient``: its upgrade request
+(``aupgrade``) for the WebSocket handshake, its keep-alive pool of the running loop for
+long-polling. A waiting GET
+and a POST each hold a connection of their own while in flight, so one never queues behind
+the other; between requests the connections are reused.
 
 Errors: a peer that breaks WebSocket or HTTP rules raises
 :class:`~roomcast.errors.RemoteProtocolError` (``PayloadTooBig`` for the size limit); a
@@ -27,7 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-from roomcast.errors import ConnectionClosed, RemoteProtocolError
+from roomcast import httpclient
+from roomcast.errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from roomcast.protocol import http1
 from roomcast.protocol import websocket as wsproto
 
@@ -51,16 +53,25 @@ class UpgradeRefused(ConnectionClosed):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the server is: host, port, TLS, and the Engine.IO endpoint path."""
+    """Where the server is: host, port, TLS, and the Engine.IO endpoint path.
+
+    ``ssl_context`` is made once per client (the system's trust store): the keep-alive pool
+    is per origin, context included, so a context per request would never reuse one.
+    """
 
     host: str
     port: int
     tls: bool
     path: str
+    ssl_context: ssl.SSLContext | None = None
 
     def resource(self, params: Mapping[str, str]) -> str:
         """The request target: the endpoint path with ``params`` as its query string."""
         return f"{self.path}?{urlencode(dict(params))}"
+
+    @property
+    def origin(self) -> httpclient.Origin:
+        return httpclient.Origin(self.tls, self.host, self.port, self.ssl_context)
 
 
 def parse_target(url: str, path: str) -> Target:
@@ -82,45 +93,13 @@ def parse_target(url: str, path: str) -> Target:
         path = "/" + path
     if not path.endswith("/"):
         path += "/"
-    return Target(parts.hostname, parts.port or (443 if tls else 80), tls, path)
-
-
-async def _open(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if target.tls:
-        context = ssl.create_default_context()
-        return await asyncio.open_connection(target.host, target.port, ssl=context, server_hostname=target.host)
-    return await asyncio.open_connection(target.host, target.port)
+    context = ssl.create_default_context() if tls else None
+    return Target(parts.hostname, parts.port or (443 if tls else 80), tls, path, context)
 
 
 def _close_writer(writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(Exception):
         writer.close()
-
-
-def _request_head(target: Target, method: str, resource: str, headers: Mapping[str, str]) -> list[str]:
-    host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
-    lines = [f"{method} {resource} HTTP/1.1", f"Host: {host}"]
-    for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n") or ":" in name:
-            raise ValueError(f"invalid header {name!r}")
-        lines.append(f"{name}: {value}")
-    return lines
-
-
-async def _read_response(reader: asyncio.StreamReader, parser: http1.ResponseParser) -> http1.Response:
-    """Feed ``parser`` until the answer is whole; a connection that ends first is ``ConnectionClosed``.
-
-    Why ``ConnectionClosed`` and not the parser's ``IncompleteResponse``: to the SDK a cut
-    answer is a lost connection (reconnect), not a server that breaks HTTP.
-    """
-    try:
-        response = None
-        while response is None:
-            data = await reader.read(_READ_CHUNK)
-            response = parser.feed(data) if data else parser.feed_eof()
-    except http1.IncompleteResponse as exc:
-        raise ConnectionClosed(exc.reason) from None
-    return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,30 +120,23 @@ async def http_request(
     body: bytes = b"",
     limit: int = 10_000_000,
 ) -> HttpAnswer:
-    """Send one request on a fresh connection and read the whole answer.
-
-    Why a connection per request: a long-poll GET holds its connection for up to the
-    server's ping interval, and the POST next to it must not queue behind it; on loopback
-    and behind keep-alive-less proxies this is also the most predictable.
+    """Send one request on a kept-alive connection of the running loop and read the whole answer.
 
     Raises:
         OSError: the connection could not be made or broke.
         ConnectionClosed: the server closed it before a whole answer.
         RemoteProtocolError: not HTTP; ``PayloadTooBig`` for a body over ``limit``.
     """
-    reader, writer = await _open(target)
+    sent = dict(headers or {})
+    if method == "POST":
+        sent["Content-Type"] = "text/plain; charset=UTF-8"
     try:
-        lines = _request_head(target, method, resource, headers or {})
-        lines.append("Connection: close")
-        if method == "POST":
-            lines.append("Content-Type: text/plain; charset=UTF-8")
-            lines.append(f"Content-Length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await writer.drain()
-        answer = await _read_response(reader, http1.ResponseParser(max_body=limit, max_line=_MAX_HEAD_LINE))
-        return HttpAnswer(answer.status, answer.headers, answer.body)
-    finally:
-        _close_writer(writer)
+        answer = await httpclient.arequest(target.origin, method, resource, headers=sent, body=body, max_body=limit)
+    except http1.IncompleteResponse as exc:  # to the SDK a cut answer is a lost connection
+        raise ConnectionClosed(exc.reason) from None
+    except LocalProtocolError as exc:
+        raise ValueError(str(exc)) from None
+    return HttpAnswer(answer.status, answer.headers, answer.body)
 
 
 class WebSocket:
@@ -206,22 +178,22 @@ class WebSocket:
             UpgradeRefused: an HTTP answer other than 101.
             RemoteProtocolError: a 101 without the right ``Sec-WebSocket-Accept``.
         """
-        reader, writer = await _open(target)
+        key = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+        upgrade = {
+            **(headers or {}),
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": key,
+            "Sec-WebSocket-Version": "13",
+        }
         try:
-            key = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
-            lines = _request_head(target, "GET", resource, headers or {})
-            lines += [
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                f"Sec-WebSocket-Key: {key}",
-                "Sec-WebSocket-Version: 13",
-            ]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            await writer.drain()
-            # head_only: whatever the status, its body is not ours to wait for, and after a
-            # 101 the bytes past the head are the server's first frames (kept in ``rest``).
-            parser = http1.ResponseParser(max_body=0, max_line=_MAX_HEAD_LINE, head_only=True)
-            response = await _read_response(reader, parser)
+            upgraded = await httpclient.aupgrade(target.origin, resource, headers=upgrade, max_line=_MAX_HEAD_LINE)
+        except LocalProtocolError as exc:
+            raise ValueError(str(exc)) from None
+        except http1.IncompleteResponse as exc:  # to the SDK a cut answer is a lost connection
+            raise ConnectionClosed(exc.reason) from None
+        try:
+            response = upgraded.head
             if response.status != 101:
                 raise UpgradeRefused(response.status)
             answer = response.headers
@@ -230,9 +202,9 @@ class WebSocket:
             if "websocket" not in answer.get("upgrade", "").lower():
                 raise RemoteProtocolError("101 without Upgrade: websocket")
         except BaseException:
-            _close_writer(writer)
+            _close_writer(upgraded.writer)
             raise
-        return cls(reader, writer, max_message_bytes=max_message_bytes, received=parser.rest)
+        return cls(upgraded.reader, upgraded.writer, max_message_bytes=max_message_bytes, received=upgraded.rest)
 
     def send(self, data: str | bytes) -> None:
         """Send one message (text for ``str``, binary for ``bytes``), masked.

@@ -1,8 +1,10 @@
-"""One HTTP/1.1 response, sans-I/O: the reader behind every HTTP client in roomcast.
+"""One HTTP/1.1 exchange, sans-I/O: the bytes behind roomcast's one HTTP client.
 
-Owns the response side of RFC 9112 that our clients need (the publisher's async path, the
-task poller's ``GET``, the client SDK's long-polling and WebSocket handshake) and nothing
-else: no requests, no keep-alive, no content codings. Callers feed received bytes to
+Owns the client side of RFC 9112 that ``roomcast.httpclient`` needs (for the publisher, the
+task poller, the client SDK's long-polling and WebSocket handshake, ``roomcast tail``): a
+request's bytes (:func:`request`), a response read from bytes (:class:`ResponseParser`), and
+whether the connection may carry another request afterwards
+(:attr:`ResponseParser.reusable`). No content codings. Callers feed received bytes to
 :class:`ResponseParser`, call :meth:`~ResponseParser.feed_eof` when the peer closes, and get a
 :class:`Response` once the message is whole. Why one parser fed bytes rather than three
 ``StreamReader`` loops: the rules (interim answers, framing, limits) then live and are tested
@@ -20,6 +22,10 @@ Which answers have a body (RFC 9112 §6.3):
 Whatever follows the message is kept in :attr:`ResponseParser.rest`: after a ``101`` those
 bytes are the first WebSocket frames, and losing them would lose messages.
 
+A body that never ends (an event stream) is read piece by piece: once :attr:`~ResponseParser.head`
+is set, :meth:`~ResponseParser.take_body` hands over what arrived so far (dechunked), and
+``max_body`` then bounds only what is held between two calls.
+
 Errors are :class:`~roomcast.errors.RemoteProtocolError` with a ``reason`` that never quotes
 the peer's bytes: :class:`~roomcast.errors.PayloadTooBig` for a body over ``max_body``,
 :class:`IncompleteResponse` when the connection ends inside the message, and its subclass
@@ -30,19 +36,75 @@ nothing was answered at all). After an error the parser is spent; drop it with t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final
 
-from roomcast.errors import PayloadTooBig, RemoteProtocolError
+from roomcast.errors import LocalProtocolError, PayloadTooBig, RemoteProtocolError
 
-__all__ = ["Response", "ResponseParser", "IncompleteResponse", "NoResponse"]
+__all__ = ["Response", "ResponseParser", "IncompleteResponse", "NoResponse", "request", "check_headers"]
 
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: (.*))?")
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (.*))?")
 _PREFIX: Final = b"HTTP/1."
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_LENGTH_DIGITS: Final = 18  # more digits than any sane limit; keeps int() cheap
+_METHOD: Final = re.compile(r"[A-Z]+")
+_TARGET: Final = re.compile(r"[!-~]+")  # visible ASCII, no space: RFC 9112 §3.2
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header names that are not tokens and values HTTP/1.1 cannot carry.
+
+    Why callers check at once (a client's ``headers=``, a publisher's API key): a value
+    with a CR or LF would start a header of its own, and one outside Latin-1 cannot be
+    sent; found only when a request is made, it would look like a network failure.
+
+    Raises:
+        LocalProtocolError: names the header, never quotes its value (it may be a secret).
+    """
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise LocalProtocolError("header names and values must be str")
+        if _TOKEN.fullmatch(name.encode("latin-1", "replace")) is None:
+            raise LocalProtocolError(f"invalid header name {name!r}")
+        if "\r" in value or "\n" in value or "\x00" in value or not value.isascii() and _not_latin1(value):
+            raise LocalProtocolError(f"the value of header {name!r} cannot be sent (CR, LF, NUL or not Latin-1)")
+
+
+def _not_latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def request(method: str, target: str, host: str, headers: Mapping[str, str], body: bytes = b"") -> bytes:
+    """The bytes of one request: request line, ``Host``, ``headers`` in order, then ``body``.
+
+    ``Content-Length`` is added when there is a body or the method usually has one (a
+    ``POST`` with an empty body says ``0`` rather than leave the server guessing).
+
+    Raises:
+        LocalProtocolError: a method, target or header that would break the message (a CR
+            or LF would let a value start a header or a request of its own).
+    """
+    if _METHOD.fullmatch(method) is None:
+        raise LocalProtocolError(f"bad HTTP method {method!r}")
+    if _TARGET.fullmatch(target) is None:
+        raise LocalProtocolError("the request target must be visible ASCII without spaces")
+    check_headers(headers)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("a header value is not Latin-1") from None
+    return head + body
 
 
 class IncompleteResponse(RemoteProtocolError):
@@ -100,6 +162,7 @@ class ResponseParser:
         max_line: the longest line (status, header, chunk size, trailer), its CRLF included.
         head_only: the answer ends with its head whatever its headers say (an answer to
             ``HEAD``; a WebSocket handshake, whose frames then start in :attr:`rest`).
+        streaming: the caller takes the body as it comes (:meth:`take_body`).
 
     Use::
 
@@ -115,36 +178,82 @@ class ResponseParser:
         "_max_headers",
         "_max_line",
         "_head_only",
+        "streaming",
         "_buf",
         "_state",
         "_seen",
         "_status",
+        "_minor",
         "_reason",
         "_headers",
         "_lines",
         "_body",
         "_left",
+        "_until_eof",
+        "head",
         "response",
     )
 
     def __init__(
-        self, *, max_body: int, max_headers: int = 100, max_line: int = 65536, head_only: bool = False
+        self,
+        *,
+        max_body: int,
+        max_headers: int = 100,
+        max_line: int = 65536,
+        head_only: bool = False,
+        streaming: bool = False,
     ) -> None:
         self._max_body = max_body
         self._max_headers = max_headers
         self._max_line = max_line
         self._head_only = head_only
+        self.streaming = streaming
+        """The body is taken piece by piece (:meth:`take_body`): ``max_body`` bounds what is
+        held between two takes, not the whole body."""
         self._buf = bytearray()
         self._state = _State.STATUS
         self._seen = False  # any byte at all: tells NoResponse from IncompleteResponse
         self._status = 0
+        self._minor = 1  # HTTP/1.x
         self._reason = ""
         self._headers: dict[str, str] = {}
         self._lines = 0  # header or trailer lines so far, against max_headers
         self._body = bytearray()
         self._left = 0  # bytes still due in a Content-Length body or the current chunk
+        self._until_eof = False
+        self.head: Response | None = None
+        """The final answer's status and headers (empty body) once its head is read."""
         self.response: Response | None = None
         """The answer once it is whole; ``None`` until then."""
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry another request after this whole answer.
+
+        Only an HTTP/1.1 answer without ``Connection: close``, framed by its length or by
+        chunks, read to its end with nothing after it. Why so strict: a connection reused in
+        a doubtful state would hand the next caller the end of someone else's answer.
+        """
+        head = self.response
+        if head is None or self._until_eof or self._head_only or self._buf or self._minor < 1:
+            return False
+        return head.status != 101 and "close" not in _tokens(head.headers.get("connection", ""))
+
+    def take_body(self) -> bytes:
+        """The body bytes received (dechunked) since the last call: for a body that streams.
+
+        With ``streaming=True`` the whole :attr:`response` has an empty body: every byte of
+        it comes through here, the last ones included.
+        """
+        taken = bytes(self._body)
+        self._body.clear()
+        return taken
+
+    @property
+    def seen(self) -> bool:
+        """Whether any byte of an answer came (a reused connection that ends before one was
+        closed by the server while idle: the request is safe to send again)."""
+        return self._seen
 
     @property
     def rest(self) -> bytes:
@@ -241,8 +350,9 @@ class ResponseParser:
         match = _STATUS_LINE.fullmatch(line)
         if match is None:
             raise RemoteProtocolError("not an HTTP/1.x status line")
-        self._status = int(match[1])
-        self._reason = (match[2] or b"").decode("latin-1").strip()
+        self._minor = int(match[1])
+        self._status = int(match[2])
+        self._reason = (match[3] or b"").decode("latin-1").strip()
         self._headers = {}
         self._lines = 0
         self._state = _State.HEADERS
@@ -270,6 +380,7 @@ class ResponseParser:
         if 100 <= status < 200 and status != 101:
             self._state = _State.STATUS  # interim: the real answer follows
             return
+        self.head = Response(status, self._reason, headers, b"")
         if self._head_only or status in (101, 204, 304):
             self._finish()
             return
@@ -281,13 +392,14 @@ class ResponseParser:
             return
         length = headers.get("content-length")
         if length is None:
+            self._until_eof = True
             self._state = _State.UNTIL_EOF
             return
         values = {v.strip() for v in length.split(",")}  # repeated identical values are allowed
         value = values.pop()
         if values or not value.isascii() or not value.isdigit():
             raise RemoteProtocolError("bad Content-Length")
-        if len(value) > _MAX_LENGTH_DIGITS or int(value) > self._max_body:
+        if len(value) > _MAX_LENGTH_DIGITS or (int(value) > self._max_body and not self.streaming):
             raise PayloadTooBig(f"the body is over {self._max_body} bytes")
         self._left = int(value)
         self._state = _State.LENGTH
@@ -310,7 +422,16 @@ class ResponseParser:
             raise PayloadTooBig(f"the body is over {self._max_body} bytes")
 
     def _finish(self) -> Response:
+        if self.head is None:
+            self.head = Response(self._status, self._reason, self._headers, b"")
         self._state = _State.DONE
-        self.response = Response(self._status, self._reason, self._headers, bytes(self._body))
-        self._body = bytearray()
+        if self.streaming:  # the body is all for take_body, to its last byte
+            self.response = Response(self._status, self._reason, self._headers, b"")
+        else:
+            self.response = Response(self._status, self._reason, self._headers, bytes(self._body))
+            self._body = bytearray()
         return self.response
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}

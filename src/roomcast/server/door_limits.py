@@ -77,3 +77,4 @@ class DoorCounters:
     refused_connections: int = 0  # past max_connections: 503
     refused_per_address: int = 0  # past max_connections_per_address: 429
     open_connections: int = 0  # TCP connections held now (a gauge, kept by the door's gate)
+    accepted_connections: int = 0  # TCP connections admitted since start: churn shows here

@@ -90,6 +90,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "api (API key or keyless rule), metrics (this endpoint).",
     ),
     "roomcast_door_refused_connections_total": ("counter", "Connections turned away at accept, by limit."),
+    "roomcast_door_accepted_connections_total": (
+        "counter",
+        "TCP connections the native door admitted since it started (clients without keep-alive show here).",
+    ),
     "roomcast_api_requests_total": ("counter", "Backend API requests, by method, route and status."),
     "roomcast_tasks_ended_total": ("counter", "Tasks this server ended, by final status."),
     "roomcast_tasks": ("gauge", "Unfinished tasks in the task store, by status (shared by every node on one Redis)."),
@@ -306,6 +310,7 @@ class Metrics:
         }
         if app.door == "native":
             gauges[series("roomcast_door_connections", door="native")] = door.open_connections
+            counters[series("roomcast_door_accepted_connections_total", door="native")] = door.accepted_connections
 
         node = self.node
         broker = hub.broker

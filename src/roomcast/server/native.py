@@ -156,6 +156,7 @@ class ConnectionGate:
             self.per_address[address] = held + 1
         self.open += 1
         self.counters.open_connections += 1
+        self.counters.accepted_connections += 1
         return None
 
     def release(self, address: str) -> None:

@@ -66,9 +66,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from roomcast import _json
-from roomcast.errors import InvalidTransition, TaskError, TaskNotFound
-from roomcast.tasks import _http
+from roomcast import _json, httpclient
+from roomcast.errors import InvalidTransition, RemoteProtocolError, TaskError, TaskNotFound
+from roomcast.protocol import http1
 from roomcast.tasks.model import Task, TaskStatus
 from roomcast.tasks.service import TaskService
 from roomcast.types import JSONValue
@@ -78,6 +78,8 @@ __all__ = ["PollSpec", "PollFields", "TaskPoller", "CLOSED_REASON", "DEFAULT_DON
 logger = logging.getLogger("roomcast.tasks.poller")
 
 CLOSED_REASON: Final = "stopped following upstream: the server is shutting down"
+MAX_BODY: Final = 1024 * 1024
+"""The largest upstream answer body read: a status document, not a download."""
 DEFAULT_DONE: Final = ("done", "completed", "complete", "succeeded", "success", "finished")
 DEFAULT_FAILED: Final = ("failed", "failure", "error", "errored", "cancelled", "canceled", "aborted")
 MAX_TEXT: Final = 1000
@@ -474,17 +476,39 @@ class TaskPoller:
             await asyncio.sleep(spec.interval)
 
     async def _fetch(self, spec: PollSpec) -> Any:
-        """The upstream's JSON answer; ``_UpstreamError`` for anything else."""
+        """The upstream's JSON answer; ``_UpstreamError`` for anything else.
+
+        The request goes through ``roomcast.httpclient`` (kept alive between polls of one
+        upstream). Which failures are worth retrying: no answer at all, or one cut inside
+        its body, is the network (transient); bytes that are not HTTP, or over ``MAX_BODY``,
+        will not get better (final).
+        """
         if self._ssl is None and spec.url.startswith("https:"):
-            self._ssl = ssl.create_default_context()
+            self._ssl = ssl.create_default_context()  # once per poller: a pool is per context
+        origin, _ = httpclient.parse_origin(spec.url, self._ssl)
+        parts = urlsplit(spec.url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"accept": ("Accept", "application/json"), "user-agent": ("User-Agent", "roomcast-poller")}
+        sent.update((name.lower(), (name, value)) for name, value in spec.headers.items())
         try:
-            answer = await _http.get(
-                spec.url, headers=spec.headers, timeout=spec.request_timeout, ssl_context=self._ssl
-            )
-        except _http.Unreachable as exc:
-            raise _UpstreamError(f"upstream unreachable: {exc}", transient=True) from None
-        except _http.BadAnswer as exc:
-            raise _UpstreamError(f"upstream did not answer HTTP: {exc}", transient=False) from None
+            async with asyncio.timeout(spec.request_timeout):
+                answer = await httpclient.arequest(
+                    origin, "GET", target, headers=dict(sent.values()), max_body=MAX_BODY
+                )
+        except TimeoutError:
+            raise _UpstreamError(
+                f"upstream unreachable: no answer within {spec.request_timeout:g}s", transient=True
+            ) from None
+        except OSError as exc:  # refused, reset, DNS, TLS
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise _UpstreamError(f"upstream unreachable: {reason}", transient=True) from None
+        except http1.IncompleteResponse as exc:
+            transient = isinstance(exc, http1.NoResponse) or exc.in_body
+            if transient:
+                raise _UpstreamError(f"upstream unreachable: {exc.reason}", transient=True) from None
+            raise _UpstreamError(f"upstream did not answer HTTP: {exc.reason}", transient=False) from None
+        except RemoteProtocolError as exc:
+            raise _UpstreamError(f"upstream did not answer HTTP: {exc.reason}", transient=False) from None
         said = f"upstream answered {answer.status} {answer.reason[:100]}".rstrip()
         if answer.status >= 500 or answer.status in (408, 429):
             raise _UpstreamError(said, transient=True)

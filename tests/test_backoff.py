@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from roomcast.client.backoff import Backoff
+from roomcast.backoff import Backoff
 
 
 class _Extreme(random.Random):
