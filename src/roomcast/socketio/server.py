@@ -123,7 +123,8 @@ class _Relay(Connection):
         self.server = server
 
     def write(self, encoded: Publication) -> bool:
-        self.server._relayed(encoded.data)
+        data = encoded.data
+        self.server._relayed(data[0] if len(data) == 1 else None)
         return True
 
     def emit(self, event: str, *args: Any) -> None:
@@ -363,7 +364,7 @@ class AsyncServer:
             return UNHANDLED
         return self._trigger(event, conn.namespace, conn.id, *args)
 
-    def _relayed(self, data: tuple[Any, ...]) -> None:
+    def _relayed(self, data: Any) -> None:
         """A relay publication: ``["emit", namespace, target, event, args, skip]`` or
         ``["close_room", namespace, room]``; acted on for this node's connections."""
         try:
@@ -375,7 +376,7 @@ class AsyncServer:
                     conn.emit(event, *args)
             elif op == "close_room":
                 self._close_here(room_key(namespace, target))
-        except (LookupError, TypeError, ValueError):
+        except (LookupError, TypeError, ValueError):  # from an older or foreign emitter
             self.logger.warning("ignored a malformed relay publication")
 
     # -- connections ---------------------------------------------------------------------
