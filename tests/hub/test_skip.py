@@ -35,9 +35,7 @@ async def test_fan_out_skips_the_listed_connections_with_one_encode(
     assert hub.delivered - before == 5
 
 
-async def test_a_skipped_connection_recovering_by_offset_does_not_get_it_back(
-    hub: Hub, make_conn: ConnFactory
-) -> None:
+async def test_a_skipped_connection_recovering_by_offset_does_not_get_it_back(hub: Hub, make_conn: ConnFactory) -> None:
     sender, other = make_conn(), make_conn()
     start = await hub.broker.position("r")
     await hub.publish("r", "mine", 1, skip={sender.id})

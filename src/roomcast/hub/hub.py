@@ -382,9 +382,7 @@ class Hub:
             raise ShuttingDown(f"the hub is closing: {event!r} to {room!r} was not published")
         encoded, binary = prepare(event, args)
         skipped = frozenset(skip) if skip else None
-        pub = await self.broker.publish(
-            room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped
-        )
+        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped)
         self.accepted += 1
         return pub.position
 

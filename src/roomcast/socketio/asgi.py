@@ -85,6 +85,7 @@ class ASGIApp:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.other is not None:  # the host app speaks the protocol; this one starts beside it
+
             async def wrapped_receive() -> MutableMapping[str, Any]:
                 message = await receive()
                 if message["type"] == "lifespan.startup":

@@ -42,6 +42,7 @@ from roomcast.socketio.environ import environ_of
 from roomcast.socketio.namespace import AsyncNamespace, call_compat
 from roomcast.socketio.redis_manager import AsyncManager, AsyncRedisManager
 from roomcast.socketio.rooms import RELAY_ROOM, namespace_key, room_key, room_name
+from roomcast.transports.socketio import SioSocket
 from roomcast.types import Publication
 
 __all__ = ["AsyncServer", "payload_args"]
@@ -176,7 +177,7 @@ class AsyncServer:
         json: Any = None,
         async_handlers: bool = True,
         always_connect: bool = False,
-        namespaces: list[str] | None = None,
+        namespaces: list[str] | str | None = None,
         *,
         cors_allowed_origins: str | list[str] | None = None,
         ping_interval: float | tuple[float, float] = 25,
@@ -455,10 +456,9 @@ class AsyncServer:
                 await self.hub.publish(RELAY_ROOM, "relay", ["emit", ns, one, event, list(args), sorted(skip or ())])
 
     def _ask(self, conn: Connection, event: str, args: tuple[Any, ...], callback: Callable[..., Any]) -> None:
-        ask = getattr(conn, "ask", None)
-        if ask is None:
+        if not isinstance(conn, SioSocket):
             raise ValueError(f"connection {conn.id} cannot acknowledge (not Socket.IO)")
-        future: asyncio.Future[list[Any]] = ask(event, *args)
+        future = conn.ask(event, *args)
 
         def answered(done: asyncio.Future[list[Any]]) -> None:
             if done.cancelled() or done.exception() is not None:
@@ -502,13 +502,12 @@ class AsyncServer:
         if target is None:
             raise ValueError("Cannot use call() to broadcast.")
         conn = self._local(target, namespace or "/")
-        ask = getattr(conn, "ask", None)
-        if ask is None:
+        if not isinstance(conn, SioSocket):
             await asyncio.sleep(timeout)  # python-socketio waits for its timeout too
             raise exceptions.TimeoutError()
         try:
             async with asyncio.timeout(timeout):
-                result: list[Any] = await ask(event, *self._args(data))
+                result = await conn.ask(event, *self._args(data))
         except (TimeoutError, ConnectionClosed):
             raise exceptions.TimeoutError() from None
         return result[0] if len(result) == 1 else (tuple(result) if result else None)
@@ -522,7 +521,7 @@ class AsyncServer:
         if conn is None or room == sid:
             return
         key = room_key(ns, room)
-        if not getattr(conn, "accepted", True):  # its connect handler runs: once accepted
+        if isinstance(conn, SioSocket) and not conn.accepted:  # its connect handler runs: once accepted
             deferred = self._deferred.setdefault(sid, [])
             if key not in deferred:
                 deferred.append(key)
@@ -588,8 +587,10 @@ class AsyncServer:
 
     def transport(self, sid: str, namespace: str | None = None) -> str:
         """``"polling"`` or ``"websocket"``."""
-        transport: str = getattr(self._connection(sid, namespace), "transport")
-        return transport
+        conn = self._connection(sid, namespace)
+        if not isinstance(conn, SioSocket):
+            raise KeyError(f"{sid} is not a Socket.IO connection")
+        return conn.transport
 
     def get_environ(self, sid: str, namespace: str | None = None) -> dict[str, Any] | None:
         conn = self._local(sid, namespace or "/")
