@@ -121,3 +121,30 @@ async def test_disconnect_and_background_tasks() -> None:
         sio.start_background_task(later, client.get_sid())
         async with asyncio.timeout(WAIT_S):
             assert await reasons.get() == "server disconnect"
+
+
+async def test_an_sse_client_of_the_same_room_gets_what_emit_sends() -> None:
+    from sseclient import open_sse
+
+    sio = AsyncServer()
+    async with running(sio.app) as srv, open_sse(srv.url, ["project:42"]) as stream:
+        assert (await stream.next()).event == "snapshot"  # subscribed from here
+        await sio.emit("card_added", {"id": 7}, room="project:42")
+        await sio.emit("elsewhere", 1, room="project:42", namespace="/admin")  # another namespace's room
+        await sio.emit("last", 2, room="project:42")
+        got = [await stream.next(), await stream.next()]
+        assert [(e.event, e.json()) for e in got] == [("card_added", {"id": 7}), ("last", 2)]
+
+
+async def test_star_namespace_handlers_and_unhandled_events_get_no_ack() -> None:
+    sio = AsyncServer(namespaces=["/", "/b"])
+
+    @sio.on("hello", namespace="*")
+    def hello(namespace: str, sid: str, name: str) -> str:
+        return f"{name} in {namespace}"
+
+    async with running(sio.app) as srv, connected(srv.url, namespaces=["/", "/b"]) as client:
+        assert await client.call("hello", "ann", namespace="/b") == "ann in /b"
+        assert await client.call("hello", "bo") == "bo in /"
+        with pytest.raises(reference.exceptions.TimeoutError):
+            await client.call("nobody-handles-this", timeout=0.3)
