@@ -332,12 +332,10 @@ class AsyncServer:
         self._connecting[sid] = conn
         try:
             result = await self._trigger("connect", conn.namespace, sid, self._environ(conn), auth or None)
-        except exceptions.ConnectionRefusedError:
-            raise
-        except ConnectionRefusedError:  # the builtin one, as python-socketio treats it
-            raise ConnectionRefused("Connection refused by server") from None
-        except BaseException:
+        except BaseException as exc:
             self._deferred.pop(sid, None)
+            if isinstance(exc, ConnectionRefusedError):  # the builtin one, as python-socketio treats it
+                raise ConnectionRefused("Connection refused by server") from None
             raise
         finally:
             self._connecting.pop(sid, None)
