@@ -67,7 +67,9 @@ def main() -> None:
         return
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning", backlog=2048)
+    uvicorn.run(
+        app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning", backlog=2048
+    )
 
 
 if __name__ == "__main__":
