@@ -396,9 +396,9 @@ class AsyncServer:
 
     @staticmethod
     def _environ(conn: Connection) -> dict[str, Any]:
-        session = getattr(conn, "session", None)
-        request = getattr(session, "request", None)
-        return environ_of(request) if request is not None else {}
+        """The handshake request's environ (made on demand: it is not kept with the
+        connection's data, which recovery may store as JSON)."""
+        return environ_of(conn.session.request) if isinstance(conn, SioSocket) else {}
 
     # -- emitting ------------------------------------------------------------------------
     def _args(self, data: Any) -> tuple[Any, ...]:
