@@ -76,15 +76,15 @@ async def client(url: str) -> AsyncIterator[tuple[reference.AsyncClient, Inbox]]
 
 
 WORKER = """
-import sys
-from roomcast.socketio import RedisManager
+import asyncio, sys
+from roomcast.socketio import AsyncRedisManager, RedisManager
 url, sid = sys.argv[1], sys.argv[2]
-emitter = RedisManager(url, write_only=True)
+emitter = RedisManager(url, write_only=True)  # a Celery task's, blocking
 emitter.emit("progress", 50, room="jobs")
 emitter.emit("direct", "hi", to=sid)
 emitter.emit("skipped", 1, room="jobs", skip_sid=sid)
 emitter.emit("everyone", (1, "two"))
-emitter.emit("done", room="jobs")
+asyncio.run(AsyncRedisManager(url, write_only=True).emit("done", room="jobs"))  # from a coroutine
 """
 
 
