@@ -145,8 +145,9 @@ class AsyncServer:
         logger: ``True`` logs at INFO, or a ``logging.Logger`` to use.
         json: a module with ``dumps``/``loads`` applied to emitted data before roomcast
             serialises it (custom types such as ``datetime`` become what it makes of them).
-        always_connect: accepted; the connect handler always runs before the client is told
-            it is connected (as with ``False``).
+        always_connect: tell the client it is connected before the connect handler runs; a
+            refusal then disconnects it (its disconnect handler is not called), as in
+            python-socketio.
         namespaces: namespaces accepted without handlers (a list; ``"*"`` is not supported).
         cors_allowed_origins: ``"*"``, one origin or a list; same-origin only by default.
         ping_interval, ping_timeout: Engine.IO's, in seconds.
@@ -239,6 +240,7 @@ class AsyncServer:
         self._wired: set[str] = set()
         self._connecting: dict[str, Connection] = {}  # sid -> socket whose connect handler runs
         self._deferred: dict[str, list[str]] = {}  # sid -> hub rooms to join once accepted
+        self._refused: set[str] = set()  # always_connect: accepted, then refused by the handler
         self._tasks: set[asyncio.Future[Any]] = set()
         self._relay = _Relay(self)
         self._relay_joined = False
@@ -328,6 +330,12 @@ class AsyncServer:
 
     # -- the hub's calls ----------------------------------------------------------------
     async def _on_connect(self, conn: Connection, auth: Any) -> None:
+        if self.always_connect:
+            return  # accepted now; the handler runs once the client is told (``_connect_after``)
+        await self._connect(conn, auth)
+
+    async def _connect(self, conn: Connection, auth: Any) -> None:
+        """Run the application's connect handler; raise ``ConnectionRefused`` if it refuses."""
         sid = conn.id
         self._connecting[sid] = conn
         try:
@@ -353,9 +361,25 @@ class AsyncServer:
         if self._multi_node and not self._relay_joined:
             self._relay_joined = True
             hub.join(self._relay, RELAY_ROOM)
+        if self.always_connect:
+            self.start_background_task(self._connect_after, conn)
+
+    async def _connect_after(self, conn: Connection) -> None:
+        """``always_connect``: the handler runs with the client connected; a refusal
+        disconnects it without calling the disconnect handler (python-socketio's order)."""
+        try:
+            await self._connect(conn, conn.auth)
+        except ConnectionRefused:
+            self._refused.add(conn.id)
+            conn.disconnect(disconnect.SERVER_DISCONNECT)
+        except Exception:
+            self.logger.exception("the connect handler of %s failed", conn.namespace)
 
     async def _on_disconnect(self, conn: Connection, reason: str) -> None:
         self._deferred.pop(conn.id, None)
+        if conn.id in self._refused:
+            self._refused.discard(conn.id)
+            return
         await self._trigger("disconnect", conn.namespace, conn.id, _REASONS.get(reason, "transport error"))
 
     def _on_event(self, conn: Connection, event: Any, *args: Any) -> Any:
