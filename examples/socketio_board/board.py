@@ -71,6 +71,13 @@ async def add_card(sid: str, card: dict[str, Any]) -> dict[str, Any]:
 
 
 @sio.event
+async def attach(sid: str, project: str, blob: bytes) -> int:
+    """A binary attachment to a project: to the others in it, as bytes."""
+    await sio.emit("attached", (project, blob), room=project_room(project), skip_sid=sid)
+    return len(blob)
+
+
+@sio.event
 async def whoami(sid: str) -> tuple[str, list[str]]:
     session = await sio.get_session(sid)
     return session["user"], session["projects"]

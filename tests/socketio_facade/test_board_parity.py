@@ -31,6 +31,7 @@ async def test_reference_transcript_shows_the_behaviour_compared() -> None:
     assert ["card_added", {"id": 1, "project": "alpha", "title": "first", "by": "alice"}] in seen["bob"]
     assert not any(e[0] == "card_added" for e in seen["alice"] + seen["carol"])  # skip_sid, other room
     assert ["ack:wave", {"unhandled": "wave", "args": [1, "two"]}] in seen["carol"]
+    assert ["attached", "alpha", b"\x00\x01binary"] in seen["bob"]
     assert ["confirmed", {"answer": "yes: ship it?"}] in seen["alice"]
     assert ["rated", {"stars": [5, "stars"]}] in seen["alice"]
     assert not any(e[0] == "shouted" for e in seen["admin"])  # another namespace
@@ -49,3 +50,10 @@ async def test_the_board_on_roomcast_native_door_matches_python_socketio() -> No
     board = load_board("roomcast")
     async with running(board.sio.app) as server:
         assert await run(server.url) == expected
+
+
+async def test_the_board_over_long_polling_matches_too() -> None:
+    expected = await reference_transcript()
+    board = load_board("roomcast")
+    async with running(board.sio.app) as server:
+        assert await run(server.url, ["polling"]) == expected

@@ -18,8 +18,9 @@ WAIT_S = 15.0
 class Peer:
     """One client and everything it received, in order."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, transports: list[str]) -> None:
         self.name = name
+        self.transports = transports
         self.log: list[list[Any]] = []
         self.changed = asyncio.Event()
         self.client = socketio.AsyncClient(reconnection=False)
@@ -58,7 +59,7 @@ class Peer:
                 await self.changed.wait()
 
     async def connect(self, url: str, auth: Any, namespaces: list[str] | None = None, **kwargs: Any) -> None:
-        await self.client.connect(url, auth=auth, namespaces=namespaces or ["/"], transports=["websocket"], **kwargs)
+        await self.client.connect(url, auth=auth, namespaces=namespaces or ["/"], transports=self.transports, **kwargs)
 
     async def ask(self, event: str, *args: Any, namespace: str = "/") -> Any:
         answer = await self.client.call(event, args[0] if len(args) == 1 else args or None, namespace=namespace)
@@ -66,11 +67,13 @@ class Peer:
         return answer
 
 
-async def run(url: str) -> dict[str, list[list[Any]]]:
+async def run(url: str, transports: list[str] | None = None) -> dict[str, list[list[Any]]]:
+    """The scenario against ``url``; every client connects with ``transports`` (WebSocket only
+    by default; ``["polling"]`` keeps them on long-polling)."""
     peers: list[Peer] = []
 
     def peer(name: str) -> Peer:
-        peers.append(Peer(name))
+        peers.append(Peer(name, transports or ["websocket"]))
         return peers[-1]
 
     try:
@@ -95,6 +98,8 @@ async def run(url: str) -> dict[str, list[list[Any]]]:
         await alice.ask("add_card", {"project": "alpha", "title": "first"})
         await bob.until("card_added")
         await alice.ask("add_card", {"project": "gamma", "title": "nowhere"})
+        await alice.ask("attach", "alpha", b"\x00\x01binary")
+        await bob.until("attached")
         await bob.ask("whoami")
         await carol.ask("wave", 1, "two")
 
@@ -126,6 +131,7 @@ async def run(url: str) -> dict[str, list[list[Any]]]:
         for p in (alice, bob):  # a last round trip: whatever was sent to them is in by now
             await p.ask("sync")
         await admin.ask("sync", namespace="/admin")
+        assert all(p.client.transport() == p.transports[-1] for p in (alice, bob, admin))
         return {p.name: p.log for p in peers}
     finally:
         for p in peers:

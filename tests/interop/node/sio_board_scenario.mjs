@@ -50,6 +50,8 @@ async function main() {
   await until(alice, 'joined');
   await ask(alice, 'add_card', { project: 'alpha', title: 'from js' });
   await until(bob, 'card_added');
+  await ask(alice, 'attach', 'alpha', Buffer.from([0, 1, 2, 3]));
+  await until(bob, 'attached');
   await ask(bob, 'whoami');
   await ask(bob, 'wave', 1, 'two');
 
