@@ -25,6 +25,11 @@ Scenarios (``--scenarios``; sizes per ``--scale``):
 * ``publisher`` (cluster rows only): a worker process publishes straight into Redis with
   ``RedisPublisher`` (blocking, then 16 in flight), then over HTTP (``bench/publish_load.py``).
 
+The ``roomcast-facade`` row is ``bench/peers/pysio_server.py`` (the python-socketio peer)
+with its import changed to ``roomcast.socketio``, on roomcast's native door: its
+``emit(room=...)`` beside the ``roomcast`` row's ``hub.publish``, per delivered message
+(the fan-out scenarios and ``latency`` only; ``roomcast-facade/roomcast`` is the ratio).
+
 Cluster rows: ``roomcast-redis1`` is one node on a fresh redis-server, ``roomcast-redis2``
 two nodes on it; the load generator spreads its connections over the nodes (the publisher
 too), so most deliveries cross Redis. Their CPU is summed over every node and Redis, all on
@@ -81,6 +86,8 @@ SERVERS: dict[str, list[str]] = {
     "roomcast-asgi": [PY, str(BENCH / "server.py"), "--door", "asgi"],
     "node": [NODE, str(BENCH / "node" / "server.mjs")],
     "python-socketio": [PY, str(BENCH / "peers" / "pysio_server.py")],
+    # the same python-socketio file on roomcast.socketio (its import changed), native door
+    "roomcast-facade": [PY, str(BENCH / "peers" / "pysio_server.py"), "--facade"],
     # a reference row, not a product: the least any ASGI app pays per message (peers/bare_asgi.py)
     "bare-asgi": [PY, str(BENCH / "peers" / "bare_asgi.py")],
     # the native door as production runs it: TLS (a certificate added by ``Run``), and logs
@@ -107,6 +114,7 @@ DEFAULT_SERVERS = [
     "roomcast-asgi",
     "node",
     "python-socketio",
+    "roomcast-facade",
     "bare-asgi",
     "roomcast-tls",
     "roomcast-observed",
@@ -127,6 +135,8 @@ ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *VARIANTS, *CLUSTERS}
 # node's: the cluster differs from it per publication, not per connection)
 FOR_CLUSTERS = {"fanout1000", "fanout5000", "latency", "latency1000", "publisher"}
 PUBLISHER_ROW = "roomcast-redis1"
+# the facade row is about what emit(room=...) costs beside hub.publish: per delivered message
+FOR_FACADE = {"fanout1000", "fanout1000w1", "fanout5000", "latency"}
 # workers publishing straight into Redis: only a cluster has a Redis to publish into
 ONLY_CLUSTERS = {"publisher"}
 
@@ -542,6 +552,7 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
         for a, b in (
             ("roomcast", "node"),
             ("roomcast", "python-socketio"),
+            ("roomcast-facade", "roomcast"),
             ("roomcast-asgi", "node"),
             ("bare-asgi", "node"),
             ("roomcast-tls", "roomcast"),
@@ -663,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
                 if scenario == "publisher" and server != PUBLISHER_ROW:  # one Redis is enough
                     continue
                 if scenario in ONLY_CLUSTERS and server not in CLUSTERS:
+                    continue
+                if server == "roomcast-facade" and scenario not in FOR_FACADE:
                     continue
                 started = time.monotonic()
                 try:

@@ -109,10 +109,11 @@ class AsyncBroker:
         ts: float,
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
+        skip: frozenset[str] | None = None,
     ) -> Publication:
         await self._suspend()
         pub = await self.storage.publish(
-            room, event, data, ts=ts, encoded=encoded, binary=binary
+            room, event, data, ts=ts, encoded=encoded, binary=binary, skip=skip
         )  # appends, does not suspend
         self._enqueue(room, pub)
         await self._suspend()  # the reply crosses the network too

@@ -30,8 +30,9 @@ class TapBroker(MemoryBroker):
         ts: float,
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
+        skip: frozenset[str] | None = None,
     ) -> Publication:
-        pub = await super().publish(room, event, data, ts=ts, encoded=encoded, binary=binary)
+        pub = await super().publish(room, event, data, ts=ts, encoded=encoded, binary=binary, skip=skip)
         for tap in self.taps:
             tap(pub)
         return pub

@@ -589,26 +589,45 @@ class RedisPublisher:
             BlockingCallInLoop: called from a running event loop's thread (use ``apublish``).
         """
         httpclient.ensure_no_running_loop("RedisPublisher.publish()", "redis_publisher.apublish(...)")
+        return self.publish_args(room, event, () if data is _ABSENT else (data,))
+
+    def publish_args(
+        self, room: RoomName, event: str, args: tuple[JSONValue, ...], *, skip: Iterable[str] | None = None
+    ) -> PublishResult:
+        """``publish`` with any number of arguments (a python-socketio emit of a tuple), and
+        ``skip``: connection ids the publication is not for (``Publication.skip``).
+
+        Raises:
+            PublishError: as ``publish``.
+            BlockingCallInLoop: called from a running event loop's thread (use ``apublish_args``).
+        """
+        httpclient.ensure_no_running_loop("RedisPublisher.publish_args()", "redis_publisher.apublish_args(...)")
         from redis.exceptions import RedisError
 
         from roomcast.broker import redis_client
 
-        keys, args = self._call(room, event, data)
+        keys, call_args = self._call(room, event, args, skip)
         try:
-            epoch, offset = self._sync_script(keys=keys, args=args)
+            epoch, offset = self._sync_script(keys=keys, args=call_args)
         except (RedisError, OSError) as exc:
             raise PublishError(0, "unreachable", redis_client.describe(exc)) from None
         return _redis_answer(room, epoch, offset)
 
     async def apublish(self, room: RoomName, event: str, data: JSONValue | _Absent = _ABSENT) -> PublishResult:
         """``publish`` for coroutines."""
+        return await self.apublish_args(room, event, () if data is _ABSENT else (data,))
+
+    async def apublish_args(
+        self, room: RoomName, event: str, args: tuple[JSONValue, ...], *, skip: Iterable[str] | None = None
+    ) -> PublishResult:
+        """``publish_args`` for coroutines."""
         from redis.exceptions import RedisError
 
         from roomcast.broker import redis_client
 
-        keys, args = self._call(room, event, data)
+        keys, call_args = self._call(room, event, args, skip)
         try:
-            epoch, offset = await self._script()(keys=keys, args=args)
+            epoch, offset = await self._script()(keys=keys, args=call_args)
         except (RedisError, OSError) as exc:
             raise PublishError(0, "unreachable", redis_client.describe(exc)) from None
         return _redis_answer(room, epoch, offset)
@@ -733,18 +752,20 @@ class RedisPublisher:
         result: dict[str, Any] = task.to_json()
         return result
 
-    def _call(self, room: RoomName, event: str, data: JSONValue | _Absent) -> tuple[list[str], list[Any]]:
+    def _call(
+        self, room: RoomName, event: str, args: tuple[JSONValue, ...], skip: Iterable[str] | None
+    ) -> tuple[list[str], list[Any]]:
         if not isinstance(room, str) or not 0 < len(room) <= MAX_NAME_LENGTH:
             raise PublishError(400, "bad_request", f"room names are 1 to {MAX_NAME_LENGTH} characters")
         from roomcast.broker.redis import publish_call
         from roomcast.hub.publication import prepare
 
-        args = () if data is _ABSENT else (data,)
         try:
             encoded, binary = prepare(event, args)
         except InvalidPublication as exc:
             raise PublishError(400, "bad_request", str(exc)) from None
-        return publish_call(room, event, time.time(), args, encoded, binary, self._history_size, self._ttl)
+        skipped = frozenset(skip) if skip else None
+        return publish_call(room, event, time.time(), args, encoded, binary, self._history_size, self._ttl, skipped)
 
     def _script(self) -> Any:
         loop = asyncio.get_running_loop()

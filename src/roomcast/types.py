@@ -61,6 +61,11 @@ class Publication:
     ``json_safe``'s form. ``None`` only for publications made outside ``Hub.publish``."""
     binary: bool = False
     """``data`` holds binary attachments (Socket.IO sends them from ``data``)."""
+    skip: frozenset[ConnectionId] | None = None
+    """Connections this publication is not for (python-socketio's ``skip_sid``: the sender).
+
+    Kept with the publication, in history too, so one that comes back by offset does not
+    get it either. The fan-out checks it with one set lookup per member, allocating nothing."""
 
     @property
     def size(self) -> int:

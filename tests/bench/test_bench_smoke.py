@@ -35,6 +35,8 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
         "roomcast-redis2",
         "roomcast/node",
         "roomcast/python-socketio",
+        "roomcast-facade",
+        "roomcast-facade/roomcast",
         "roomcast-asgi/node",
         "roomcast-redis2/roomcast",
         "roomcast-tls/roomcast",

@@ -116,12 +116,14 @@ class Broker(RoomState, Protocol):
         ts: float,
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
+        skip: frozenset[ConnectionId] | None = None,
     ) -> Publication:
         """Append to history and deliver to every node subscribed to ``room`` (atomic).
 
         ``encoded`` and ``binary`` are ``data`` serialised once by the hub
         (``Publication.encoded``, ``Publication.binary``); a broker that moves publications
-        between processes sends those bytes as they are.
+        between processes sends those bytes as they are. ``skip`` travels and is stored
+        with the publication (``Publication.skip``).
         """
 
     async def subscribe(self, room: RoomName) -> None:

@@ -145,10 +145,11 @@ class MemoryBroker:
         ts: float,
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
+        skip: frozenset[ConnectionId] | None = None,
     ) -> Publication:
         stream = self._stream(room)
         stream.offset += 1
-        pub = Publication(room, event, data, StreamPosition(stream.epoch, stream.offset), ts, encoded, binary)
+        pub = Publication(room, event, data, StreamPosition(stream.epoch, stream.offset), ts, encoded, binary, skip)
         if self._history_size:
             self._keep(stream, pub)
         events = self._events

@@ -438,16 +438,17 @@ class RedisBroker:
         ts: float,
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
+        skip: frozenset[ConnectionId] | None = None,
     ) -> Publication:
         if encoded is None:
             encoded = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in data)
-        keys, args = publish_call(room, event, ts, data, encoded, binary, self._history_size, self._ttl)
+        keys, args = publish_call(room, event, ts, data, encoded, binary, self._history_size, self._ttl, skip)
         try:
             epoch, offset = await self._publish.call(keys, args)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(redis_client.describe(exc)) from None
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        return Publication(room, event, data, StreamPosition(epoch_text, int(offset)), ts, encoded, binary)
+        return Publication(room, event, data, StreamPosition(epoch_text, int(offset)), ts, encoded, binary, skip)
 
     async def subscribe(self, room: RoomName) -> None:
         channel = _keys(room)[4]
@@ -621,6 +622,7 @@ def publish_call(
     binary: bool,
     history_size: int,
     ttl: int,
+    skip: frozenset[ConnectionId] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of ``PUBLISH_SCRIPT`` for one publication: the one wire form.
 
@@ -634,6 +636,10 @@ def publish_call(
     merely looks like ``{"$binary": ...}``. A node of the previous release, which had
     ``true`` there, reads a list as true and delivers the JSON form as it did.
 
+    A publication with ``skip`` (``Publication.skip``) has a fifth element, the skipped
+    connection ids, sorted: stored in the stream with the rest, so a node that replays
+    history honours it as the live fan-out does. Without one the payload keeps four.
+
     Made once per publish call, so redis-py's automatic retries resend the same idempotency
     key: a publish whose answer was lost on the way back (the connection cut after Redis ran
     it) is answered from ``rc:{room}:i:<key>`` when retried, never appended twice.
@@ -643,7 +649,10 @@ def publish_call(
         attachments = []
         for index, arg in enumerate(data):
             _find_binary(arg, [index], attachments)
-    payload = _json.dumps([event, ts, attachments or binary, [raw.decode() for raw in encoded]])
+    wire: list[Any] = [event, ts, attachments or binary, [raw.decode() for raw in encoded]]
+    if skip:
+        wire.append(sorted(skip))
+    payload = _json.dumps(wire)
     meta, stream, _, _, channel = _keys(room)
     done = f"rc:{{{room}}}:i:{secrets.token_urlsafe(12)}"
     return [meta, stream, channel, done], [secrets.token_urlsafe(6), history_size, ttl, payload, IDEMPOTENCY_WINDOW]
@@ -669,13 +678,15 @@ def _find_binary(value: Any, path: list[int | str], out: list[list[int | str]]) 
 def _publication(room: RoomName, epoch: str, offset: int, payload: bytes) -> Publication:
     """A publication from its wire form: decoded once per node, its bytes kept for encoders,
     its binary attachments made bytes again (see ``publish_call``)."""
-    event, ts, attachments, raws = _json.loads(payload)
+    wire = _json.loads(payload)
+    event, ts, attachments, raws = wire[:4]
+    skip = frozenset(wire[4]) if len(wire) > 4 and wire[4] else None
     encoded = tuple(raw.encode() for raw in raws)
     data = [_json.loads(raw) for raw in encoded]
     if type(attachments) is list:
         for path in attachments:
             _restore(data, path)
-    return Publication(room, event, tuple(data), StreamPosition(epoch, offset), ts, encoded, bool(attachments))
+    return Publication(room, event, tuple(data), StreamPosition(epoch, offset), ts, encoded, bool(attachments), skip)
 
 
 def _restore(data: list[Any], path: Any) -> None:

@@ -12,11 +12,15 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from roomcast.hub.connection import Connection
 
-__all__ = ["Handler", "ConnectHandler", "HandlerRegistry"]
+__all__ = ["Handler", "ConnectHandler", "HandlerRegistry", "UNHANDLED"]
+
+UNHANDLED: Final = object()
+"""What a handler returns for an event it does not handle (python-socketio's "not
+handled"): the client's ack request then gets no answer, as with no handler at all."""
 
 logger = logging.getLogger("roomcast.handlers")
 
@@ -31,8 +35,10 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], Handler] = {}
+        self._fallback: dict[str, Handler] = {}
         self._connect: dict[str, ConnectHandler] = {}
         self._disconnect: dict[str, Handler] = {}
+        self._accepted: dict[str, Callable[[Connection], None]] = {}
         self.namespaces: set[str] = {"/"}
         self.failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -41,6 +47,15 @@ class HandlerRegistry:
         self.namespaces.add(namespace)
         self._events[(namespace, event)] = handler
 
+    def add_fallback(self, namespace: str, handler: Handler) -> None:
+        """``handler(conn, event, *args) -> ack`` for the events of ``namespace`` that have no
+        handler of their own (python-socketio's catch-all ``"*"``), before the built-in ones."""
+        self.namespaces.add(namespace)
+        self._fallback[namespace] = handler
+
+    def fallback(self, namespace: str) -> Handler | None:
+        return self._fallback.get(namespace)
+
     def add_connect(self, namespace: str, handler: ConnectHandler) -> None:
         self.namespaces.add(namespace)
         self._connect[namespace] = handler
@@ -48,6 +63,15 @@ class HandlerRegistry:
     def add_disconnect(self, namespace: str, handler: Handler) -> None:
         self.namespaces.add(namespace)
         self._disconnect[namespace] = handler
+
+    def add_accepted(self, namespace: str, hook: Callable[[Connection], None]) -> None:
+        """``hook(conn)`` runs once a connection of ``namespace`` is accepted and its client
+        told so: where rooms asked for by a connect handler are joined, since publications
+        written before the CONNECT reply would reach a client that is not connected yet."""
+        self._accepted[namespace] = hook
+
+    def accepted_hook(self, namespace: str) -> Callable[[Connection], None] | None:
+        return self._accepted.get(namespace)
 
     def get(self, namespace: str, event: str) -> Handler | None:
         return self._events.get((namespace, event))

@@ -361,8 +361,13 @@ class Hub:
         return r.members() if r is not None else []
 
     # -- publishing ---------------------------------------------------------------------
-    async def publish(self, room: RoomName, event: str, *args: JSONValue) -> StreamPosition:
+    async def publish(
+        self, room: RoomName, event: str, *args: JSONValue, skip: Collection[ConnectionId] | None = None
+    ) -> StreamPosition:
         """Publish ``event`` with ``args`` to every member of ``room``, in every process.
+
+        ``skip``: connections (by id) the publication is not for, such as its sender. It is
+        kept with the publication, so history replays skip them too (``Publication.skip``).
 
         Returns:
             The publication's position in the room's stream.
@@ -376,7 +381,8 @@ class Hub:
         if self._closing:
             raise ShuttingDown(f"the hub is closing: {event!r} to {room!r} was not published")
         encoded, binary = prepare(event, args)
-        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary)
+        skipped = frozenset(skip) if skip else None
+        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped)
         self.accepted += 1
         return pub.position
 
@@ -422,18 +428,29 @@ class Hub:
         r.position = position
         self.published += 1
         slow: list[Connection] | None = None
+        skip = publication.skip
+        skipped = 0
         for encoder, members in r.groups.items():
             try:
                 encoded = encoder.encode(publication)
             except Exception:  # one transport's bug must not stop the others' delivery
                 logger.exception("could not encode a publication to %r for %r", publication.room, encoder)
                 continue
-            for conn in members:
-                if not conn.write(encoded):
+            if skip is None:
+                for conn in members:
+                    if not conn.write(encoded):
+                        if slow is None:
+                            slow = []
+                        slow.append(conn)
+                continue
+            for conn in members:  # one set lookup per member: nothing allocated per recipient
+                if conn.id in skip:
+                    skipped += 1
+                elif not conn.write(encoded):
                     if slow is None:
                         slow = []
                     slow.append(conn)
-        self.delivered += r.size
+        self.delivered += r.size - skipped
         if slow is not None:
             for conn in slow:
                 self.slow_disconnects += 1
@@ -593,12 +610,13 @@ class Hub:
             if position.offset == last + 1:
                 pubs.append(pub)
                 last += 1
+        cid = conn.id  # what was published with this connection skipped is not replayed to it
         return Subscription(
             room,
             StreamPosition(epoch, last),
             read.recovered,
             read.snapshot,
-            tuple(pubs),
+            tuple(pub for pub in pubs if pub.skip is None or cid not in pub.skip),
             read.terminal or r.terminal,
         )
 

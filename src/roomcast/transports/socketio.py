@@ -50,6 +50,7 @@ from roomcast.errors import (
     RemoteProtocolError,
 )
 from roomcast.hub.connection import Connection
+from roomcast.hub.handlers import UNHANDLED
 from roomcast.hub.hub import Hub
 from roomcast.protocol import socketio as sio
 from roomcast.protocol import websocket as wsproto
@@ -257,18 +258,27 @@ class SioSocket(Connection):
             return
         self._send(SioPacket(SioType.EVENT, self.namespace, [event, *args]))
 
+    def ask(self, event: str, *args: Any) -> asyncio.Future[list[Any]]:
+        """Send ``event`` with an ack request; the future gets the ack's arguments as sent.
+
+        It fails with ``ConnectionClosed`` if the connection ends first, and is forgotten
+        once done (a caller that stops waiting cancels it).
+        """
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_exception(ConnectionClosed("connection closed"))
+            return future
+        ack_id = next(self._ack_ids)
+        self.acks[ack_id] = future
+        future.add_done_callback(lambda _: self.acks.pop(ack_id, None))
+        self._send(SioPacket(SioType.EVENT, self.namespace, [event, *args], ack_id))
+        return future
+
     async def call(self, event: str, *args: Any, timeout: float = 10.0) -> Any:
         if self.closed:
             raise ConnectionClosed("connection closed")
-        ack_id = next(self._ack_ids)
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.acks[ack_id] = future
-        self._send(SioPacket(SioType.EVENT, self.namespace, [event, *args], ack_id))
-        try:
-            async with asyncio.timeout(timeout):
-                result = await future
-        finally:
-            self.acks.pop(ack_id, None)
+        async with asyncio.timeout(timeout):
+            result = await self.ask(event, *args)
         return result[0] if len(result) == 1 else (tuple(result) if result else None)
 
     def ack(self, ack_id: int, result: Any) -> None:
@@ -681,6 +691,12 @@ class SocketIOServer:
             if sock.closed:
                 break
             sock._transmit(packet)
+        hook = self.hub.handlers.accepted_hook(sock.namespace)
+        if hook is not None and not sock.closed:
+            try:
+                hook(sock)
+            except Exception:
+                logger.exception("the accepted hook of %s failed", sock.namespace)
 
     def _refuse(self, session: Session, state: _SioState, sock: SioSocket, refused: ConnectionRefused) -> None:
         state.sockets.pop(sock.namespace, None)
@@ -694,20 +710,26 @@ class SocketIOServer:
     def _event(self, sock: SioSocket, packet: SioPacket) -> None:
         args = packet.data
         event = args[0]
-        handler = self.hub.handlers.get(sock.namespace, event) if isinstance(event, str) else None
+        handlers = self.hub.handlers
+        handler = handlers.get(sock.namespace, event) if isinstance(event, str) else None
+        call_args: tuple[Any, ...] = (sock, *args[1:])
         if handler is None:
-            handler = self.builtins.get(event) if isinstance(event, str) else None
+            handler = handlers.fallback(sock.namespace)
+            if handler is not None:
+                call_args = (sock, *args)  # a catch-all is told the event's name
+            else:
+                handler = self.builtins.get(event) if isinstance(event, str) else None
             if handler is None:
                 logger.debug("no handler for %r on %s", event, sock.namespace)
                 return
         ack_id = packet.id
         if ack_id is None:
-            self.hub.handlers.dispatch(handler, (sock, *args[1:]))
+            self.hub.handlers.dispatch(handler, call_args)
         else:
             self.hub.handlers.dispatch(
                 handler,
-                (sock, *args[1:]),
-                on_result=lambda result: sock.ack(ack_id, result),
+                call_args,
+                on_result=lambda result: None if result is UNHANDLED else sock.ack(ack_id, result),
                 on_error=lambda _: sock.ack(ack_id, _INTERNAL_ERROR),
             )
 
