@@ -76,6 +76,10 @@ class RedisCluster:
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._serving: set[asyncio.Task[None]] = set()
+        self.listens = 0
+        """Times Redis confirmed this node's subscription to its channel: 1 once started, one
+        more each time a lost subscription is made again."""
+        self._confirmed = asyncio.Event()  # set, and replaced, at each confirmation
 
     def __repr__(self) -> str:
         return f"<RedisCluster node={self._node_id}>"  # never the URL: it may hold a password
@@ -119,6 +123,17 @@ class RedisCluster:
             self._pubsub = None
         await self._redis.aclose()
 
+    async def listened(self, times: int) -> None:
+        """Return once Redis has confirmed this node's subscription ``times`` times in all
+        (``listens``): from then on a request published to this node reaches it."""
+        while self.listens < times:
+            await self._confirmed.wait()
+
+    def _on_confirmed(self) -> None:
+        self.listens += 1
+        confirmed, self._confirmed = self._confirmed, asyncio.Event()
+        confirmed.set()
+
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(_channel(self._node_id))
@@ -151,6 +166,8 @@ class RedisCluster:
                     backoff.reset()
                     if message["type"] == "message":
                         self._received(message["data"])
+                    elif message["type"] == "subscribe":
+                        self._on_confirmed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the reader must outlive any failure, or the node goes deaf
