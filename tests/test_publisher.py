@@ -9,8 +9,6 @@ while the server goes on serving in the loop.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import socket
 import ssl
 import sys
@@ -19,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from selfsigned import self_signed
 from servers import RunningServer, running
 from sseclient import open_sse
 
@@ -261,35 +260,6 @@ def test_bad_urls_and_timeouts_are_refused_at_construction() -> None:
 
 
 # -- https, through a TLS-terminating proxy ---------------------------------------------------
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roomcast test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
@@ -302,7 +272,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @asynccontextmanager
-async def _tls_proxy(port: int, cert_file: Path, key_file: Path) -> AsyncIterator[str]:
+async def _tls_proxy(port: int, cert_file: str, key_file: str) -> AsyncIterator[str]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     tasks: set[asyncio.Task[None]] = set()
@@ -324,7 +294,7 @@ async def _tls_proxy(port: int, cert_file: Path, key_file: Path) -> AsyncIterato
 
 
 async def test_https_with_a_private_ca_and_refusal_of_an_unknown_certificate(tmp_path: Path) -> None:
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = self_signed(tmp_path)
     trusting = ssl.create_default_context(cafile=str(cert_file))
     async with _server() as srv, _tls_proxy(srv.port, cert_file, key_file) as url:
         publisher = Publisher(url, api_key=KEY, ssl_context=trusting)

@@ -278,3 +278,29 @@ async def test_redis_publisher_drives_a_task_by_the_nodes_rules_with_no_node_bet
         async with open_sse(srv.url, [f"task:{tid}"]) as late:  # the room was marked finished
             finals = await late.until_end(timeout=10)
         assert [e.event for e in finals] == ["snapshot"] and finals[0].json()["snapshot"]["status"] == "cancelled"
+
+
+async def test_redis_publisher_refuses_a_bad_task_field_with_the_nodes_answer_and_creates_nothing() -> None:
+    import brokers
+
+    from roomcast import RedisPublisher
+
+    async with running(brokers.make_app("redis")) as srv:
+        worker = RedisPublisher(str(srv.app.settings.redis_url))
+        node = Publisher(srv.url)
+        bad_fields: list[dict[str, Any]] = [
+            {"kind": ""},
+            {"kind": "k" * 300},
+            {"owner": ""},
+            {"deadline": "tomorrow"},
+            {"deadline": True},
+            {"title": 7},
+        ]
+        for bad in bad_fields:
+            answers = []
+            for publisher in (node, worker):
+                with pytest.raises(PublishError) as refused:
+                    await asyncio.to_thread(publisher.create_task, **{"kind": "render", **bad})
+                answers.append((refused.value.status, refused.value.code, refused.value.message))
+            assert answers[0] == answers[1] and answers[0][:2] == (400, "bad_request"), (bad, answers)
+        assert (await node.alist_tasks())["tasks"] == []

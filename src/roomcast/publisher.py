@@ -657,15 +657,11 @@ class RedisPublisher:
         id: str | None = None,
     ) -> dict[str, Any]:
         """``Publisher.create_task``, written into Redis (no ``poll``: that needs a node)."""
-        from roomcast.tasks.model import Task, check_task_id
+        from roomcast.tasks.model import Task, check_task_fields, check_task_id
         from roomcast.tasks.service import new_task_id
 
         def create(writer: Any) -> Any:
-            for name, value in (("kind", kind), ("owner", owner)):
-                if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH):
-                    raise PublishError(
-                        400, "bad_request", f"'{name}' must be a string of 1 to {MAX_NAME_LENGTH} characters"
-                    )
+            check_task_fields(kind, title=title, owner=owner, deadline=deadline, metadata=metadata)
             task = Task.new(
                 new_task_id() if id is None else check_task_id(id),
                 kind,

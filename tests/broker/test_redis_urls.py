@@ -10,8 +10,6 @@ errors, ``repr`` and ``/readyz``.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from redisserver import RedisProcess, running_redis, running_sentinel
+from selfsigned import self_signed
 from servers import running
 
 from roomcast import PublishError, RedisPublisher
@@ -213,38 +208,10 @@ async def test_readyz_never_shows_the_redis_password(acl_redis: RedisProcess) ->
 
 
 # -- TLS ----------------------------------------------------------------------------------------
-def _self_signed(directory: Path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and localhost, its own authority, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roomcast test redis")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "redis.crt", directory / "redis.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_file), str(key_file)
-
-
 async def test_rediss_reaches_redis_over_tls_with_the_certificate_it_is_told_to_trust(
     tmp_path: Path, caplog_all: pytest.LogCaptureFixture
 ) -> None:
-    server = RedisProcess(tls=_self_signed(tmp_path))
+    server = RedisProcess(tls=self_signed(tmp_path))
     try:
         server.start()
         assert server.url.startswith("rediss://")

@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,6 +33,7 @@ import aiohttp
 import socketio
 from rawclient import RawWebSocket, open_websocket
 from sseclient import SseStream, open_sse
+from uvicornprocess import UvicornProcess, uvicorn_process
 
 from roomcast import RoomcastApp
 from roomcast.server.config import Settings
@@ -56,52 +55,22 @@ app = RoomcastApp(settings=Settings(task_db=":memory:", shutdown_grace={grace}, 
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(
-    tmp_path: Path, grace: float = GRACE
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, list[str]]]:
+async def uvicorn_serving(tmp_path: Path, grace: float = GRACE) -> AsyncIterator[UvicornProcess]:
     """``uvicorn board:app`` on a free port: (process, base URL, its output lines so far and to come)."""
     (tmp_path / "board.py").write_text(APP_MODULE.format(grace=grace, delay=DELAY))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "board:app",
-        "--app-dir",
-        str(tmp_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--log-level",
-        "info",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    reader: asyncio.Future[None] | None = None
-    try:
-        async with asyncio.timeout(WAIT):
-            while not any("Uvicorn running on" in line for line in lines):
-                raw = await proc.stdout.readline()
-                assert raw, "uvicorn ended:\n" + "".join(lines)
-                lines.append(raw.decode(errors="replace"))
-        found = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))
-        assert found is not None
+    async with uvicorn_process(tmp_path, wait=WAIT) as serving:
+        yield serving
 
-        async def read_on() -> None:  # keep the pipe flowing: a full one would stall uvicorn
-            assert proc.stdout is not None
-            while raw := await proc.stdout.readline():
-                lines.append(raw.decode(errors="replace"))
 
-        reader = asyncio.ensure_future(read_on())
-        yield proc, found[1], lines
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if reader is not None:
-            await asyncio.wait_for(reader, WAIT)
+async def _sigterm_until_not_ready(proc: asyncio.subprocess.Process, http: aiohttp.ClientSession, base: str) -> float:
+    """Send SIGTERM, then wait for ``/readyz`` to answer 503; returns when the signal went."""
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(WAIT):
+        while True:
+            async with http.get(f"{base}/readyz") as ready:
+                if ready.status == 503:
+                    return signalled
 
 
 def _address(base: str) -> tuple[str, int]:
@@ -191,13 +160,7 @@ async def test_sigterm_under_uvicorn_tells_every_client_to_reconnect_then_uvicor
             watchers = [asyncio.ensure_future(socket_told(kind, ws)) for kind, ws in sockets]
             watchers += [asyncio.ensure_future(sse_told(stream)) for stream in streams]
 
-            signalled = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(WAIT):
-                while True:
-                    async with http.get(f"{base}/readyz") as ready:
-                        if ready.status == 503:
-                            break
+            signalled = await _sigterm_until_not_ready(proc, http, base)
             not_ready_after = time.monotonic() - signalled
 
             # Past the delay, while clients are being moved, uvicorn still listens but every new
@@ -252,13 +215,7 @@ async def test_a_second_sigterm_under_uvicorn_moves_everyone_at_once_and_stops(t
         assert ws.status == 101
         async with open_sse(base, [ROOM]) as stream:
             assert (await stream.next(WAIT)).event == "snapshot"
-            signalled = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(WAIT):
-                while True:
-                    async with http.get(f"{base}/readyz") as ready:
-                        if ready.status == 503:
-                            break
+            signalled = await _sigterm_until_not_ready(proc, http, base)
             proc.send_signal(signal.SIGTERM)
             assert await _ws_told(ws) == "close 1001"
             events = await stream.until_end(WAIT)

@@ -14,12 +14,12 @@ import contextlib
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 from redisserver import fresh_url
 from sseclient import SseStream, open_sse
+from uvicornprocess import uvicorn_process
 from workerprocs import Watched, owners
 
 from roomcast import Publisher, RoomcastApp
@@ -76,80 +76,43 @@ async def test_uvicorn_workers_share_rooms_a_publish_on_one_reaches_subscribers_
     redis_url: str, tmp_path: Path
 ) -> None:
     (tmp_path / "board.py").write_text(APP_MODULE)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "board:app",
-        "--app-dir",
-        str(tmp_path),
-        "--workers",
-        "2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--log-level",
-        "info",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "BOARD_REDIS_URL": fresh_url(redis_url)},
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
+    env = {**os.environ, "BOARD_REDIS_URL": fresh_url(redis_url)}
     watched: dict[int, Watched] = {}
-    try:
-        async with asyncio.timeout(WAIT):  # both workers started their app (lifespan), and the port
-            while sum("Application startup complete" in line for line in lines) < 2 or not any(
-                "Uvicorn running on" in line for line in lines
-            ):
-                raw = await proc.stdout.readline()
-                assert raw, "uvicorn ended:\n" + "".join(lines)
-                lines.append(raw.decode(errors="replace"))
-        output = "".join(lines)
-        base = re.search(r"Uvicorn running on (http://\S+)", output)
-        assert base is not None
-        url, port = base[1], int(base[1].rsplit(":", 1)[1])
-        pids = sorted({int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", output)})
-        assert len(pids) == 2, output
-        watched = {pid: Watched(pid) for pid in pids}
-        drain = asyncio.ensure_future(_drain(proc.stdout, lines))  # keep uvicorn's pipe flowing
+    try:  # yielded once both workers started their app (lifespan) and the port listens
+        async with uvicorn_process(tmp_path, "--workers", "2", env=env, apps_started=2, wait=WAIT) as serving:
+            proc, url, lines = serving
+            output = "".join(lines)
+            port = int(url.rsplit(":", 1)[1])
+            pids = sorted({int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", output)})
+            assert len(pids) == 2, output
+            watched = {pid: Watched(pid) for pid in pids}
 
-        async with contextlib.AsyncExitStack() as stack:
-            held: dict[int, list[SseStream]] = {pid: [] for pid in pids}
-            while not all(held.values()):  # open subscribers until both workers hold one
-                assert sum(map(len, held.values())) < BOUND, f"{BOUND} subscribers on one worker"
-                stream = await stack.enter_async_context(open_sse(url, ["board"]))
-                assert stream.status == 200 and (await stream.next(WAIT)).event == "snapshot"
-                assert stream.response.connection is not None and stream.response.connection.transport is not None
-                client_port = stream.response.connection.transport.get_extra_info("sockname")[1]
-                owner = owners(port, [client_port], pids)[client_port]
-                assert owner in held, f"connection from port {client_port} is held by {owner}"
-                held[owner].append(stream)
-            print(f"uvicorn subscribers per worker: { {pid: len(s) for pid, s in held.items()} }")
+            async with contextlib.AsyncExitStack() as stack:
+                held: dict[int, list[SseStream]] = {pid: [] for pid in pids}
+                while not all(held.values()):  # open subscribers until both workers hold one
+                    assert sum(map(len, held.values())) < BOUND, f"{BOUND} subscribers on one worker"
+                    stream = await stack.enter_async_context(open_sse(url, ["board"]))
+                    assert stream.status == 200 and (await stream.next(WAIT)).event == "snapshot"
+                    assert stream.response.connection is not None and stream.response.connection.transport is not None
+                    client_port = stream.response.connection.transport.get_extra_info("sockname")[1]
+                    owner = owners(port, [client_port], pids)[client_port]
+                    assert owner in held, f"connection from port {client_port} is held by {owner}"
+                    held[owner].append(stream)
+                print(f"uvicorn subscribers per worker: { {pid: len(s) for pid, s in held.items()} }")
 
-            # Subscribers on both workers: whichever one takes the publish, the other's hear it.
-            answer = await Publisher(url).apublish("board", "moved", {"card": 7})
-            assert answer.offset == 1
-            for streams in held.values():
-                for stream in streams:
-                    event = await stream.next(WAIT)
-                    assert (event.event, event.json()) == ("moved", {"card": 7})
+                # Subscribers on both workers: whichever one takes the publish, the other's hear it.
+                answer = await Publisher(url).apublish("board", "moved", {"card": 7})
+                assert answer.offset == 1
+                for streams in held.values():
+                    for stream in streams:
+                        event = await stream.next(WAIT)
+                        assert (event.event, event.json()) == ("moved", {"card": 7})
 
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), WAIT)
-        for each in watched.values():
-            await each.gone(WAIT)
-        await asyncio.wait_for(drain, WAIT)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
+            proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), WAIT)
+            for each in watched.values():
+                await each.gone(WAIT)
+    finally:  # uvicorn itself is killed first, so that it cannot start workers again
         for each in watched.values():
             each.kill()
             each.close()
-
-
-async def _drain(stream: asyncio.StreamReader, lines: list[str]) -> None:
-    async for raw in stream:
-        lines.append(raw.decode(errors="replace"))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
 import socketio as reference
 from brokers import _fresh_redis
 from servers import running
@@ -115,6 +116,19 @@ def test_a_write_only_manager_refuses_a_callback_and_a_reserved_room_clearly() -
         assert "reserved" in str(exc)
     else:
         raise AssertionError("a reserved room was accepted")
+
+
+def test_a_write_only_manager_refuses_a_misspelt_or_positional_option_instead_of_emitting_to_all() -> None:
+    from roomcast.socketio import AsyncRedisManager, RedisManager
+
+    emitter = RedisManager("redis://127.0.0.1:1/0", write_only=True)  # refused before any I/O
+    with pytest.raises(TypeError, match="rooom"):
+        emitter.emit("x", 1, rooom="jobs")  # type: ignore[call-arg]
+    # python-socketio's managers take the namespace third: refused, never read as to=
+    with pytest.raises(TypeError):
+        emitter.emit("x", 1, "/chat")  # type: ignore[misc]
+    with pytest.raises(TypeError, match="rooom"):
+        asyncio.run(AsyncRedisManager("redis://127.0.0.1:1/0", write_only=True).send(1, rooom="jobs"))  # type: ignore[call-arg]
 
 
 async def test_two_nodes_share_rooms_sids_and_close_room() -> None:

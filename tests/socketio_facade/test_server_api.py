@@ -15,7 +15,7 @@ import socketio as reference
 from servers import running
 
 from roomcast.errors import InvalidPublication
-from roomcast.socketio import AsyncServer, exceptions
+from roomcast.socketio import AsyncNamespace, AsyncServer, exceptions
 
 WAIT_S = 15.0
 
@@ -148,3 +148,28 @@ async def test_star_namespace_handlers_and_unhandled_events_get_no_ack() -> None
         assert await client.call("hello", "bo") == "bo in /"
         with pytest.raises(reference.exceptions.TimeoutError):
             await client.call("nobody-handles-this", timeout=0.3)
+
+
+async def test_a_class_based_namespace_sends_calls_and_emits_in_its_own_namespace() -> None:
+    sio = AsyncServer()
+
+    class Chat(AsyncNamespace):
+        async def on_hello(self, sid: str) -> Any:
+            await self.send("welcome", to=sid)  # "message" in /chat, not in /
+            await self.emit("everyone", 1)  # the namespace's room: the sender too
+            return await self.call("name?", to=sid, timeout=WAIT_S)
+
+    sio.register_namespace(Chat("/chat"))
+    async with running(sio.app) as srv:
+        client = reference.AsyncClient(reconnection=False)
+        got: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        client.on("message", lambda data: got.put_nowait(("message", data)), namespace="/chat")
+        client.on("everyone", lambda data: got.put_nowait(("everyone", data)), namespace="/chat")
+        client.on("name?", lambda: "ada", namespace="/chat")
+        await client.connect(srv.url, transports=["websocket"], namespaces=["/chat"])
+        try:
+            async with asyncio.timeout(WAIT_S):
+                assert await client.call("hello", namespace="/chat", timeout=WAIT_S) == "ada"
+                assert [await got.get(), await got.get()] == [("message", "welcome"), ("everyone", 1)]
+        finally:
+            await client.disconnect()

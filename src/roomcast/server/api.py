@@ -49,7 +49,7 @@ from roomcast.errors import (
 )
 from roomcast.hub.hub import Hub
 from roomcast.server.openapi import OPENAPI
-from roomcast.tasks.model import TaskStatus, check_task_id
+from roomcast.tasks.model import TaskStatus, check_task_fields, check_task_id
 from roomcast.tasks.poller import PollSpec, TaskPoller
 from roomcast.tasks.service import TaskService
 from roomcast.tasks.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -430,16 +430,8 @@ class ApiServer:
     async def create_task(self, request: HttpRequest) -> HttpResponse:
         body = _body(request)
         owner, deadline, metadata = body.get("owner"), body.get("deadline"), body.get("metadata")
-        if owner is not None:
-            _name(owner, "owner")
-        if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
-            raise BadRequest("'deadline' must be a UNIX time in seconds")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise BadRequest("'metadata' must be an object")
         title = body.get("title", "")
-        if not isinstance(title, str):
-            raise BadRequest("'title' must be a string")
-        kind = _name(body.get("kind"), "kind")
+        kind = check_task_fields(body.get("kind"), title=title, owner=owner, deadline=deadline, metadata=metadata)
         task_id = body.get("id")
         if task_id is not None:  # the caller's own id (a Celery task's), so it can subscribe before asking
             check_task_id(task_id)  # a TaskError: 400

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+
+from roomcast.socketio.emit_args import CallOptions, EmitOptions
 
 if TYPE_CHECKING:
     from roomcast.socketio.server import AsyncServer
 
 __all__ = ["AsyncNamespace"]
+
+_Options = TypeVar("_Options", EmitOptions, CallOptions)
 
 
 async def call_compat(handler: Callable[..., Any], event: str, args: tuple[Any, ...]) -> Any:
@@ -50,6 +54,12 @@ class AsyncNamespace:
             raise RuntimeError("this namespace is not registered with a server (register_namespace)")
         return self.server
 
+    def _here(self, options: _Options) -> _Options:
+        """``options`` with this namespace when they name none (python-socketio's rule)."""
+        if not options.get("namespace"):
+            options["namespace"] = self.namespace
+        return options
+
     async def trigger_event(self, event: str, *args: Any) -> Any:
         """Run ``on_<event>``; override to route events otherwise. ``None`` without one."""
         handler = getattr(self, "on_" + (event or ""), None)
@@ -57,48 +67,14 @@ class AsyncNamespace:
             return None
         return await call_compat(handler, event, args)
 
-    async def emit(
-        self,
-        event: str,
-        data: Any = None,
-        to: Any = None,
-        room: Any = None,
-        skip_sid: Any = None,
-        namespace: str | None = None,
-        callback: Callable[..., Any] | None = None,
-        ignore_queue: bool = False,
-    ) -> None:
-        await self._server().emit(
-            event, data, to=to, room=room, skip_sid=skip_sid, namespace=namespace or self.namespace, callback=callback
-        )
+    async def emit(self, event: str, data: Any = None, **options: Unpack[EmitOptions]) -> None:
+        await self._server().emit(event, data, **self._here(options))
 
-    async def send(
-        self,
-        data: Any,
-        to: Any = None,
-        room: Any = None,
-        skip_sid: Any = None,
-        namespace: str | None = None,
-        callback: Callable[..., Any] | None = None,
-        ignore_queue: bool = False,
-    ) -> None:
-        await self._server().send(
-            data, to=to, room=room, skip_sid=skip_sid, namespace=namespace or self.namespace, callback=callback
-        )
+    async def send(self, data: Any, **options: Unpack[EmitOptions]) -> None:
+        await self._server().send(data, **self._here(options))
 
-    async def call(
-        self,
-        event: str,
-        data: Any = None,
-        to: str | None = None,
-        sid: str | None = None,
-        namespace: str | None = None,
-        timeout: float = 60,
-        ignore_queue: bool = False,
-    ) -> Any:
-        return await self._server().call(
-            event, data, to=to, sid=sid, namespace=namespace or self.namespace, timeout=timeout
-        )
+    async def call(self, event: str, data: Any = None, **options: Unpack[CallOptions]) -> Any:
+        return await self._server().call(event, data, **self._here(options))
 
     async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
         await self._server().enter_room(sid, room, namespace=namespace or self.namespace)

@@ -17,10 +17,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Unpack
 
 from roomcast.publisher import RedisPublisher
+from roomcast.socketio.emit_args import EmitOptions, check_emit_options, payload_args, relay_emit, skip_sids, targets
 from roomcast.socketio.rooms import RELAY_ROOM, namespace_key, room_key
 
 __all__ = ["AsyncManager", "AsyncRedisManager", "RedisManager"]
@@ -32,36 +32,22 @@ class AsyncManager:
     write_only = False
 
 
-def _skip(skip_sid: Any) -> list[str]:
-    if skip_sid is None:
-        return []
-    if isinstance(skip_sid, str):
-        return [skip_sid]
-    return sorted(skip_sid)
-
-
-def _args(data: Any) -> tuple[Any, ...]:
-    if data is None:
-        return ()
-    return data if isinstance(data, tuple) else (data,)
-
-
-def _publications(
-    event: str, data: Any, to: Any, room: Any, skip_sid: Any, namespace: str | None, callback: Any
-) -> list[tuple[str, str, tuple[Any, ...], list[str]]]:
-    """``(room, event, args, skip)`` for each publication one emit makes."""
-    if callback is not None:
+def _publications(event: str, data: Any, options: EmitOptions) -> list[tuple[str, str, tuple[Any, ...], list[str]]]:
+    """``(room, event, args, skip)`` for each publication one emit makes: what
+    ``AsyncServer.emit`` publishes, a possible sid on another node included."""
+    check_emit_options(options)
+    if options.get("callback") is not None:
         raise ValueError("a callback cannot cross processes: use call() in a handler of the server")
-    ns = namespace or "/"
-    args, skip = _args(data), _skip(skip_sid)
-    target = to if to is not None else room
-    if target is None:
-        return [(namespace_key(ns), event, args, skip)]
-    targets: Iterable[Any] = target if isinstance(target, (list, tuple, set, frozenset)) else (target,)
+    ns = options.get("namespace") or "/"
+    args, skip = payload_args(data), skip_sids(options.get("skip_sid"))
+    listed = sorted(skip or ())
+    named = targets(options.get("to"), options.get("room"))
+    if named is None:
+        return [(namespace_key(ns), event, args, listed)]
     out = []
-    for one in targets:
-        out.append((room_key(ns, one), event, args, skip))
-        out.append((RELAY_ROOM, "relay", (["emit", ns, one, event, list(args), skip],), []))
+    for one in named:
+        out.append((room_key(ns, one), event, args, listed))
+        out.append((RELAY_ROOM, "relay", (relay_emit(ns, one, event, args, skip),), []))
     return out
 
 
@@ -100,49 +86,30 @@ class AsyncRedisManager:
             self._publisher = RedisPublisher(self.url, history_size=size, history_ttl=ttl)
         return self._publisher
 
-    async def emit(
-        self,
-        event: str,
-        data: Any = None,
-        to: Any = None,
-        room: Any = None,
-        skip_sid: Any = None,
-        namespace: str | None = None,
-        callback: Callable[..., Any] | None = None,
-        ignore_queue: bool = False,
-    ) -> None:
-        """Emit as ``AsyncServer.emit`` does, from a process that serves no clients.
+    async def emit(self, event: str, data: Any = None, **options: Unpack[EmitOptions]) -> None:
+        """Emit as ``AsyncServer.emit`` does, from a process that serves no clients (the
+        options by keyword: python-socketio's managers order them otherwise).
 
         Raises:
             roomcast.PublishError: refused (reserved name, data not JSON) or Redis unreachable.
             ValueError: a ``callback`` (acks cannot cross processes), or a bad room name.
         """
         publisher = self.publisher()
-        for key, name, args, skip in _publications(event, data, to, room, skip_sid, namespace, callback):
+        for key, name, args, skip in _publications(event, data, options):
             await publisher.apublish_args(key, name, args, skip=skip)
 
-    async def send(self, data: Any, **kwargs: Any) -> None:
-        await self.emit("message", data, **kwargs)
+    async def send(self, data: Any, **options: Unpack[EmitOptions]) -> None:
+        await self.emit("message", data, **options)
 
 
 class RedisManager(AsyncRedisManager):
     """``AsyncRedisManager`` for synchronous code (a Celery task): ``emit`` blocks."""
 
-    def emit(  # type: ignore[override]
-        self,
-        event: str,
-        data: Any = None,
-        to: Any = None,
-        room: Any = None,
-        skip_sid: Any = None,
-        namespace: str | None = None,
-        callback: Callable[..., Any] | None = None,
-        ignore_queue: bool = False,
-    ) -> None:
+    def emit(self, event: str, data: Any = None, **options: Unpack[EmitOptions]) -> None:  # type: ignore[override]
         """Emit and return once Redis has it."""
         publisher = self.publisher()
-        for key, name, args, skip in _publications(event, data, to, room, skip_sid, namespace, callback):
+        for key, name, args, skip in _publications(event, data, options):
             publisher.publish_args(key, name, args, skip=skip)
 
-    def send(self, data: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        self.emit("message", data, **kwargs)
+    def send(self, data: Any, **options: Unpack[EmitOptions]) -> None:  # type: ignore[override]
+        self.emit("message", data, **options)

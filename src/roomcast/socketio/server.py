@@ -26,8 +26,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable
-from typing import Any, Final, TypeVar
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
+from typing import Any, Final, TypeVar, Unpack
 
 from roomcast import disconnect
 from roomcast.broker.memory import MemoryBroker
@@ -38,6 +38,7 @@ from roomcast.hub.handlers import UNHANDLED
 from roomcast.server.app import App
 from roomcast.server.config import Settings
 from roomcast.socketio import exceptions
+from roomcast.socketio.emit_args import EmitOptions, payload_args, relay_emit, skip_sids, targets
 from roomcast.socketio.environ import environ_of
 from roomcast.socketio.namespace import AsyncNamespace, call_compat
 from roomcast.socketio.redis_manager import AsyncManager, AsyncRedisManager
@@ -45,7 +46,7 @@ from roomcast.socketio.rooms import RELAY_ROOM, namespace_key, room_key, room_na
 from roomcast.transports.socketio import SioSocket
 from roomcast.types import Publication
 
-__all__ = ["AsyncServer", "payload_args"]
+__all__ = ["AsyncServer"]
 
 default_logger = logging.getLogger("roomcast.socketio.server")
 
@@ -85,23 +86,6 @@ _REASONS: Final = {
     disconnect.TRANSPORT_CLOSE.reason: "transport close",
 }
 """roomcast's disconnect reasons as python-socketio names them (else ``transport error``)."""
-
-
-def payload_args(data: Any) -> tuple[Any, ...]:
-    """python-socketio's ``data``: ``None`` is no argument, a tuple several, anything else one."""
-    if data is None:
-        return ()
-    if isinstance(data, tuple):
-        return data
-    return (data,)
-
-
-def _sids(skip_sid: Any) -> frozenset[str] | None:
-    if skip_sid is None:
-        return None
-    if isinstance(skip_sid, str):
-        return frozenset((skip_sid,))
-    return frozenset(skip_sid) or None
 
 
 class _RelayEncoder:
@@ -452,16 +436,15 @@ class AsyncServer:
                 name is reserved.
         """
         ns = namespace or "/"
-        target = to if to is not None else room
+        named = targets(to, room)
         args = self._args(data)
-        skip = _sids(skip_sid)
-        if target is None:
+        skip = skip_sids(skip_sid)
+        if named is None:
             if callback is not None:
                 raise ValueError("a callback needs to= one connected sid")
             await self.hub.publish(namespace_key(ns), event, *args, skip=skip)
             return
-        targets: Iterable[Any] = target if isinstance(target, (list, tuple, set, frozenset)) else (target,)
-        for one in targets:
+        for one in named:
             conn = self._local(one, ns)
             if conn is not None:
                 if skip is not None and one in skip:
@@ -475,7 +458,7 @@ class AsyncServer:
                 raise ValueError(f"a callback needs to= one sid connected to {ns} on this server, not {one!r}")
             await self.hub.publish(room_key(ns, one), event, *args, skip=skip)
             if self._multi_node:  # it may be a sid on another node
-                await self.hub.publish(RELAY_ROOM, "relay", ["emit", ns, one, event, list(args), sorted(skip or ())])
+                await self.hub.publish(RELAY_ROOM, "relay", relay_emit(ns, one, event, args, skip))
 
     def _ask(self, conn: Connection, event: str, args: tuple[Any, ...], callback: Callable[..., Any]) -> None:
         if not isinstance(conn, SioSocket):
@@ -489,18 +472,9 @@ class AsyncServer:
 
         future.add_done_callback(answered)
 
-    async def send(
-        self,
-        data: Any,
-        to: Any = None,
-        room: Any = None,
-        skip_sid: Any = None,
-        namespace: str | None = None,
-        callback: Callable[..., Any] | None = None,
-        ignore_queue: bool = False,
-    ) -> None:
+    async def send(self, data: Any, **options: Unpack[EmitOptions]) -> None:
         """``emit("message", data, ...)``."""
-        await self.emit("message", data, to=to, room=room, skip_sid=skip_sid, namespace=namespace, callback=callback)
+        await self.emit("message", data, **options)
 
     async def call(
         self,

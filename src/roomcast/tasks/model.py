@@ -372,6 +372,31 @@ MAX_TASK_ID = MAX_NAME_LENGTH - len("task:")
 """The longest task id a caller may choose: its room ``task:{id}`` must still be a room name."""
 
 
+def check_task_fields(kind: object, *, title: object, owner: object, deadline: object, metadata: object) -> str:
+    """Refuse what a new task cannot be made of, the same way whoever asks: a node's API and
+    ``RedisPublisher.create_task`` (which writes tasks into Redis with no node between).
+    Returns ``kind``, known to be a name.
+
+    Raises:
+        TaskError: saying which field is wrong and why (a 400 on the API).
+    """
+    if owner is not None:
+        _check_name(owner, "owner")
+    if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
+        raise TaskError("'deadline' must be a UNIX time in seconds")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TaskError("'metadata' must be an object")
+    if not isinstance(title, str):
+        raise TaskError("'title' must be a string")
+    return _check_name(kind, "kind")
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
+        raise TaskError(f"'{what}' must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    return value
+
+
 def check_task_id(task_id: object) -> str:
     """A task id chosen by a caller (a Celery task's own id), or ``TaskError`` saying why not.
 
