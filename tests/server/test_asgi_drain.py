@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,6 +33,7 @@ import aiohttp
 import socketio
 from rawclient import RawWebSocket, open_websocket
 from sseclient import SseStream, open_sse
+from uvicornproc import uvicorn_serving as uvicorn_process
 
 from roomcast import RoomcastApp
 from roomcast.server.config import Settings
@@ -60,48 +59,8 @@ async def uvicorn_serving(
     tmp_path: Path, grace: float = GRACE
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, list[str]]]:
     """``uvicorn board:app`` on a free port: (process, base URL, its output lines so far and to come)."""
-    (tmp_path / "board.py").write_text(APP_MODULE.format(grace=grace, delay=DELAY))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "board:app",
-        "--app-dir",
-        str(tmp_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--log-level",
-        "info",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    reader: asyncio.Future[None] | None = None
-    try:
-        async with asyncio.timeout(WAIT):
-            while not any("Uvicorn running on" in line for line in lines):
-                raw = await proc.stdout.readline()
-                assert raw, "uvicorn ended:\n" + "".join(lines)
-                lines.append(raw.decode(errors="replace"))
-        found = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))
-        assert found is not None
-
-        async def read_on() -> None:  # keep the pipe flowing: a full one would stall uvicorn
-            assert proc.stdout is not None
-            while raw := await proc.stdout.readline():
-                lines.append(raw.decode(errors="replace"))
-
-        reader = asyncio.ensure_future(read_on())
-        yield proc, found[1], lines
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if reader is not None:
-            await asyncio.wait_for(reader, WAIT)
+    async with uvicorn_process(tmp_path, APP_MODULE.format(grace=grace, delay=DELAY)) as serving:
+        yield serving
 
 
 def _address(base: str) -> tuple[str, int]:

@@ -8,7 +8,8 @@ the first request (Starlette/FastAPI ``mount()`` does not forward lifespan), plu
 ``lifespan(host)`` for ``FastAPI(lifespan=rt.lifespan)``. Mounted with
 ``api.mount("/rt", rt)``, it routes on the path relative to the mount point. Once started it
 drains on the host's SIGTERM as the native door does (``server.asgi_drain``), and after the
-drain delay answers new clients 503.
+drain delay answers new clients 503. ``native_port=`` also opens roomcast's native door in the
+same process and loop, sharing the hub (``server.asgi_native``), at the lifespan startup.
 
 Why it is slower than the native door, and allowed to be: each outbound message is an ASGI dict
 and a call into the host server's WebSocket layer, so fan-out cannot write one pre-built frame
@@ -30,6 +31,7 @@ from typing import Any
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.asgi_drain import SignalDrain
+from roomcast.server.asgi_native import NEEDS_LIFESPAN, InProcessDoor
 from roomcast.server.config import Settings
 from roomcast.transports.base import (
     HttpRequest,
@@ -251,6 +253,15 @@ class RoomcastApp:
     would hold only the subscribers that happened to connect to it. The hub is built here,
     so handlers go on ``rt.hub``; ``redis=`` with ``hub=`` is a ``TypeError``, since a hub
     already built has its broker and the URL would be silently ignored.
+
+    ``native_port=8001`` also serves the same app on roomcast's native door, on that port
+    (``Settings.host``), in this process and event loop: Socket.IO, SSE and ``/ws`` clients
+    connected there get native fan-out speed while the host serves the rest through ASGI
+    (``server.asgi_native``; ``native_address`` says where once started, ``0`` picks a
+    port). It opens at the ASGI lifespan startup and drains and closes at its shutdown, so
+    it needs the lifespan: ``FastAPI(lifespan=rt.lifespan)`` when mounted. Without one,
+    every request is answered 500 naming the fix (``NEEDS_LIFESPAN``, logged once) instead
+    of leaving the native port silently closed.
     """
 
     def __init__(
@@ -260,7 +271,10 @@ class RoomcastApp:
         hub: Hub | None = None,
         settings: Settings | None = None,
         redis: str | None = None,
+        native_port: int | None = None,
     ) -> None:
+        if native_port is not None and not 0 <= native_port <= 65535:
+            raise ValueError(f"native_port must be a TCP port (0-65535, 0 picks one), got {native_port}")
         if app is not None and (hub is not None or settings is not None or redis is not None):
             raise TypeError("pass either an App or hub/settings/redis to build one, not both")
         if redis is not None:
@@ -274,7 +288,11 @@ class RoomcastApp:
                 raise TypeError("redis= and settings.redis_url name different Redis servers: pass one")
             settings = dataclasses.replace(settings if settings is not None else Settings(), redis_url=redis)
         self.app = app if app is not None else App(hub, settings)
-        self.app.door = "asgi"  # its metrics label connections with the door that serves them
+        # its metrics label connections with the door that serves them (both: "asgi+native")
+        self.app.door = "asgi" if native_port is None else "asgi+native"
+        self.native = InProcessDoor(self.app, native_port) if native_port is not None else None
+        """The in-process native door (``native_port=``), or ``None``."""
+        self._told_no_lifespan = False
         self.hub = self.app.hub
         self.settings = self.app.settings
         self._starting = asyncio.Lock()
@@ -284,12 +302,28 @@ class RoomcastApp:
         self.signals: SignalDrain | None = None
         """The drain on the host's SIGTERM, once started in the main thread."""
 
+    @property
+    def native_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the in-process native door while it listens, else ``None``."""
+        return self.native.address if self.native is not None else None
+
     # -- lifespan -----------------------------------------------------------------------
     async def startup(self) -> None:
-        """Start the app once; concurrent calls wait for that start (a failed one is retried)."""
+        """Start the app once, then the native door if asked; concurrent calls wait for that
+        start (a failed one is retried).
+
+        Raises:
+            CannotListen: ``native_port`` cannot be bound (the app is shut down again).
+        """
         async with self._starting:
             if not self._ready:
                 await self.app.startup()
+                if self.native is not None:
+                    try:
+                        await self.native.open()
+                    except BaseException:
+                        await self.app.shutdown()  # the host's lifespan.startup fails: it exits
+                        raise
                 self._ready = True
                 signals = SignalDrain(self.app, self._stop_accepting)
                 if signals.install():
@@ -299,12 +333,17 @@ class RoomcastApp:
         """Shut the app down once, if it was started."""
         if self._ready and not self._stopped:
             self._stopped = True
+            drained = self.signals is not None and self.signals.drained is not None
             if self.signals is not None:
                 self.signals.uninstall()
+            if self.native is not None:  # the host's clients are gone; the door's may not be
+                await self.native.close(drained=drained)
             await self.app.shutdown()
 
     def _stop_accepting(self) -> None:
         self.accepting = False
+        if self.native is not None:
+            self.native.stop_accepting()
 
     def _refusal(self) -> HttpResponse:
         """What a new client hears once a drain passed its delay: come back (elsewhere)."""
@@ -341,11 +380,27 @@ class RoomcastApp:
             await self._lifespan(receive, send)
             return
         if not self._ready:
+            if self.native is not None:
+                await self._refuse_without_lifespan(scope, receive, send)
+                return
             await self.startup()  # the host did not forward lifespan (a mount): start lazily
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
+
+    async def _refuse_without_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """No lifespan, so no native door: say so (once in the log, on every request)."""
+        if not self._told_no_lifespan:
+            self._told_no_lifespan = True
+            logger.error(NEEDS_LIFESPAN)
+        if scope["type"] == "http":
+            answer = api_error(500, "no_lifespan", NEEDS_LIFESPAN)
+            await send({"type": "http.response.start", "status": answer.status, "headers": _headers(answer)})
+            await send({"type": "http.response.body", "body": answer.body})
+        elif scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": WS_1011_INTERNAL_ERROR, "reason": "no ASGI lifespan"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.settings.max_payload
