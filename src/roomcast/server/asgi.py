@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 
 from roomcast.hub.hub import Hub
@@ -82,32 +82,41 @@ def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+_IDLE: Any = object()
+"""What a pump yields between messages: the last one was written, the pump waits for the next."""
+_COROUTINE = types.CoroutineType
+
+
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    """Finish, under the current task, a coroutine whose first step already yielded ``yielded``."""
+def _pump(send: Send) -> Generator[Any, Message, None]:
+    """One connection's messages into the host's ``send``: ``pump.send(message)`` runs the
+    host's ``send(message)`` to its end and returns ``_IDLE``, or, should the host suspend
+    (backpressure), returns what it waits on, and ``_until_idle`` finishes it in a task.
+
+    Why a generator that lives as long as the connection: stepping each host coroutine with
+    ``coroutine.send(None)`` ends every message with a ``StopIteration`` raised and caught,
+    about 0.4 µs per recipient on a fan-out; ``yield from`` inside a running generator
+    finishes the host's coroutine the way ``await`` does, with no exception.
+    """
+    message = yield _IDLE
     while True:
-        try:
-            try:
-                sent = yield yielded
-            except BaseException as exc:  # cancellation and errors go into the coroutine
-                yielded = coro.throw(exc)
-            else:
-                yielded = coro.send(sent)
-        except StopIteration:
-            return
+        pending = send(message)
+        yield from (pending if type(pending) is _COROUTINE else pending.__await__())
+        message = yield _IDLE
 
 
 class AsgiSender:
     """Messages to an ASGI host's ``send``, in order, inline whenever the host allows.
 
-    Why it steps the host's ``send`` by hand: with uvicorn (and hosts like it) ``await
+    Why it runs the host's ``send`` by hand: with uvicorn (and hosts like it) ``await
     send(message)`` writes to the transport and returns without ever suspending, unless the
-    host is applying backpressure. Each message therefore runs the coroutine's first step
-    inline; if it finishes, the message is written with no task, no queue and no loop
-    iteration (on a 1000-subscriber fan-out, 16.1 µs per delivery with a writer task per
-    connection became 12-13 µs). If it suspends, a drain task finishes it and then sends, in
-    order, whatever was queued meanwhile; past ``high_water`` queued bytes a send returns
-    ``False`` (a slow consumer), and finishing then drops what is queued instead of flushing.
+    host is applying backpressure. Each message therefore goes through the connection's
+    ``_pump`` inline; if the host's send finishes, the message is written with no task, no
+    queue and no loop iteration (on a 1000-subscriber fan-out, 16.1 µs per delivery with a
+    writer task per connection became 12-13 µs). If it suspends, a drain task finishes it
+    and then sends, in order, whatever was queued meanwhile; past ``high_water`` queued
+    bytes a send returns ``False`` (a slow consumer), and finishing then drops what is
+    queued instead of flushing.
     """
 
     def __init__(self, send: Send, *, high_water: int) -> None:
@@ -118,6 +127,7 @@ class AsgiSender:
         self.closing = False
         self._final: Message | None = None
         self._inline = True
+        self._pump: Generator[Any, Message, None] | None = None
         self.drain: asyncio.Task[None] | None = None
         self.finished = asyncio.get_running_loop().create_future()  # the last message went, or lost
 
@@ -156,28 +166,51 @@ class AsgiSender:
         """Send ``message`` now if the host lets us; otherwise start the drain task with it."""
         if last:
             self._final = None
-        pending = self._asgi_send(message)
-        if not self._inline or not (type(pending) is types.CoroutineType or isinstance(pending, Coroutine)):
-            self._start_drain(pending, last)
+        if not self._inline:
+            self._start_drain(self._asgi_send(message), last)
             return
+        pump = self._pump
+        if pump is None:
+            pump = self._pump = _pump(self._asgi_send)
+            pump.send(None)  # type: ignore[arg-type]  # primed: now at its first ``yield _IDLE``
         try:
-            yielded = pending.send(None)
-        except StopIteration:
+            yielded = pump.send(message)
+        except BaseException as exc:
+            self._failed(exc, message, last)
+            return
+        if yielded is _IDLE:
             if last:
                 self._done()
             return
-        except RuntimeError as exc:
-            if "task" not in str(exc):
-                self._lost(exc)
-                return
+        self._start_drain(self._until_idle(pump, yielded), last)
+
+    def _failed(self, exc: BaseException, message: Message, last: bool) -> None:
+        """The host's ``send(message)`` raised ``exc`` inline (which ended the pump)."""
+        self._pump = None
+        if not isinstance(exc, Exception):
+            raise exc  # cancellation, exit: not ours to swallow
+        if isinstance(exc, RuntimeError) and "task" in str(exc):
             # This host's send needs a task (e.g. a timeout inside it): no more inline steps.
             self._inline = False
             self._start_drain(self._asgi_send(message), last)
             return
-        except Exception as exc:
-            self._lost(exc)
-            return
-        self._start_drain(_resume(pending, yielded), last)
+        self._lost(exc)
+
+    @types.coroutine
+    def _until_idle(self, pump: Generator[Any, Message, None], yielded: Any) -> Generator[Any, Any, None]:
+        """Finish, under the drain task, the host's ``send`` the pump suspended in."""
+        try:
+            while yielded is not _IDLE:
+                try:
+                    sent = yield yielded
+                except BaseException as exc:  # cancellation and errors go into the host's send
+                    yielded = pump.throw(exc)
+                else:
+                    yielded = pump.send(sent)
+        except BaseException:
+            if self._pump is pump:
+                self._pump = None  # it ended with the host's send
+            raise
 
     def _start_drain(self, first: Awaitable[None], last: bool) -> None:
         self.drain = asyncio.ensure_future(self._drain(first, last))
@@ -223,8 +256,20 @@ class AsgiWebSocket(AsgiSender):
 
     def send(self, data: str | bytes) -> bool:
         if isinstance(data, str):
-            return self._send({"type": "websocket.send", "text": data}, len(data))
-        return self._send({"type": "websocket.send", "bytes": data}, len(data))
+            message = {"type": "websocket.send", "text": data}
+        else:
+            message = {"type": "websocket.send", "bytes": data}
+        pump = self._pump  # the fan-out's path: ``_step`` inlined, about 0.1 µs per recipient
+        if pump is not None and self.drain is None and not self.closing:
+            try:
+                yielded = pump.send(message)
+            except BaseException as exc:
+                self._failed(exc, message, False)
+                return True
+            if yielded is not _IDLE:
+                self._start_drain(self._until_idle(pump, yielded), False)
+            return True
+        return self._send(message, len(data))
 
     def send_frames(self, frames: bytes) -> bool:
         raise NotImplementedError("the ASGI door sends whole messages (native_frames is False)")
