@@ -8,6 +8,8 @@ What a FastAPI deployment relies on, each checked against a real ``uvicorn`` pro
 * SIGTERM drains the native door's clients (SSE told to reconnect, the Socket.IO transport
   closed, not a "server disconnect") and the process stops by itself within the grace,
   with the native port closed;
+* behind nginx with docs/deploy.md's FastAPI block, ``/sse`` and ``/socket.io/`` reach the
+  native door and the API reaches uvicorn (the access log's ``upstream=`` says which);
 * without the lifespan (a mounted app in a FastAPI that does not pass ``rt.lifespan``)
   nothing is silently half-started: every request to roomcast is answered 500 naming the
   fix, and the log says it once.
@@ -24,6 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import socketio
+from nginxserver import fastapi_config, running_nginx
 from servers import uvicorn_running
 from sseclient import open_sse
 from uvicornproc import WAIT, uvicorn_serving
@@ -107,6 +110,34 @@ async def test_an_api_route_publishes_to_native_door_clients_and_sigterm_stops_i
     assert "Traceback" not in output and "Application shutdown complete" in output, output
     with pytest.raises(OSError):  # the native port is closed with the process
         socket.create_connection((where["host"], where["port"]), timeout=WAIT).close()
+
+
+async def test_behind_nginx_the_real_time_paths_reach_the_native_door_and_the_rest_uvicorn(tmp_path: Path) -> None:
+    source = NOTES.format(grace=GRACE)
+    async with uvicorn_serving(tmp_path, source, "notes:api") as (_, base, _), aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/native") as answer:
+            where = await answer.json()
+        api, native = base.removeprefix("http://"), f"{where['host']}:{where['port']}"
+        with running_nginx([api, native], fastapi_config) as nginx:
+            client = socketio.AsyncClient(reconnection=False)
+            notes: asyncio.Queue[object] = asyncio.Queue()
+            client.on("note", notes.put_nowait)
+            await client.connect(nginx.url, transports=["websocket"], wait_timeout=WAIT)
+            try:
+                await client.call("subscribe", {"room": "board"}, timeout=WAIT)
+                async with open_sse(nginx.url, ["board"]) as stream:
+                    assert stream.status == 200 and (await stream.next(WAIT)).event == "snapshot"
+                    async with http.post(f"{nginx.url}/notes", json={"text": "via nginx"}) as published:
+                        assert published.status == 200, await published.text()
+                    assert await asyncio.wait_for(notes.get(), WAIT) == {"text": "via nginx"}
+                    event = await stream.next(WAIT)  # unbuffered through nginx
+                    assert (event.event, event.json()) == ("note", {"text": "via nginx"})
+            finally:
+                await client.shutdown()
+            lines = nginx.access_lines()
+    upstream = {line.split('"')[1].split()[1].split("?")[0]: line.rsplit("upstream=", 1)[1] for line in lines}
+    assert upstream["/notes"] == api, lines
+    assert upstream["/sse"] == native and upstream["/socket.io/"] == native, lines
 
 
 async def test_without_the_lifespan_every_request_is_refused_naming_the_fix(caplog: pytest.LogCaptureFixture) -> None:
