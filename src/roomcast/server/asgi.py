@@ -300,6 +300,7 @@ class AsgiWebSocket(AsgiSender):
     native_frames = False
 
     def send(self, data: str | bytes) -> bool:
+        message: Message
         if isinstance(data, str):
             message = {"type": "websocket.send", "text": data}
         else:
