@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from roomcast.server.asgi import AsgiWebSocket
+from roomcast.server.asgi import AsgiWebSocket, InlineRunner
 
 WAIT = 10.0
 
@@ -92,3 +92,27 @@ async def test_a_host_whose_send_needs_a_task_still_gets_every_message_in_order(
     await asyncio.wait_for(ws.finished, WAIT)
     assert written == ["m0", "m1", "m2", "websocket.close"]
     assert ws.send("late") and written[-1] == "websocket.close"  # closed: nothing after the close
+
+
+async def test_a_send_made_from_inside_another_connections_host_send_still_arrives() -> None:
+    """The connections of one door share their inline runner; a host (or a middleware around
+    its ``send``) that sends on another connection from inside its own gets both through."""
+    runner = InlineRunner()
+    second_written: asyncio.Queue[str] = asyncio.Queue()
+
+    async def second_send(message: dict[str, Any]) -> None:
+        second_written.put_nowait(message["text"])
+
+    second = AsgiWebSocket(second_send, high_water=1000, runner=runner)
+    first_written: list[str] = []
+
+    async def first_send(message: dict[str, Any]) -> None:
+        first_written.append(message["text"])
+        second.send("relayed " + message["text"])  # from inside the first host send
+
+    first = AsgiWebSocket(first_send, high_water=1000, runner=runner)
+    assert first.send("a") and first.send("b")
+    assert first_written == ["a", "b"]  # the first connection's messages went inline
+    assert second.send("c")
+    got = [await asyncio.wait_for(second_written.get(), WAIT) for _ in range(3)]
+    assert got == ["relayed a", "relayed b", "c"]

@@ -236,7 +236,7 @@ class AsgiSender:
             yielded = runner.send(pending)
         except BaseException as exc:
             inline.detach()
-            self._failed(exc, message, last)
+            self._failed(exc, pending, message, last)
             return
         if yielded is _IDLE:
             if last:
@@ -244,11 +244,16 @@ class AsgiSender:
             return
         self._start_drain(_until_idle(inline.detach(), yielded), last)
 
-    def _failed(self, exc: BaseException, message: Message, last: bool) -> None:
-        """The host's ``send(message)`` raised ``exc`` inline."""
+    def _failed(self, exc: BaseException, pending: Awaitable[None], message: Message, last: bool) -> None:
+        """Running ``pending``, the host's ``send(message)``, inline raised ``exc``."""
+        close = getattr(pending, "close", None)
+        if close is not None:
+            close()  # a no-op once it ran; else it is never run (no "never awaited" warning)
         if not isinstance(exc, Exception):
             raise exc  # cancellation, exit: not ours to swallow
-        if isinstance(exc, RuntimeError) and "task" in str(exc) or "already executing" in str(exc):
+        if (isinstance(exc, RuntimeError) and "task" in str(exc)) or (
+            isinstance(exc, ValueError) and "already executing" in str(exc)
+        ):
             # This host's send needs a task (e.g. a timeout inside it), or called back into a
             # send of ours from inside its own: no more inline steps for this connection.
             self._inline = False
@@ -313,7 +318,7 @@ class AsgiWebSocket(AsgiSender):
                 yielded = runner.send(pending)
             except BaseException as exc:
                 inline.detach()
-                self._failed(exc, message, False)
+                self._failed(exc, pending, message, False)
                 return True
             if yielded is not _IDLE:
                 self._start_drain(_until_idle(inline.detach(), yielded), False)
