@@ -7,7 +7,8 @@ What a FastAPI deployment relies on, each checked against a real ``uvicorn`` pro
   and an SSE client connected to the native port;
 * SIGTERM drains the native door's clients (SSE told to reconnect, the Socket.IO transport
   closed, not a "server disconnect") and the process stops by itself within the grace,
-  with the native port closed;
+  with the native port closed; a host that stops without a signal still has the door's
+  clients told to reconnect at the lifespan shutdown;
 * behind nginx with docs/deploy.md's FastAPI block, ``/sse`` and ``/socket.io/`` reach the
   native door and the API reaches uvicorn (the access log's ``upstream=`` says which);
 * without the lifespan (a mounted app in a FastAPI that does not pass ``rt.lifespan``)
@@ -138,6 +139,32 @@ async def test_behind_nginx_the_real_time_paths_reach_the_native_door_and_the_re
     upstream = {line.split('"')[1].split()[1].split("?")[0]: line.rsplit("upstream=", 1)[1] for line in lines}
     assert upstream["/notes"] == api, lines
     assert upstream["/sse"] == native and upstream["/socket.io/"] == native, lines
+
+
+async def test_a_lifespan_shutdown_without_a_signal_drains_the_native_doors_clients() -> None:
+    """The host stops without a signal (``should_exit``, an embedding program): the door's
+    SSE client is still told to reconnect before the app shuts down, not cut."""
+    from fastapi import FastAPI
+
+    rt = RoomcastApp(settings=Settings(task_db=":memory:", shutdown_grace=1.0, drain_delay=0.1), native_port=0)
+    api = FastAPI(lifespan=rt.lifespan)
+    api.mount("/rt", rt)
+    snapshot = asyncio.Event()
+
+    async def follow(native: str) -> list[str]:
+        async with open_sse(native, ["board"]) as stream:
+            assert (await stream.next(WAIT)).event == "snapshot"
+            snapshot.set()
+            return [f"{e.event} {e.data}" for e in await stream.until_end(WAIT)]
+
+    async with uvicorn_running(api):
+        assert rt.native_address is not None
+        host, port = rt.native_address
+        follower = asyncio.ensure_future(follow(f"http://{host}:{port}"))
+        await asyncio.wait_for(snapshot.wait(), WAIT)
+    told = await asyncio.wait_for(follower, WAIT)
+    assert len(told) == 1 and told[0].startswith("error ") and '"reconnect":true' in told[0], told
+    assert rt.native_address is None  # closed with the app
 
 
 async def test_without_the_lifespan_every_request_is_refused_naming_the_fix(caplog: pytest.LogCaptureFixture) -> None:
