@@ -42,7 +42,10 @@ shown as a ratio to ``roomcast``: ``roomcast-tls`` serves TLS (``--ssl-certfile`
 generator connects over wss://; ``roomcast-observed`` runs as an operator does, with
 ``--log-level info --log-format json`` (a connection line per open and close, written to a
 file) while a scraper in this process reads ``/metrics`` every second, so its ratio is what
-metrics and logging cost a fan-out.
+metrics and logging cost a fan-out; ``roomcast-asgi-native`` is the ASGI app under uvicorn
+with ``RoomcastApp(native_port=...)``, the load generator connecting to that in-process native
+door, so its ratio is what sharing the process with uvicorn costs. ``roomcast-asgi/bare-asgi``
+is the ASGI door against the least any ASGI app pays (``bench/peers/bare_asgi.py``).
 
 This is a benchmark, not a test: it measures and prints; ``tests/bench`` only checks that a
 small run works and prints its table.
@@ -84,6 +87,8 @@ FD_HEADROOM = 200
 SERVERS: dict[str, list[str]] = {
     "roomcast": [PY, str(BENCH / "server.py"), "--door", "native"],
     "roomcast-asgi": [PY, str(BENCH / "server.py"), "--door", "asgi"],
+    # the same uvicorn process with RoomcastApp(native_port=...): clients on the in-process native door
+    "roomcast-asgi-native": [PY, str(BENCH / "server.py"), "--door", "asgi-native"],
     "node": [NODE, str(BENCH / "node" / "server.mjs")],
     "python-socketio": [PY, str(BENCH / "peers" / "pysio_server.py")],
     # the same python-socketio file on roomcast.socketio (its import changed), native door
@@ -112,6 +117,7 @@ REDIS = shutil.which("redis-server") or "redis-server"
 DEFAULT_SERVERS = [
     "roomcast",
     "roomcast-asgi",
+    "roomcast-asgi-native",
     "node",
     "python-socketio",
     "roomcast-facade",
@@ -123,8 +129,9 @@ DEFAULT_SERVERS = [
 ]
 TLS_ROW = "roomcast-tls"
 OBSERVED_ROW = "roomcast-observed"
+IN_PROCESS_ROW = "roomcast-asgi-native"
 # what the variant rows run: fan-out, where a per-message cost would show
-VARIANTS = {TLS_ROW, OBSERVED_ROW}
+VARIANTS = {TLS_ROW, OBSERVED_ROW, IN_PROCESS_ROW}
 FOR_VARIANTS = {"fanout1000", "fanout5000"}
 SCRAPE_INTERVAL = 1.0  # seconds between two reads of /metrics, as a Prometheus would
 # roomcast's own transports: only its two doors speak them (the publisher stays Socket.IO)
@@ -554,6 +561,8 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
             ("roomcast", "python-socketio"),
             ("roomcast-facade", "roomcast"),
             ("roomcast-asgi", "node"),
+            ("roomcast-asgi", "bare-asgi"),
+            ("roomcast-asgi-native", "roomcast"),
             ("bare-asgi", "node"),
             ("roomcast-tls", "roomcast"),
             ("roomcast-observed", "roomcast"),

@@ -1,13 +1,16 @@
 """roomcast's benchmark application, in the foreground: this process is the server measured.
 
-    .venv/bin/python bench/server.py --port N --door native|asgi [--redis URL]
+    .venv/bin/python bench/server.py --port N --door native|asgi|asgi-native [--redis URL]
         [--ssl-certfile F --ssl-keyfile F] [--log-level info --log-format json]
 
 Events (the same in every peer under ``bench/``): ``join {room}`` joins and acks ``true``;
 ``publish {room, event, data}`` emits ``event`` with ``data`` to the room, sender included,
 and acks; ``echo`` acks with its data. ``--door native`` serves on roomcast's own asyncio
 front door; ``--door asgi`` mounts ``RoomcastApp`` under uvicorn (uvloop, httptools), as an
-application adding rooms to an existing ASGI stack would. ``--ssl-certfile``/``--ssl-keyfile``
+application adding rooms to an existing ASGI stack would; ``--door asgi-native`` runs that same
+uvicorn (on a port of its own) with ``RoomcastApp(native_port=N)``, so the clients connect to
+the native door inside the ASGI process, as a FastAPI app serving its real-time traffic
+there would. ``--ssl-certfile``/``--ssl-keyfile``
 serve TLS on the native door (the ``roomcast-tls`` row); ``--log-level``/``--log-format`` log
 as ``roomcast serve`` does (``server.logs``: a bounded queue, a writer thread), so the
 ``roomcast-observed`` row pays for a connection line per open and close like production.
@@ -55,7 +58,7 @@ def build(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--door", choices=("native", "asgi"), default="native")
+    parser.add_argument("--door", choices=("native", "asgi", "asgi-native"), default="native")
     parser.add_argument("--redis", help="serve as one node of several sharing this Redis")
     parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (native door)")
     parser.add_argument("--ssl-keyfile", help="the certificate's private key")
@@ -83,10 +86,12 @@ def main() -> None:
 
         from roomcast.server.asgi import RoomcastApp
 
+        in_process = args.door == "asgi-native"  # the clients' port is the native door's
         uvicorn.run(
-            RoomcastApp(app),
+            RoomcastApp(app, native_port=args.port if in_process else None),
             host="127.0.0.1",
-            port=args.port,
+            port=0 if in_process else args.port,
+            lifespan="on",  # what opens the native door
             loop="uvloop",
             http="httptools",
             log_level="warning",

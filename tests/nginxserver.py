@@ -19,13 +19,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["DEPLOY_DOC", "NginxProcess", "deploy_config", "running_nginx"]
+__all__ = ["DEPLOY_DOC", "NginxProcess", "deploy_config", "fastapi_config", "running_nginx"]
 
 DEPLOY_DOC = Path(__file__).parents[1] / "docs" / "deploy.md"
 _TESTED_BLOCK = re.compile(r"<!-- tested: [^>]*-->\n```nginx\n(.*?)```", re.S)
+_FASTAPI_BLOCK = re.compile(r"<!-- tested-fastapi: [^>]*-->\n```nginx\n(.*?)```", re.S)
 
 
 def _free_port() -> int:
@@ -53,6 +54,18 @@ def deploy_config(upstreams: list[str], port: int, access_log: Path) -> str:
     return _replace_once(config, "/var/log/nginx/roomcast.access.log", str(access_log))
 
 
+def fastapi_config(upstreams: list[str], port: int, access_log: Path) -> str:
+    """docs/deploy.md's block for a FastAPI app with the in-process native door: ``upstreams``
+    is ``[uvicorn, native door]`` (``host:port`` each)."""
+    found = _FASTAPI_BLOCK.search(DEPLOY_DOC.read_text())
+    assert found, "docs/deploy.md lost its tested FastAPI nginx block"
+    api, native = upstreams
+    config = _replace_once(found.group(1), "    server 127.0.0.1:8000;\n", f"    server {api};\n")
+    config = _replace_once(config, "    server 127.0.0.1:8001;\n", f"    server {native};\n")
+    config = _replace_once(config, "listen 80;", f"listen 127.0.0.1:{port};")
+    return _replace_once(config, "/var/log/nginx/roomcast.access.log", str(access_log))
+
+
 class NginxProcess:
     """One nginx master we started (``daemon off``), with its workers.
 
@@ -61,7 +74,7 @@ class NginxProcess:
         access_log: the file the deploy config's access log goes to.
     """
 
-    def __init__(self, upstreams: list[str]) -> None:
+    def __init__(self, upstreams: list[str], config: Callable[[list[str], int, Path], str] = deploy_config) -> None:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         assert os.access(binary, os.X_OK), "nginx is missing: make test-deps installs it"
         self.binary = binary
@@ -80,7 +93,7 @@ class NginxProcess:
             "http {\n"
             f"  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n"
             f"  fastcgi_temp_path {temp}/fastcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n"
-            + deploy_config(upstreams, self.port, self.access_log)
+            + config(upstreams, self.port, self.access_log)
             + "}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -128,9 +141,12 @@ class NginxProcess:
 
 
 @contextlib.contextmanager
-def running_nginx(upstreams: list[str]) -> Iterator[NginxProcess]:
-    """nginx with the deploy config in front of ``upstreams``, stopped at the end."""
-    server = NginxProcess(upstreams)
+def running_nginx(
+    upstreams: list[str], config: Callable[[list[str], int, Path], str] = deploy_config
+) -> Iterator[NginxProcess]:
+    """nginx with a deploy config (``deploy_config`` unless told) in front of ``upstreams``,
+    stopped at the end."""
+    server = NginxProcess(upstreams, config)
     try:
         server.start()
         yield server

@@ -2,8 +2,8 @@
 
 Figures are not checked here (benchmarks are not tests; see docs/performance.md); what is
 checked is that the harness a reader reruns works end to end with every peer, and that the
-TLS row (wss:// to a certificate made at the start) and the observed row (info logs, /metrics
-scraped) run; the observed row itself fails its run unless it was scraped and logged.
+TLS row (wss:// to a certificate made at the start), the observed row (info logs, /metrics
+scraped) and the in-process native door's row (uvicorn's lifespan opens it) run; the observed row itself fails its run unless it was scraped and logged.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("roomcast", "roomcast-asgi", "node", "python-socketio")
-VARIANTS = ("roomcast-tls", "roomcast-observed")  # the native door over TLS, and logged and scraped
+# the native door over TLS, logged and scraped, and inside uvicorn's process (RoomcastApp(native_port=...))
+VARIANTS = ("roomcast-tls", "roomcast-observed", "roomcast-asgi-native")
 
 
 def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
@@ -38,6 +39,8 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
         "roomcast-facade",
         "roomcast-facade/roomcast",
         "roomcast-asgi/node",
+        "roomcast-asgi/bare-asgi",
+        "roomcast-asgi-native/roomcast",
         "roomcast-redis2/roomcast",
         "roomcast-tls/roomcast",
         "roomcast-observed/roomcast",

@@ -8,7 +8,8 @@ the first request (Starlette/FastAPI ``mount()`` does not forward lifespan), plu
 ``lifespan(host)`` for ``FastAPI(lifespan=rt.lifespan)``. Mounted with
 ``api.mount("/rt", rt)``, it routes on the path relative to the mount point. Once started it
 drains on the host's SIGTERM as the native door does (``server.asgi_drain``), and after the
-drain delay answers new clients 503.
+drain delay answers new clients 503. ``native_port=`` also opens roomcast's native door in the
+same process and loop, sharing the hub (``server.asgi_native``), at the lifespan startup.
 
 Why it is slower than the native door, and allowed to be: each outbound message is an ASGI dict
 and a call into the host server's WebSocket layer, so fan-out cannot write one pre-built frame
@@ -24,12 +25,13 @@ import dataclasses
 import logging
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.asgi_drain import SignalDrain
+from roomcast.server.asgi_native import NEEDS_LIFESPAN, InProcessDoor
 from roomcast.server.config import Settings
 from roomcast.transports.base import (
     HttpRequest,
@@ -41,7 +43,17 @@ from roomcast.transports.base import (
     json_error,
 )
 
-__all__ = ["RoomcastApp", "AsgiSender", "AsgiWebSocket", "AsgiStream", "Scope", "Message", "Receive", "Send"]
+__all__ = [
+    "RoomcastApp",
+    "AsgiSender",
+    "InlineRunner",
+    "AsgiWebSocket",
+    "AsgiStream",
+    "Scope",
+    "Message",
+    "Receive",
+    "Send",
+]
 
 logger = logging.getLogger("roomcast.asgi")
 
@@ -80,36 +92,96 @@ def _headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+_IDLE: Any = object()
+"""What a runner yields between sends: the last one finished, it waits for the next."""
+_COROUTINE = types.CoroutineType
+
+
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    """Finish, under the current task, a coroutine whose first step already yielded ``yielded``."""
+def _running() -> Generator[Any, Awaitable[None], None]:
+    """Host ``send`` coroutines run to their end: ``runner.send(pending)`` returns ``_IDLE``
+    once ``pending`` finished, or what it waits on if the host suspended it."""
+    pending = yield _IDLE
     while True:
+        yield from (pending if type(pending) is _COROUTINE else pending.__await__())  # type: ignore[misc]
+        pending = yield _IDLE
+
+
+@types.coroutine
+def _until_idle(runner: Generator[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    """Finish, under a drain task, the host's ``send`` that ``runner`` was suspended in."""
+    while yielded is not _IDLE:
         try:
-            try:
-                sent = yield yielded
-            except BaseException as exc:  # cancellation and errors go into the coroutine
-                yielded = coro.throw(exc)
-            else:
-                yielded = coro.send(sent)
-        except StopIteration:
-            return
+            sent = yield yielded
+        except BaseException as exc:  # cancellation and errors go into the host's send
+            yielded = runner.throw(exc)
+        else:
+            yielded = runner.send(sent)
+
+
+class InlineRunner:
+    """Runs the host's ``send`` coroutines inline, for every connection of one door.
+
+    Why a generator, and one per door: stepping each host coroutine by hand with
+    ``coroutine.send(None)`` ends every message with a ``StopIteration`` raised and caught
+    (0.4 µs per recipient of a fan-out), while ``yield from`` inside a running generator
+    finishes it the way ``await`` does, with no exception. One generator per connection
+    saved that on one socket, but on a 5000-subscriber fan-out each one was cold in the CPU
+    cache when its turn came (py-spy: 7 % of the samples on resuming it); one shared
+    generator stays warm. When a host's send suspends, that generator goes with it to the
+    connection's drain task (``detach``) and the door takes a fresh one.
+    """
+
+    __slots__ = ("runner",)
+
+    def __init__(self) -> None:
+        self.runner = self._fresh()
+
+    @staticmethod
+    def _fresh() -> Generator[Any, Awaitable[None], None]:
+        runner = _running()
+        runner.send(None)  # type: ignore[arg-type]  # primed: at its first ``yield _IDLE``
+        return runner
+
+    def detach(self) -> Generator[Any, Awaitable[None], None]:
+        """The runner, suspended in a host's send or ended by its error: it is the caller's
+        now; the door carries on with a fresh one."""
+        runner, self.runner = self.runner, self._fresh()
+        return runner
 
 
 class AsgiSender:
     """Messages to an ASGI host's ``send``, in order, inline whenever the host allows.
 
-    Why it steps the host's ``send`` by hand: with uvicorn (and hosts like it) ``await
+    Why it runs the host's ``send`` by hand: with uvicorn (and hosts like it) ``await
     send(message)`` writes to the transport and returns without ever suspending, unless the
-    host is applying backpressure. Each message therefore runs the coroutine's first step
-    inline; if it finishes, the message is written with no task, no queue and no loop
-    iteration (on a 1000-subscriber fan-out, 16.1 µs per delivery with a writer task per
-    connection became 12-13 µs). If it suspends, a drain task finishes it and then sends, in
-    order, whatever was queued meanwhile; past ``high_water`` queued bytes a send returns
-    ``False`` (a slow consumer), and finishing then drops what is queued instead of flushing.
+    host is applying backpressure. Each message therefore goes through the door's
+    ``InlineRunner`` at once; if the host's send finishes, the message is written with no
+    task, no queue and no loop iteration (on a 1000-subscriber fan-out, 16.1 µs per delivery
+    with a writer task per connection became 12-13 µs). If it suspends, a drain task
+    finishes it and then sends, in order, whatever was queued meanwhile; past ``high_water``
+    queued bytes a send returns ``False`` (a slow consumer), and finishing then drops what
+    is queued instead of flushing. Slotted: a fan-out reads a few of these fields per
+    recipient from thousands of connections, and an instance dict would be one more place in
+    memory each.
     """
 
-    def __init__(self, send: Send, *, high_water: int) -> None:
+    __slots__ = (
+        "_asgi_send",
+        "_inline_runner",
+        "high_water",
+        "queue",
+        "buffered",
+        "closing",
+        "_final",
+        "_inline",
+        "drain",
+        "finished",
+    )
+
+    def __init__(self, send: Send, *, high_water: int, runner: InlineRunner | None = None) -> None:
         self._asgi_send = send
+        self._inline_runner = runner if runner is not None else InlineRunner()
         self.high_water = high_water
         self.queue: deque[tuple[Message, int]] = deque()
         self.buffered = 0
@@ -155,27 +227,39 @@ class AsgiSender:
         if last:
             self._final = None
         pending = self._asgi_send(message)
-        if not self._inline or not (type(pending) is types.CoroutineType or isinstance(pending, Coroutine)):
+        if not self._inline:
             self._start_drain(pending, last)
             return
+        inline = self._inline_runner
+        runner = inline.runner
         try:
-            yielded = pending.send(None)
-        except StopIteration:
+            yielded = runner.send(pending)
+        except BaseException as exc:
+            inline.detach()
+            self._failed(exc, pending, message, last)
+            return
+        if yielded is _IDLE:
             if last:
                 self._done()
             return
-        except RuntimeError as exc:
-            if "task" not in str(exc):
-                self._lost(exc)
-                return
-            # This host's send needs a task (e.g. a timeout inside it): no more inline steps.
+        self._start_drain(_until_idle(inline.detach(), yielded), last)
+
+    def _failed(self, exc: BaseException, pending: Awaitable[None], message: Message, last: bool) -> None:
+        """Running ``pending``, the host's ``send(message)``, inline raised ``exc``."""
+        close = getattr(pending, "close", None)
+        if close is not None:
+            close()  # a no-op once it ran; else it is never run (no "never awaited" warning)
+        if not isinstance(exc, Exception):
+            raise exc  # cancellation, exit: not ours to swallow
+        if (isinstance(exc, RuntimeError) and "task" in str(exc)) or (
+            isinstance(exc, ValueError) and "already executing" in str(exc)
+        ):
+            # This host's send needs a task (e.g. a timeout inside it), or called back into a
+            # send of ours from inside its own: no more inline steps for this connection.
             self._inline = False
             self._start_drain(self._asgi_send(message), last)
             return
-        except Exception as exc:
-            self._lost(exc)
-            return
-        self._start_drain(_resume(pending, yielded), last)
+        self._lost(exc)
 
     def _start_drain(self, first: Awaitable[None], last: bool) -> None:
         self.drain = asyncio.ensure_future(self._drain(first, last))
@@ -217,12 +301,29 @@ class AsgiSender:
 class AsgiWebSocket(AsgiSender):
     """An accepted ASGI WebSocket as a ``WebSocketChannel`` (see ``AsgiSender`` for how)."""
 
+    __slots__ = ()
     native_frames = False
 
     def send(self, data: str | bytes) -> bool:
+        message: Message
         if isinstance(data, str):
-            return self._send({"type": "websocket.send", "text": data}, len(data))
-        return self._send({"type": "websocket.send", "bytes": data}, len(data))
+            message = {"type": "websocket.send", "text": data}
+        else:
+            message = {"type": "websocket.send", "bytes": data}
+        if self.drain is None and not self.closing and self._inline:  # the fan-out's path: ``_step`` inlined
+            pending = self._asgi_send(message)
+            inline = self._inline_runner
+            runner = inline.runner
+            try:
+                yielded = runner.send(pending)
+            except BaseException as exc:
+                inline.detach()
+                self._failed(exc, pending, message, False)
+                return True
+            if yielded is not _IDLE:
+                self._start_drain(_until_idle(inline.detach(), yielded), False)
+            return True
+        return self._send(message, len(data))
 
     def send_frames(self, frames: bytes) -> bool:
         raise NotImplementedError("the ASGI door sends whole messages (native_frames is False)")
@@ -233,6 +334,8 @@ class AsgiWebSocket(AsgiSender):
 
 class AsgiStream(AsgiSender):
     """A streaming ASGI HTTP response as a ``StreamChannel``: ``more_body`` chunks."""
+
+    __slots__ = ()
 
     def write(self, data: bytes) -> bool:
         return self._send({"type": "http.response.body", "body": data, "more_body": True}, len(data))
@@ -251,6 +354,15 @@ class RoomcastApp:
     would hold only the subscribers that happened to connect to it. The hub is built here,
     so handlers go on ``rt.hub``; ``redis=`` with ``hub=`` is a ``TypeError``, since a hub
     already built has its broker and the URL would be silently ignored.
+
+    ``native_port=8001`` also serves the same app on roomcast's native door, on that port
+    (``Settings.host``), in this process and event loop: Socket.IO, SSE and ``/ws`` clients
+    connected there get native fan-out speed while the host serves the rest through ASGI
+    (``server.asgi_native``; ``native_address`` says where once started, ``0`` picks a
+    port). It opens at the ASGI lifespan startup and drains and closes at its shutdown, so
+    it needs the lifespan: ``FastAPI(lifespan=rt.lifespan)`` when mounted. Without one,
+    every request is answered 500 naming the fix (``NEEDS_LIFESPAN``, logged once) instead
+    of leaving the native port silently closed.
     """
 
     def __init__(
@@ -260,7 +372,10 @@ class RoomcastApp:
         hub: Hub | None = None,
         settings: Settings | None = None,
         redis: str | None = None,
+        native_port: int | None = None,
     ) -> None:
+        if native_port is not None and not 0 <= native_port <= 65535:
+            raise ValueError(f"native_port must be a TCP port (0-65535, 0 picks one), got {native_port}")
         if app is not None and (hub is not None or settings is not None or redis is not None):
             raise TypeError("pass either an App or hub/settings/redis to build one, not both")
         if redis is not None:
@@ -274,7 +389,12 @@ class RoomcastApp:
                 raise TypeError("redis= and settings.redis_url name different Redis servers: pass one")
             settings = dataclasses.replace(settings if settings is not None else Settings(), redis_url=redis)
         self.app = app if app is not None else App(hub, settings)
-        self.app.door = "asgi"  # its metrics label connections with the door that serves them
+        # its metrics label connections with the door that serves them (both: "asgi+native")
+        self.app.door = "asgi" if native_port is None else "asgi+native"
+        self.native = InProcessDoor(self.app, native_port) if native_port is not None else None
+        """The in-process native door (``native_port=``), or ``None``."""
+        self._told_no_lifespan = False
+        self._runner = InlineRunner()  # every connection's inline sends (``AsgiSender``)
         self.hub = self.app.hub
         self.settings = self.app.settings
         self._starting = asyncio.Lock()
@@ -284,12 +404,28 @@ class RoomcastApp:
         self.signals: SignalDrain | None = None
         """The drain on the host's SIGTERM, once started in the main thread."""
 
+    @property
+    def native_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the in-process native door while it listens, else ``None``."""
+        return self.native.address if self.native is not None else None
+
     # -- lifespan -----------------------------------------------------------------------
     async def startup(self) -> None:
-        """Start the app once; concurrent calls wait for that start (a failed one is retried)."""
+        """Start the app once, then the native door if asked; concurrent calls wait for that
+        start (a failed one is retried).
+
+        Raises:
+            CannotListen: ``native_port`` cannot be bound (the app is shut down again).
+        """
         async with self._starting:
             if not self._ready:
                 await self.app.startup()
+                if self.native is not None:
+                    try:
+                        await self.native.open()
+                    except BaseException:
+                        await self.app.shutdown()  # the host's lifespan.startup fails: it exits
+                        raise
                 self._ready = True
                 signals = SignalDrain(self.app, self._stop_accepting)
                 if signals.install():
@@ -299,12 +435,17 @@ class RoomcastApp:
         """Shut the app down once, if it was started."""
         if self._ready and not self._stopped:
             self._stopped = True
+            drained = self.signals is not None and self.signals.drained is not None
             if self.signals is not None:
                 self.signals.uninstall()
+            if self.native is not None:  # the host's clients are gone; the door's may not be
+                await self.native.close(drained=drained)
             await self.app.shutdown()
 
     def _stop_accepting(self) -> None:
         self.accepting = False
+        if self.native is not None:
+            self.native.stop_accepting()
 
     def _refusal(self) -> HttpResponse:
         """What a new client hears once a drain passed its delay: come back (elsewhere)."""
@@ -341,11 +482,27 @@ class RoomcastApp:
             await self._lifespan(receive, send)
             return
         if not self._ready:
+            if self.native is not None:
+                await self._refuse_without_lifespan(scope, receive, send)
+                return
             await self.startup()  # the host did not forward lifespan (a mount): start lazily
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
+
+    async def _refuse_without_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """No lifespan, so no native door: say so (once in the log, on every request)."""
+        if not self._told_no_lifespan:
+            self._told_no_lifespan = True
+            logger.error(NEEDS_LIFESPAN)
+        if scope["type"] == "http":
+            answer = api_error(500, "no_lifespan", NEEDS_LIFESPAN)
+            await send({"type": "http.response.start", "status": answer.status, "headers": _headers(answer)})
+            await send({"type": "http.response.body", "body": answer.body})
+        elif scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": WS_1011_INTERNAL_ERROR, "reason": "no ASGI lifespan"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.settings.max_payload
@@ -383,7 +540,7 @@ class RoomcastApp:
         headers = [(b"content-type", accept.content_type.encode("latin-1")), (b"cache-control", b"no-cache")]
         headers.extend((n.encode("latin-1"), v.encode("latin-1")) for n, v in accept.headers)
         await send({"type": "http.response.start", "status": accept.status, "headers": headers})
-        stream = AsgiStream(send, high_water=self.settings.max_buffer_bytes)
+        stream = AsgiStream(send, high_water=self.settings.max_buffer_bytes, runner=self._runner)
         handler = accept.start(stream)
         left = asyncio.ensure_future(self._until_disconnect(receive))
         try:
@@ -434,7 +591,7 @@ class RoomcastApp:
                 await send({"type": "websocket.close", "code": WS_1008_POLICY_VIOLATION})
             return
         await send({"type": "websocket.accept", "subprotocol": decision.subprotocol})
-        channel = AsgiWebSocket(send, high_water=self.settings.max_buffer_bytes)
+        channel = AsgiWebSocket(send, high_water=self.settings.max_buffer_bytes, runner=self._runner)
         try:
             await self._receive_loop(channel, decision.start(channel), receive)
         finally:  # the connection is gone: end the drain task now

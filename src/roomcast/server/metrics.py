@@ -308,7 +308,7 @@ class Metrics:
         gauges: dict[str, float] = {
             series("roomcast_connections", transport=transport, door=app.door): n for transport, n in transports.items()
         }
-        if app.door == "native":
+        if app.door in ("native", "asgi+native"):  # a native door serves (alone, or in-process)
             gauges[series("roomcast_door_connections", door="native")] = door.open_connections
             counters[series("roomcast_door_accepted_connections_total", door="native")] = door.accepted_connections
 

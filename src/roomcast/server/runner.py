@@ -50,6 +50,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from ssl import SSLContext
 from typing import Any
 
 from roomcast.backoff import Backoff
@@ -64,6 +65,8 @@ from roomcast.server.tls import reload_certificate, server_context
 __all__ = [
     "run",
     "serve_app",
+    "listen",
+    "drain",
     "run_workers",
     "CannotListen",
     "NEEDS_REDIS",
@@ -144,27 +147,15 @@ async def serve_app(
     try:
         await app.startup()
         try:
-            try:
-                server = await serve(
-                    app,
-                    s.host,
-                    s.port,
-                    limits=DoorLimits.from_settings(s),
-                    counters=app.door_counters,  # what /metrics reads
-                    reuse_port=reuse_port or None,
-                    proxies=ProxyTrust(s.forwarded_allow_ips),
-                    ssl=context,
-                )
-            except OSError as exc:  # only the bind is left to fail here: the certificate is loaded
-                raise CannotListen(s.host, s.port, exc) from exc
+            server = await listen(app, reuse_port=reuse_port, ssl=context)
             try:
                 host, port = server.sockets[0].getsockname()[:2]
                 served = not stop.is_set()  # a stop while starting: nobody to drain
                 if on_ready is not None and served:
                     on_ready(host, port)
                 await stop.wait()
-                if served and s.shutdown_grace > 0:
-                    await Drain(app, server.close, DrainPlan.of(s.shutdown_grace, s.drain_delay), hurry).run()
+                if served:
+                    await drain(app, server, hurry)
             finally:
                 server.close()
         finally:
@@ -174,6 +165,50 @@ async def serve_app(
             loop.remove_signal_handler(sig)
         if context is not None:
             loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def listen(
+    app: App,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = False,
+    ssl: SSLContext | None = None,
+) -> asyncio.Server:
+    """Open the native door for the started ``app``: its limits, its counters (what
+    ``/metrics`` reads), the proxies it trusts, on ``host``/``port`` (``Settings.host`` and
+    ``Settings.port`` unless given). ``roomcast serve`` and ``RoomcastApp(native_port=...)``
+    both open it here, so the two serve the same door.
+
+    Raises:
+        CannotListen: the address or port cannot be bound.
+    """
+    s = app.settings
+    host = s.host if host is None else host
+    port = s.port if port is None else port
+    try:
+        return await serve(
+            app,
+            host,
+            port,
+            limits=DoorLimits.from_settings(s),
+            counters=app.door_counters,
+            reuse_port=reuse_port or None,
+            proxies=ProxyTrust(s.forwarded_allow_ips),
+            ssl=ssl,
+        )
+    except OSError as exc:  # only the bind is left to fail here: a certificate is loaded before
+        raise CannotListen(host, port, exc) from exc
+
+
+async def drain(app: App, server: asyncio.Server, hurry: asyncio.Event) -> None:
+    """The graceful drain of ``server``'s clients (``server.drain``), ending with its listening
+    socket closed; nothing but the close when ``shutdown_grace`` is 0. ``App.shutdown`` is
+    the caller's next step."""
+    s = app.settings
+    if s.shutdown_grace > 0:
+        await Drain(app, server.close, DrainPlan.of(s.shutdown_grace, s.drain_delay), hurry).run()
+    server.close()
 
 
 def _on_stop_signal(sig: signal.Signals, stop: asyncio.Event, hurry: asyncio.Event) -> None:
