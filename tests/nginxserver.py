@@ -129,6 +129,16 @@ class NginxProcess:
         """The access log so far. nginx writes each line as the request ends, unbuffered."""
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
+    def access_lines_once(self, *paths: str, timeout: float = 10.0) -> list[str]:
+        """The access log once it has a line for each of ``paths``: a proxied WebSocket's line
+        is written when nginx has seen both sides close, a moment after the client has."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.access_lines()
+            if all(any(f" {path}" in line for line in lines) for path in paths) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)  # nginx says nothing when it writes its log: the file is read again
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful: workers end with the master

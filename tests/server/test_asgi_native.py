@@ -138,7 +138,7 @@ async def test_behind_nginx_the_real_time_paths_reach_the_native_door_and_the_re
                     assert (event.event, event.json()) == ("note", {"text": "via nginx"})
             finally:
                 await client.shutdown()
-            lines = nginx.access_lines()
+            lines = nginx.access_lines_once("/notes", "/sse", "/socket.io/")
     upstream = {line.split('"')[1].split()[1].split("?")[0]: line.rsplit("upstream=", 1)[1] for line in lines}
     assert upstream["/notes"] == api, lines
     assert upstream["/sse"] == native and upstream["/socket.io/"] == native, lines
