@@ -110,10 +110,11 @@ class AsyncBroker:
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
         skip: frozenset[str] | None = None,
+        canonical: tuple[bytes, ...] | None = None,
     ) -> Publication:
         await self._suspend()
         pub = await self.storage.publish(
-            room, event, data, ts=ts, encoded=encoded, binary=binary, skip=skip
+            room, event, data, ts=ts, encoded=encoded, binary=binary, skip=skip, canonical=canonical
         )  # appends, does not suspend
         self._enqueue(room, pub)
         await self._suspend()  # the reply crosses the network too

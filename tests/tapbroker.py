@@ -31,8 +31,11 @@ class TapBroker(MemoryBroker):
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
         skip: frozenset[str] | None = None,
+        canonical: tuple[bytes, ...] | None = None,
     ) -> Publication:
-        pub = await super().publish(room, event, data, ts=ts, encoded=encoded, binary=binary, skip=skip)
+        pub = await super().publish(
+            room, event, data, ts=ts, encoded=encoded, binary=binary, skip=skip, canonical=canonical
+        )
         for tap in self.taps:
             tap(pub)
         return pub

@@ -31,6 +31,7 @@ from roomcast.hub.hub import Hub
 from roomcast.protocol.sse import decode_cursor
 from roomcast.server.app import App
 from roomcast.server.config import Settings
+from roomcast.tasks.model import Task
 
 KEY = "k-0123456789abcdef"
 SECRET = "a-secret-long-enough-for-hs256-tokens"
@@ -373,6 +374,37 @@ async def test_tail_refused_token_exits_1_with_the_servers_message_and_no_retry(
         async with _cli("tail", "--url", srv.url, "b", env={"ROOMCAST_TOKEN": only_b}) as tail:
             _snapshot_line(await tail.line(), "b", 0)
             assert await tail.stop() == 0
+
+
+def _crawl_wire(task: Task) -> dict[str, object]:
+    return {"progressId": task.id, "percentage": task.progress}
+
+
+async def test_tail_shows_a_mapped_task_as_the_api_does_with_the_key_and_as_clients_get_it_with_view_client() -> None:
+    app = App(Hub(), Settings(task_db=":memory:", api_key=KEY, task_payloads={"crawl": _crawl_wire}))
+    async with running(app) as srv:
+        task = await app.tasks.create("crawl")
+        room = f"task:{task.id}"
+        async with _cli("tail", "--url", srv.url, room, env={"ROOMCAST_API_KEY": KEY}) as tail:
+            line = await tail.line()
+            assert line is not None and json.loads(line.split(" ", 1)[1])["snapshot"] == task.to_json(), line
+            await app.tasks.report(task.id, 40)
+            started, progressed = await tail.line(), await tail.line()
+            assert started is not None and started.startswith("task:updated ")
+            assert progressed is not None and progressed.startswith("task:progress ")
+            shown = json.loads(progressed.split(" ", 1)[1])
+            assert (shown["id"], shown["progress"], "percentage" in shown) == (task.id, 40.0, False)
+            assert await tail.stop() == 0
+        async with _cli("tail", "--url", srv.url, "--view", "client", room) as tail:  # no key needed
+            line = await tail.line()
+            assert line is not None and json.loads(line.split(" ", 1)[1])["snapshot"] == {
+                "progressId": task.id,
+                "percentage": 40.0,
+            }
+            assert await tail.stop() == 0
+        code, out, err = await _run("tail", "--url", srv.url, room)  # the canonical view without the key
+        assert (code, out) == (1, "")
+        assert "canonical view" in err and "HTTP 401" in err and "reconnecting" not in err, err
 
 
 async def test_tail_backs_off_against_a_refused_port_and_never_spins() -> None:

@@ -22,6 +22,7 @@ from click.core import ParameterSource
 
 from roomcast import __version__
 from roomcast.errors import PublishError, TaskError
+from roomcast.protocol.sse import CANONICAL, VIEWS
 from roomcast.publisher import Publisher
 from roomcast.server.app import App
 from roomcast.server.config import LOG_FORMATS, LOG_LEVELS, SSE_FORMATS, Settings, SettingsError
@@ -956,6 +957,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     help="JWT for a server that checks tokens (sent as ?token=).",
 )
 @click.option(
+    "--view",
+    type=click.Choice(VIEWS),
+    default=CANONICAL,
+    show_default=True,
+    help="canonical: each event in the application's own form (a task as /api/tasks/ID shows it, "
+    "not as a --task-payload map sends it to clients); needs the API's access (--api-key, or no key "
+    "on a server on this machine). client: what clients receive.",
+)
+@_api_key_option
+@click.option(
     "--retry-max",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -969,7 +980,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     show_default=True,
     help="Reconnect when nothing, not even a heartbeat, arrives for this many seconds.",
 )
-def tail(rooms: tuple[str, ...], url: str, token: str | None, retry_max: float, idle_timeout: float) -> None:
+def tail(
+    rooms: tuple[str, ...],
+    url: str,
+    token: str | None,
+    view: str,
+    api_key: str | None,
+    retry_max: float,
+    idle_timeout: float,
+) -> None:
     """Print the events of ROOMs as they come, one line each: '<event> <data-json>'.
 
     Reconnects by itself when the connection drops and prints what was missed exactly once.
@@ -981,6 +1000,8 @@ def tail(rooms: tuple[str, ...], url: str, token: str | None, retry_max: float, 
             url,
             rooms,
             token=token,
+            view=view,
+            api_key=api_key,
             retry_max=retry_max,
             idle_timeout=idle_timeout,
             out=click.echo,

@@ -11,6 +11,12 @@ exactly what was missed and a fleet of tails does not reconnect in step after a 
 restart. The server's ``retry:`` hint is read but not used for the delay: it is a fixed
 delay meant for ``EventSource``, and a fixed delay against a server that is down is what
 the backoff is here to avoid.
+
+It follows the canonical view by default (``?view=canonical``): where the server sends
+clients another form of a publication (a task kind's payload map), an operator sees the
+application's own, as ``roomcast tasks show`` and the dashboard do. The server grants that
+view to what its API would serve, so ``tail`` presents ``api_key`` (as ``X-API-Key``: a
+token, when there is one, goes in ``?token=``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from urllib.parse import urlencode
 from roomcast import httpclient
 from roomcast.backoff import Backoff
 from roomcast.errors import LocalProtocolError, RemoteProtocolError
+from roomcast.protocol.sse import CANONICAL, VIEWS
 from roomcast.protocol.sse_parser import MAX_LINE, SseEvent, SseParser
 
 __all__ = ["Tail", "BACKOFF_START", "STABLE_AFTER", "MAX_LINE"]
@@ -79,6 +86,10 @@ class Tail:
         url: the server's base URL (a path is kept as a prefix).
         rooms: the rooms of the one stream.
         token: a JWT for a server that checks tokens, sent as ``?token=``.
+        view: ``"canonical"`` (the application's own form of each event) or ``"client"``
+            (what clients receive); ``protocol.sse.VIEWS``.
+        api_key: the server's API key, which the canonical view needs unless the server
+            has none and this is its machine.
         retry_max: the largest reconnect delay ceiling, in seconds.
         idle_timeout: seconds without a byte (not even a heartbeat) after which the
             connection counts as dead; a server's heartbeat comes every 15 s by default.
@@ -94,6 +105,8 @@ class Tail:
         rooms: Sequence[str],
         *,
         token: str | None = None,
+        view: str = CANONICAL,
+        api_key: str | None = None,
         retry_max: float = 30.0,
         idle_timeout: float = 60.0,
         out: Callable[[str], None],
@@ -107,14 +120,18 @@ class Tail:
             raise ValueError(f"the URL must be http:// or https:// with a host, not {url!r}") from None
         if not rooms:
             raise ValueError("name at least one room")
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
         if not retry_max > 0 or not idle_timeout > 0:
             raise ValueError("retry_max and idle_timeout must be > 0 seconds")
         self.url = url.rstrip("/")
         # Named events whatever the server's default (``--sse-format message``): a line per
         # event says its name, and roomcast's own events are told apart by it.
-        query = [("room", room) for room in rooms] + [("format", "events")] + ([("token", token)] if token else [])
+        query = [("room", room) for room in rooms] + [("format", "events"), ("view", view)]
+        query += [("token", token)] if token else []
         self.path = prefix.split("?", 1)[0] + "/sse?" + urlencode(query)
         self.rooms = list(rooms)
+        self.api_key = api_key
         self.retry_max = retry_max
         self.idle_timeout = idle_timeout
         self.out = out
@@ -151,6 +168,8 @@ class Tail:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
         try:
             response = httpclient.stream(self.origin, self.path, headers=headers, timeout=self.idle_timeout)
         except (OSError, RemoteProtocolError) as exc:

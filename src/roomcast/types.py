@@ -66,12 +66,20 @@ class Publication:
 
     Kept with the publication, in history too, so one that comes back by offset does not
     get it either. The fan-out checks it with one set lookup per member, allocating nothing."""
+    canonical: tuple[bytes, ...] | None = None
+    """The data in the application's own form, serialised like ``encoded``, when clients are
+    sent another one (a task kind's payload map: ``encoded`` is what clients read, this is
+    ``Task.to_json``); ``None`` for every other publication.
+
+    Kept with the publication, in history too, so a stream that asked for the canonical view
+    (``roomcast tail``: SSE ``?view=canonical``) gets it live and on recovery alike."""
 
     @property
     def size(self) -> int:
         """Bytes the publication costs in history: its event name and serialised data."""
         encoded = self.encoded
-        return len(self.event) + (sum(map(len, encoded)) if encoded is not None else 64 * len(self.data))
+        size = len(self.event) + (sum(map(len, encoded)) if encoded is not None else 64 * len(self.data))
+        return size if self.canonical is None else size + sum(map(len, self.canonical))
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,13 +117,14 @@ class Broker(RoomState, Protocol):
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
         skip: frozenset[ConnectionId] | None = None,
+        canonical: tuple[bytes, ...] | None = None,
     ) -> Publication:
         """Append to history and deliver to every node subscribed to ``room`` (atomic).
 
         ``encoded`` and ``binary`` are ``data`` serialised once by the hub
         (``Publication.encoded``, ``Publication.binary``); a broker that moves publications
-        between processes sends those bytes as they are. ``skip`` travels and is stored
-        with the publication (``Publication.skip``).
+        between processes sends those bytes as they are. ``skip`` and ``canonical`` travel
+        and are stored with the publication (``Publication.skip``, ``Publication.canonical``).
         """
 
     async def subscribe(self, room: RoomName) -> None:

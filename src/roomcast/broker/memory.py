@@ -146,10 +146,12 @@ class MemoryBroker:
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
         skip: frozenset[ConnectionId] | None = None,
+        canonical: tuple[bytes, ...] | None = None,
     ) -> Publication:
         stream = self._stream(room)
         stream.offset += 1
-        pub = Publication(room, event, data, StreamPosition(stream.epoch, stream.offset), ts, encoded, binary, skip)
+        position = StreamPosition(stream.epoch, stream.offset)
+        pub = Publication(room, event, data, position, ts, encoded, binary, skip, canonical)
         if self._history_size:
             self._keep(stream, pub)
         events = self._events

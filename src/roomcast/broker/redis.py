@@ -439,16 +439,20 @@ class RedisBroker:
         encoded: tuple[bytes, ...] | None = None,
         binary: bool = False,
         skip: frozenset[ConnectionId] | None = None,
+        canonical: tuple[bytes, ...] | None = None,
     ) -> Publication:
         if encoded is None:
             encoded = tuple(_json.dumps_checked(_json.json_safe(arg)) for arg in data)
-        keys, args = publish_call(room, event, ts, data, encoded, binary, self._history_size, self._ttl, skip)
+        keys, args = publish_call(
+            room, event, ts, data, encoded, binary, self._history_size, self._ttl, skip, canonical=canonical
+        )
         try:
             epoch, offset = await self._publish.call(keys, args)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(redis_client.describe(exc)) from None
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        return Publication(room, event, data, StreamPosition(epoch_text, int(offset)), ts, encoded, binary, skip)
+        position = StreamPosition(epoch_text, int(offset))
+        return Publication(room, event, data, position, ts, encoded, binary, skip, canonical)
 
     async def subscribe(self, room: RoomName) -> None:
         channel = _keys(room)[4]
@@ -623,6 +627,8 @@ def publish_call(
     history_size: int,
     ttl: int,
     skip: frozenset[ConnectionId] | None = None,
+    *,
+    canonical: tuple[bytes, ...] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of ``PUBLISH_SCRIPT`` for one publication: the one wire form.
 
@@ -638,7 +644,11 @@ def publish_call(
 
     A publication with ``skip`` (``Publication.skip``) has a fifth element, the skipped
     connection ids, sorted: stored in the stream with the rest, so a node that replays
-    history honours it as the live fan-out does. Without one the payload keeps four.
+    history honours it as the live fan-out does. A publication with ``canonical``
+    (``Publication.canonical``) has a sixth, its JSON texts as the fourth has them, and then
+    the fifth is ``null`` when nothing is skipped. Without either the payload keeps four; a
+    node of a release before the sixth element delivers such a publication as it did, in the
+    client form only.
 
     Made once per publish call, so redis-py's automatic retries resend the same idempotency
     key: a publish whose answer was lost on the way back (the connection cut after Redis ran
@@ -650,8 +660,10 @@ def publish_call(
         for index, arg in enumerate(data):
             _find_binary(arg, [index], attachments)
     wire: list[Any] = [event, ts, attachments or binary, [raw.decode() for raw in encoded]]
-    if skip:
-        wire.append(sorted(skip))
+    if skip or canonical is not None:
+        wire.append(sorted(skip) if skip else None)
+    if canonical is not None:
+        wire.append([raw.decode() for raw in canonical])
     payload = _json.dumps(wire)
     meta, stream, _, _, channel = _keys(room)
     done = f"rc:{{{room}}}:i:{secrets.token_urlsafe(12)}"
@@ -681,12 +693,14 @@ def _publication(room: RoomName, epoch: str, offset: int, payload: bytes) -> Pub
     wire = _json.loads(payload)
     event, ts, attachments, raws = wire[:4]
     skip = frozenset(wire[4]) if len(wire) > 4 and wire[4] else None
+    canonical = tuple(raw.encode() for raw in wire[5]) if len(wire) > 5 and type(wire[5]) is list else None
     encoded = tuple(raw.encode() for raw in raws)
     data = [_json.loads(raw) for raw in encoded]
     if type(attachments) is list:
         for path in attachments:
             _restore(data, path)
-    return Publication(room, event, tuple(data), StreamPosition(epoch, offset), ts, encoded, bool(attachments), skip)
+    position = StreamPosition(epoch, offset)
+    return Publication(room, event, tuple(data), position, ts, encoded, bool(attachments), skip, canonical)
 
 
 def _restore(data: list[Any], path: Any) -> None:

@@ -97,6 +97,7 @@ class Hub:
         self.nodes = NodeOps(cluster if cluster is not None else LocalCluster(), self.connections, self._listing)
         """Calls answered by every node: ``disconnect``, ``emit_to``, ``rooms``."""
         self._snapshots: list[tuple[str, SnapshotProvider]] = []
+        self._canonical_snapshots: list[tuple[str, SnapshotProvider]] = []
         self._presence_patterns: list[str] = []
         self._chains: dict[RoomName, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -164,14 +165,17 @@ class Hub:
         """Accept Socket.IO connections to ``namespace`` even without handlers."""
         self.handlers.namespaces.add(namespace)
 
-    def snapshot(self, pattern: str) -> Callable[[F], F]:
+    def snapshot(self, pattern: str, *, canonical: bool = False) -> Callable[[F], F]:
         """Register a snapshot provider for rooms matching the glob ``pattern``.
 
-        The first registered pattern that matches wins.
+        The first registered pattern that matches wins. ``canonical``: the provider of the
+        canonical view (``Publication.canonical``), for the rooms whose clients are sent
+        another form; a subscriber asking for that view gets it, and the ordinary provider
+        where none matches.
         """
 
         def register(provider: F) -> F:
-            self._snapshots.append((pattern, provider))
+            (self._canonical_snapshots if canonical else self._snapshots).append((pattern, provider))
             return provider
 
         return register
@@ -362,12 +366,21 @@ class Hub:
 
     # -- publishing ---------------------------------------------------------------------
     async def publish(
-        self, room: RoomName, event: str, *args: JSONValue, skip: Collection[ConnectionId] | None = None
+        self,
+        room: RoomName,
+        event: str,
+        *args: JSONValue,
+        skip: Collection[ConnectionId] | None = None,
+        canonical: tuple[JSONValue, ...] | None = None,
     ) -> StreamPosition:
         """Publish ``event`` with ``args`` to every member of ``room``, in every process.
 
         ``skip``: connections (by id) the publication is not for, such as its sender. It is
         kept with the publication, so history replays skip them too (``Publication.skip``).
+
+        ``canonical``: the arguments in the application's own form when ``args`` are what
+        clients are sent instead (a task kind's payload map). Serialised once and kept with
+        the publication (``Publication.canonical``) for the streams that ask for that view.
 
         Returns:
             The publication's position in the room's stream.
@@ -382,7 +395,10 @@ class Hub:
             raise ShuttingDown(f"the hub is closing: {event!r} to {room!r} was not published")
         encoded, binary = prepare(event, args)
         skipped = frozenset(skip) if skip else None
-        pub = await self.broker.publish(room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped)
+        kept = prepare(event, canonical)[0] if canonical is not None else None  # JSON transports' form
+        pub = await self.broker.publish(
+            room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped, canonical=kept
+        )
         self.accepted += 1
         return pub.position
 
@@ -530,12 +546,18 @@ class Hub:
         return sub
 
     async def subscribe_many(
-        self, conn: Connection, requests: Iterable[tuple[RoomName, StreamPosition | None]]
+        self,
+        conn: Connection,
+        requests: Iterable[tuple[RoomName, StreamPosition | None]],
+        *,
+        canonical: bool = False,
     ) -> list[Subscription]:
         """``subscribe`` to several rooms at once, released together in one loop step.
 
         For a transport whose one cursor resumes every room (SSE): no room's live
         publications reach ``conn`` before every room's ``Subscription`` is written.
+        ``canonical``: a snapshot comes from the canonical view's provider where one
+        matches (``snapshot(..., canonical=True)``).
         """
         wanted = list(dict(requests).items())
         new = sum(1 for room, _ in wanted if room not in conn.rooms)
@@ -550,7 +572,7 @@ class Hub:
             conn.rooms.add(room)
             self._entered(conn, r)
         try:
-            reads = [await self._read(conn, room, since) for room, since in wanted]
+            reads = [await self._read(conn, room, since, canonical) for room, since in wanted]
             for attempt in range(1, _SYNC_ATTEMPTS + 1):
                 merged = [self._merge(conn, room, hold, read) for (room, _), hold, read in zip(wanted, holds, reads)]
                 subs = [sub for sub in merged if sub is not None]
@@ -562,7 +584,7 @@ class Hub:
                     if sub is None:
                         room, since = wanted[i]
                         holds[i].buffer = []
-                        reads[i] = await self._read(conn, room, since)
+                        reads[i] = await self._read(conn, room, since, canonical)
         except BaseException:
             for room, _ in wanted:
                 self.leave(conn, room)
@@ -577,7 +599,9 @@ class Hub:
         r = self._rooms.get(room)
         return r is not None and r.has(conn)
 
-    async def _read(self, conn: Connection, room: RoomName, since: StreamPosition | None) -> _Read:
+    async def _read(
+        self, conn: Connection, room: RoomName, since: StreamPosition | None, canonical: bool = False
+    ) -> _Read:
         r = self._rooms.get(room)
         if r is None or conn not in r.pending:
             raise ConnectionClosed(f"connection {conn.id} left {room!r} while subscribing")
@@ -590,7 +614,7 @@ class Hub:
                 read = _Read(since, True, None, result.publications, False)
         if read is None:
             base = await broker.position(room)
-            read = _Read(base, False, await self._snapshot(room), (), False)
+            read = _Read(base, False, await self._snapshot(room, canonical), (), False)
         read.terminal = await broker.is_terminal(room)
         if conn.closed or self._rooms.get(room) is not r or conn not in r.pending:
             raise ConnectionClosed(f"connection {conn.id} closed while subscribing to {room!r}")
@@ -631,8 +655,9 @@ class Hub:
             logger.error("room %r delivered past a subscriber's merged position", r.name)
             self._drop(conn, r)
 
-    async def _snapshot(self, room: RoomName) -> Any:
-        for pattern, provider in self._snapshots:
+    async def _snapshot(self, room: RoomName, canonical: bool = False) -> Any:
+        providers = self._canonical_snapshots + self._snapshots if canonical else self._snapshots
+        for pattern, provider in providers:
             if fnmatch.fnmatchcase(room, pattern):
                 state = provider(room)
                 if inspect.isawaitable(state):

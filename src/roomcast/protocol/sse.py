@@ -25,6 +25,9 @@ from roomcast.types import StreamPosition
 __all__ = [
     "CONTENT_TYPE",
     "FORMATS",
+    "VIEWS",
+    "CLIENT",
+    "CANONICAL",
     "EVENTS",
     "MESSAGE",
     "RESERVED_EVENTS",
@@ -52,6 +55,15 @@ FORMATS: Final = ("events", "message")
 pages use, which receives nothing from named events. The ``id:`` is the same in both, so
 ``Last-Event-ID`` recovery is too."""
 EVENTS, MESSAGE = FORMATS
+
+VIEWS: Final = ("client", "canonical")
+"""Which form of the data a stream is sent (``?view=``).
+
+``client``: what every client receives (a task kind's payload map applied). ``canonical``:
+the application's own form where a publication has one (``Publication.canonical``: a mapped
+task's ``Task.to_json``), the same data elsewhere; for operators (``roomcast tail``), so the
+server allows it only to a request the API would allow (docs/protocol.md)."""
+CLIENT, CANONICAL = VIEWS
 
 MAX_CURSOR_LENGTH: Final = 8192
 """The longest cursor :func:`decode_cursor` accepts, and so the longest one we may send."""

@@ -207,6 +207,9 @@ class App:
         self.api = ApiServer(
             self.hub, api_key=settings.api_key, tasks=self.tasks, pollers=self.pollers, poll_allow=settings.poll_allow
         )
+        # The canonical view (/sse?view=canonical, roomcast tail) shows what /api/tasks/{id}
+        # shows, and what a task kind's payload map may hide from clients: the API's rule.
+        self.sse.canonical_access = self.api.check_access
         self.door_counters = DoorCounters()  # the native door counts here (``server.runner``)
         self.metrics = Metrics(self)  # GET /metrics
         self.dashboard = Dashboard(self)  # GET / and /dashboard (after metrics: it reads them)

@@ -581,14 +581,22 @@ class LiveTasks:
         of those rooms gets, encoded once per transport. A map that raises or returns what is
         not JSON is logged and the canonical form is published instead: the change was stored
         before this, and its subscribers still get it.
+
+        A mapped change also carries the canonical form (``Publication.canonical``), kept with
+        it in history, for the streams that ask for it (``roomcast tail``); every other
+        subscriber is sent the client form alone.
         """
         full = self.client_form(task)
+        canonical: tuple[JSONValue, ...] | None = None
+        if task.kind in self.payloads:
+            own = task.to_json()
+            canonical = (own,) if full != own else None  # a map that failed sent it already
         try:
-            await self.hub.publish(task_room(task.id), event, full)
+            await self.hub.publish(task_room(task.id), event, full, canonical=canonical)
         except InvalidPublication:
             if task.kind not in self.payloads:
                 raise  # the event name itself is refused: the canonical form would be too
-            full = _not_json(task)
+            full, canonical = _not_json(task), None
             await self.hub.publish(task_room(task.id), event, full)
         for route in self.routes:
             try:
@@ -597,7 +605,7 @@ class LiveTasks:
                 logger.exception("task room route %r failed for task %s", route, task.id)
                 continue
             for room in rooms:
-                await self.hub.publish(room, event, full)
+                await self.hub.publish(room, event, full, canonical=canonical)
         summary = task.summary()
         for room in summary_rooms(task, self.list_rooms):
             await self.hub.publish(room, event, summary)
@@ -634,6 +642,12 @@ class LiveTasks:
             except _json.JSONEncodeError:
                 return _not_json(task)
         return form
+
+    async def canonical_snapshot(self, room: RoomName) -> JSONValue:
+        """The canonical snapshot of every ``task:*`` room (``Task.to_json``), for the streams
+        that asked for the canonical view (``Hub.snapshot(..., canonical=True)``)."""
+        task = await self.peek(room[len(_TASK_ROOM_PREFIX) :])
+        return None if task is None else task.to_json()
 
     def refuse_if_closing(self, task_id: str | None = None) -> None:
         if self.closing:

@@ -219,6 +219,7 @@ class TaskService:
         tasks = self._tasks
         tasks.bind()
         self._hub.snapshot(task_room("*"))(tasks.snapshot)
+        self._hub.snapshot(task_room("*"), canonical=True)(tasks.canonical_snapshot)
         if self._store.leases is None:
             for task in await self._store.mark_interrupted(INTERRUPTED_REASON, time.time()):
                 await tasks.publish(task, event_for(TaskStatus.RUNNING, task.status, tasks.events_of(task)))

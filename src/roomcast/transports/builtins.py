@@ -81,9 +81,10 @@ class Builtins:
         return sub
 
     async def subscribe_many(
-        self, conn: Connection, requests: Sequence[tuple[object, StreamPosition | None]]
+        self, conn: Connection, requests: Sequence[tuple[object, StreamPosition | None]], *, canonical: bool = False
     ) -> list[Subscription]:
-        """Join every room in sync, released together (SSE's one cursor resumes them all)."""
+        """Join every room in sync, released together (SSE's one cursor resumes them all);
+        ``canonical``: snapshots in the canonical view (``Hub.subscribe_many``)."""
         checked = [(_check_name(room, "room"), since) for room, since in requests]
         if not self.admin:
             for room, _ in checked:
@@ -92,7 +93,7 @@ class Builtins:
         if claims is not None:
             for room, _ in checked:
                 self._permit(claims, "subscribe", room)
-        return await self.hub.subscribe_many(conn, checked)
+        return await self.hub.subscribe_many(conn, checked, canonical=canonical)
 
     def unsubscribe(self, conn: Connection, room: object) -> RoomName:
         """Leave ``room`` (nothing happens if ``conn`` was not in it)."""

@@ -10,6 +10,13 @@ and once a stream is in sync it has everything up to the current position of eve
 its set — so the cursor after a publication is the same for every member of the group and
 is built once, not per recipient.
 
+A stream may ask for the canonical view (``?view=canonical``, ``roomcast tail``): where a
+publication carries the application's own form besides the one clients are sent
+(``Publication.canonical``: a task kind's payload map), that form is embedded instead. It is
+one more part of the group's key, so each group still encodes a publication once. Since it
+can show what a payload map hides from clients, only a request the API would allow gets it
+(``SseServer(canonical_access=...)``); it is asked for, never a fallback.
+
 Opening a stream (``SseServer.handle``): bad rooms or a ``Last-Event-ID`` that does not
 parse → 400 with a JSON error; a reconnect whose rooms are all terminal and whose cursor
 already holds their last publication → 204 (so ``EventSource`` stops). Then every room is
@@ -27,6 +34,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from roomcast import _json, disconnect
@@ -69,13 +77,16 @@ def framed(event: str, data: Any, form: str) -> bytes:
     return sse.event_frame(_json.dumps_str(data), event=event)
 
 
-def event_body(publication: Publication, form: str = sse.EVENTS) -> bytes:
+def event_body(publication: Publication, form: str = sse.EVENTS, canonical: bool = False) -> bytes:
     """A publication as an SSE event without its ``id`` (live and replayed alike).
 
-    Its data was serialised when it was published (``Publication.encoded``) and is embedded
-    as it is, in either format.
+    Its data was serialised when it was published (``Publication.encoded``, or with
+    ``canonical`` its ``Publication.canonical`` where it has one) and is embedded as it is,
+    in either format.
     """
     encoded = publication.encoded
+    if canonical and publication.canonical is not None:
+        encoded = publication.canonical
     if encoded is not None:
         return framed(publication.event, publication_data(_json.embed(encoded)), form)
     return framed(publication.event, _json.json_safe(publication_data(publication.data)), form)
@@ -86,19 +97,20 @@ def _newer(position: StreamPosition, than: StreamPosition | None) -> bool:
 
 
 class SseEncoder:
-    """Encodes publications for the streams subscribed to one set of rooms in one format (a
-    hub ``Encoder``): a page on ``onmessage`` and one on named events are two groups, each
-    encoded once per publication.
+    """Encodes publications for the streams subscribed to one set of rooms in one format and
+    view (a hub ``Encoder``): a page on ``onmessage``, one on named events and a ``tail`` in
+    the canonical view are three groups, each encoded once per publication.
 
     ``positions`` is the current position of every room of the set as far as this group has
     seen it: from each publication it encodes and from each member's subscribe result.
     """
 
-    __slots__ = ("rooms", "form", "positions", "members")
+    __slots__ = ("rooms", "form", "canonical", "positions", "members")
 
-    def __init__(self, rooms: tuple[RoomName, ...], form: str = sse.EVENTS) -> None:
+    def __init__(self, rooms: tuple[RoomName, ...], form: str = sse.EVENTS, canonical: bool = False) -> None:
         self.rooms = rooms
         self.form = form
+        self.canonical = canonical
         self.positions: dict[RoomName, StreamPosition] = {}
         self.members = 0
 
@@ -108,7 +120,7 @@ class SseEncoder:
 
     def encode(self, publication: Publication) -> SseFrame:
         self.advance(publication.room, publication.position)
-        body = event_body(publication, self.form)
+        body = event_body(publication, self.form, self.canonical)
         cursor = sse.encode_cursor(self.positions)
         return SseFrame(publication.room, publication.position, sse.id_line(cursor) + body)
 
@@ -116,7 +128,7 @@ class SseEncoder:
 class SseConnection(Connection):
     """One open event stream (a hub ``Connection`` and the door's ``StreamHandler``)."""
 
-    __slots__ = ("channel", "server", "stream_rooms", "form", "cursor", "finished", "sync_task")
+    __slots__ = ("channel", "server", "stream_rooms", "form", "canonical", "cursor", "finished", "sync_task")
 
     transport_label = "sse"  # a constant where the base computes it
 
@@ -136,6 +148,7 @@ class SseConnection(Connection):
             self.claims, self.user = auth, auth.subject
         self.stream_rooms = rooms
         self.form = encoder.form
+        self.canonical = encoder.canonical
         # What this client holds, room by room, while it syncs: the cursor it came back with.
         self.cursor: dict[RoomName, StreamPosition] = {r: cursor[r] for r in rooms if r in cursor}
         self.finished: set[RoomName] = set()
@@ -179,7 +192,8 @@ class SseConnection(Connection):
     async def sync(self) -> None:
         """Subscribe every room from the cursor, then write each room's answer at once."""
         try:
-            subs = await self.server.calls.subscribe_many(self, [(r, self.cursor.get(r)) for r in self.stream_rooms])
+            requests = [(r, self.cursor.get(r)) for r in self.stream_rooms]
+            subs = await self.server.calls.subscribe_many(self, requests, canonical=self.canonical)
         except (asyncio.CancelledError, ConnectionClosed):
             return  # the stream ended while it synced
         except Exception:
@@ -211,7 +225,7 @@ class SseConnection(Connection):
             self._write_own(framed("reset" if held is not None else "snapshot", body, self.form))
         for pub in sub.publications:
             self.cursor[room] = pub.position
-            self._write_own(event_body(pub, self.form))
+            self._write_own(event_body(pub, self.form, self.canonical))
         self.cursor[room] = sub.position
 
     def _write_own(self, body: bytes) -> None:
@@ -238,6 +252,9 @@ class SseServer:
             in-band: it reconnects, and a new URL carries a new token).
         default_format: how a stream that does not ask (``?format=events|message``) frames
             its events (``protocol.sse.FORMATS``).
+        canonical_access: who may ask for the canonical view (``?view=canonical``): ``None``
+            when the request may, else the refusal to answer (the API's rule,
+            ``ApiServer.check_access``). Without it nobody may.
     """
 
     def __init__(
@@ -250,11 +267,13 @@ class SseServer:
         authenticator: Authenticator | None = None,
         expiry: ExpiryWatch | None = None,
         default_format: str = sse.EVENTS,
+        canonical_access: Callable[[HttpRequest], HttpResponse | None] | None = None,
     ) -> None:
         if default_format not in sse.FORMATS:
             raise ValueError(f"default_format must be one of {', '.join(sse.FORMATS)}, not {default_format!r}")
         self.hub = hub
         self.default_format = default_format
+        self.canonical_access = canonical_access
         self.heartbeat = heartbeat
         self.retry = sse.retry_frame(retry_ms)
         self.cors = cors if cors is not None else CorsPolicy()
@@ -262,7 +281,7 @@ class SseServer:
         self.expiry = expiry
         self.calls = Builtins(hub, authenticator=authenticator, expiry=expiry)
         self.streams: set[SseConnection] = set()
-        self.encoders: dict[tuple[str, tuple[RoomName, ...]], SseEncoder] = {}
+        self.encoders: dict[tuple[str, bool, tuple[RoomName, ...]], SseEncoder] = {}
         self.ids = itertools.count(1)
         # Ids are unique across processes too: presence and "disconnect this connection" meet
         # every node's connections in one place when the rooms are shared (RedisBroker).
@@ -283,12 +302,21 @@ class SseServer:
         if rooms is None:
             rooms = tuple(dict.fromkeys(request.query_all.get("room", [])))
         form = request.query.get("format", self.default_format)
-        problem = self._check_rooms(rooms) or (
-            None if form in sse.FORMATS else f"format must be one of {', '.join(sse.FORMATS)}"
+        view = request.query.get("view", sse.CLIENT)
+        problem = (
+            self._check_rooms(rooms)
+            or (None if form in sse.FORMATS else f"format must be one of {', '.join(sse.FORMATS)}")
+            or (None if view in sse.VIEWS else f"view must be one of {', '.join(sse.VIEWS)}")
         )
         if problem:
             self.bad_requests += 1
             return api_error(400, "bad_request", problem, cors)
+        canonical = view == sse.CANONICAL
+        if canonical:
+            refused = self._refuse_canonical(request)
+            if refused is not None:
+                refused.headers.extend(cors)
+                return refused
         if not self.calls.admin and any(is_admin_room(r) for r in rooms):  # refused before a stream opens
             return api_error(403, "forbidden", f"{ADMIN_ROOM_PREFIX}* rooms are the server's", cors)
         last_id = request.headers.get("last-event-id") or request.query.get("last_event_id")
@@ -310,10 +338,27 @@ class SseServer:
         if last_id and await self._finished(rooms, cursor):
             return HttpResponse(204, b"", cors)  # it has everything and nothing more will come
         return StreamAccept(
-            lambda channel: self._open(channel, rooms, cursor, auth, form),
+            lambda channel: self._open(channel, rooms, cursor, auth, form, canonical),
             content_type=sse.CONTENT_TYPE,
             headers=[*cors, ("X-Accel-Buffering", "no")],
         )
+
+    def _refuse_canonical(self, request: HttpRequest) -> HttpResponse | None:
+        """``None`` when ``request`` may have the canonical view, else the refusal, saying that
+        it is the view that was refused (the rooms alone may be allowed)."""
+        how = "or follow with view=client, what clients receive"
+        if self.canonical_access is None:
+            return api_error(403, "forbidden", f"this server offers no canonical view (view=canonical); {how}")
+        refused = self.canonical_access(request)
+        if refused is None:
+            return None
+        try:
+            error = _json.loads(refused.body)["error"]
+            code, why = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, why = "forbidden", f"HTTP {refused.status}"
+        message = f"the canonical view (view=canonical) needs the API's access: {why}; {how}"
+        return api_error(refused.status, code, message, refused.headers)
 
     async def _finished(self, rooms: tuple[RoomName, ...], cursor: dict[RoomName, StreamPosition]) -> bool:
         """Whether every room is terminal and the cursor already holds its last publication."""
@@ -344,11 +389,12 @@ class SseServer:
         cursor: dict[RoomName, StreamPosition],
         auth: Claims | None,
         form: str,
+        canonical: bool = False,
     ) -> SseConnection:
-        key = (form, tuple(sorted(rooms)))
+        key = (form, canonical, tuple(sorted(rooms)))
         encoder = self.encoders.get(key)
         if encoder is None:
-            encoder = self.encoders[key] = SseEncoder(key[1], form)
+            encoder = self.encoders[key] = SseEncoder(key[2], form, canonical)
         encoder.members += 1
         conn = SseConnection(self, channel, encoder, rooms, cursor, auth)
         self.streams.add(conn)
@@ -371,7 +417,7 @@ class SseServer:
         encoder = conn.encoder
         assert isinstance(encoder, SseEncoder)
         encoder.members -= 1
-        key = (encoder.form, encoder.rooms)
+        key = (encoder.form, encoder.canonical, encoder.rooms)
         if encoder.members == 0 and self.encoders.get(key) is encoder:
             del self.encoders[key]
 
