@@ -4,6 +4,8 @@ Figures are not checked here (benchmarks are not tests; see docs/performance.md)
 checked is that the harness a reader reruns works end to end with every peer, and that the
 TLS row (wss:// to a certificate made at the start) and the observed row (info logs, /metrics
 scraped) run; the observed row itself fails its run unless it was scraped and logged.
+The servers are named, so the run is the same whether or not ``make bench`` has installed the
+uWebSockets ceiling (``bench/uws``, never a test dependency).
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("roomcast", "roomcast-asgi", "node", "python-socketio")
 VARIANTS = ("roomcast-tls", "roomcast-observed")  # the native door over TLS, and logged and scraped
+CLUSTERS = ("roomcast-redis1", "roomcast-redis2")
 
 
 def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--reps", "1", "--scale", "small"],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            *("--reps", "1", "--scale", "small"),
+            *("--servers", ",".join((*SERVERS, "bare-asgi", *VARIANTS, *CLUSTERS))),
+        ],
         capture_output=True,
         text=True,
         timeout=400,
