@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -378,6 +378,11 @@ def _patterns(rooms: Mapping[str, Any], action: str) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(pattern, str) for pattern in value):
         return tuple(value)
     raise Unauthorized("invalid grants")
+
+
+TOKEN_HEADERS: Final = ("authorization",)
+"""The request headers ``token_from_request`` reads: what a session must keep of its
+handshake for the namespaces its client connects later."""
 
 
 def token_from_request(

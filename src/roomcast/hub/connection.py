@@ -52,7 +52,7 @@ class Connection:
         hub: the hub this connection belongs to.
     """
 
-    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user", "claims", "opened_at")
+    __slots__ = ("id", "namespace", "auth", "rooms", "_data", "encoder", "hub", "closed", "user", "claims", "opened_at")
 
     def __init__(
         self,
@@ -69,7 +69,7 @@ class Connection:
         self.namespace = namespace
         self.auth = auth
         self.rooms: set[RoomName] = set()
-        self.data: dict[str, Any] = {}
+        self._data: dict[str, Any] | None = None  # ``data``, made on first use
         self.closed = False
         self.user: str | None = None
         self.claims: Claims | None = None
@@ -77,6 +77,18 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.namespace}>"
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Free space for the application; made on first use, so connections whose
+        application keeps nothing on them hold no empty dict each."""
+        if self._data is None:
+            self._data = {}
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data = value
 
     @property
     def transport_label(self) -> str:
