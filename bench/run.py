@@ -23,7 +23,9 @@ Scenarios (``--scenarios``; sizes per ``--scale``):
   server CPU per delivered message at that rate, where no server is saturated (a saturated
   fan-out measures a ceiling only as far as the load generator keeps up).
 * ``conns``: idle Socket.IO connections opened in steps (warm-up, N1, N2); resident memory
-  per connection from each step's ``VmRSS`` growth, CPU per connect over the N1 step.
+  per connection from each step's ``VmRSS`` growth, the whole process's ``VmRSS`` at N2, CPU
+  per connect over the N1 step. Fan-out also reads ``VmRSS`` at its end (every subscriber
+  connected): memory during active fan-out.
 * ``publisher`` (cluster rows only): a worker process publishes straight into Redis with
   ``RedisPublisher`` (blocking, then 16 in flight), then over HTTP (``bench/publish_load.py``).
 
@@ -178,6 +180,8 @@ METRICS = [
     Metric("pub_cpu", "publishing from a worker: node + Redis CPU per publication", "µs"),
     Metric("mem_small", "idle memory per connection (N1 conns)", "KiB"),
     Metric("mem_large", "idle memory per connection (N2 conns)", "KiB"),
+    Metric("rss_large", "server resident memory with N2 idle conns", "MB"),
+    Metric("fanout5000_rss", "server resident memory at the end of the 5000-subscriber fan-out", "MB"),
     Metric("connect_cpu", "server CPU per connect (WS + Engine.IO + Socket.IO)", "µs"),
 ]
 INFO = [
@@ -449,11 +453,13 @@ def fanout(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]
         run.go()
         done = run.phase()
         cpu = run.cpu() - cpu0
+        rss = rss_kib(run.pid)  # every subscriber still connected, the last burst just written
         run.check_observed()
     finally:
         run.close()
     delivered = done["delivered"]
     return {
+        f"{prefix}_rss": rss / 1024,
         f"{prefix}_cpu": cpu / delivered * 1e6,
         f"{prefix}_rate": delivered / done["seconds"],
         f"{prefix}_server_share": cpu / done["seconds"],
@@ -500,6 +506,7 @@ def conns(server: str, params: dict[str, Any]) -> dict[str, float]:
     return {
         "mem_small": (rss1 - rss0) / (small - warm),
         "mem_large": (rss2 - rss0) / (large - warm),
+        "rss_large": rss2 / 1024,
         "connect_cpu": (cpu1 - cpu0) / (small - warm) * 1e6,
     }
 
@@ -662,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = {
         "mem_small": f"idle memory per connection ({n1:,} conns)",
         "mem_large": f"idle memory per connection ({n2:,} conns)",
+        "rss_large": f"server resident memory with {n2:,} idle conns",
+        "fanout5000_rss": f"server resident memory at the end of the {scale['fanout5000']['subs']}-subscriber fan-out",
         "latency_p50": f"latency p50 at {at_rate('latency')}",
         "latency_p99": f"latency p99 at {at_rate('latency')}",
         "latency1000_p50": f"latency p50 at {at_rate('latency1000')}",

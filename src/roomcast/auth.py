@@ -68,10 +68,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from roomcast.errors import PermissionDenied, Unauthorized
 from roomcast.types import RoomName
 
@@ -235,6 +231,11 @@ class Authenticator:
         self._key: Any = config.secret
         self._algorithms: list[str] = list(config.algorithms)
         if config.public_key is not None:
+            # PyJWT and cryptography (14 MB resident) load with the first Authenticator: an
+            # open server, and every process that only publishes, never import them.
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
             try:
                 key = load_pem_public_key(config.public_key.encode())
             except ValueError:
@@ -294,6 +295,8 @@ class Authenticator:
             raise
 
     def _verify(self, token: str | None, now: float | None) -> Claims:
+        import jwt  # loaded once, by the first verification (see __init__)
+
         config = self.config
         if not token:
             raise Unauthorized("token required")

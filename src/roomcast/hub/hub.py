@@ -203,7 +203,7 @@ class Hub:
         if conn in r.pending:
             return self._ready(r)
         if r.add(conn):
-            conn.rooms.add(room)
+            conn.joined(room)
             self._entered(conn, r)
             self._arrived(conn, r)
         return self._ready(r)
@@ -212,7 +212,7 @@ class Hub:
         r = self._rooms.get(room)
         if r is None or not r.remove(conn):
             return
-        conn.rooms.discard(room)
+        conn.left(room)
         user = conn.user
         if user is not None and user not in r.users and self._presence_patterns:
             self._announce(room, "presence:leave", user)
@@ -530,7 +530,7 @@ class Hub:
                 self.leave(conn, room)  # subscribing again: the new sync covers the gap
             r = self._room(room)
             holds.append(r.hold(conn))
-            conn.rooms.add(room)
+            conn.joined(room)
             self._entered(conn, r)
         try:
             reads = [await self._read(conn, room, since) for room, since in wanted]
