@@ -2,6 +2,8 @@
 
 Imports only roomcast's bottom layer, PyJWT/cryptography and the stdlib, so every transport
 can share one ``Authenticator`` and decide the same way whatever wire the client came in on.
+PyJWT and cryptography load with the first ``Authenticator`` (14 MB resident): an open
+server never imports them.
 
 What a token carries
 --------------------
