@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_PEERS := tests/interop/node
 BENCH_NODE := bench/node
+BENCH_UWS := bench/uws
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 CHROMIUM := /usr/bin/chromium
@@ -47,6 +48,12 @@ $(NGINX):
 
 test-deps: $(STAMP) $(NODE_PEERS)/node_modules/.package-lock.json $(BENCH_NODE)/node_modules/.package-lock.json $(CHROMIUM) $(REDIS_SERVER) $(NGINX)
 
+# The ceiling the benchmark reads the others against: uWebSockets (`uwebsockets` 3.0.6, a
+# third-party npm republish of uWebSockets.js with prebuilt binaries; provenance in
+# docs/performance.md). `make bench` only: never a test dependency. No install scripts run.
+$(BENCH_UWS)/node_modules/.package-lock.json: $(BENCH_UWS)/package-lock.json
+	cd $(BENCH_UWS) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+
 # The peers the benchmark runs beside roomcast: python-socketio under uvicorn, Node socket.io.
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[bench]'
@@ -54,7 +61,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 # Side by side with the peers, 3 repetitions, medians and ratios (docs/performance.md).
 # BENCH_ARGS="--reps 5 --servers roomcast,node" narrows or widens a run.
-bench: $(BENCH_STAMP) $(BENCH_NODE)/node_modules/.package-lock.json
+bench: $(BENCH_STAMP) $(BENCH_NODE)/node_modules/.package-lock.json $(BENCH_UWS)/node_modules/.package-lock.json
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # 15 minutes against a real server: churn on every transport, fan-out, tasks, slow and hostile

@@ -19,9 +19,13 @@ Scenarios (``--scenarios``; sizes per ``--scale``):
 * ``fanout1000ws``, ``fanout1000sse``: the 1000 subscribers on roomcast's plain WebSocket or
   SSE instead (roomcast's doors only); the publisher is still a Socket.IO client.
 * ``latency``, ``latency1000``: a fixed 10,000 deliveries/s (100 subscribers × 100/s, and
-  1000 × 10/s); publish-to-receive time measured inside the load generator, p50 and p99.
+  1000 × 10/s); publish-to-receive time measured inside the load generator, p50 and p99, and
+  server CPU per delivered message at that rate, where no server is saturated (a saturated
+  fan-out measures a ceiling only as far as the load generator keeps up).
 * ``conns``: idle Socket.IO connections opened in steps (warm-up, N1, N2); resident memory
-  per connection from each step's ``VmRSS`` growth, CPU per connect over the N1 step.
+  per connection from each step's ``VmRSS`` growth, the whole process's ``VmRSS`` at N2, CPU
+  per connect over the N1 step. Fan-out also reads ``VmRSS`` at its end (every subscriber
+  connected): memory during active fan-out.
 * ``publisher`` (cluster rows only): a worker process publishes straight into Redis with
   ``RedisPublisher`` (blocking, then 16 in flight), then over HTTP (``bench/publish_load.py``).
 
@@ -46,6 +50,13 @@ metrics and logging cost a fan-out; ``roomcast-asgi-native`` is the ASGI app und
 with ``RoomcastApp(native_port=...)``, the load generator connecting to that in-process native
 door, so its ratio is what sharing the process with uvicorn costs. ``roomcast-asgi/bare-asgi``
 is the ASGI door against the least any ASGI app pays (``bench/peers/bare_asgi.py``).
+
+The ``uws`` row is the ceiling the others are read against: a raw pub/sub fan-out server on
+uWebSockets (``bench/uws/server.mjs``, C++ behind a thin Node layer) that speaks the Socket.IO
+packets a client receives (``42[...]``, ``43<id>[...]``) on a plain WebSocket, with no
+Engine.IO handshake or heartbeat; the load generator drives it in its ``raw`` mode. It runs
+when ``bench/uws`` is installed (``make bench`` does it; ``make test`` never does), or when
+``--servers`` names it. Single-process fan-out and latency scenarios and ``conns`` only.
 
 This is a benchmark, not a test: it measures and prints; ``tests/bench`` only checks that a
 small run works and prints its table.
@@ -95,6 +106,8 @@ SERVERS: dict[str, list[str]] = {
     "roomcast-facade": [PY, str(BENCH / "peers" / "pysio_server.py"), "--facade"],
     # a reference row, not a product: the least any ASGI app pays per message (peers/bare_asgi.py)
     "bare-asgi": [PY, str(BENCH / "peers" / "bare_asgi.py")],
+    # the C++ ceiling: raw WebSocket frames carrying Socket.IO packets, uWS's own pub/sub
+    "uws": [NODE, str(BENCH / "uws" / "server.mjs")],
     # the native door as production runs it: TLS (a certificate added by ``Run``), and logs
     # at info with /metrics scraped every second (``Scraper``)
     "roomcast-tls": [PY, str(BENCH / "server.py"), "--door", "native"],
@@ -127,6 +140,14 @@ DEFAULT_SERVERS = [
     "roomcast-redis1",
     "roomcast-redis2",
 ]
+UWS_ROW = "uws"
+# installed by ``make bench`` only (a native binary from a third-party npm republish): a run
+# includes the row when it is there, and says how to get it when --servers asks without it
+UWS_INSTALLED = (BENCH / "uws" / "node_modules" / "uwebsockets").is_dir()
+if UWS_INSTALLED:
+    DEFAULT_SERVERS.insert(DEFAULT_SERVERS.index("roomcast-asgi"), UWS_ROW)
+# the load generator's raw mode: no Engine.IO under the Socket.IO packets
+RAW_ROWS = {UWS_ROW}
 TLS_ROW = "roomcast-tls"
 OBSERVED_ROW = "roomcast-observed"
 IN_PROCESS_ROW = "roomcast-asgi-native"
@@ -164,6 +185,8 @@ METRICS = [
     Metric("fanout1000sse_cpu", "fan-out 1000 subs over SSE (/sse): CPU per msg", "µs"),
     Metric("fanout5000_cpu", "fan-out 5000 subs: server CPU per delivered msg", "µs"),
     Metric("fanout5000_rate", "fan-out 5000 subs: delivered msgs per second", "msg/s", lower_is_better=False),
+    Metric("latency_cpu", "server CPU per delivered msg at fixed delivery rate", "µs"),
+    Metric("latency1000_cpu", "server CPU per delivered msg at fixed delivery rate, big room", "µs"),
     Metric("latency_p50", "latency p50 at fixed delivery rate", "ms"),
     Metric("latency_p99", "latency p99 at fixed delivery rate", "ms"),
     Metric("latency1000_p50", "latency p50 at fixed delivery rate, big room", "ms"),
@@ -174,9 +197,17 @@ METRICS = [
     Metric("pub_cpu", "publishing from a worker: node + Redis CPU per publication", "µs"),
     Metric("mem_small", "idle memory per connection (N1 conns)", "KiB"),
     Metric("mem_large", "idle memory per connection (N2 conns)", "KiB"),
+    Metric("rss_large", "server resident memory with N2 idle conns", "MB"),
+    Metric("fanout5000_rss", "server resident memory at the end of the 5000-subscriber fan-out", "MB"),
     Metric("connect_cpu", "server CPU per connect (WS + Engine.IO + Socket.IO)", "µs"),
 ]
-INFO = ["fanout1000_server_share", "fanout1000_loadgen_share", "fanout5000_server_share", "fanout5000_loadgen_share"]
+INFO = [
+    "fanout1000_server_share",
+    "fanout1000_loadgen_share",
+    "fanout5000_server_share",
+    "fanout5000_loadgen_share",
+    "latency1000_server_share",
+]
 
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
@@ -338,7 +369,7 @@ class Run:
                 self.scraper = Scraper(self.port)
             if spec is None:  # the caller drives the server itself
                 return
-            spec = {**spec, "ports": ports, "tls": server == TLS_ROW}
+            spec = {**spec, "ports": ports, "tls": server == TLS_ROW, "raw": server in RAW_ROWS}
             self.loadgen = subprocess.Popen(
                 pinned(1, [NODE, str(BENCH / "node" / "loadgen.mjs"), json.dumps(spec)]),
                 stdin=subprocess.PIPE,
@@ -439,11 +470,13 @@ def fanout(server: str, params: dict[str, Any], prefix: str) -> dict[str, float]
         run.go()
         done = run.phase()
         cpu = run.cpu() - cpu0
+        rss = rss_kib(run.pid)  # every subscriber still connected, the last burst just written
         run.check_observed()
     finally:
         run.close()
     delivered = done["delivered"]
     return {
+        f"{prefix}_rss": rss / 1024,
         f"{prefix}_cpu": cpu / delivered * 1e6,
         f"{prefix}_rate": delivered / done["seconds"],
         f"{prefix}_server_share": cpu / done["seconds"],
@@ -455,11 +488,18 @@ def latency(server: str, params: dict[str, Any], prefix: str) -> dict[str, float
     run = Run(server, {"scenario": "latency", **params})
     try:
         run.phase()
+        cpu0 = run.cpu()
         run.go()
         done = run.phase()
+        cpu = run.cpu() - cpu0
     finally:
         run.close()
-    return {f"{prefix}_p50": done["p50_ms"], f"{prefix}_p99": done["p99_ms"]}
+    return {
+        f"{prefix}_p50": done["p50_ms"],
+        f"{prefix}_p99": done["p99_ms"],
+        f"{prefix}_cpu": cpu / done["delivered"] * 1e6,
+        f"{prefix}_server_share": cpu / done["seconds"],
+    }
 
 
 def conns(server: str, params: dict[str, Any]) -> dict[str, float]:
@@ -483,6 +523,7 @@ def conns(server: str, params: dict[str, Any]) -> dict[str, float]:
     return {
         "mem_small": (rss1 - rss0) / (small - warm),
         "mem_large": (rss2 - rss0) / (large - warm),
+        "rss_large": rss2 / 1024,
         "connect_cpu": (cpu1 - cpu0) / (small - warm) * 1e6,
     }
 
@@ -557,6 +598,7 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
     pairs = [
         (a, b)
         for a, b in (
+            ("roomcast", "uws"),
             ("roomcast", "node"),
             ("roomcast", "python-socketio"),
             ("roomcast-facade", "roomcast"),
@@ -626,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in servers if s not in SERVERS and s not in CLUSTERS]
     if unknown:
         parser.error(f"unknown server(s): {', '.join(unknown)}")
+    if UWS_ROW in servers and not UWS_INSTALLED:
+        parser.error("the uws row needs bench/uws installed: `make bench` (or `cd bench/uws && npm ci`)")
     scale = {k: dict(v) for k, v in SCALES[args.scale].items()}
     conn_targets = scale["conns"]["targets"]
     limit = max_idle_connections()
@@ -645,10 +689,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = {
         "mem_small": f"idle memory per connection ({n1:,} conns)",
         "mem_large": f"idle memory per connection ({n2:,} conns)",
+        "rss_large": f"server resident memory with {n2:,} idle conns",
+        "fanout5000_rss": f"server resident memory at the end of the {scale['fanout5000']['subs']}-subscriber fan-out",
         "latency_p50": f"latency p50 at {at_rate('latency')}",
         "latency_p99": f"latency p99 at {at_rate('latency')}",
         "latency1000_p50": f"latency p50 at {at_rate('latency1000')}",
         "latency1000_p99": f"latency p99 at {at_rate('latency1000')}",
+        "latency_cpu": f"server CPU per delivered msg at {at_rate('latency')}",
+        "latency1000_cpu": f"server CPU per delivered msg at {at_rate('latency1000')}",
         "fanout1000_cpu": f"fan-out {scale['fanout1000']['subs']} subs: server CPU per delivered msg",
         "fanout1000w1_cpu": f"fan-out {scale['fanout1000w1']['subs']} subs, one publication at a time: CPU per msg",
         "fanout1000_rate": f"fan-out {scale['fanout1000']['subs']} subs: delivered msgs per second",

@@ -14,8 +14,12 @@
 // at exactly the phase boundaries:
 //
 //   fanout   {subs, messages, window, payload, room}  ready -> "go" -> done {seconds, delivered}
-//   latency  {subs, rate, seconds, warmup, payload}   ready -> "go" -> done {p50_ms, p99_ms, ...}
+//   latency  {subs, rate, seconds, warmup, payload}   ready -> "go" -> done {p50_ms, p99_ms, delivered, ...}
 //   conns    {targets: [n...], warm}                  at {n} -> "go" -> ... -> end
+//
+// With `"raw": true` (the uWebSockets ceiling, bench/uws) a client upgrades `/` to a plain
+// WebSocket and is connected at the 101: no Engine.IO handshake, no pings, no `40`; the
+// Socket.IO packets (`42...` events, `43...` acks) on it are the same bytes as above.
 import { performance } from "node:perf_hooks";
 import readline from "node:readline";
 import net from "node:net";
@@ -218,6 +222,25 @@ class Client {
 }
 
 /**
+ * A raw client: the Socket.IO packets straight on a WebSocket, connected at the upgrade (the
+ * uWebSockets server sends no Engine.IO open packet and no pings).
+ */
+class RawClient extends Client {
+  handshake() {
+    return HANDSHAKE(this.port, "/").replace("/?EIO=4&transport=websocket", "/");
+  }
+
+  onData(chunk) {
+    const wasUpgraded = this.upgraded;
+    super.onData(chunk);
+    if (!wasUpgraded && this.upgraded && !this.connected) this.resolveConnect();
+  }
+}
+
+/** Whichever Socket.IO client the spec asks for: on Engine.IO, or raw. */
+const socketIoClient = spec.raw ? (handler) => new RawClient(handler) : (handler) => new Client(handler);
+
+/**
  * A roomcast.v1 client on /ws: subscribed by a `subscribe` message, counts `event` messages.
  * Only roomcast speaks it; the publisher stays a Socket.IO client (one room model).
  */
@@ -290,7 +313,7 @@ class SseClient extends Client {
 
 let stopping = false;
 
-async function connectMany(count, onEvent, into = [], make = (handler) => new Client(handler)) {
+async function connectMany(count, onEvent, into = [], make = socketIoClient) {
   let next = 0;
   async function worker() {
     while (next < count) {
@@ -327,7 +350,7 @@ async function fanout() {
   const count = () => { if (++delivered === target) finished(); };
   const make = protocol === "ws" ? (handler) => new WsClient(handler)
     : protocol === "sse" ? (handler) => new SseClient(handler, room)
-    : (handler) => new Client(handler);
+    : socketIoClient;
   const clients = await connectMany(subs, count, [], make);
   if (protocol === "ws") {
     for (let i = 0; i < clients.length; i += 500) {
@@ -415,6 +438,7 @@ async function latency() {
   } catch (err) {
     fail(`${err.message}: ${received} of ${subs * total} delivered`);
   }
+  const elapsed = (performance.now() - start) / 1000;
   stopping = true;
   const sorted = samples.subarray(0, recorded).sort();
   const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
@@ -422,6 +446,8 @@ async function latency() {
     phase: "done",
     samples: recorded,
     deliveries_per_second: subs * rate,
+    delivered: received,
+    seconds: elapsed,
     p50_ms: at(0.5),
     p99_ms: at(0.99),
     max_ms: sorted[sorted.length - 1],

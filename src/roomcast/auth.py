@@ -2,6 +2,8 @@
 
 Imports only roomcast's bottom layer, PyJWT/cryptography and the stdlib, so every transport
 can share one ``Authenticator`` and decide the same way whatever wire the client came in on.
+PyJWT and cryptography load with the first ``Authenticator`` (14 MB resident): an open
+server never imports them.
 
 What a token carries
 --------------------
@@ -66,11 +68,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import Any, Final, Literal
 
 from roomcast.errors import PermissionDenied, Unauthorized
 from roomcast.types import RoomName
@@ -235,6 +233,11 @@ class Authenticator:
         self._key: Any = config.secret
         self._algorithms: list[str] = list(config.algorithms)
         if config.public_key is not None:
+            # PyJWT and cryptography (14 MB resident) load with the first Authenticator: an
+            # open server, and every process that only publishes, never import them.
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
             try:
                 key = load_pem_public_key(config.public_key.encode())
             except ValueError:
@@ -294,6 +297,8 @@ class Authenticator:
             raise
 
     def _verify(self, token: str | None, now: float | None) -> Claims:
+        import jwt  # loaded once, by the first verification (see __init__)
+
         config = self.config
         if not token:
             raise Unauthorized("token required")
@@ -378,6 +383,11 @@ def _patterns(rooms: Mapping[str, Any], action: str) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(pattern, str) for pattern in value):
         return tuple(value)
     raise Unauthorized("invalid grants")
+
+
+TOKEN_HEADERS: Final = ("authorization",)
+"""The request headers ``token_from_request`` reads: what a session must keep of its
+handshake for the namespaces its client connects later."""
 
 
 def token_from_request(

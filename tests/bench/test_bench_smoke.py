@@ -3,7 +3,10 @@
 Figures are not checked here (benchmarks are not tests; see docs/performance.md); what is
 checked is that the harness a reader reruns works end to end with every peer, and that the
 TLS row (wss:// to a certificate made at the start), the observed row (info logs, /metrics
-scraped) and the in-process native door's row (uvicorn's lifespan opens it) run; the observed row itself fails its run unless it was scraped and logged.
+scraped) and the in-process native door's row (uvicorn's lifespan opens it) run; the observed
+row itself fails its run unless it was scraped and logged. The servers are named, so the run
+is the same whether or not ``make bench`` has installed the uWebSockets ceiling
+(``bench/uws``, never a test dependency).
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("roomcast", "roomcast-asgi", "node", "python-socketio")
 # the native door over TLS, logged and scraped, and inside uvicorn's process (RoomcastApp(native_port=...))
 VARIANTS = ("roomcast-tls", "roomcast-observed", "roomcast-asgi-native")
+CLUSTERS = ("roomcast-redis1", "roomcast-redis2")
 
 
 def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--reps", "1", "--scale", "small"],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            *("--reps", "1", "--scale", "small"),
+            *("--servers", ",".join((*SERVERS, "bare-asgi", "roomcast-facade", *VARIANTS, *CLUSTERS))),
+        ],
         capture_output=True,
         text=True,
         timeout=400,

@@ -1,4 +1,4 @@
-"""Tokens on the plain WebSocket and SSE: grants per room, refusals with reasons, expiry.
+"""Tokens on the plain WebSocket, SSE and Socket.IO: grants per room, refusals with reasons, expiry.
 
 Real HS256 tokens signed with PyJWT against a server configured with the same secret.
 """
@@ -16,9 +16,11 @@ from rawclient import RawWebSocket, open_websocket
 from servers import RunningServer, running
 from sseclient import open_sse
 
+from roomcast.auth import TOKEN_HEADERS, token_from_request
 from roomcast.hub.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.config import Settings
+from roomcast.transports.base import build_request
 from roomcast.types import Presence
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -241,3 +243,45 @@ async def test_a_socketio_token_that_expires_ends_the_session_unless_refreshed()
             assert (await refreshed.call("subscribe", {"room": "r"}, timeout=5))["offset"] == 0  # still served
         finally:
             await refreshed.disconnect()
+
+
+async def test_a_socketio_connect_authenticates_with_the_handshake_bearer_header_or_query_token() -> None:
+    # The namespace CONNECT comes after the Engine.IO handshake: the session keeps the
+    # handshake's token headers and query (and nothing else of a browser's headers) for it.
+    browser = {"Cookie": "session=" + "c" * 2000, "User-Agent": "Mozilla/5.0 " + "x" * 200}
+    async with running(_app()) as srv:
+        for headers, query in (
+            ({"Authorization": f"Bearer {token(subscribe=['*'])}", **browser}, ""),
+            (browser, f"&token={token(subscribe=['*'])}"),
+            (browser, ""),
+        ):
+            client = await open_websocket(
+                srv.host, srv.port, f"/socket.io/?EIO=4&transport=websocket{query}", headers=headers
+            )
+            try:
+                assert str(await client.recv()).startswith("0{")  # OPEN
+                client.send("40")
+                reply = str(await client.recv())
+                if headers is browser and not query:
+                    assert reply.startswith("44{") and "token required" in reply, reply
+                else:
+                    assert reply.startswith("40{"), reply
+            finally:
+                client.close()
+
+
+def test_a_kept_request_holds_its_query_and_the_named_headers_only() -> None:
+    request = build_request(
+        "GET",
+        "/socket.io/",
+        b"EIO=4&transport=websocket&token=t1",
+        [(b"Authorization", b"Bearer t2"), (b"Cookie", b"a=1"), (b"User-Agent", b"ua")],
+        body=b"ignored",
+        client=("10.0.0.1", 5000),
+    )
+    kept = request.keeping_headers(TOKEN_HEADERS)
+    assert dict(kept.headers) == {"authorization": "Bearer t2"}
+    assert kept.query == request.query and kept.query_all == request.query_all
+    assert (kept.method, kept.path, kept.client, kept.body) == ("GET", "/socket.io/", ("10.0.0.1", 5000), b"")
+    assert token_from_request(kept.headers, kept.query) == "t2"
+    assert dict(request.keeping_headers(["x-absent"]).headers) == {}

@@ -13,7 +13,8 @@ outbound buffer is over its limit, and the hub then disconnects it as a slow con
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Set
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from roomcast.disconnect import Disconnect
 from roomcast.types import ConnectionId, Publication, RoomName
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from roomcast.hub.hub import Hub
 
 __all__ = ["Connection", "Encoder"]
+
+_NO_ROOMS: Final[frozenset[RoomName]] = frozenset()
+"""The rooms of a connection that never joined one: shared, and immutable, so an idle
+connection holds no empty set of its own (216 bytes each)."""
 
 
 class Encoder(Protocol):
@@ -43,7 +48,8 @@ class Connection:
         id: unique within the process.
         namespace: the Socket.IO namespace (``"/"`` for other transports).
         auth: the credentials or handshake payload the client presented.
-        rooms: rooms this connection is a member of.
+        rooms: rooms this connection is a member of (read-only: the hub keeps it, through
+            ``joined`` and ``left``).
         data: free space for the application (session state ...).
         user: who is behind the connection (a token's ``sub``), for presence and for
             "disconnect this user"; ``None`` when anonymous.
@@ -52,7 +58,7 @@ class Connection:
         hub: the hub this connection belongs to.
     """
 
-    __slots__ = ("id", "namespace", "auth", "rooms", "data", "encoder", "hub", "closed", "user", "claims", "opened_at")
+    __slots__ = ("id", "namespace", "auth", "rooms", "_data", "encoder", "hub", "closed", "user", "claims", "opened_at")
 
     def __init__(
         self,
@@ -68,8 +74,8 @@ class Connection:
         self.encoder = encoder
         self.namespace = namespace
         self.auth = auth
-        self.rooms: set[RoomName] = set()
-        self.data: dict[str, Any] = {}
+        self.rooms: Set[RoomName] = _NO_ROOMS  # a set of its own from the first join
+        self._data: dict[str, Any] | None = None  # ``data``, made on first use
         self.closed = False
         self.user: str | None = None
         self.claims: Claims | None = None
@@ -77,6 +83,32 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.namespace}>"
+
+    def joined(self, room: RoomName) -> None:
+        """Count ``room`` among ``rooms`` (the hub's bookkeeping, when it adds a member)."""
+        rooms = self.rooms
+        if isinstance(rooms, set):
+            rooms.add(room)
+        else:
+            self.rooms = {room}
+
+    def left(self, room: RoomName) -> None:
+        """Drop ``room`` from ``rooms`` (the hub's bookkeeping, when a member leaves)."""
+        rooms = self.rooms
+        if isinstance(rooms, set):
+            rooms.discard(room)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Free space for the application; made on first use, so connections whose
+        application keeps nothing on them hold no empty dict each."""
+        if self._data is None:
+            self._data = {}
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data = value
 
     @property
     def transport_label(self) -> str:

@@ -207,7 +207,7 @@ class Hub:
         if conn in r.pending:
             return self._ready(r)
         if r.add(conn):
-            conn.rooms.add(room)
+            conn.joined(room)
             self._entered(conn, r)
             self._arrived(conn, r)
         return self._ready(r)
@@ -216,7 +216,7 @@ class Hub:
         r = self._rooms.get(room)
         if r is None or not r.remove(conn):
             return
-        conn.rooms.discard(room)
+        conn.left(room)
         user = conn.user
         if user is not None and user not in r.users and self._presence_patterns:
             self._announce(room, "presence:leave", user)
@@ -569,7 +569,7 @@ class Hub:
                 self.leave(conn, room)  # subscribing again: the new sync covers the gap
             r = self._room(room)
             holds.append(r.hold(conn))
-            conn.rooms.add(room)
+            conn.joined(room)
             self._entered(conn, r)
         try:
             reads = [await self._read(conn, room, since, canonical) for room, since in wanted]

@@ -249,7 +249,7 @@ class Decoder:
         self._max_attachments = max_attachments
         self._max_expanded = max_expanded_bytes
         self._pending: SioPacket | None = None
-        self._buffers: list[bytes] = []
+        self._buffers: list[bytes] | None = None  # a binary packet's attachments so far
         self._expected = 0
 
     @property
@@ -259,7 +259,7 @@ class Decoder:
 
     def _reset(self) -> None:
         self._pending = None
-        self._buffers = []
+        self._buffers = None
         self._expected = 0
 
     def feed(self, data: str | bytes) -> SioPacket | None:
@@ -291,10 +291,12 @@ class Decoder:
         pending = self._pending
         if pending is None:
             raise RemoteProtocolError("unexpected binary attachment")
-        self._buffers.append(bytes(data))
-        if len(self._buffers) < self._expected:
-            return None
         buffers = self._buffers
+        if buffers is None:
+            buffers = self._buffers = []
+        buffers.append(bytes(data))
+        if len(buffers) < self._expected:
+            return None
         self._reset()
         _reconstruct(pending.data, buffers, max_placeholders=self._max_attachments, max_bytes=self._max_expanded)
         return pending

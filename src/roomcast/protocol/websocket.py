@@ -330,11 +330,14 @@ class WebSocketParser:
     __slots__ = ("_buf", "_max", "_require_mask", "_msg_op", "_frag", "_failed")
 
     def __init__(self, *, max_message_bytes: int = 1_000_000, require_mask: bool = True) -> None:
-        self._buf = bytearray()
+        # Both buffers exist only while they hold bytes: an idle connection (every frame it
+        # sent was complete) carries neither.
+        self._buf: bytearray | None = None  # the bytes of an incomplete frame
         self._max = max_message_bytes
         self._require_mask = 0x80 if require_mask else 0
         self._msg_op = 0  # opcode of the open fragmented message, 0 when none is open
-        self._frag = bytearray()  # its payload so far: no per-fragment object for tiny fragments
+        # its payload so far: no per-fragment object for tiny fragments
+        self._frag: bytearray | None = None
         self._failed = False
 
     def feed(self, data: Buffer) -> list[Event]:
@@ -352,13 +355,18 @@ class WebSocketParser:
         if self._failed:
             raise LocalProtocolError("parser already failed; close the connection")
         buf = self._buf
-        buf += data
+        if buf is None:
+            buf = bytearray(data)
+        else:
+            buf += data
         events: list[Event] = []
         pos = self._parse(buf, events)
         if pos == len(buf):
-            buf.clear()
-        elif pos:
-            del buf[:pos]  # once per feed; CPython makes prefix deletion cheap
+            self._buf = None
+        else:
+            if pos:
+                del buf[:pos]  # once per feed; CPython makes prefix deletion cheap
+            self._buf = buf
         return events
 
     def _parse(self, buf: bytearray, events: list[Event]) -> int:
@@ -397,12 +405,13 @@ class WebSocketParser:
                     if length >> 63:
                         raise RemoteProtocolError("64-bit payload length with the top bit set")
                     start += 8
-                if opcode < 8:  # §5.4; _frag is empty unless a fragmented message is open
+                if opcode < 8:  # §5.4; _frag is None unless a fragmented message is open
                     if not self._msg_op and not opcode:
                         raise RemoteProtocolError("continuation frame without a message")
                     if self._msg_op and opcode:
                         raise RemoteProtocolError("new data frame inside a fragmented message")
-                    if len(self._frag) + length > self._max:
+                    frag = self._frag
+                    if length + (len(frag) if frag is not None else 0) > self._max:
                         raise PayloadTooBig(f"message over {self._max} bytes")
                 if masked:
                     start += 4
@@ -422,9 +431,10 @@ class WebSocketParser:
                 elif b0 & 0x80:
                     if opcode == 0:
                         opcode, self._msg_op = self._msg_op, 0
-                        self._frag += payload
-                        payload = bytes(self._frag)
-                        self._frag.clear()
+                        frag, self._frag = self._frag, None
+                        if frag is not None:
+                            frag += payload
+                            payload = bytes(frag)
                     if opcode == 1:
                         try:
                             payload.decode("utf-8")
@@ -434,7 +444,10 @@ class WebSocketParser:
                 else:
                     if opcode:
                         self._msg_op = opcode
-                    self._frag += payload
+                    if self._frag is None:
+                        self._frag = bytearray(payload)
+                    else:
+                        self._frag += payload
         except BaseException:
             self._failed = True
             raise

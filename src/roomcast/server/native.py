@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from ssl import SSLContext
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
@@ -173,6 +173,11 @@ TURN_AWAY_SECONDS = 1.0
 """How long a connection turned away at the gate is still read (and what it sends dropped)
 after its answer, unless it closes first: closing a socket with unread input resets it, and a
 reset can destroy the answer before the client reads it."""
+
+
+_NO_PARTS: Final[list[Any]] = []
+"""What an upgraded connection keeps of its request's parts: one shared list, never
+appended to (the parser that fills the parts is gone), instead of three empty lists each."""
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -532,7 +537,7 @@ class HttpProtocol(asyncio.Protocol):
         request, self._upgrade = self._upgrade, None
         # From here on this connection speaks frames: drop the HTTP parser and its buffers.
         self.parser = None
-        self._url, self._headers, self._body = [], [], []
+        self._url = self._headers = self._body = _NO_PARTS
         self._disarm()
         transport = self.transport
         if request is None or transport is None:

@@ -8,7 +8,8 @@ WebSocket as a ``WebSocketChannel``. So every transport runs unchanged behind ei
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
@@ -62,6 +63,21 @@ class HttpRequest:
     def query_all(self) -> dict[str, list[str]]:
         """Every value of every query parameter (``?room=a&room=b``), parsed on demand."""
         return parse_qs(self.raw_query, keep_blank_values=True) if self.raw_query else {}
+
+    def keeping_headers(self, names: Iterable[str]) -> HttpRequest:
+        """This request with only the headers ``names`` (lower case) and no body.
+
+        For what outlives the request: a session holds its handshake for as long as the
+        client stays, and a browser's headers (cookies, user agent, the accept-* family)
+        run to a kilobyte or more that every idle connection would carry for nothing.
+        """
+        headers = self.headers
+        kept = {name: headers[name] for name in names if name in headers}
+        return replace(self, headers=kept or _NO_HEADERS, body=b"")
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+"""The headers of a kept request that kept none: one shared empty mapping."""
 
 
 def build_request(

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from roomcast import disconnect
+from roomcast.auth import TOKEN_HEADERS
 from roomcast.cluster.base import Cluster, LocalCluster, NodeUnreachable
 from roomcast.disconnect import Disconnect
 from roomcast.errors import BrokerUnavailable, PayloadTooBig, RemoteProtocolError
@@ -86,6 +87,8 @@ class Session:
 
     ``write`` is the fan-out entry: on a native WebSocket it writes pre-built frames; on
     polling it queues packets for the next GET. ``state`` belongs to the layer above.
+    ``request`` is the handshake request with its query but only the headers a token is read
+    from (``auth.TOKEN_HEADERS``): an idle session holds no browser headers.
     """
 
     __slots__ = (
@@ -367,7 +370,9 @@ class EngineIOServer:
             ping_timeout=self.ping_timeout,
             now=loop.time(),
         )
-        session = Session(self, machine, request)
+        # the session outlives its handshake: it keeps the query and the token's headers, what
+        # the app reads later (a namespace connect's credentials, ?roomcast=1), and no more
+        session = Session(self, machine, request.keeping_headers(TOKEN_HEADERS))
         session.ws = ws
         self.sessions[sid] = session
         upgrades = ["websocket"] if transport is Transport.POLLING else []

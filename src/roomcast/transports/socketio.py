@@ -32,7 +32,6 @@ still encodes once per group of members; clients that do not ask see nothing new
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 from collections.abc import Iterable
@@ -176,8 +175,8 @@ class SioSocket(Connection):
 
     __slots__ = (
         "session",
-        "acks",
-        "_ack_ids",
+        "_acks",
+        "_last_ack_id",
         "accepted",
         "_early",
         "recovery",
@@ -204,10 +203,12 @@ class SioSocket(Connection):
         sid = resume.saved.sid if resume is not None else secrets.token_urlsafe(15)
         super().__init__(sid, hub=hub, encoder=encoder, namespace=namespace, auth=auth)
         self.session = session
-        self.acks: dict[int, asyncio.Future[list[Any]]] = {}
-        self._ack_ids = itertools.count()
+        # made on first use, as every per-connection container here: most connections never
+        # await a client's ack, and an idle one should hold no empty dict or list for it
+        self._acks: dict[int, asyncio.Future[list[Any]]] | None = None
+        self._last_ack_id = -1
         self.accepted = False
-        self._early: list[SioPacket] = []
+        self._early: list[SioPacket] | None = None  # packets a connect handler emitted
         self.recovery = recovery
         self.resume = resume
         self.expiry: ExpiryWatch | None = None
@@ -241,9 +242,20 @@ class SioSocket(Connection):
 
     def _send(self, packet: SioPacket) -> None:
         if not self.accepted:
-            self._early.append(packet)  # emitted by a connect handler: after the CONNECT reply
+            # emitted by a connect handler: after the CONNECT reply
+            if self._early is None:
+                self._early = [packet]
+            else:
+                self._early.append(packet)
             return
         self._transmit(packet)
+
+    @property
+    def acks(self) -> dict[int, asyncio.Future[list[Any]]]:
+        """The client's acks this socket awaits (``call``), by ack id; made on first use."""
+        if self._acks is None:
+            self._acks = {}
+        return self._acks
 
     def _transmit(self, packet: SioPacket) -> None:
         """Send now; an event without ack id gets the recovery offset as it leaves."""
@@ -268,9 +280,10 @@ class SioSocket(Connection):
         if self.closed:
             future.set_exception(ConnectionClosed("connection closed"))
             return future
-        ack_id = next(self._ack_ids)
-        self.acks[ack_id] = future
-        future.add_done_callback(lambda _: self.acks.pop(ack_id, None))
+        ack_id = self._last_ack_id = self._last_ack_id + 1
+        acks = self.acks
+        acks[ack_id] = future
+        future.add_done_callback(lambda _: acks.pop(ack_id, None))
         self._send(SioPacket(SioType.EVENT, self.namespace, [event, *args], ack_id))
         return future
 
@@ -310,10 +323,10 @@ def _ended(sock: SioSocket, reason: Disconnect) -> None:
     hub.remove_connection(sock, reason)
     if sock.expiry is not None:
         sock.expiry.forget(sock)
-    for future in sock.acks.values():
+    acks, sock._acks = sock._acks, None
+    for future in acks.values() if acks is not None else ():
         if not future.done():
             future.set_exception(ConnectionClosed(reason.reason))
-    sock.acks.clear()
     handler = hub.handlers.disconnect_handler(sock.namespace)
     if handler is not None and sock.accepted:
         hub.handlers.dispatch(handler, (sock, reason.reason))
@@ -361,8 +374,9 @@ class _SioState:
         self.sockets: dict[str, SioSocket] = {}
         self.connect_timer: asyncio.TimerHandle | None = None
         self.bucket = bucket  # the session's inbound message allowance (None: no limit)
-        # namespace -> packets held while its comeback is claimed from a shared store
-        self.claiming: dict[str, list[SioPacket]] = {}
+        # namespace -> packets held while its comeback is claimed from a shared store; made
+        # when a comeback is first claimed (a shared recovery store only)
+        self.claiming: dict[str, list[SioPacket]] | None = None
 
 
 class SocketIOServer:
@@ -530,7 +544,8 @@ class SocketIOServer:
         elif kind is SioType.EVENT:
             self._event(sock, packet)
         elif kind is SioType.ACK:
-            future = sock.acks.get(packet.id) if packet.id is not None else None
+            acks = sock._acks
+            future = acks.get(packet.id) if acks is not None and packet.id is not None else None
             if future is not None and not future.done():
                 future.set_result(packet.data)
         elif kind is SioType.DISCONNECT:
@@ -552,6 +567,8 @@ class SocketIOServer:
         if recovery is None:
             self._open(session, state, namespace, auth, None, None)
         elif recovery.shared and comeback_pid(auth) is not None:
+            if state.claiming is None:
+                state.claiming = {}
             state.claiming[namespace] = []
             task = asyncio.ensure_future(self._claim(session, state, namespace, auth))
             self._claims.add(task)
@@ -573,7 +590,7 @@ class SocketIOServer:
         except Exception:
             logger.exception("sid %s: could not look up the session to restore", session.sid)
             resume = None
-        held = state.claiming.pop(namespace, [])
+        held = state.claiming.pop(namespace, []) if state.claiming is not None else []
         if session.closed:
             if resume is not None:
                 recovery.put_back(resume)
@@ -686,8 +703,8 @@ class SocketIOServer:
             if not ok:
                 sock.disconnect(disconnect.SLOW)
                 return
-        early, sock._early = sock._early, []
-        for packet in early:
+        early, sock._early = sock._early, None
+        for packet in early or ():
             if sock.closed:
                 break
             sock._transmit(packet)
