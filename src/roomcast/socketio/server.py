@@ -215,6 +215,7 @@ class AsyncServer:
         self.app = App(None, self.settings)
         """The roomcast application serving this server: ``ASGIApp`` mounts it, and the native
         server runs it (``roomcast.server.runner.run(sio.app)``)."""
+        self.app.engine.kept_headers = None  # python-socketio apps read any HTTP_* of the environ
         self.hub = self.app.hub
         self.json = json
         self.async_handlers = async_handlers

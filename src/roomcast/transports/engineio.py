@@ -21,6 +21,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from roomcast import disconnect
@@ -197,6 +198,10 @@ class EngineIOServer:
         self.max_buffer_bytes = max_buffer_bytes
         self.cors = cors if cors is not None else CorsPolicy()
         self.sessions: dict[str, Session] = {}
+        self.kept_headers: tuple[str, ...] | None = TOKEN_HEADERS
+        """The handshake headers a session keeps for as long as it lives: those a token is read
+        from, by default; ``None`` keeps them all, for a layer above that hands them to its
+        application later (``roomcast.socketio``'s ``environ``, read at each namespace connect)."""
         self._deadlines: DeadlineWheel[Session] = DeadlineWheel(self._on_timer)
         self.bad_requests = 0
         self.forwarding: Forwarding | None = None
@@ -372,7 +377,10 @@ class EngineIOServer:
         )
         # the session outlives its handshake: it keeps the query and the token's headers, what
         # the app reads later (a namespace connect's credentials, ?roomcast=1), and no more
-        session = Session(self, machine, request.keeping_headers(TOKEN_HEADERS))
+        kept = self.kept_headers
+        session = Session(
+            self, machine, request.keeping_headers(kept) if kept is not None else replace(request, body=b"")
+        )
         session.ws = ws
         self.sessions[sid] = session
         upgrades = ["websocket"] if transport is Transport.POLLING else []
