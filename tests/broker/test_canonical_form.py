@@ -7,12 +7,12 @@ the previous release reads the new form as it read its own.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from brokerevents import Events
 from brokers import make_broker
 from redisserver import fresh_url
 
@@ -24,24 +24,6 @@ from roomcast.types import Publication, StreamPosition
 WAIT = 10.0
 MAPPED = ({"progressId": "t1", "percentage": 40.0},)
 OWN = ({"id": "t1", "progress": 40.0, "metadata": {"secret": "é"}},)
-
-
-class Events:
-    def __init__(self) -> None:
-        self.publications: asyncio.Queue[Publication] = asyncio.Queue()
-
-    def on_publication(self, publication: Publication) -> None:
-        self.publications.put_nowait(publication)
-
-    def on_terminal(self, room: Any) -> None:
-        pass
-
-    def on_stream_lost(self, rooms: Any) -> None:
-        pass
-
-    async def next(self) -> Publication:
-        async with asyncio.timeout(WAIT):
-            return await self.publications.get()
 
 
 async def _publish(broker: Any, room: str, *, skip: frozenset[str] | None = None) -> Publication:

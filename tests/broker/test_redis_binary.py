@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from brokerevents import Events
 from redisserver import fresh_url
 
 from roomcast import RedisPublisher, _json
@@ -56,24 +57,6 @@ def normalised(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [normalised(v) for v in value]
     return value
-
-
-class Events:
-    def __init__(self) -> None:
-        self.publications: asyncio.Queue[Publication] = asyncio.Queue()
-
-    def on_publication(self, publication: Publication) -> None:
-        self.publications.put_nowait(publication)
-
-    def on_terminal(self, room: Any) -> None:
-        pass
-
-    def on_stream_lost(self, rooms: Any) -> None:
-        pass
-
-    async def next(self) -> Publication:
-        async with asyncio.timeout(WAIT):
-            return await self.publications.get()
 
 
 @asynccontextmanager

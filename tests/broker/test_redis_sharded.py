@@ -9,30 +9,15 @@ by its heartbeat) exercise further.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import redis.asyncio as aioredis
+from brokerevents import Events
 from loopstep import yield_to_loop
 from redisserver import fresh_url
 
 from roomcast.broker.redis import RedisBroker
-from roomcast.types import Publication
 
 WAIT = 10.0
-
-
-class Events:
-    def __init__(self) -> None:
-        self.publications: asyncio.Queue[Publication] = asyncio.Queue()
-
-    def on_publication(self, publication: Publication) -> None:
-        self.publications.put_nowait(publication)
-
-    def on_terminal(self, room: Any) -> None:
-        pass
-
-    def on_stream_lost(self, rooms: Any) -> None:
-        pass
 
 
 async def _listeners(admin: aioredis.Redis, kind: str, *channels: str) -> list[int]:

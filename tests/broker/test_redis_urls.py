@@ -13,11 +13,11 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import redis
+from brokerevents import Events
 from redisserver import RedisProcess, running_redis, running_sentinel
 from selfsigned import self_signed
 from servers import running
@@ -29,27 +29,13 @@ from roomcast.errors import BrokerUnavailable
 from roomcast.hub import Hub
 from roomcast.server.app import App
 from roomcast.server.config import Settings
-from roomcast.types import Publication, StreamPosition
+from roomcast.types import StreamPosition
 
 WAIT = 10.0
 PASSWORD = "s3cret-Pa55"
 ACL = ["on", f">{PASSWORD}", "~rc:*", "&rc:*", "+@all", "-@dangerous", "+info"]
 """What docs/scaling.md asks for: roomcast's keys and channels, no dangerous command but INFO
 (the publish script reads the server's run id and version)."""
-
-
-class Events:
-    def __init__(self) -> None:
-        self.publications: asyncio.Queue[Publication] = asyncio.Queue()
-
-    def on_publication(self, publication: Publication) -> None:
-        self.publications.put_nowait(publication)
-
-    def on_terminal(self, room: Any) -> None:
-        pass
-
-    def on_stream_lost(self, rooms: Any) -> None:
-        pass
 
 
 @pytest.fixture
