@@ -161,7 +161,7 @@ ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *VARIANTS, *CLUSTERS}
 # what a cluster row runs: fan-out and latency against one process, and workers publishing
 # (memory per connection is one process's figure, and the transports' rows are the single
 # node's: the cluster differs from it per publication, not per connection)
-FOR_CLUSTERS = {"fanout1000", "fanout5000", "latency", "latency1000", "publisher"}
+FOR_CLUSTERS = {"fanout1000", "fanout1000w1", "fanout5000", "latency", "latency1000", "publisher"}
 PUBLISHER_ROW = "roomcast-redis1"
 # the facade row is about what emit(room=...) costs beside hub.publish: per delivered message
 FOR_FACADE = {"fanout1000", "fanout1000w1", "fanout5000", "latency"}

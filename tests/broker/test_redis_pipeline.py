@@ -1,5 +1,6 @@
-"""Publications made while one is on its way go to Redis as one pipeline (``AutoPipeline``),
-in the order they were made, each with its own answer; a lone one goes at once."""
+"""Publications made in one loop turn go to Redis together on the pipeline's own connection
+(``AutoPipeline``), in the order they were made, each with its own answer; a lone one goes at
+the end of its turn."""
 
 from __future__ import annotations
 
@@ -81,23 +82,57 @@ async def test_every_caller_of_a_failed_batch_hears_it() -> None:
             await broker.aclose()
 
 
-async def test_a_batch_that_meets_a_flushed_script_cache_loads_it_and_runs_once(redis_url: str) -> None:
-    """Redis restarted or ran ``SCRIPT FLUSH`` between two batches: the batch is answered
-    NOSCRIPT (nothing in it ran), so the script is loaded again and the batch sent again,
-    every call answered once."""
+async def test_calls_that_meet_a_flushed_script_cache_load_it_and_run_once(redis_url: str) -> None:
+    """Redis restarted or ran ``SCRIPT FLUSH`` between two batches: each call is answered
+    NOSCRIPT (it did not run), so the script is loaded again and the call sent again, every
+    call answered once."""
     client = aioredis.from_url(fresh_url(redis_url))
+    pipeline = AutoPipeline(client, client.register_script("return redis.call('INCR', KEYS[1])"))
     try:
-        script = client.register_script("return redis.call('INCR', KEYS[1])")
-        pipeline = AutoPipeline(client, script)
         assert await pipeline.call(["n"], []) == 1  # the script is known to Redis now
         await client.script_flush()
-        # Calls queue behind one on its way; here that one is the test, which then lets the
-        # queue go (the moment a lone call returns), so the batch is what meets the flush.
-        pipeline._busy = True
-        queued = [asyncio.ensure_future(pipeline.call(["n"], [])) for _ in range(10)]
-        await asyncio.sleep(0)  # (they reach the queue: one loop turn, not a wait for time)
-        pipeline._next()
-        assert sorted(await asyncio.wait_for(asyncio.gather(*queued), 5)) == list(range(2, 12))
-        assert pipeline.batches == 1 and await client.get("n") == b"11"  # each ran exactly once
+        answers = await asyncio.wait_for(asyncio.gather(*(pipeline.call(["n"], []) for _ in range(10))), 5)
+        assert sorted(answers) == list(range(2, 12))
+        assert await client.get("n") == b"11"  # each ran exactly once
     finally:
+        await pipeline.aclose()
         await client.aclose()
+
+
+async def test_a_burst_made_in_one_turn_reaches_a_subscribing_node_in_one_read(redis_url: str) -> None:
+    """What a fan-out costs is the writes per delivered message: publications that reach a
+    node together are written to each of its clients once. Ten publications made in one
+    loop turn go to Redis as one write, so the subscribed broker hears all ten in the same
+    loop turn (none alone first, as when the first call went on its own)."""
+    broker = RedisBroker(fresh_url(redis_url))
+    loop = asyncio.get_running_loop()
+    turns = 0
+
+    def count_turns() -> None:
+        nonlocal turns
+        turns += 1
+        loop.call_soon(count_turns)
+
+    heard = _Heard(expect=10)
+    heard_in: list[int] = []
+    on_publication = heard.on_publication
+
+    def note_turn(publication: Publication) -> None:
+        heard_in.append(turns)
+        on_publication(publication)
+
+    heard.on_publication = note_turn  # type: ignore[method-assign]
+    await broker.start(heard)
+    count_turns()
+    try:
+        await broker.subscribe("together")
+        for round_ in range(3):
+            heard.offsets.clear()
+            heard.all_heard.clear()
+            heard_in.clear()
+            await asyncio.gather(*(broker.publish("together", "n", (i,), ts=0.0) for i in range(10)))
+            await asyncio.wait_for(heard.all_heard.wait(), 5)
+            assert len(set(heard_in)) == 1, f"round {round_}: heard in turns {heard_in}"
+        assert broker._publish.batches == 3
+    finally:
+        await broker.aclose()

@@ -285,6 +285,7 @@ class RedisBroker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._reader = self._keeper = self._heart = None
+        await self._publish.aclose()
         await self._leave()
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
