@@ -13,14 +13,11 @@ import functools
 import hashlib
 import importlib.resources
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roomcast.auth import AuthConfig, Authenticator
 from roomcast.broker.base import Broker, SupportsHealth
 from roomcast.broker.memory import MemoryBroker
-from roomcast.broker.redis import RedisBroker
-from roomcast.broker.sessions import RedisSessionStore
-from roomcast.cluster.redis import RedisCluster
 from roomcast.disconnect import Disconnect
 from roomcast.errors import ShuttingDown, TaskError, TaskNotFound
 from roomcast.hub.connection import Connection
@@ -33,7 +30,6 @@ from roomcast.server.metrics import Metrics
 from roomcast.tasks.model import Task, task_room
 from roomcast.tasks.poller import TaskPoller
 from roomcast.tasks.service import TaskService
-from roomcast.tasks.store_redis import RedisTaskStore
 from roomcast.tasks.store_sqlite import SqliteTaskStore
 from roomcast.transports.base import (
     CorsPolicy,
@@ -50,9 +46,23 @@ from roomcast.transports.socketio import SocketIOServer
 from roomcast.transports.sse import SseServer
 from roomcast.transports.websocket import WsServer
 
+if TYPE_CHECKING:  # the Redis parts import redis-py (10 MB resident): only a server run with --redis loads them
+    from roomcast.broker.sessions import RedisSessionStore
+    from roomcast.cluster.redis import RedisCluster
+    from roomcast.tasks.store_redis import RedisTaskStore
+
 __all__ = ["App", "EchoApp"]
 
 logger = logging.getLogger("roomcast.server")
+
+
+def _session_store(settings: Settings) -> RedisSessionStore | None:
+    """Scaled out, lost Socket.IO sessions wait in Redis, so any node restores them."""
+    if settings.redis_url is None or settings.recovery_window <= 0:
+        return None
+    from roomcast.broker.sessions import RedisSessionStore
+
+    return RedisSessionStore(settings.redis_url)
 
 
 class EchoApp:
@@ -117,6 +127,9 @@ class App:
             broker: Broker
             cluster: RedisCluster | None = None
             if settings.redis_url is not None:
+                from roomcast.broker.redis import RedisBroker  # redis-py (10 MB) only with --redis
+                from roomcast.cluster.redis import RedisCluster
+
                 cluster = RedisCluster(settings.redis_url)  # one node id for the bus and the broker
                 broker = RedisBroker(
                     settings.redis_url,
@@ -154,12 +167,7 @@ class App:
             max_attachments=settings.max_attachments,
             max_expanded_bytes=settings.max_payload,
             recovery_window=settings.recovery_window,
-            # Scaled out, lost sessions wait in Redis, so any node restores them.
-            recovery_store=(
-                RedisSessionStore(settings.redis_url)
-                if settings.redis_url is not None and settings.recovery_window > 0
-                else None
-            ),
+            recovery_store=_session_store(settings),
             authenticator=self.authenticator,
             expiry=self.expiry,
             max_messages_per_second=settings.max_messages_per_second,
@@ -188,9 +196,13 @@ class App:
         )
         # With --redis every node shares the tasks (and --task-db is not used): a SQLite file
         # is one process's, and its startup sweep would fail the other nodes' running tasks.
-        self.task_store: SqliteTaskStore | RedisTaskStore = (
-            RedisTaskStore(settings.redis_url) if settings.redis_url is not None else SqliteTaskStore(settings.task_db)
-        )
+        self.task_store: SqliteTaskStore | RedisTaskStore
+        if settings.redis_url is not None:
+            from roomcast.tasks.store_redis import RedisTaskStore
+
+            self.task_store = RedisTaskStore(settings.redis_url)
+        else:
+            self.task_store = SqliteTaskStore(settings.task_db)
         self.tasks = self.hub.tasks = TaskService(
             self.hub,
             self.task_store,

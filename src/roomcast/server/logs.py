@@ -1,7 +1,7 @@
 """Logging for a running server: text or JSON lines, written off the event loop, a debug
 limiter, and the start-up line of effective settings with its secrets masked.
 
-Imports the stdlib, ``broker.redis_client.redact``, ``server.config`` and
+Imports the stdlib, ``broker.redis_client.redact`` (when a Redis URL is shown), ``server.config`` and
 ``transports.ratelimit`` (the debug limiter's buckets). Used by
 ``roomcast serve`` (``cli``) and its workers (``server.runner``); an application that embeds
 roomcast keeps its own logging configuration and never calls ``configure_logging``.
@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from roomcast.broker.redis_client import redact
 from roomcast.server.config import LOG_FORMATS
 from roomcast.transports.ratelimit import AttemptLimit
 
@@ -215,6 +214,8 @@ def settings_line(settings: Settings) -> str:
         if field.name in SECRET_SETTINGS and value is not None:
             value = "***"
         elif field.name == "redis_url" and value is not None:
+            from roomcast.broker.redis_client import redact  # redis-py only when a URL is set
+
             value = redact(value)
         shown.append(f"{field.name}={value!r}")
     return " ".join(shown)

@@ -1,6 +1,6 @@
 """``GET /metrics``: the server's figures in the Prometheus text exposition format (0.0.4).
 
-Imports L0–L4 to read them, ``server.looplag``, ``server.metrics_redis`` and, for types only,
+Imports L0–L4 to read them, ``server.looplag``, ``server.metrics_redis`` (with Redis only) and, for types only,
 ``server.app``. Nothing here runs on the fan-out path: the hub, the transports, the API and the
 native door keep plain integer counters where their decisions are made (``Hub.delivered`` is
 one addition per publication and room, never per recipient), and a scrape reads them, the
@@ -46,18 +46,17 @@ from typing import TYPE_CHECKING
 
 from roomcast import disconnect
 from roomcast.broker.base import SupportsHealth
-from roomcast.broker.redis import RedisBroker
 from roomcast.cluster.base import LocalCluster
 from roomcast.disconnect import Disconnect
 from roomcast.protocol.engineio_session import Transport
 from roomcast.server.looplag import LoopLag
-from roomcast.server.metrics_redis import SharedMetrics, Snapshot
 from roomcast.tasks.model import Task, TaskStatus
 from roomcast.tasks.store import MAX_PAGE_SIZE
 from roomcast.transports.base import HttpRequest, HttpResponse, api_error
 
 if TYPE_CHECKING:
     from roomcast.server.app import App
+    from roomcast.server.metrics_redis import SharedMetrics, Snapshot
 
 __all__ = ["Metrics", "FAMILIES", "CONTENT_TYPE", "render", "series", "metrics_group"]
 
@@ -199,6 +198,8 @@ class Metrics:
         group = metrics_group(settings.port)
         self.shared: SharedMetrics | None = None
         if settings.redis_url is not None and group is not None and not isinstance(app.hub.nodes.cluster, LocalCluster):
+            from roomcast.server.metrics_redis import SharedMetrics  # redis-py only with --redis
+
             self.shared = SharedMetrics(
                 settings.redis_url, group=group, node=self.node, snapshot=self.snapshot, interval=push_interval
             )
@@ -256,7 +257,7 @@ class Metrics:
             "roomcast_deliveries_total": hub.delivered,
             "roomcast_slow_consumer_disconnects_total": hub.slow_disconnects,
             "roomcast_broker_resubscribes_total": hub.stream_losses,  # each lost stream is a resubscribe
-            "roomcast_broker_deaf_events_total": hub.broker.deaf_events if isinstance(hub.broker, RedisBroker) else 0,
+            "roomcast_broker_deaf_events_total": getattr(hub.broker, "deaf_events", 0),  # a Redis broker's
         }
         counts: dict[Disconnect | None, int] = dict.fromkeys(disconnect.ALL, 0)
         counts.update(hub.disconnects)
@@ -315,7 +316,7 @@ class Metrics:
         node = self.node
         broker = hub.broker
         healthy = not (isinstance(broker, SupportsHealth) and broker.unhealthy is not None)
-        kind = "redis" if isinstance(broker, RedisBroker) else type(broker).__name__.removesuffix("Broker").lower()
+        kind = type(broker).__name__.removesuffix("Broker").lower()  # "redis", "memory"
         per_node: dict[str, float] = {
             series("roomcast_rooms", node=node): len(hub.rooms()),
             series("roomcast_broker_up", node=node, broker=kind): 1 if healthy else 0,
