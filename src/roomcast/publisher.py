@@ -627,7 +627,7 @@ class RedisPublisher:
 
         keys, call_args = self._call(room, event, args, skip)
         try:
-            epoch, offset = await self._script()(keys=keys, args=call_args)
+            epoch, offset = await self._pipeline().call(keys, call_args)
         except (RedisError, OSError) as exc:
             raise PublishError(0, "unreachable", redis_client.describe(exc)) from None
         return _redis_answer(room, epoch, offset)
@@ -763,14 +763,18 @@ class RedisPublisher:
         skipped = frozenset(skip) if skip else None
         return publish_call(room, event, time.time(), args, encoded, binary, self._history_size, self._ttl, skipped)
 
-    def _script(self) -> Any:
+    def _pipeline(self) -> Any:
+        """This loop's ``AutoPipeline``: the publications of a turn go in one write, and those
+        of the next follow on the same connection without waiting for the answers."""
         loop = asyncio.get_running_loop()
-        script = self._async.get(loop)
-        if script is None:
+        pipeline = self._async.get(loop)
+        if pipeline is None:
             from roomcast.broker.redis_client import connect
+            from roomcast.broker.redis_pipeline import AutoPipeline
 
-            script = self._async[loop] = connect(self._url).register_script(self._script_text)
-        return script
+            client = connect(self._url)
+            pipeline = self._async[loop] = AutoPipeline(client, client.register_script(self._script_text))
+        return pipeline
 
 
 def _checked_id(task_id: str) -> str:
