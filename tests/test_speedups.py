@@ -23,9 +23,10 @@ import roomcast
 from roomcast._speedups import COMPILED, ENV, PACKAGE_DIR
 
 EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-PROBE = (
-    "import importlib, json, roomcast\n"
-    "files = {m: importlib.import_module(m).__file__ for m in roomcast._speedups.COMPILED}\n"
+PROBE = (  # imports every compiled module and those named on its command line
+    "import importlib, json, sys, roomcast\n"
+    "names = [*roomcast._speedups.COMPILED, *sys.argv[1:]]\n"
+    "files = {m: importlib.import_module(m).__file__ for m in names}\n"
     "s = roomcast.speedups()\n"
     "print(json.dumps({'files': files, 'compiled': s.compiled, 'pure': s.pure, 'describe': s.describe()}))\n"
 )
@@ -37,12 +38,17 @@ def _built() -> bool:
     return all(any(base.with_name(base.name + suffix).exists() for suffix in EXTENSIONS) for base in stem)
 
 
-def _probe(env: dict[str, str], pythonpath: Path | None = None) -> dict[str, object]:
+def _probe(env: dict[str, str], pythonpath: Path | None = None, also: str = "") -> dict[str, object]:
     environ = {**os.environ, **env}
     if pythonpath is not None:
         environ["PYTHONPATH"] = str(pythonpath)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=environ, timeout=60, cwd=pythonpath
+        [sys.executable, "-c", PROBE, *([also] if also else [])],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        cwd=pythonpath,
     )
     assert done.returncode == 0, done.stderr
     found: dict[str, object] = json.loads(done.stdout)
@@ -81,27 +87,32 @@ def test_the_environment_variable_runs_every_module_from_its_source() -> None:
 def test_a_build_older_than_its_source_is_not_run_and_says_so_once(tmp_path: Path) -> None:
     """A developer edits a compiled module after ``pip install -e .``: the edit runs, not the build.
 
-    A copy of the package where ``protocol/engineio.py`` changed since its build. Where this
-    checkout has no build, its compiled file is a placeholder that could not even be loaded,
-    so running it instead of the source would fail the probe.
+    A copy of the package where ``protocol/engineio.py`` changed since its build, and where
+    ``hub/hub.py``, which roomcast does not compile, has a compiled file left from an older
+    build. Where this checkout has no build, the compiled files are placeholders that could
+    not even be loaded, so running one instead of its source would fail the probe.
     """
     package = tmp_path / "roomcast"
     shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    module = "roomcast.protocol.engineio"
+    module, leftover = "roomcast.protocol.engineio", "roomcast.hub.hub"
+    assert leftover not in COMPILED
     source = package / "protocol" / "engineio.py"
     if not any(source.with_name("engineio" + suffix).exists() for suffix in EXTENSIONS):
         source.with_name("engineio" + EXTENSIONS[0]).write_bytes(b"not a shared object")
     source.write_text(source.read_text() + "\n# edited after the build\n")
+    (package / "hub" / ("hub" + EXTENSIONS[0])).write_bytes(b"not a shared object either")
 
-    found = _probe({ENV: ""}, pythonpath=tmp_path)
+    found = _probe({ENV: ""}, pythonpath=tmp_path, also=leftover)
     files = found["files"]
     pure = found["pure"]
     assert isinstance(files, dict) and isinstance(pure, dict)
     assert files[module] == str(source)
+    assert files[leftover] == str(package / "hub" / "hub.py")
     assert pure[module] == "its build is older than its source"
     stderr = str(found["stderr"])
     assert stderr.count(f"{module}: the compiled module was built from another version of its source") == 1
     assert "pip install -e ." in stderr
+    assert stderr.count(f"{leftover}: its compiled file is left from an earlier build") == 1
 
 
 def test_serve_prints_the_fan_out_path_beside_its_urls() -> None:

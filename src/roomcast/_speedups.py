@@ -14,7 +14,9 @@ How a module is chosen, once, when it is first imported (``SpeedupsFinder``, ins
 * a compiled file whose build recorded another digest of the source than the ``.py`` (and
   ``.pxd``) now has — someone edited it after ``pip install -e .`` — or no digest at all:
   the ``.py``, with one warning naming the module and the rebuild command. A stale build is
-  never run silently; the source is what runs.
+  never run silently; the source is what runs. This holds for any ``roomcast`` module with a
+  compiled file beside it, so a build left over from a module since taken off ``COMPILED``
+  does not run either.
 * otherwise the compiled module.
 
 ``speedups()`` (``roomcast.speedups()``) reports the choice for every module; ``roomcast
@@ -41,13 +43,14 @@ __all__ = ["COMPILED", "ENV", "MANIFEST", "Speedups", "SpeedupsFinder", "source_
 
 COMPILED: tuple[str, ...] = (
     "roomcast.server.native_output",  # the write coalescer and the outputs: C types (its .pxd)
-    "roomcast.transports.socketio",  # SioSocket.write, once per recipient
-    "roomcast.hub.hub",  # Hub.on_publication, the loop over the recipients
     "roomcast.protocol.websocket",  # frames out, the parser in
     "roomcast.protocol.engineio",  # packets, once per publication
     "roomcast.protocol.socketio",
 )
-"""The modules ``setup.py`` compiles: the fan-out path, from the hub's loop to the socket."""
+"""The modules ``setup.py`` compiles: those where it pays (docs/performance.md, "The compiled
+path"). ``hub.hub`` and ``transports.socketio`` were measured compiled and are not here: their
+per-recipient code reads ordinary objects' attributes, which compiled code does no faster
+than CPython 3.11's specialising interpreter."""
 
 ENV = "ROOMCAST_PURE_PYTHON"
 MANIFEST = "_compiled.json"
@@ -109,6 +112,14 @@ def _why_pure(module: str) -> str | None:
         reason = f"{ENV} is set"
     elif _compiled_file(module) is None:
         reason = "not built"
+    elif module not in COMPILED:
+        reason = "a build left from an earlier version"
+        logger.warning(
+            "%s: its compiled file is left from an earlier build (this version compiles it no more); "
+            "running the .py (delete %s)",
+            module,
+            _compiled_file(module),
+        )
     elif _manifest().get(module) != source_digest(module):
         reason = "its build is older than its source"
         logger.warning(
@@ -123,7 +134,7 @@ def _why_pure(module: str) -> str | None:
 
 
 class SpeedupsFinder(importlib.abc.MetaPathFinder):
-    """Loads a module of ``COMPILED`` from its ``.py`` when it must not run compiled.
+    """Loads a ``roomcast`` module from its ``.py`` when its compiled file must not run.
 
     For every other module, and for a compiled module that may run, it answers ``None`` and
     the ordinary path finder loads what it would anyway (the extension comes first there).
@@ -132,9 +143,13 @@ class SpeedupsFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in COMPILED or _compiled_file(fullname) is None or _why_pure(fullname) is None:
-            return None
-        (source, *_) = source_files(fullname)
+        if not fullname.startswith("roomcast.") or _compiled_file(fullname) is None:
+            return None  # the common case: a plain module, found by the path finder
+        if _why_pure(fullname) is None:
+            return None  # a current build: the path finder loads it
+        source = PACKAGE_DIR.joinpath(*fullname.split(".")[1:]).with_suffix(".py")
+        if not source.exists():
+            return None  # a compiled module without its source: nothing else to run
         return importlib.util.spec_from_file_location(fullname, source)
 
 
@@ -152,7 +167,7 @@ class Speedups:
     pure: dict[str, str]  # module -> reason
 
     def describe(self) -> str:
-        """One line for a banner: ``compiled (cython, 6 modules)`` or ``pure Python (not built)``."""
+        """One line for a banner: ``compiled (cython, 4 modules)`` or ``pure Python (not built)``."""
         if not self.pure:
             return f"compiled (cython, {len(self.compiled)} modules)"
         if not self.compiled:
