@@ -17,7 +17,7 @@ NGINX := /usr/sbin/nginx
 # The compiled fan-out modules (setup.py, roomcast._speedups): editing one rebuilds it, so the
 # compiled run of `make test` never meets a stale build. No compiler: they stay pure Python.
 # (-P: the script's own directory holds roomcast/types.py, which must not shadow the stdlib's.)
-SPEEDUPS_SOURCES := $(shell $(PYTHON) -P src/roomcast/_speedups.py)
+SPEEDUPS_SOURCES := $(shell $(PYTHON) -P src/roomcast/_speedups.py 2>/dev/null)
 
 $(STAMP): pyproject.toml setup.py $(SPEEDUPS_SOURCES)
 	$(PYTHON) -m venv $(VENV)
