@@ -14,7 +14,12 @@ NGINX := /usr/sbin/nginx
 
 .PHONY: run test install test-deps bench soak conformance-server conformance lint types clean
 
-$(STAMP): pyproject.toml
+# The compiled fan-out modules (setup.py, roomcast._speedups): editing one rebuilds it, so the
+# compiled run of `make test` never meets a stale build. No compiler: they stay pure Python.
+# (-P: the script's own directory holds roomcast/types.py, which must not shadow the stdlib's.)
+SPEEDUPS_SOURCES := $(shell $(PYTHON) -P src/roomcast/_speedups.py 2>/dev/null)
+
+$(STAMP): pyproject.toml setup.py $(SPEEDUPS_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -76,6 +81,8 @@ test: test-deps
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+	# the protocol, hub and transport suites again on the pure-Python fallback (~30 s)
+	ROOMCAST_PURE_PYTHON=1 $(PY) -m pytest -q tests/protocol tests/hub tests/transports tests/test_speedups.py
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
@@ -93,4 +100,6 @@ conformance: $(STAMP)
 	SERVER_CMD="$(PY) -m roomcast.server.conformance --port 3000" ../shared/conformance/run.sh
 
 clean:
-	rm -rf $(VENV) $(NODE_PEERS)/node_modules $(BENCH_NODE)/node_modules
+	rm -rf $(VENV) $(NODE_PEERS)/node_modules $(BENCH_NODE)/node_modules build
+	find src/roomcast \( -name '*.so' -o -name '*.c' \) -delete
+	rm -f src/roomcast/_compiled.json

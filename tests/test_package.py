@@ -1,10 +1,14 @@
 """roomcast as people install it: a wheel built from the source, in a fresh venv without the repo.
 
-The wheel is built from a copy of the files a build reads (pyproject.toml, README.md, LICENSE,
+The wheel is built from a copy of the files a build reads (pyproject.toml, setup.py, README.md, LICENSE,
 src/), so the build writes nothing into the working tree and a file the build needs but the
 copy lacks fails here. The venv is new, its own interpreter runs with the working directory
 outside the repository and no PYTHONPATH, and the test checks that ``roomcast`` is imported
 from the venv's site-packages. Dependencies come from the package index, as for a user.
+
+The build runs as on a machine without a C compiler (``CC=/bin/false``): the optional
+compiled fan-out modules (setup.py) fail to compile, and the wheel still builds, installs and
+serves, from the .py files, saying so.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +34,7 @@ import pytest
 import roomcast
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD_INPUTS = ["pyproject.toml", "README.md", "LICENSE", "src"]
+BUILD_INPUTS = ["pyproject.toml", "setup.py", "README.md", "LICENSE", "src"]
 STEP_TIMEOUT = 180  # seconds for one build or install step; the whole module takes ~20 s
 
 
@@ -68,13 +73,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for name in BUILD_INPUTS:
         path = REPO / name
         if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(
+                path,
+                source / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so", "*.c", "_compiled.json"),
+            )
         else:
             shutil.copy2(path, source / name)
 
     # The ordinary PEP 517 build with build isolation: pip fetches `[build-system] requires`.
+    # No working compiler: each compiled module's build fails, which must not fail the wheel.
     dist = root / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", str(source), "-w", str(dist)], root, env)
+    no_compiler = {**env, "CC": "/bin/false"}
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", str(source), "-w", str(dist)], root, no_compiler
+    )
     (wheel,) = dist.glob("roomcast-*.whl")
 
     venv = root / "venv"
@@ -86,7 +99,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def test_the_wheel_carries_the_license_the_typing_marker_and_the_browser_module(installed: Installed) -> None:
-    assert installed.wheel.name == f"roomcast-{roomcast.__version__}-py3-none-any.whl"
+    # tagged for this interpreter (it declares extensions), carrying none: nothing compiled, no C
+    assert re.fullmatch(rf"roomcast-{re.escape(roomcast.__version__)}-cp3\d+-cp3\d+-\w+\.whl", installed.wheel.name)
     info = f"roomcast-{roomcast.__version__}.dist-info"
     with zipfile.ZipFile(installed.wheel) as whl:
         names = set(whl.namelist())
@@ -96,6 +110,7 @@ def test_the_wheel_carries_the_license_the_typing_marker_and_the_browser_module(
         for page in ("dashboard.html", "dashboard-login.html", "dashboard.js", "dashboard.css"):  # /dashboard's files
             assert whl.read(f"roomcast/static/{page}") == (REPO / "src/roomcast/static" / page).read_bytes(), page
     assert not any(name.startswith(("tests/", "bench/", "examples/")) for name in names)
+    assert not [name for name in names if name.endswith((".so", ".c"))]
 
 
 def test_installed_metadata_comes_from_the_one_version_and_names_the_license(installed: Installed) -> None:
@@ -123,8 +138,9 @@ def test_installed_metadata_comes_from_the_one_version_and_names_the_license(ins
 
 
 @pytest.fixture
-def served(installed: Installed) -> Iterator[tuple[str, str]]:
-    """``roomcast serve --port 0`` from the venv's own console script: (base URL, banner line)."""
+def served(installed: Installed) -> Iterator[tuple[str, str, str]]:
+    """``roomcast serve --port 0`` from the venv's own console script: (base URL, banner line,
+    the banner's fan-out line)."""
     proc = subprocess.Popen(
         [installed.bin("roomcast"), "serve", "--port", "0"],
         cwd=installed.workdir,
@@ -136,14 +152,17 @@ def served(installed: Installed) -> Iterator[tuple[str, str]]:
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
     seen: list[str] = []
+    banner = ""
     try:
         deadline = time.monotonic() + 20
         while True:
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             seen.append(line)
             if "listening on" in line:  # "roomcast 0.1.0 listening on http://127.0.0.1:PORT"
+                banner = line
+            elif line.startswith("  fan-out"):  # the banner's last line
                 break
-        yield line.rsplit(" ", 1)[1].strip(), line.strip()
+        yield banner.rsplit(" ", 1)[1].strip(), banner.strip(), line.strip()
     except queue.Empty:
         pytest.fail("roomcast serve printed no URL in 20 s:\n" + "".join(seen))
     finally:
@@ -158,9 +177,12 @@ def served(installed: Installed) -> Iterator[tuple[str, str]]:
     assert code == 0, "".join(seen)
 
 
-def test_the_installed_server_answers_health_the_browser_module_and_the_dashboard(served: tuple[str, str]) -> None:
-    base, banner = served
+def test_the_installed_server_answers_health_the_browser_module_and_the_dashboard(
+    served: tuple[str, str, str],
+) -> None:
+    base, banner, fan_out = served
     assert banner.startswith(f"roomcast {roomcast.__version__} listening on http://127.0.0.1:")
+    assert fan_out == "fan-out    pure Python (not built)"  # built without a compiler, and it says so
     with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
         assert r.status == 200 and r.read() == b"ok"
     with urllib.request.urlopen(f"{base}/roomcast.js", timeout=5) as r:

@@ -14,6 +14,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from roomcast import _speedups
+from roomcast._speedups import Speedups, speedups
+
+# Before any module of the compiled fast path can be imported: the finder decides, per module,
+# between its compiled build and its .py (ROOMCAST_PURE_PYTHON, stale builds; roomcast._speedups).
+_speedups.install()
+
 if TYPE_CHECKING:
     from roomcast.broker.memory import MemoryBroker
     from roomcast.disconnect import Disconnect
@@ -106,6 +113,7 @@ __all__ = [
     "RoomcastApp",
     "RoomcastError",
     "Settings",
+    "Speedups",
     "StreamPosition",
     "Task",
     "TaskError",
@@ -115,4 +123,5 @@ __all__ = [
     "TaskService",
     "TaskStatus",
     "__version__",
+    "speedups",
 ]

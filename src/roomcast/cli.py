@@ -21,6 +21,7 @@ import click
 from click.core import ParameterSource
 
 from roomcast import __version__
+from roomcast._speedups import speedups
 from roomcast.errors import PublishError, TaskError
 from roomcast.protocol.sse import CANONICAL, VIEWS
 from roomcast.publisher import Publisher
@@ -674,6 +675,7 @@ def serve(
         else:
             login = "log in with the API key" if settings.api_key else "this machine only: no --api-key"
         click.echo(f"  dashboard  {base}/dashboard  ({login})")
+        click.echo(f"  fan-out    {speedups().describe()}")  # the compiled path or why not (roomcast._speedups)
         if workers > 1:
             click.echo(f"  workers    {workers} processes on this port (SO_REUSEPORT), rooms shared through Redis")
 
