@@ -50,6 +50,9 @@ metrics and logging cost a fan-out; ``roomcast-asgi-native`` is the ASGI app und
 with ``RoomcastApp(native_port=...)``, the load generator connecting to that in-process native
 door, so its ratio is what sharing the process with uvicorn costs. ``roomcast-asgi/bare-asgi``
 is the ASGI door against the least any ASGI app pays (``bench/peers/bare_asgi.py``).
+``roomcast-pure`` is the native door on the pure-Python fallback (``ROOMCAST_PURE_PYTHON=1``:
+the fan-out modules from their ``.py`` even where a compiled build exists), on fan-out, the
+fixed rate and memory, so ``roomcast-pure/roomcast`` is what the compiled path saves.
 
 The ``uws`` row is the ceiling the others are read against: a raw pub/sub fan-out server on
 uWebSockets (``bench/uws/server.mjs``, C++ behind a thin Node layer) that speaks the Socket.IO
@@ -98,6 +101,9 @@ FD_HEADROOM = 200
 SERVERS: dict[str, list[str]] = {
     "roomcast": [PY, str(BENCH / "server.py"), "--door", "native"],
     "roomcast-asgi": [PY, str(BENCH / "server.py"), "--door", "asgi"],
+    # the native door on the pure-Python fallback: the fan-out modules from their .py even where
+    # a compiled build exists (roomcast._speedups), beside the ``roomcast`` row's compiled path
+    "roomcast-pure": ["env", "ROOMCAST_PURE_PYTHON=1", PY, str(BENCH / "server.py"), "--door", "native"],
     # the same uvicorn process with RoomcastApp(native_port=...): clients on the in-process native door
     "roomcast-asgi-native": [PY, str(BENCH / "server.py"), "--door", "asgi-native"],
     "node": [NODE, str(BENCH / "node" / "server.mjs")],
@@ -129,6 +135,7 @@ CLUSTERS: dict[str, int] = {"roomcast-redis1": 1, "roomcast-redis2": 2}
 REDIS = shutil.which("redis-server") or "redis-server"
 DEFAULT_SERVERS = [
     "roomcast",
+    "roomcast-pure",
     "roomcast-asgi",
     "roomcast-asgi-native",
     "node",
@@ -154,10 +161,13 @@ IN_PROCESS_ROW = "roomcast-asgi-native"
 # what the variant rows run: fan-out, where a per-message cost would show
 VARIANTS = {TLS_ROW, OBSERVED_ROW, IN_PROCESS_ROW}
 FOR_VARIANTS = {"fanout1000", "fanout5000"}
+PURE_ROW = "roomcast-pure"
+# the compiled path's gain and the fallback's figures: fan-out, the fixed rate and its p99, memory
+FOR_PURE = {"fanout1000", "fanout5000", "latency1000", "conns"}
 SCRAPE_INTERVAL = 1.0  # seconds between two reads of /metrics, as a Prometheus would
 # roomcast's own transports: only its two doors speak them (the publisher stays Socket.IO)
 ONLY_ROOMCAST = {"fanout1000ws", "fanout1000sse"}
-ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", *VARIANTS, *CLUSTERS}
+ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", PURE_ROW, *VARIANTS, *CLUSTERS}
 # what a cluster row runs: fan-out and latency against one process, and workers publishing
 # (memory per connection is one process's figure, and the transports' rows are the single
 # node's: the cluster differs from it per publication, not per connection)
@@ -599,6 +609,8 @@ def print_table(results: dict[str, dict[str, list[float]]], servers: list[str], 
         (a, b)
         for a, b in (
             ("roomcast", "uws"),
+            ("roomcast-pure", "uws"),
+            ("roomcast-pure", "roomcast"),
             ("roomcast", "node"),
             ("roomcast", "python-socketio"),
             ("roomcast-facade", "roomcast"),
@@ -733,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
                 if scenario in ONLY_CLUSTERS and server not in CLUSTERS:
                     continue
                 if server == "roomcast-facade" and scenario not in FOR_FACADE:
+                    continue
+                if server == PURE_ROW and scenario not in FOR_PURE:
                     continue
                 started = time.monotonic()
                 try:
