@@ -258,6 +258,10 @@ class RedisBroker:
         self._alive_key = f"{ALIVE_PREFIX}{self.node_id}"
         self._alive_ms = max(1, round(3000 * heartbeat_interval))
         self._present: dict[RoomName, dict[ConnectionId, str]] = {}  # this node's presence entries
+        self._resubscribe_backoff = Backoff(0.1, max(0.1, reconnect_max))
+        self._rejoining = False  # subscribed again, Redis's confirmation not heard yet
+        self._lost_reason: str | None = None  # what the reader put in ``unhealthy``, to take back
+        self._chores: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return "<RedisBroker>"  # never the URL: it may hold a password
@@ -279,7 +283,7 @@ class RedisBroker:
 
     async def aclose(self) -> None:
         self._events = None
-        for task in (self._reader, self._keeper, self._heart):
+        for task in (self._reader, self._keeper, self._heart, *self._chores):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -318,12 +322,13 @@ class RedisBroker:
         with backoff and jitter, subscribe every followed room again, and report the loss.
 
         While the subscription is down the node says so (``unhealthy``: ``/readyz`` answers
-        503 with the reason) until it has subscribed again: a load balancer then sends new
+        503 with the reason) until Redis has confirmed the new subscription (``_rejoined``):
+        redis-py's ``subscribe`` only sends the command, and a refusal (an ACL, a Redis still
+        loading) comes back later on the connection. A load balancer meanwhile sends new
         clients elsewhere, and the node's own clients recover once it reports the loss.
         """
-        backoff = Backoff(0.1, max(0.1, self._reconnect_max))
+        backoff = self._resubscribe_backoff
         while True:
-            said: str | None = None  # what this loop put in ``unhealthy``, to take back
             if not reconnect_first:
                 try:
                     async for message in self._pubsub.listen():
@@ -333,8 +338,10 @@ class RedisBroker:
                 except Exception as exc:  # any failure: the reader must outlive it, or the node goes deaf
                     logger.warning("redis subscription lost (%s); reconnecting", type(exc).__name__)
                     if self.unhealthy is None:
-                        said = f"the redis subscription was lost ({type(exc).__name__}); subscribing again"
-                        self.unhealthy = said
+                        self._lost_reason = f"the redis subscription was lost ({type(exc).__name__}); subscribing again"
+                        self.unhealthy = self._lost_reason
+                if self._rejoining:  # the last subscription was never confirmed: not at once again
+                    await asyncio.sleep(backoff.next())
             reconnect_first = False
             while True:
                 with contextlib.suppress(Exception):
@@ -344,14 +351,31 @@ class RedisBroker:
                     break
                 except Exception:
                     await asyncio.sleep(backoff.next())
-            backoff.reset()
-            if said is not None and self.unhealthy is said:
-                self.unhealthy = None  # subscribed again (a deaf verdict is cleared by hearing itself)
-            with contextlib.suppress(RedisError, OSError):  # Redis may have restarted empty
-                await self._renew_liveness(rewrite=True)
-            events = self._events
-            if events is not None:
-                events.on_stream_lost(None)
+            self._rejoining = True  # until Redis confirms this node's own channel (``_handle``)
+
+    def _rejoined(self) -> None:
+        """Redis confirmed the subscription made again (the node's channel comes first in its
+        ``SSUBSCRIBE``, and Redis runs the command whole, so every room is followed): the node
+        is ready again, and every room re-reads what it missed (``_report_loss``). Not before:
+        a room re-read before Redis took the subscription could miss a publication made in
+        between."""
+        self._rejoining = False
+        self._resubscribe_backoff.reset()
+        if self._lost_reason is not None and self.unhealthy is self._lost_reason:
+            self.unhealthy = None  # (a deaf verdict is cleared by hearing itself)
+        self._lost_reason = None
+        chore = asyncio.get_running_loop().create_task(self._report_loss())
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
+
+    async def _report_loss(self) -> None:
+        """Write this node's presence back (Redis may have restarted empty), then report the
+        broken stream, so the rooms re-read what they missed."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._renew_liveness(rewrite=True)
+        events = self._events
+        if events is not None:
+            events.on_stream_lost(None)
 
     async def _beat(self) -> None:
         """Publish to this node's own channel and expect to hear it back.
@@ -409,6 +433,8 @@ class RedisBroker:
             confirmed = self._confirmed.pop(name, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
+            if name == self._node_channel and self._rejoining:
+                self._rejoined()
             return
         if kind != "message" and kind != "smessage":
             return
