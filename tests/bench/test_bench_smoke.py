@@ -20,6 +20,8 @@ SERVERS = ("roomcast", "roomcast-asgi", "node", "python-socketio")
 # the native door over TLS, logged and scraped, and inside uvicorn's process (RoomcastApp(native_port=...))
 VARIANTS = ("roomcast-tls", "roomcast-observed", "roomcast-asgi-native")
 CLUSTERS = ("roomcast-redis1", "roomcast-redis2")
+# the native door on the pure-Python fallback (ROOMCAST_PURE_PYTHON=1), beside the compiled row
+PURE = "roomcast-pure"
 
 
 def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
@@ -28,7 +30,7 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
             sys.executable,
             str(ROOT / "bench" / "run.py"),
             *("--reps", "1", "--scale", "small"),
-            *("--servers", ",".join((*SERVERS, "bare-asgi", "roomcast-facade", *VARIANTS, *CLUSTERS))),
+            *("--servers", ",".join((*SERVERS, "bare-asgi", "roomcast-facade", PURE, *VARIANTS, *CLUSTERS))),
         ],
         capture_output=True,
         text=True,
@@ -53,6 +55,7 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
         "roomcast-redis2/roomcast",
         "roomcast-tls/roomcast",
         "roomcast-observed/roomcast",
+        "roomcast-pure/roomcast",
     ):
         assert column in header.split()
     names = header.split()[1:]
@@ -64,7 +67,7 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
 
     # every server measured fan-out, the TLS and observed rows and the clusters too
     fanout = measured("server CPU per delivered msg")
-    assert all(fanout[s] != "–" for s in (*SERVERS, *VARIANTS, "roomcast-redis1", "roomcast-redis2")), fanout
+    assert all(fanout[s] != "–" for s in (*SERVERS, PURE, *VARIANTS, "roomcast-redis1", "roomcast-redis2")), fanout
     latency = measured("latency p99")  # the variant rows run fan-out only
     assert all(latency[s] != "–" for s in (*SERVERS, "roomcast-redis1", "roomcast-redis2")), latency
     assert all(latency[s] == "–" for s in VARIANTS), latency
