@@ -136,3 +136,21 @@ async def test_a_burst_made_in_one_turn_reaches_a_subscribing_node_in_one_read(r
         assert broker._publish.batches == 3
     finally:
         await broker.aclose()
+
+
+async def test_calls_on_a_connection_redis_closed_go_again_on_a_new_one_each_run_once(redis_url: str) -> None:
+    """The pipeline's own connection was closed by Redis while idle (``CLIENT KILL``: a
+    restart, a proxy, a timeout): the next calls meet the dead socket, and are sent again, in
+    order, on a new connection, each answered and each run exactly once."""
+    client = aioredis.from_url(fresh_url(redis_url))
+    pipeline = AutoPipeline(client, client.register_script("return redis.call('INCR', KEYS[1])"))
+    try:
+        assert await pipeline.call(["n"], []) == 1  # the pipeline's connection is open now
+        killed = await client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert killed >= 1
+        answers = await asyncio.wait_for(asyncio.gather(*(pipeline.call(["n"], []) for _ in range(10))), 5)
+        assert answers == list(range(2, 12))  # in order
+        assert await client.get("n") == b"11"  # none ran twice, none was lost
+    finally:
+        await pipeline.aclose()
+        await client.aclose()

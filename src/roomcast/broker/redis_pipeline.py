@@ -178,7 +178,9 @@ class AutoPipeline:
             return
         async with self._lock:
             batch, self._unknown = self._unknown, []
-            await self._write([call for call in batch if not call.future.done()])
+            batch = [call for call in batch if not call.future.done()]
+            if batch:
+                await self._write(batch)
 
     async def _broken(self, error: Exception) -> None:
         """The connection broke (lock held): drop it, and send what it had not answered once
