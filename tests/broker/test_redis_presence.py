@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from hub_doubles import CountingEncoder, RecordingConnection
 from redisserver import RedisProcess, running_redis
 
 from roomcast.broker.redis import RedisBroker
+from roomcast.errors import BrokerUnavailable
+from roomcast.hub import Hub
 
 WAIT = 10.0
 
@@ -154,6 +157,70 @@ async def test_a_node_writes_its_presence_back_after_redis_restarts_empty() -> N
                 await events.lost.wait()
             back = await broker.presence("room")
             assert (back.connections, back.users) == (1, ("ann",))
+        finally:
+            await broker.aclose()
+
+
+async def _calls(admin: aioredis.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` (its own count, ``INFO commandstats``)."""
+    stats = await admin.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_thousand_clients_joining_one_room_reach_redis_in_a_few_writes(server: RedisProcess) -> None:
+    """An audience arriving at once (a page load, a node's clients coming back): every join
+    made while a presence write is on its way goes in the next one. Each took a round trip
+    of its own, one after another, before; the entries trailed the joins by seconds."""
+    admin = aioredis.from_url(server.url)
+    hub, other = Hub(broker=RedisBroker(server.url)), RedisBroker(server.url)
+    await hub.start()
+    await other.start(Events())
+    try:
+        encoder = CountingEncoder()
+        conns = [RecordingConnection(f"c{n}", hub=hub, encoder=encoder) for n in range(1000)]
+        before = await _calls(admin, "hset")
+        for conn in conns:
+            hub.add_connection(conn)
+            hub.join(conn, "stage")
+        assert (await hub.presence("stage")).connections == 1000
+        assert (await other.presence("stage")).connections == 1000  # in Redis, for every node
+        writes = await _calls(admin, "hset") - before
+        assert writes <= 5, f"{writes} presence writes for 1000 joins"
+
+        for conn in conns[:600]:
+            hub.remove_connection(conn)
+        assert (await hub.presence("stage")).connections == 400
+        assert await admin.hlen("rc:{stage}:p") == 400
+    finally:
+        await hub.aclose()
+        await other.aclose()
+        await admin.aclose()
+
+
+async def test_a_leave_made_while_redis_is_down_is_written_once_it_is_back() -> None:
+    """A persistent Redis comes back with the entries it had: a client that left while it
+    was down must not stay counted forever. The failed write tells its caller, and its
+    change goes with the node's next write (here the one after the reconnect)."""
+    with running_redis(aof=True) as server:
+        events = Events()
+        broker = RedisBroker(server.url, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+        await broker.start(events)
+        try:
+            await broker.add_presence("room", "c1", "ann")
+            await broker.add_presence("room", "c2", "bob")
+            server.kill()
+            with pytest.raises(BrokerUnavailable):
+                await broker.remove_presence("room", "c2")
+            server.start()  # from its append-only file: c1 and c2 both there
+            admin = aioredis.from_url(server.url)
+            try:
+                async with asyncio.timeout(WAIT):
+                    await events.lost.wait()
+                back = await broker.presence("room")
+                assert (back.connections, back.users) == (1, ("ann",))
+                assert await admin.hkeys("rc:{room}:p") == [b"c1"]
+            finally:
+                await admin.aclose()
         finally:
             await broker.aclose()
 

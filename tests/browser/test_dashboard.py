@@ -138,6 +138,9 @@ async def test_live_dashboard_login_numbers_stop_and_text_only(browser: Any) -> 
             # Its numbers move: a subscriber on /sse and publications to its room.
             async with http.get(f"{srv.url}/sse", params={"room": "lobby"}) as stream:
                 assert stream.status == 200
+                async with asyncio.timeout(WAIT_MS / 1000):  # subscribed: what follows reaches it
+                    while b"event: snapshot" not in await stream.content.readuntil(b"\n\n"):
+                        pass
                 for n in range(5):
                     await publisher.apublish("lobby", "chat", {"n": n})
                 await wait_text(page, "#publications-total", "text === '5'")  # its own stats left out

@@ -34,7 +34,9 @@ keeps the contract of ``broker.base`` with Redis doing the work no node could do
 * **Presence lives as long as its node.** An entry is ``<node_id>|<user>``; the node renews
   ``rc:alive:<node_id>`` at each heartbeat (it lives three), and ``presence`` drops the
   entries of nodes whose key expired. A node that finds its key gone, or that reconnected,
-  writes its own entries back.
+  writes its own entries back. Its joins and leaves reach Redis in batches
+  (``broker.redis_presence``): one round trip for every change made while the last was on
+  its way.
 
 Keys of one room share the hash tag ``{room}``: ``rc:{room}:m`` (epoch, offset, run id),
 ``rc:{room}:s`` (history), ``rc:{room}:t`` (terminal), ``rc:{room}:p`` (presence),
@@ -60,7 +62,7 @@ import base64
 import contextlib
 import logging
 import secrets
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -70,6 +72,7 @@ from roomcast.backoff import Backoff
 from roomcast.broker import redis_client
 from roomcast.broker.base import BrokerEvents, HistoryResult
 from roomcast.broker.redis_pipeline import AutoPipeline
+from roomcast.broker.redis_presence import PresenceWriter, presence_key
 from roomcast.errors import BrokerUnavailable
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition
 
@@ -191,7 +194,7 @@ return 1
 
 def _keys(room: RoomName) -> tuple[str, str, str, str, str]:
     tag = f"rc:{{{room}}}"
-    return f"{tag}:m", f"{tag}:s", f"{tag}:t", f"{tag}:p", tag
+    return f"{tag}:m", f"{tag}:s", f"{tag}:t", presence_key(room), tag
 
 
 class RedisBroker:
@@ -255,9 +258,9 @@ class RedisBroker:
         self.node_id: str = node_id if node_id is not None else secrets.token_urlsafe(9)
         """This node's id: its presence entries and liveness key carry it."""
         self._node_channel = f"rc:node:{self.node_id}"
-        self._alive_key = f"{ALIVE_PREFIX}{self.node_id}"
-        self._alive_ms = max(1, round(3000 * heartbeat_interval))
-        self._present: dict[RoomName, dict[ConnectionId, str]] = {}  # this node's presence entries
+        self._own = PresenceWriter(
+            self._redis, f"{ALIVE_PREFIX}{self.node_id}", max(1, round(3000 * heartbeat_interval))
+        )
         self._resubscribe_backoff = Backoff(0.1, max(0.1, reconnect_max))
         self._rejoining = False  # subscribed again, Redis's confirmation not heard yet
         self._lost_reason: str | None = None  # what the reader put in ``unhealthy``, to take back
@@ -272,8 +275,12 @@ class RedisBroker:
         if self._reader is None:
             try:
                 await self._connect_pubsub()
-                await self._renew_liveness()
-            except (RedisError, OSError) as exc:  # the operator's first sight of a wrong URL or password
+                await self._own.renew()
+            except (
+                RedisError,
+                OSError,
+                BrokerUnavailable,
+            ) as exc:  # the operator's first sight of a wrong URL or password
                 raise BrokerUnavailable(redis_client.describe(exc, self._url)) from None
             loop = asyncio.get_running_loop()
             self._reader = loop.create_task(self._read_forever())
@@ -290,7 +297,7 @@ class RedisBroker:
                     await task
         self._reader = self._keeper = self._heart = None
         await self._publish.aclose()
-        await self._leave()
+        await self._own.leave(timeout=2)
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
@@ -371,8 +378,8 @@ class RedisBroker:
     async def _report_loss(self) -> None:
         """Write this node's presence back (Redis may have restarted empty), then report the
         broken stream, so the rooms re-read what they missed."""
-        with contextlib.suppress(RedisError, OSError):
-            await self._renew_liveness(rewrite=True)
+        with contextlib.suppress(BrokerUnavailable):
+            await self._own.renew(rewrite=True)
         events = self._events
         if events is not None:
             events.on_stream_lost(None)
@@ -402,10 +409,10 @@ class RedisBroker:
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
                     self._reader = loop.create_task(self._read_forever(reconnect_first=True))
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(RedisError, OSError, TimeoutError, BrokerUnavailable):
                 async with asyncio.timeout(timeout):
                     await (self._redis.spublish if self._sharded else self._redis.publish)(self._node_channel, b"H")
-                    await self._renew_liveness()
+                    await self._own.renew()
 
     async def _keep_followed(self) -> None:
         """Keep the rooms this node follows alive: a quiet room with members here is not
@@ -551,77 +558,24 @@ class RedisBroker:
             raise BrokerUnavailable(redis_client.describe(exc)) from None
 
     async def add_presence(self, room: RoomName, client: ConnectionId, user: str | None) -> None:
-        value = f"{self.node_id}|{user or ''}"
-        self._present.setdefault(room, {})[client] = value  # kept first: written back if this fails
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(_keys(room)[3], client, value)
-                self._queue_liveness(pipe)
-                _, existed, _ = await pipe.execute()
-            if not existed:
-                await self._write_presence()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(redis_client.describe(exc)) from None
+        await self._own.add(room, client, f"{self.node_id}|{user or ''}")
 
     async def remove_presence(self, room: RoomName, client: ConnectionId) -> None:
-        entries = self._present.get(room)
-        if entries is not None:
-            entries.pop(client, None)
-            if not entries:
-                del self._present[room]
-        try:
-            await self._redis.hdel(_keys(room)[3], client)
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(redis_client.describe(exc)) from None
+        await self._own.remove(room, client)
 
     async def presence(self, room: RoomName) -> Presence:
         """Who is in ``room``: the entries of live nodes. Those of a node whose liveness key
         expired (it died without a word) are dropped on the way, in the same script, so a
         node that renews its key and writes its entries back cannot lose them to a reader
-        that saw the key gone a moment before."""
+        that saw the key gone a moment before. This node's own changes are counted: their
+        writes are awaited first."""
+        await self._own.settled()
         try:
             users = await self._presence(keys=[_keys(room)[3]], args=[ALIVE_PREFIX])
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(redis_client.describe(exc)) from None
         named = {u.decode() if isinstance(u, bytes) else u for u in users}
         return Presence(room, len(users), tuple(sorted(named - {""})))
-
-    # -- this node's liveness -----------------------------------------------------------
-    def _queue_liveness(self, pipe: Any) -> None:
-        """Queue the renewal of this node's liveness key; the first reply says whether it
-        still existed."""
-        pipe.exists(self._alive_key)
-        pipe.set(self._alive_key, b"1", px=self._alive_ms)
-
-    async def _renew_liveness(self, *, rewrite: bool = False) -> None:
-        """Renew ``rc:alive:<node_id>``, and write this node's presence entries back when the
-        key had expired (other nodes may have dropped them meanwhile) or when asked to (after
-        a reconnect: Redis may have restarted without them)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._queue_liveness(pipe)
-            existed, _ = await pipe.execute()
-        if rewrite or not existed:
-            await self._write_presence()
-
-    async def _write_presence(self) -> None:
-        if not self._present:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for room, entries in self._present.items():
-                pipe.hset(_keys(room)[3], mapping=cast("dict[Any, Any]", entries))
-            await pipe.execute()
-
-    async def _leave(self) -> None:
-        """Remove this node's presence entries and liveness key: other nodes stop counting its
-        connections at once instead of after the key's lifetime. Best effort, and bounded: a
-        node shutting down while Redis is unreachable leaves that to the key's expiry."""
-        present, self._present = self._present, {}
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(2), self._redis.pipeline(transaction=False) as pipe:
-                for room, entries in present.items():
-                    pipe.hdel(_keys(room)[3], *entries)
-                pipe.delete(self._alive_key)
-                await pipe.execute()
 
 
 ALIVE_PREFIX = "rc:alive:"

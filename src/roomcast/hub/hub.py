@@ -100,6 +100,8 @@ class Hub:
         self._canonical_snapshots: list[tuple[str, SnapshotProvider]] = []
         self._presence_patterns: list[str] = []
         self._chains: dict[RoomName, asyncio.Task[None]] = {}
+        # presence changes not yet handed to the broker, by room: client -> joined (its user) or left
+        self._presence_changes: dict[RoomName, dict[ConnectionId, _Joined | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Counted for operators (``server.metrics`` reads them when scraped), never per recipient:
@@ -224,7 +226,7 @@ class Hub:
             del self._rooms[room]
         if self._loop is None:
             return  # closed: the broker forgets this node's rooms and presence itself
-        self._chain(room, lambda: self.broker.remove_presence(room, conn.id))
+        self._presence_changed(room, conn.id, None)
         if r.empty:
             self._chain(room, lambda: self.broker.unsubscribe(room))
 
@@ -253,8 +255,7 @@ class Hub:
         return r
 
     def _entered(self, conn: Connection, r: Room) -> None:
-        room, user = r.name, conn.user
-        self._chain(room, lambda: self.broker.add_presence(room, conn.id, user))
+        self._presence_changed(r.name, conn.id, _Joined(conn.user))
 
     def _arrived(self, conn: Connection, r: Room) -> None:
         """Announce a user's first connection in ``r`` once it receives the room (after its
@@ -286,6 +287,44 @@ class Hub:
         self._chains[room] = task
         task.add_done_callback(lambda done: self._chain_done(room, done))
         return task
+
+    def _presence_changed(self, room: RoomName, client: ConnectionId, change: _Joined | None) -> None:
+        """Hand a join or leave to the broker with the others made meanwhile.
+
+        The changes of a room wait in one batch, which takes its turn in the room's chain
+        and then makes its broker calls together: a broker over the network (Redis) writes
+        them in one round trip, where a thousand clients joining one room took a thousand
+        round trips, one after another. A client appears once in a batch, with its latest
+        change, and the room's batches go in order, so a leave never overtakes its join.
+        """
+        changes = self._presence_changes.get(room)
+        if changes is None:
+            changes = self._presence_changes[room] = {}
+            self._chain(room, lambda: self._hand_presence(room))
+        changes[client] = change
+
+    async def _hand_presence(self, room: RoomName) -> None:
+        changes = self._presence_changes.pop(room, {})
+        broker = self.broker
+        if len(changes) == 1:  # the usual case: one call, no gathering
+            ((client, change),) = changes.items()
+            if change is None:
+                await broker.remove_presence(room, client)
+            else:
+                await broker.add_presence(room, client, change.user)
+            return
+        outcomes = await asyncio.gather(
+            *(
+                broker.remove_presence(room, client)
+                if change is None
+                else broker.add_presence(room, client, change.user)
+                for client, change in changes.items()
+            ),
+            return_exceptions=True,
+        )
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failed:
+            raise BrokerError(f"{len(failed)} of {len(outcomes)} presence changes failed: {failed[0]}") from failed[0]
 
     def _chain_done(self, room: RoomName, task: asyncio.Task[None]) -> None:
         if self._chains.get(room) is task:
@@ -671,6 +710,15 @@ class Hub:
 
     def connect_handler(self, namespace: str) -> ConnectHandler | None:
         return self.handlers.connect_handler(namespace)
+
+
+class _Joined:
+    """A client's presence in a room, as handed to the broker: it joined as ``user``."""
+
+    __slots__ = ("user",)
+
+    def __init__(self, user: str | None) -> None:
+        self.user = user
 
 
 async def _after(previous: asyncio.Task[None] | None, call: Callable[[], Awaitable[None]]) -> None:
