@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from hub_doubles import CountingEncoder, RecordingConnection
+from loopstep import yield_to_loop
 from redisserver import RedisProcess, running_redis
 
 from roomcast.broker.redis import RedisBroker
@@ -223,6 +224,28 @@ async def test_a_leave_made_while_redis_is_down_is_written_once_it_is_back() -> 
                 await admin.aclose()
         finally:
             await broker.aclose()
+
+
+async def test_a_node_closing_while_a_presence_write_waits_on_redis_leaves_nobody_waiting(
+    server: RedisProcess,
+) -> None:
+    """Redis holds the write (``CLIENT PAUSE``) and the node closes meanwhile: the join that
+    waits for that write ends with the node, instead of hanging whoever awaits it (the hub's
+    shutdown, a presence read)."""
+    admin = aioredis.from_url(server.url)
+    broker = RedisBroker(server.url)
+    await broker.start(Events())
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", "5000", "ALL")
+        joining = asyncio.ensure_future(broker.add_presence("room", "c1", "ann"))
+        for _ in range(3):  # the join's write under way: sent, Redis holding it
+            await yield_to_loop()
+        await broker.aclose()
+        await asyncio.wait((joining,), timeout=WAIT)  # (a timeout here would not cancel it)
+        assert joining.cancelled()
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
 
 
 def test_a_node_id_may_not_hold_the_separator() -> None:

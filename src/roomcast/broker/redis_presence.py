@@ -133,6 +133,12 @@ class PresenceWriter:
                 for waiter in waiting:
                     if not waiter.done():
                         waiter.set_exception(error)
+            except BaseException:  # cancelled (the node leaving), or a bug: nobody may wait forever
+                self._keep(changes, rewrite)
+                for waiter in (*waiting, *self._waiting):
+                    waiter.cancel()
+                self._waiting = []
+                raise
             else:
                 for waiter in waiting:
                     if not waiter.done():
