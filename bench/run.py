@@ -22,6 +22,10 @@ Scenarios (``--scenarios``; sizes per ``--scale``):
   1000 × 10/s); publish-to-receive time measured inside the load generator, p50 and p99, and
   server CPU per delivered message at that rate, where no server is saturated (a saturated
   fan-out measures a ceiling only as far as the load generator keeps up).
+* ``busy1000``: the fixed-rate scenario at 200,000 deliveries/s (1000 subscribers × 200/s),
+  where a server is busy and fans out together what arrived during its last writes: the
+  publisher sends on a clock, not on acks, as a backend with many independent sources does.
+  ``roomcast`` and the cluster rows only (what scaling out costs under open-loop load).
 * ``conns``: idle Socket.IO connections opened in steps (warm-up, N1, N2); resident memory
   per connection from each step's ``VmRSS`` growth, the whole process's ``VmRSS`` at N2, CPU
   per connect over the N1 step. Fan-out also reads ``VmRSS`` at its end (every subscriber
@@ -171,7 +175,9 @@ ROOMCAST_SERVERS = {"roomcast", "roomcast-asgi", PURE_ROW, *VARIANTS, *CLUSTERS}
 # what a cluster row runs: fan-out and latency against one process, and workers publishing
 # (memory per connection is one process's figure, and the transports' rows are the single
 # node's: the cluster differs from it per publication, not per connection)
-FOR_CLUSTERS = {"fanout1000", "fanout1000w1", "fanout5000", "latency", "latency1000", "publisher"}
+FOR_CLUSTERS = {"fanout1000", "fanout1000w1", "fanout5000", "latency", "latency1000", "busy1000", "publisher"}
+# the single process against the cluster rows under open-loop load: roomcast's rows only
+AGAINST_CLUSTERS = {"busy1000"}
 PUBLISHER_ROW = "roomcast-redis1"
 # the facade row is about what emit(room=...) costs beside hub.publish: per delivered message
 FOR_FACADE = {"fanout1000", "fanout1000w1", "fanout5000", "latency"}
@@ -201,6 +207,9 @@ METRICS = [
     Metric("latency_p99", "latency p99 at fixed delivery rate", "ms"),
     Metric("latency1000_p50", "latency p50 at fixed delivery rate, big room", "ms"),
     Metric("latency1000_p99", "latency p99 at fixed delivery rate, big room", "ms"),
+    Metric("busy1000_cpu", "server CPU per delivered msg at a busy fixed rate, big room", "µs"),
+    Metric("busy1000_p50", "latency p50 at a busy fixed rate, big room", "ms"),
+    Metric("busy1000_p99", "latency p99 at a busy fixed rate, big room", "ms"),
     Metric("pub_sync_rate", "RedisPublisher.publish, one at a time: publications/s", "pub/s", lower_is_better=False),
     Metric("pub_async_rate", "RedisPublisher.apublish, 16 in flight: publications/s", "pub/s", lower_is_better=False),
     Metric("pub_http_rate", "Publisher over HTTP, one at a time: publications/s", "pub/s", lower_is_better=False),
@@ -217,6 +226,7 @@ INFO = [
     "fanout5000_server_share",
     "fanout5000_loadgen_share",
     "latency1000_server_share",
+    "busy1000_server_share",
 ]
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -228,6 +238,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "fanout5000": {"subs": 5000, "messages": 60, "window": 4},
         "latency": {"subs": 100, "rate": 100, "seconds": 5, "warmup": 1},
         "latency1000": {"subs": 1000, "rate": 10, "seconds": 5, "warmup": 1},
+        "busy1000": {"subs": 1000, "rate": 200, "seconds": 3, "warmup": 1},
         "conns": {"targets": [5000, 20000], "warm": 100},
         "publisher": {"count": 5000, "concurrency": 16},
     },
@@ -239,6 +250,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "fanout5000": {"subs": 100, "messages": 10, "window": 4},
         "latency": {"subs": 10, "rate": 50, "seconds": 0.5, "warmup": 0.2},
         "latency1000": {"subs": 20, "rate": 20, "seconds": 0.5, "warmup": 0.2},
+        "busy1000": {"subs": 20, "rate": 50, "seconds": 0.5, "warmup": 0.2},
         "conns": {"targets": [100, 200], "warm": 20},
         "publisher": {"count": 200, "concurrency": 4},
     },
@@ -671,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scenarios",
-        default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,conns,publisher",
+        default="fanout1000,fanout1000w1,fanout1000ws,fanout1000sse,fanout5000,latency,latency1000,busy1000,conns,publisher",
     )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
@@ -707,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency_p99": f"latency p99 at {at_rate('latency')}",
         "latency1000_p50": f"latency p50 at {at_rate('latency1000')}",
         "latency1000_p99": f"latency p99 at {at_rate('latency1000')}",
+        "busy1000_cpu": f"server CPU per delivered msg at {at_rate('busy1000')}",
+        "busy1000_p50": f"latency p50 at {at_rate('busy1000')}",
+        "busy1000_p99": f"latency p99 at {at_rate('busy1000')}",
         "latency_cpu": f"server CPU per delivered msg at {at_rate('latency')}",
         "latency1000_cpu": f"server CPU per delivered msg at {at_rate('latency1000')}",
         "fanout1000_cpu": f"fan-out {scale['fanout1000']['subs']} subs: server CPU per delivered msg",
@@ -723,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         "fanout5000": lambda s: fanout(s, scale["fanout5000"], "fanout5000"),
         "latency": lambda s: latency(s, scale["latency"], "latency"),
         "latency1000": lambda s: latency(s, scale["latency1000"], "latency1000"),
+        "busy1000": lambda s: latency(s, scale["busy1000"], "busy1000"),
         "conns": lambda s: conns(s, scale["conns"]),
         "publisher": lambda s: publisher(s, scale["publisher"]),
     }
@@ -743,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                 if scenario == "publisher" and server != PUBLISHER_ROW:  # one Redis is enough
                     continue
                 if scenario in ONLY_CLUSTERS and server not in CLUSTERS:
+                    continue
+                if scenario in AGAINST_CLUSTERS and server != "roomcast" and server not in CLUSTERS:
                     continue
                 if server == "roomcast-facade" and scenario not in FOR_FACADE:
                     continue

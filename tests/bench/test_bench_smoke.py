@@ -71,6 +71,9 @@ def test_small_bench_run_prints_the_table_with_every_server_and_ratio() -> None:
     latency = measured("latency p99")  # the variant rows run fan-out only
     assert all(latency[s] != "–" for s in (*SERVERS, "roomcast-redis1", "roomcast-redis2")), latency
     assert all(latency[s] == "–" for s in VARIANTS), latency
+    busy = measured("server CPU per delivered msg at 1,000 deliveries/s")  # the single process against the clusters
+    assert all(busy[s] != "–" for s in ("roomcast", "roomcast-redis1", "roomcast-redis2")), busy
+    assert all(busy[s] == "–" for s in SERVERS if s != "roomcast"), busy
     for metric in ("idle memory per connection", "CPU per connect"):  # one process's figures
         row = measured(metric)
         assert all(row[s] != "–" for s in SERVERS), row
