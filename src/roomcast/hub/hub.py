@@ -27,7 +27,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from roomcast import disconnect
 from roomcast.broker.base import Broker
@@ -43,7 +43,7 @@ from roomcast.hub.publication import prepare
 from roomcast.hub.rooms import Pending, Room
 from roomcast.types import ConnectionId, JSONValue, Presence, Publication, RoomName, StreamPosition, Subscription
 
-__all__ = ["Hub", "SnapshotProvider"]
+__all__ = ["Hub", "SnapshotProvider", "WriteHold"]
 
 logger = logging.getLogger("roomcast.hub")
 
@@ -103,6 +103,11 @@ class Hub:
         # presence changes not yet handed to the broker, by room: client -> joined (its user) or left
         self._presence_changes: dict[RoomName, dict[ConnectionId, _Joined | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._held: dict[RoomName, list[_Held]] = {}  # holds kept until their publication is fanned out
+        self.write_hold: WriteHold | None = None
+        """Where this node's connections' writes are gathered (the native door sets it): held
+        while a publication of this node to a room with members here is on its way through
+        the broker, so what comes back together is written together."""
         self._loop: asyncio.AbstractEventLoop | None = None
         # Counted for operators (``server.metrics`` reads them when scraped), never per recipient:
         self.accepted = 0  # publications accepted by ``publish`` here (given a position)
@@ -224,6 +229,7 @@ class Hub:
             self._announce(room, "presence:leave", user)
         if r.empty:
             del self._rooms[room]
+            self._release_held(room, None)
         if self._loop is None:
             return  # closed: the broker forgets this node's rooms and presence itself
         self._presence_changed(room, conn.id, None)
@@ -435,11 +441,56 @@ class Hub:
         encoded, binary = prepare(event, args)
         skipped = frozenset(skip) if skip else None
         kept = prepare(event, canonical)[0] if canonical is not None else None  # JSON transports' form
-        pub = await self.broker.publish(
-            room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped, canonical=kept
-        )
+        hold = self.write_hold if room in self._rooms else None
+        if hold is not None:  # it comes back here to be fanned out: the door's writes wait for it
+            hold.hold()
+        try:
+            pub = await self.broker.publish(
+                room, event, args, ts=time.time(), encoded=encoded, binary=binary, skip=skipped, canonical=kept
+            )
+        except BaseException:
+            if hold is not None:
+                hold.release()
+            raise
+        if hold is not None:
+            self._hold_until_fanned_out(room, pub.position, hold)
         self.accepted += 1
         return pub.position
+
+    def _hold_until_fanned_out(self, room: RoomName, position: StreamPosition, hold: WriteHold) -> None:
+        """Keep ``hold`` until the publication at ``position`` is fanned out here: its answer
+        and the publication itself travel on two connections, and the answer may come first.
+        Released at the latest after ``hold.limit`` seconds, or when the room goes."""
+        r = self._rooms.get(room)
+        last = r.position if r is not None else None
+        if self._loop is None or last is None or last.epoch != position.epoch or last.offset >= position.offset:
+            hold.release()  # fanned out already, or not coming here as such
+            return
+        held = _Held(position.offset, hold)
+        held.timer = self._loop.call_later(hold.limit, self._hold_expired, room, held)
+        self._held.setdefault(room, []).append(held)
+
+    def _hold_expired(self, room: RoomName, held: _Held) -> None:
+        waiting = self._held.get(room)
+        if waiting is not None and held in waiting:
+            waiting.remove(held)
+            if not waiting:
+                del self._held[room]
+        held.release()
+
+    def _release_held(self, room: RoomName, up_to: int | None) -> None:
+        """Release the holds of ``room``'s publications fanned out (all, for ``None``)."""
+        waiting = self._held.pop(room, None)
+        if waiting is None:
+            return
+        kept = []
+        for held in waiting:
+            if up_to is None or held.offset <= up_to:
+                held.release()
+            else:
+                kept.append(held)
+        if kept:
+            self._held[room] = kept
 
     def publish_threadsafe(
         self, room: RoomName, event: str, *args: JSONValue
@@ -482,6 +533,8 @@ class Hub:
             return  # delivered here before (a replay after a lost stream, or twice by the broker)
         r.position = position
         self.published += 1
+        if self._held:
+            self._release_held(r.name, position.offset)
         slow: list[Connection] | None = None
         skip = publication.skip
         skipped = 0
@@ -710,6 +763,35 @@ class Hub:
 
     def connect_handler(self, namespace: str) -> ConnectHandler | None:
         return self.handlers.connect_handler(namespace)
+
+
+class WriteHold(Protocol):
+    """A door's writes, held while this node's publications are on their way (``Hub.write_hold``)."""
+
+    limit: float
+    """The longest the writes wait: a hold not released by then is released anyway."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class _Held:
+    """A hold kept until the publication at ``offset`` is fanned out here (released once)."""
+
+    __slots__ = ("offset", "hold", "timer")
+
+    def __init__(self, offset: int, hold: WriteHold) -> None:
+        self.offset = offset
+        self.hold: WriteHold | None = hold
+        self.timer: asyncio.TimerHandle | None = None
+
+    def release(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.release()
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class _Joined:

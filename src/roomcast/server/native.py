@@ -581,6 +581,7 @@ async def serve(
     backlog: int = 2048,
     proxies: ProxyTrust | None = None,
     ssl: SSLContext | None = None,
+    coalescer: WriteCoalescer | None = None,
     **kwargs: Any,
 ) -> asyncio.Server:
     """Start listening; returns the ``asyncio.Server`` (``port=0`` picks a free port).
@@ -589,10 +590,13 @@ async def serve(
     the reverse proxies whose forwarding headers count (``server.proxy``). ``ssl``: serve
     HTTPS and WSS with this context (``server.tls``); the door keeps no reference of its
     own, so ``load_cert_chain`` on it later changes what new handshakes present.
+    ``coalescer``: the door's writes are gathered there (a new one, counting in ``counters``,
+    by default); ``server.runner`` gives the one the hub holds (``Hub.write_hold``).
     """
     loop = asyncio.get_running_loop()
     door = limits if limits is not None else DoorLimits.from_settings(Settings())
-    coalescer = WriteCoalescer(counters)  # one per server: one flush per loop iteration for all its sockets
+    if coalescer is None:  # one per server: one flush per loop iteration for all its sockets
+        coalescer = WriteCoalescer(counters)
     gate = ConnectionGate(door, coalescer.counters)  # one per server: its connection limits
     return await loop.create_server(
         lambda: HttpProtocol(router, limits=door, coalescer=coalescer, gate=gate, proxies=proxies, tls=ssl is not None),

@@ -9,10 +9,17 @@ cdef class WriteCoalescer:
     cdef list _dirty
     cdef bint _scheduled
     cdef public object counters
+    cdef public double limit
+    cdef Py_ssize_t _holds
+    cdef bint _held
+    cdef object _hold_timer
 
     cpdef void mark(self, CoalescedOutput output)
-    @cython.locals(output=CoalescedOutput)
     cpdef void flush(self)
+    cpdef void hold(self)
+    cpdef void release(self)
+    @cython.locals(output=CoalescedOutput)
+    cpdef void _write_out(self)
 
 
 cdef class CoalescedOutput:

@@ -59,6 +59,7 @@ from roomcast.server.config import Settings
 from roomcast.server.drain import Drain, DrainPlan
 from roomcast.server.logs import configure_logging
 from roomcast.server.native import DoorLimits, serve
+from roomcast.server.native_output import WriteCoalescer
 from roomcast.server.proxy import ProxyTrust
 from roomcast.server.tls import reload_certificate, server_context
 
@@ -186,13 +187,15 @@ async def listen(
     s = app.settings
     host = s.host if host is None else host
     port = s.port if port is None else port
+    coalescer = WriteCoalescer(app.door_counters)
+    app.hub.write_hold = coalescer  # its own publications come back through the broker: see WriteCoalescer
     try:
         return await serve(
             app,
             host,
             port,
             limits=DoorLimits.from_settings(s),
-            counters=app.door_counters,
+            coalescer=coalescer,
             reuse_port=reuse_port or None,
             proxies=ProxyTrust(s.forwarded_allow_ips),
             ssl=ssl,
