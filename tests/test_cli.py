@@ -262,6 +262,13 @@ def test_dashboard_key_from_the_flag_the_environment_or_the_file(
     assert Settings().dashboard_key is None
 
 
+def test_write_hold_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings_of_serve(monkeypatch, "--write-hold", "0").write_hold == 0.0
+    assert _settings_of_serve(monkeypatch, ROOMCAST_WRITE_HOLD="0.005").write_hold == 0.005
+    refused = CliRunner().invoke(cli.main, ["serve", "--write-hold", "-1"])
+    assert refused.exit_code == 2 and "--write-hold" in refused.output
+
+
 def test_task_lease_ttl_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # The App passes it to TaskService(lease_ttl=): tests/server/test_api_tasks.py sees the lease.
     assert _settings_of_serve(monkeypatch, "--task-lease-ttl", "4").task_lease_ttl == 4.0

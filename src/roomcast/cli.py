@@ -281,6 +281,16 @@ _DEFAULTS = Settings()  # the flags default to what Settings() holds: one source
     "/readyz fail first (at most a quarter of --shutdown-grace).",
 )
 @click.option(
+    "--write-hold",
+    envvar="ROOMCAST_WRITE_HOLD",
+    type=float,
+    default=_DEFAULTS.write_hold,
+    show_default=True,
+    show_envvar=True,
+    help="With --redis: the longest (seconds) writes to clients wait for this node's own publications "
+    "on their way through Redis, so a burst goes out together. 0: no wait.",
+)
+@click.option(
     "--max-rooms-per-connection",
     envvar="ROOMCAST_MAX_ROOMS_PER_CONNECTION",
     type=int,
@@ -558,6 +568,7 @@ def serve(
     task_lease_ttl: float,
     shutdown_grace: float,
     drain_delay: float,
+    write_hold: float,
     max_rooms_per_connection: int,
     history_size: int,
     history_ttl: float,
@@ -654,6 +665,7 @@ def serve(
         task_lease_ttl=task_lease_ttl,
         shutdown_grace=shutdown_grace,
         drain_delay=drain_delay,
+        write_hold=write_hold,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         forwarded_allow_ips=proxies,

@@ -18,7 +18,10 @@ from brokers import fanned_out, make_hub
 from hub_doubles import CountingEncoder, RecordingConnection
 from loopstep import yield_to_loop
 
-from roomcast.server.native_output import HOLD_LIMIT_SECONDS, CoalescedOutput, WriteCoalescer
+from roomcast.server.app import App
+from roomcast.server.config import WRITE_HOLD_SECONDS, Settings
+from roomcast.server.native_output import CoalescedOutput, WriteCoalescer
+from roomcast.server.runner import serve_app
 
 WAIT = 5.0
 
@@ -96,7 +99,7 @@ async def test_a_hold_nobody_releases_delays_the_flush_by_the_limit_only(
     """A publication that never comes back (a Redis in trouble) holds nothing for long."""
     transport, reader = pair
     coalescer = WriteCoalescer()
-    assert coalescer.limit == HOLD_LIMIT_SECONDS <= 0.005
+    assert coalescer.limit == WRITE_HOLD_SECONDS <= 0.005
     coalescer.limit = 0.05
     output = CoalescedOutput(transport, high_water=1 << 20, coalescer=coalescer)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
@@ -149,3 +152,25 @@ async def test_a_publication_holds_the_writes_until_it_is_fanned_out_here(broker
         assert hold.taken == 4
     finally:
         await hub.aclose()
+
+
+@pytest.mark.parametrize(("write_hold", "held"), [(None, True), (0.0, False)])
+async def test_the_door_holds_for_the_hub_unless_write_hold_is_0(write_hold: float | None, held: bool) -> None:
+    """``roomcast serve`` (``serve_app``) gives the hub its door's coalescer, with the limit
+    ``--write-hold`` sets; ``--write-hold 0`` turns the wait off."""
+    given = {} if write_hold is None else {"write_hold": write_hold}
+    settings = Settings(task_db=":memory:", port=0, **given)
+    app = App(None, settings)
+    listening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    server = asyncio.ensure_future(serve_app(app, on_ready=lambda host, port: listening.set_result(None), stop=stop))
+    try:
+        await asyncio.wait_for(listening, WAIT)
+        hold = app.hub.write_hold
+        if held:
+            assert isinstance(hold, WriteCoalescer) and hold.limit == WRITE_HOLD_SECONDS
+        else:
+            assert hold is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, WAIT)

@@ -194,6 +194,10 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+WRITE_HOLD_SECONDS = 0.002
+"""``Settings.write_hold``'s default: the longest a node's writes wait for its own publications."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Server settings.
@@ -325,6 +329,9 @@ class Settings:
         drain_delay: seconds, at the start of the grace, that new connections are still
             accepted, so a load balancer's next readiness probe sees the 503 before
             connections are refused (at most a quarter of the grace is used).
+        write_hold: with ``redis_url``, the longest (seconds) the native door's writes wait
+            for this node's own publications on their way through Redis, so a burst goes
+            out together (``server.native_output.WriteCoalescer``). 0: no wait.
     """
 
     def __post_init__(self) -> None:
@@ -387,6 +394,7 @@ class Settings:
     task_lease_ttl: float = 10.0  # roomcast.tasks.service.DEFAULT_LEASE_TTL
     shutdown_grace: float = 10.0
     drain_delay: float = 1.0
+    write_hold: float = WRITE_HOLD_SECONDS
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")

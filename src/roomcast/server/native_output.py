@@ -14,6 +14,7 @@ import logging
 
 from roomcast.errors import RemoteProtocolError
 from roomcast.protocol import websocket as wsproto
+from roomcast.server.config import WRITE_HOLD_SECONDS
 from roomcast.server.door_limits import DoorCounters
 from roomcast.transports.base import StreamHandler, WebSocketHandler
 
@@ -23,13 +24,9 @@ __all__ = [
     "NativeStream",
     "NativeWebSocket",
     "SLOW_GOODBYE_SECONDS",
-    "HOLD_LIMIT_SECONDS",
 ]
 
 logger = logging.getLogger("roomcast.native")
-
-HOLD_LIMIT_SECONDS = 0.002
-"""The longest a flush waits for this node's publications on their way through the broker."""
 
 
 class WriteCoalescer:
@@ -45,7 +42,7 @@ class WriteCoalescer:
 
     On a node whose broker is Redis, its own publications come back one round trip after
     the request (``Hub.publish`` holds the flush meanwhile: ``hold``/``release``). A flush
-    due while they are on their way waits for them, at most ``HOLD_LIMIT_SECONDS``, so the
+    due while they are on their way waits for them, at most ``limit`` seconds (``Settings.write_hold``), so the
     requests read together go out together, and their answers with them, as they do in a
     single process, which fans a request out in the turn it reads it. (The hub keeps a hold
     until the publication is fanned out: its answer comes on another connection, maybe first.) Without the wait a
@@ -60,7 +57,7 @@ class WriteCoalescer:
         self._dirty: list[CoalescedOutput] = []
         self._scheduled = False
         self.counters = counters if counters is not None else DoorCounters()  # the server's, shared
-        self.limit = HOLD_LIMIT_SECONDS
+        self.limit = WRITE_HOLD_SECONDS  # the longest a flush waits for them (``Settings.write_hold``)
         self._holds = 0  # this node's publications on their way through the broker
         self._held = False  # a flush came due while they were
         self._hold_timer: asyncio.TimerHandle | None = None

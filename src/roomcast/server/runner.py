@@ -188,7 +188,9 @@ async def listen(
     host = s.host if host is None else host
     port = s.port if port is None else port
     coalescer = WriteCoalescer(app.door_counters)
-    app.hub.write_hold = coalescer  # its own publications come back through the broker: see WriteCoalescer
+    if s.write_hold > 0:  # its own publications come back through the broker: see WriteCoalescer
+        coalescer.limit = s.write_hold
+        app.hub.write_hold = coalescer
     try:
         return await serve(
             app,
