@@ -18,13 +18,7 @@ from roomcast.server.config import WRITE_HOLD_SECONDS
 from roomcast.server.door_limits import DoorCounters
 from roomcast.transports.base import StreamHandler, WebSocketHandler
 
-__all__ = [
-    "WriteCoalescer",
-    "CoalescedOutput",
-    "NativeStream",
-    "NativeWebSocket",
-    "SLOW_GOODBYE_SECONDS",
-]
+__all__ = ["WriteCoalescer", "CoalescedOutput", "NativeStream", "NativeWebSocket", "SLOW_GOODBYE_SECONDS"]
 
 logger = logging.getLogger("roomcast.native")
 
@@ -37,18 +31,17 @@ class WriteCoalescer:
     several publications are handled in one loop iteration — a burst of publish requests in
     one read, a batch from the broker — each recipient's frames are joined into one
     ``writelines`` (one ``writev``) at the end of the iteration instead of one ``send`` each.
-    A lone publication costs one list append more than writing at once; no timer, no added
-    latency beyond the current iteration.
+    A lone publication costs one list append more than writing at once, and no timer.
 
     On a node whose broker is Redis, its own publications come back one round trip after
-    the request (``Hub.publish`` holds the flush meanwhile: ``hold``/``release``). A flush
-    due while they are on their way waits for them, at most ``limit`` seconds (``Settings.write_hold``), so the
-    requests read together go out together, and their answers with them, as they do in a
-    single process, which fans a request out in the turn it reads it. (The hub keeps a hold
-    until the publication is fanned out: its answer comes on another connection, maybe first.) Without the wait a
-    burst of publish requests was written out in pieces (0.45-0.5 write calls per delivered
-    message against 0.25), and the publisher's next requests, sent on those answers, came
-    apart too (docs/performance.md, "Scale-out on Redis").
+    the request, and ``Hub.publish`` holds the flush meanwhile (``hold``/``release``), until
+    each is fanned out here (its answer comes on another connection, maybe first). A flush
+    due while they are on their way waits for them, at most ``limit`` seconds
+    (``Settings.write_hold``): a burst of requests read together goes out together, with
+    its answers, as in a single process, which fans a request out in the turn it reads it.
+    Without the wait such a burst was written out in pieces (0.45-0.5 write calls per
+    delivered message against 0.25), and the publisher's next requests, sent on those
+    answers, came apart too (docs/performance.md, "Scale-out on Redis").
     """
 
     __slots__ = ("_dirty", "_scheduled", "counters", "limit", "_holds", "_held", "_hold_timer")
