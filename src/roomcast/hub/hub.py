@@ -311,26 +311,19 @@ class Hub:
 
     async def _hand_presence(self, room: RoomName) -> None:
         changes = self._presence_changes.pop(room, {})
-        broker = self.broker
-        if len(changes) == 1:  # the usual case: one call, no gathering
-            ((client, change),) = changes.items()
-            if change is None:
-                await broker.remove_presence(room, client)
-            else:
-                await broker.add_presence(room, client, change.user)
+        calls = [self._presence_call(room, client, change) for client, change in changes.items()]
+        if len(calls) == 1:  # the usual case: one call, nothing to gather
+            await calls[0]
             return
-        outcomes = await asyncio.gather(
-            *(
-                broker.remove_presence(room, client)
-                if change is None
-                else broker.add_presence(room, client, change.user)
-                for client, change in changes.items()
-            ),
-            return_exceptions=True,
-        )
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
         failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failed:
             raise BrokerError(f"{len(failed)} of {len(outcomes)} presence changes failed: {failed[0]}") from failed[0]
+
+    def _presence_call(self, room: RoomName, client: ConnectionId, change: _Joined | None) -> Awaitable[None]:
+        if change is None:
+            return self.broker.remove_presence(room, client)
+        return self.broker.add_presence(room, client, change.user)
 
     def _chain_done(self, room: RoomName, task: asyncio.Task[None]) -> None:
         if self._chains.get(room) is task:
